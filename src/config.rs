@@ -1,0 +1,262 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::ShedPolicy;
+
+/// A hook that receives items by value (shared by the intake and the handle).
+pub(crate) type ItemHook<Item> = Arc<dyn Fn(Item) + Send + Sync>;
+
+/// Settings for [`FanOutExt::bounded_fan_out_with`].
+///
+/// Built with [`FanOutConfig::new`] from the two choices every pipeline must
+/// make (worker count and [`ShedPolicy`]), then adjusted with the builder
+/// methods. Every size is a count of items; every time is a [`Duration`].
+///
+/// | setting | default |
+/// |---|---|
+/// | [`capacity`](Self::capacity) | [`DEFAULT_CAPACITY`](Self::DEFAULT_CAPACITY) = 64 queued items |
+/// | [`output_capacity`](Self::output_capacity) | [`DEFAULT_OUTPUT_CAPACITY`](Self::DEFAULT_OUTPUT_CAPACITY) = 64 undelivered results |
+/// | [`drain_timeout`](Self::drain_timeout) | [`DEFAULT_DRAIN_TIMEOUT`](Self::DEFAULT_DRAIN_TIMEOUT) = 30 s |
+/// | [`on_shed`](Self::on_shed) | none: shed items are dropped |
+/// | [`cancel_token`](Self::cancel_token) | none: a fresh, parentless token |
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
+/// use futures::StreamExt;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let config = FanOutConfig::new(2, ShedPolicy::DropNewest)
+///     .capacity(8)
+///     .output_capacity(4)
+///     .drain_timeout(Duration::from_secs(5))
+///     .on_shed(|item: u32| eprintln!("shed {item}"));
+/// let (results, shutdown) =
+///     futures::stream::iter(0..4u32).bounded_fan_out_with(config, |x| async move { x * 10 });
+/// let (mut out, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
+/// out.sort();
+/// assert_eq!(out, [0, 10, 20, 30]);
+/// assert_eq!(report.processed, 4);
+/// # }
+/// ```
+///
+/// [`FanOutExt::bounded_fan_out_with`]: crate::FanOutExt::bounded_fan_out_with
+pub struct FanOutConfig<Item> {
+    pub(crate) workers: usize,
+    pub(crate) policy: ShedPolicy,
+    pub(crate) capacity: usize,
+    pub(crate) output_capacity: usize,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) on_shed: Option<ItemHook<Item>>,
+    pub(crate) cancel_token: Option<CancellationToken>,
+}
+
+impl<Item> FanOutConfig<Item> {
+    /// Default [`capacity`](Self::capacity): 64 queued items.
+    ///
+    /// Large enough to absorb a burst of a few dozen items without shedding,
+    /// small enough that under [`ShedPolicy::DropOldest`] a processed item
+    /// is at most 64 + workers items old.
+    pub const DEFAULT_CAPACITY: usize = 64;
+
+    /// Default [`output_capacity`](Self::output_capacity): 64 undelivered results.
+    pub const DEFAULT_OUTPUT_CAPACITY: usize = 64;
+
+    /// Default [`drain_timeout`](Self::drain_timeout): 30 seconds, the same
+    /// grace period Kubernetes gives a pod between `SIGTERM` and `SIGKILL`
+    /// (`terminationGracePeriodSeconds`), so a pipeline shut down on
+    /// `SIGTERM` finishes its drain inside the usual budget.
+    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// Settings for `workers` concurrent handlers shedding by `policy`, with
+    /// every other setting at its default.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `workers` is 0, with the message
+    /// `"FanOutConfig::new: workers must be at least 1"`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
+    ///
+    /// let config = FanOutConfig::<u64>::new(4, ShedPolicy::DropOldest);
+    /// assert!(format!("{config:?}").contains("capacity: 64"));
+    /// ```
+    #[track_caller]
+    pub fn new(workers: usize, policy: ShedPolicy) -> Self {
+        assert!(workers > 0, "FanOutConfig::new: workers must be at least 1");
+        FanOutConfig {
+            workers,
+            policy,
+            capacity: Self::DEFAULT_CAPACITY,
+            output_capacity: Self::DEFAULT_OUTPUT_CAPACITY,
+            drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
+            on_shed: None,
+            cancel_token: None,
+        }
+    }
+
+    /// Sets how many items may wait in the queue for a worker; past it the
+    /// policy sheds. An item a worker has taken no longer occupies a slot.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `capacity` is 0, with the message
+    /// `"FanOutConfig::capacity: capacity must be at least 1"`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
+    ///
+    /// let config = FanOutConfig::<u64>::new(1, ShedPolicy::DropNewest).capacity(3);
+    /// assert!(format!("{config:?}").contains("capacity: 3"));
+    /// ```
+    #[track_caller]
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        assert!(
+            capacity > 0,
+            "FanOutConfig::capacity: capacity must be at least 1"
+        );
+        self.capacity = capacity;
+        self
+    }
+
+    /// Sets how many finished results may wait for the consumer of
+    /// `results`. When it is full, workers wait to hand over their result
+    /// (they never discard one), and intake goes on shedding by policy.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `output_capacity` is 0, with the message
+    /// `"FanOutConfig::output_capacity: output_capacity must be at least 1"`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
+    ///
+    /// let config = FanOutConfig::<u64>::new(1, ShedPolicy::DropNewest).output_capacity(1);
+    /// # let _ = config;
+    /// ```
+    #[track_caller]
+    pub fn output_capacity(mut self, output_capacity: usize) -> Self {
+        assert!(
+            output_capacity > 0,
+            "FanOutConfig::output_capacity: output_capacity must be at least 1"
+        );
+        self.output_capacity = output_capacity;
+        self
+    }
+
+    /// Sets how long a graceful [`shutdown`] (or a cancelled parent token)
+    /// waits for queued and in-flight items before aborting the rest. The
+    /// clock starts at the shutdown request, also when the input had already
+    /// ended. `Duration::ZERO` aborts at once what is not already finished.
+    ///
+    /// [`shutdown`]: crate::ShutdownHandle::shutdown
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
+    ///
+    /// let config = FanOutConfig::<u64>::new(1, ShedPolicy::DropNewest)
+    ///     .drain_timeout(Duration::from_millis(250));
+    /// # let _ = config;
+    /// ```
+    pub fn drain_timeout(mut self, drain_timeout: Duration) -> Self {
+        self.drain_timeout = drain_timeout;
+        self
+    }
+
+    /// Calls `hook` once with each item the policy sheds, instead of dropping
+    /// it silently.
+    ///
+    /// The hook runs on the intake task, outside every lock, before the next
+    /// input item is pulled: keep it short (count, log with a rate limit,
+    /// forward to a dead-letter channel with `try_send`). A panic in it is
+    /// caught; the item stays counted [`dropped`](crate::Report::dropped)
+    /// and intake goes on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
+    ///
+    /// let shed = Arc::new(AtomicU64::new(0));
+    /// let counter = Arc::clone(&shed);
+    /// let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+    ///     .on_shed(move |_item: String| { counter.fetch_add(1, Ordering::Relaxed); });
+    /// # let _ = config;
+    /// ```
+    pub fn on_shed<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(Item) + Send + Sync + 'static,
+    {
+        self.on_shed = Some(Arc::new(hook));
+        self
+    }
+
+    /// Makes the pipeline's cancellation token a child of `parent`:
+    /// cancelling `parent` (or any of its ancestors) shuts the pipeline down
+    /// gracefully, exactly like [`ShutdownHandle::shutdown`]. The pipeline
+    /// never cancels `parent`.
+    ///
+    /// [`ShutdownHandle::shutdown`]: crate::ShutdownHandle::shutdown
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// let service = CancellationToken::new();
+    /// let config = FanOutConfig::<u64>::new(1, ShedPolicy::DropNewest)
+    ///     .cancel_token(service.clone());
+    /// # let _ = config;
+    /// ```
+    pub fn cancel_token(mut self, parent: CancellationToken) -> Self {
+        self.cancel_token = Some(parent);
+        self
+    }
+}
+
+impl<Item> Clone for FanOutConfig<Item> {
+    fn clone(&self) -> Self {
+        FanOutConfig {
+            workers: self.workers,
+            policy: self.policy,
+            capacity: self.capacity,
+            output_capacity: self.output_capacity,
+            drain_timeout: self.drain_timeout,
+            on_shed: self.on_shed.clone(),
+            cancel_token: self.cancel_token.clone(),
+        }
+    }
+}
+
+impl<Item> fmt::Debug for FanOutConfig<Item> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FanOutConfig")
+            .field("workers", &self.workers)
+            .field("policy", &self.policy)
+            .field("capacity", &self.capacity)
+            .field("output_capacity", &self.output_capacity)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("on_shed", &self.on_shed.is_some())
+            .field("cancel_token", &self.cancel_token.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,188 @@
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_core::Stream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::handoff::HandOff;
+use crate::pipeline::{supervise, End, Shared};
+use crate::{intake, worker, BoundedFanOut, FanOutConfig, ShedPolicy, ShutdownHandle};
+
+/// Adds [`bounded_fan_out`](FanOutExt::bounded_fan_out) to every [`Stream`].
+pub trait FanOutExt: Stream {
+    /// Fans this stream out to `workers` concurrent calls of `handler`,
+    /// through a bounded queue that sheds by `policy` when it is full.
+    ///
+    /// Returns the stream of handler outputs, in completion order, and the
+    /// [`ShutdownHandle`] that stops the pipeline and collects its
+    /// [`Report`](crate::Report). This is [`bounded_fan_out_with`] with
+    /// [`FanOutConfig::new(workers, policy)`](FanOutConfig::new): a queue of
+    /// [`FanOutConfig::DEFAULT_CAPACITY`] items, room for
+    /// [`FanOutConfig::DEFAULT_OUTPUT_CAPACITY`] undelivered results and a
+    /// drain timeout of [`FanOutConfig::DEFAULT_DRAIN_TIMEOUT`].
+    ///
+    /// # How it runs
+    ///
+    /// The call spawns onto the current Tokio runtime (current-thread or
+    /// multi-thread) one intake task, `workers` worker tasks and one
+    /// supervisor, and returns at once:
+    ///
+    /// * The **intake** pulls the input as fast as it yields items, whether
+    ///   or not anyone reads the results, and queues each one. When the queue
+    ///   holds `capacity` items it never waits: it sheds by `policy`, counts
+    ///   the shed item `dropped` and hands it to
+    ///   [`on_shed`](FanOutConfig::on_shed) if set. It yields to the
+    ///   scheduler regularly, so an always-ready input cannot starve a
+    ///   current-thread runtime.
+    /// * Each **worker** takes the oldest queued item, calls `handler` with
+    ///   it and awaits the future, so at most `workers` handlers run at once,
+    ///   each on its own task (in parallel on a multi-thread runtime). A
+    ///   result waits for room in the results buffer; it is never discarded
+    ///   while `results` lives. A panic in `handler` or its future is caught:
+    ///   the item counts `failed` and the worker takes the next one.
+    /// * Memory is bounded whatever the input rate: at most `capacity`
+    ///   queued items, `workers` in flight, `output_capacity` undelivered
+    ///   results, and up to 32 items the intake has pulled and is queueing.
+    ///
+    /// When the input ends, the queued items are processed, the workers
+    /// exit, `results` ends, and [`ShutdownHandle::join`] returns a report
+    /// with `produced == processed + dropped` (plus `failed` for panics).
+    ///
+    /// # Dropping either half
+    ///
+    /// Dropping `results` discards later results; processing goes on and
+    /// they count as `processed`. Dropping the handle detaches the pipeline
+    /// while `results` lives. Dropping both aborts it: every task it spawned
+    /// ends promptly, and the input stream is dropped.
+    ///
+    /// # Panics
+    ///
+    /// Panics at the call if `workers` is 0
+    /// (`"bounded_fan_out: workers must be at least 1"`), or if called
+    /// outside a Tokio runtime
+    /// (`"bounded_fan_out: must be called from the context of a Tokio runtime"`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{FanOutExt, ShedPolicy};
+    /// use futures::StreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let source = futures::stream::iter(0..8u64);
+    /// let (results, shutdown) = source.bounded_fan_out(4, ShedPolicy::DropOldest, |x| async move {
+    ///     tokio::time::sleep(Duration::from_millis(100)).await;
+    ///     x * x
+    /// });
+    /// let start = tokio::time::Instant::now();
+    /// let (mut squares, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
+    /// squares.sort();
+    /// assert_eq!(squares, [0, 1, 4, 9, 16, 25, 36, 49]);
+    /// assert_eq!(start.elapsed(), Duration::from_millis(200)); // 8 items, 4 at a time
+    /// assert_eq!((report.produced, report.processed, report.dropped), (8, 8, 0));
+    /// # }
+    /// ```
+    ///
+    /// [`bounded_fan_out_with`]: FanOutExt::bounded_fan_out_with
+    #[track_caller]
+    fn bounded_fan_out<F, Fut>(
+        self,
+        workers: usize,
+        policy: ShedPolicy,
+        handler: F,
+    ) -> (BoundedFanOut<Fut::Output>, ShutdownHandle)
+    where
+        Self: Sized + Send + 'static,
+        Self::Item: Send + 'static,
+        F: Fn(Self::Item) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        assert!(workers > 0, "bounded_fan_out: workers must be at least 1");
+        self.bounded_fan_out_with(FanOutConfig::new(workers, policy), handler)
+    }
+
+    /// [`bounded_fan_out`](FanOutExt::bounded_fan_out) with every setting
+    /// of [`FanOutConfig`]: queue and output capacity, drain timeout, a
+    /// hook for shed items, and a parent cancellation token.
+    ///
+    /// # Panics
+    ///
+    /// Panics at the call if called outside a Tokio runtime
+    /// (`"bounded_fan_out: must be called from the context of a Tokio runtime"`).
+    /// Invalid sizes are refused earlier, by the [`FanOutConfig`] methods.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
+    /// use futures::StreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let shed = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&shed);
+    /// let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+    ///     .capacity(2)
+    ///     .on_shed(move |item| log.lock().unwrap().push(item));
+    /// // One burst of 6 ready items: the queue keeps 2, the rest are shed.
+    /// let (results, shutdown) =
+    ///     futures::stream::iter(0..6u32).bounded_fan_out_with(config, |x| async move { x });
+    /// let (out, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
+    /// assert_eq!(out, [0, 1]);
+    /// assert_eq!(*shed.lock().unwrap(), [2, 3, 4, 5]);
+    /// assert_eq!((report.processed, report.dropped), (2, 4));
+    /// # }
+    /// ```
+    #[track_caller]
+    fn bounded_fan_out_with<F, Fut>(
+        self,
+        config: FanOutConfig<Self::Item>,
+        handler: F,
+    ) -> (BoundedFanOut<Fut::Output>, ShutdownHandle)
+    where
+        Self: Sized + Send + 'static,
+        Self::Item: Send + 'static,
+        F: Fn(Self::Item) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            panic!("bounded_fan_out: must be called from the context of a Tokio runtime");
+        };
+        let shared = Arc::new(Shared::new(
+            HandOff::new(config.capacity, config.policy),
+            config.workers,
+            config.cancel_token.as_ref(),
+        ));
+        let (sender, receiver) = mpsc::channel(config.output_capacity);
+        let handler = Arc::new(handler);
+        let mut workers = JoinSet::new();
+        for slot in 0..config.workers {
+            let run = worker::run(
+                Arc::clone(&shared),
+                slot,
+                Arc::clone(&handler),
+                sender.clone(),
+            );
+            workers.spawn_on(run, &runtime);
+        }
+        // Only the workers hold senders: `results` ends when the last exits.
+        drop(sender);
+        let intake = runtime.spawn(intake::run(self, Arc::clone(&shared), config.on_shed));
+        let supervisor = runtime.spawn(supervise(
+            Arc::clone(&shared),
+            workers,
+            intake,
+            config.drain_timeout,
+        ));
+        let results = BoundedFanOut::new(receiver, End(shared.clone()));
+        (results, ShutdownHandle::new(supervisor, End(shared)))
+    }
+}
+
+impl<S: Stream + ?Sized> FanOutExt for S {}

@@ -1,0 +1,185 @@
+//! The bounded MPMC hand-off queue between the intake and the workers.
+//!
+//! # Invariants
+//!
+//! * **Permits never exceed queued items.** While the queue is open, every
+//!   available permit of `ready` stands for one item in `items`. The intake
+//!   pushes under the lock and adds the permits *after* unlocking; a worker
+//!   takes a permit *before* locking to pop. So at every instant
+//!   `ready.available_permits() <= items.len()`, and a worker holding a permit
+//!   finds an item when it pops (checked with `debug_assert!` under the lock).
+//! * **Eviction keeps the count.** Under [`ShedPolicy::DropOldest`] a full
+//!   queue pops one item and pushes one under the same lock: length and
+//!   permits are both unchanged, so an evicted item can never also be handed
+//!   to a worker (openclaw#103246). An item leaves `items` exactly once:
+//!   popped by a worker, evicted, or abandoned.
+//! * **Closing is not emptiness.** Tokio's `Semaphore::close` makes `acquire`
+//!   fail even while permits remain, so after [`HandOff::close`] workers stop
+//!   counting permits and pop directly until `items` is empty. Closing never
+//!   discards an item; only [`HandOff::abandon`] does, and it hands every
+//!   abandoned item back to the caller to be counted.
+//! * **No user code under the lock.** Shed, rejected and abandoned items are
+//!   moved out under the lock and dropped (or given to a hook) by the caller
+//!   after it is released, so a panicking `Drop` or hook cannot poison the
+//!   mutex. The lock is taken with poison recovery anyway.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Semaphore;
+
+use crate::ShedPolicy;
+
+pub(crate) struct HandOff<T> {
+    /// One permit per queued item while open (see `# Invariants`).
+    ready: Semaphore,
+    state: Mutex<State<T>>,
+    capacity: usize,
+    policy: ShedPolicy,
+}
+
+struct State<T> {
+    items: VecDeque<T>,
+    closed: bool,
+    abandoned: bool,
+    high_water_mark: usize,
+}
+
+/// What happened to a batch offered with [`HandOff::push_batch`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Every item was queued or shed; the shed ones are in the `shed` vector.
+    Accepted,
+    /// The queue was abandoned: the batch is left untouched for the caller.
+    Refused,
+}
+
+impl<T> HandOff<T> {
+    pub(crate) fn new(capacity: usize, policy: ShedPolicy) -> Self {
+        debug_assert!(capacity > 0, "HandOff: capacity must be at least 1");
+        HandOff {
+            ready: Semaphore::new(0),
+            state: Mutex::new(State {
+                items: VecDeque::with_capacity(capacity),
+                closed: false,
+                abandoned: false,
+                high_water_mark: 0,
+            }),
+            capacity,
+            policy,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `batch` in order under one lock, shedding by policy into `shed`.
+    ///
+    /// On `Accepted`, `batch` is empty afterwards. Shed items are appended to
+    /// `shed` for the caller to count and dispose of outside the lock.
+    pub(crate) fn push_batch(&self, batch: &mut Vec<T>, shed: &mut Vec<T>) -> Pushed {
+        let added = {
+            let mut state = self.lock();
+            if state.abandoned {
+                return Pushed::Refused;
+            }
+            debug_assert!(!state.closed, "HandOff: push after close");
+            let before = state.items.len();
+            for item in batch.drain(..) {
+                if state.items.len() < self.capacity {
+                    state.items.push_back(item);
+                    continue;
+                }
+                match self.policy {
+                    ShedPolicy::DropNewest => shed.push(item),
+                    ShedPolicy::DropOldest => {
+                        // Pop and push under one lock: length and permits unchanged.
+                        if let Some(oldest) = state.items.pop_front() {
+                            shed.push(oldest);
+                        }
+                        state.items.push_back(item);
+                    }
+                }
+            }
+            let len = state.items.len();
+            state.high_water_mark = state.high_water_mark.max(len);
+            debug_assert!(
+                self.ready.available_permits() <= before,
+                "HandOff: more permits ({}) than queued items ({before})",
+                self.ready.available_permits()
+            );
+            len - before
+        };
+        if added > 0 {
+            self.ready.add_permits(added);
+        }
+        Pushed::Accepted
+    }
+
+    /// Waits for an item and takes it; `None` once the queue is closed and
+    /// empty, or abandoned.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a permit is forgotten only together with a pop.
+    pub(crate) async fn take(&self) -> Option<T> {
+        loop {
+            // Fast path first: a busy queue rarely needs to park the worker.
+            let permit = match self.ready.try_acquire() {
+                Ok(permit) => Ok(permit),
+                Err(tokio::sync::TryAcquireError::Closed) => return self.pop(),
+                Err(tokio::sync::TryAcquireError::NoPermits) => self.ready.acquire().await,
+            };
+            match permit {
+                Ok(permit) => {
+                    permit.forget();
+                    if let Some(item) = self.pop() {
+                        return Some(item);
+                    }
+                    // Only reachable after close: another worker drained our
+                    // item without a permit. Go round and see the close.
+                }
+                // Closed: permits no longer mean anything; drain directly.
+                Err(_) => return self.pop(),
+            }
+        }
+    }
+
+    fn pop(&self) -> Option<T> {
+        let mut state = self.lock();
+        if state.abandoned {
+            return None;
+        }
+        let item = state.items.pop_front();
+        debug_assert!(
+            item.is_some() || state.closed,
+            "HandOff: a permit was granted for an empty open queue"
+        );
+        item
+    }
+
+    /// No more pushes; workers drain what is queued, then see `None`.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.ready.close();
+    }
+
+    /// Closes the queue and returns every queued item; later pushes are refused.
+    pub(crate) fn abandon(&self) -> Vec<T> {
+        let items = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.abandoned = true;
+            state.items.drain(..).collect()
+        };
+        self.ready.close();
+        items
+    }
+
+    /// Current number of queued items and the largest number ever queued.
+    pub(crate) fn depth(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.items.len(), state.high_water_mark)
+    }
+}

@@ -1,0 +1,101 @@
+//! Bounded fan-out from any [`Stream`](futures_core::Stream) to N async
+//! workers, with an explicit load-shed policy, exact accounting and
+//! leak-free shutdown.
+//!
+//! # The model
+//!
+//! ```text
+//!  input ──► intake ──► [ bounded queue: capacity ] ──► worker 1..=N ──► results
+//!  (Stream)    │         sheds by ShedPolicy when full     handler(item)   (Stream)
+//!              └──► on_shed(item)
+//! ```
+//!
+//! A fast producer (sensor feed, market data, telemetry, an event bus) and
+//! slow async work per item: an unbounded queue turns that into an
+//! out-of-memory crash, and `buffer_unordered` neither sheds nor uses more
+//! than one task. Here the intake pulls the input at its own pace, a queue of
+//! fixed capacity sits between it and `N` worker tasks, and when the queue
+//! is full the [`ShedPolicy`] decides what is discarded: the arriving item
+//! ([`ShedPolicy::DropNewest`]) or the oldest queued one
+//! ([`ShedPolicy::DropOldest`]). The input is never blocked by a full queue.
+//!
+//! # The conservation law
+//!
+//! Every item taken from the input is counted exactly once in the
+//! [`Report`] that [`ShutdownHandle::join`] returns:
+//!
+//! ```text
+//! produced == processed + dropped + failed + cancelled
+//! ```
+//!
+//! `processed`: its handler completed; `dropped`: shed by the policy;
+//! `failed`: its handler panicked (caught; the worker lives on);
+//! `cancelled`: accepted but abandoned or cut off by a shutdown. Every worker
+//! is counted once too: `workers_joined + aborted == workers`.
+//!
+//! # Shutdown and lifetime
+//!
+//! * Natural end: the input ends, the queue drains, the workers exit,
+//!   `results` ends and `join` returns with `aborted == 0`.
+//! * [`ShutdownHandle::shutdown`]: stop pulling input, drain for up to
+//!   [`FanOutConfig::drain_timeout`], then abort the rest.
+//!   [`ShutdownHandle::abort`]: stop now. A parent
+//!   [`CancellationToken`](tokio_util::sync::CancellationToken) given with
+//!   [`FanOutConfig::cancel_token`] shuts the pipeline down when cancelled.
+//! * Dropping `results` discards results; dropping the handle detaches the
+//!   pipeline; dropping both aborts it.
+//! * After `join` returns, no task the pipeline spawned is alive.
+//! * `join` waits for results to be read or dropped: drain and join together
+//!   with `tokio::join!`, as below.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use backpressure_pipeline::{FanOutExt, ShedPolicy};
+//! use futures::StreamExt;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! // A burst of 1000 readings; each takes a worker 10 ms to handle.
+//! let readings = futures::stream::iter(0..1000u32);
+//! let (results, shutdown) = readings.bounded_fan_out(4, ShedPolicy::DropOldest, |reading| async move {
+//!     tokio::time::sleep(Duration::from_millis(10)).await;
+//!     reading
+//! });
+//! let (handled, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
+//!
+//! assert!(report.is_conserved());
+//! assert_eq!(report.produced, 1000);
+//! assert_eq!(handled.len() as u64, report.processed);
+//! assert!(report.dropped > 0); // overload was shed, not queued
+//! assert!(handled.contains(&999)); // DropOldest: the freshest reading survives
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+mod ext;
+mod fan_out;
+mod handoff;
+mod intake;
+mod isolate;
+mod pipeline;
+mod policy;
+mod report;
+mod shutdown;
+mod worker;
+
+pub use config::FanOutConfig;
+pub use ext::FanOutExt;
+pub use fan_out::BoundedFanOut;
+pub use policy::ShedPolicy;
+pub use report::{IntakeEnd, Report, Stats};
+pub use shutdown::{Join, ShutdownHandle};

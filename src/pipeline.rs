@@ -1,0 +1,247 @@
+//! The state one pipeline's tasks share, and the supervisor that joins them.
+//!
+//! Tasks: one intake (input → queue), `workers` workers (queue → handler →
+//! results) and one supervisor, which owns the workers' `JoinSet`, runs the
+//! drain deadline and builds the [`Report`]. The two user-facing halves reach
+//! the state through the type-erased [`Control`].
+
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::handoff::HandOff;
+use crate::isolate::drop_quietly;
+use crate::report::{IntakeEnd, Report, Stats};
+use crate::worker::Exit;
+
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const ABORTING: u8 = 2;
+
+/// Counters written by the intake task only (PITFALLS 4: one writer per
+/// cache line, summed when read).
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct IntakeCounters {
+    pub(crate) produced: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+}
+
+/// Counters written by one worker task only.
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct WorkerCounters {
+    pub(crate) taken: AtomicU64,
+    pub(crate) processed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+}
+
+/// Adds `n` to a counter that only the calling task writes: a plain
+/// load and store, no read-modify-write on the hot path.
+pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed) + n, Relaxed);
+}
+
+pub(crate) struct Shared<Item> {
+    pub(crate) queue: HandOff<Item>,
+    /// `RUNNING`, `DRAINING` or `ABORTING`; only ever increases. The intake
+    /// reads it once per batch instead of taking the token's lock (PITFALLS 3).
+    phase: AtomicU8,
+    /// The pipeline's token (a child of the caller's): graceful stop.
+    pub(crate) stop: CancellationToken,
+    /// Cuts in-flight handlers. Not a child of `stop`: a graceful stop must
+    /// not cancel work that still has time to finish.
+    pub(crate) kill: CancellationToken,
+    pub(crate) intake: IntakeCounters,
+    pub(crate) workers: Box<[WorkerCounters]>,
+    /// Items accepted but cancelled without reaching a worker: abandoned in
+    /// the queue by an abort, or refused by an abandoned queue. Rarely written.
+    pub(crate) unqueued_cancelled: AtomicU64,
+    /// Live user-facing halves (results stream, shutdown handle).
+    ends: AtomicUsize,
+}
+
+impl<Item> Shared<Item> {
+    pub(crate) fn new(
+        queue: HandOff<Item>,
+        workers: usize,
+        parent: Option<&CancellationToken>,
+    ) -> Self {
+        Shared {
+            queue,
+            phase: AtomicU8::new(RUNNING),
+            stop: parent.map_or_else(CancellationToken::new, CancellationToken::child_token),
+            kill: CancellationToken::new(),
+            intake: IntakeCounters::default(),
+            workers: (0..workers).map(|_| WorkerCounters::default()).collect(),
+            unqueued_cancelled: AtomicU64::new(0),
+            ends: AtomicUsize::new(2),
+        }
+    }
+
+    /// Whether intake must stop pulling (shutdown or abort requested).
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.phase.load(Relaxed) != RUNNING
+    }
+
+    fn begin_drain(&self) {
+        self.phase.fetch_max(DRAINING, Relaxed);
+        self.stop.cancel();
+    }
+
+    fn begin_abort(&self) {
+        self.phase.fetch_max(ABORTING, Relaxed);
+        let abandoned = self.queue.abandon();
+        self.unqueued_cancelled
+            .fetch_add(abandoned.len() as u64, Relaxed);
+        self.stop.cancel();
+        self.kill.cancel();
+        // After the counts and the signals: user `Drop`s run last, unlocked.
+        abandoned.into_iter().for_each(drop_quietly);
+    }
+
+    /// (processed, failed, cancelled in flight, taken), summed over workers.
+    fn worker_totals(&self) -> (u64, u64, u64, u64) {
+        let mut sums = (0, 0, 0, 0);
+        for w in self.workers.iter() {
+            // Outcomes before `taken`: `taken` only grows, so in-flight
+            // computed from this snapshot is never negative.
+            sums.0 += w.processed.load(Relaxed);
+            sums.1 += w.failed.load(Relaxed);
+            sums.2 += w.cancelled.load(Relaxed);
+        }
+        for w in self.workers.iter() {
+            sums.3 += w.taken.load(Relaxed);
+        }
+        sums
+    }
+
+    fn report(&self, workers_joined: usize, aborted: usize, intake: IntakeEnd) -> Report {
+        let (processed, failed, cancelled, _) = self.worker_totals();
+        Report {
+            produced: self.intake.produced.load(Relaxed),
+            processed,
+            dropped: self.intake.dropped.load(Relaxed),
+            failed,
+            cancelled: cancelled + self.unqueued_cancelled.load(Relaxed),
+            workers_joined,
+            aborted,
+            intake,
+        }
+    }
+}
+
+/// What the user-facing halves may do to a pipeline, whatever its item type.
+pub(crate) trait Control: Send + Sync {
+    fn shutdown(&self);
+    fn abort(&self);
+    fn stats(&self) -> Stats;
+    fn is_shutting_down(&self) -> bool;
+    /// One half was dropped; the last one out aborts (PITFALLS 9).
+    fn release_end(&self);
+    /// A best-effort report when the supervisor itself did not finish
+    /// (its runtime shut down): every worker counts as aborted.
+    fn fallback_report(&self) -> Report;
+}
+
+impl<Item: Send + 'static> Control for Shared<Item> {
+    fn shutdown(&self) {
+        self.begin_drain();
+    }
+
+    fn abort(&self) {
+        self.begin_abort();
+    }
+
+    fn stats(&self) -> Stats {
+        let (processed, failed, cancelled, taken) = self.worker_totals();
+        let (queue_depth, high_water_mark) = self.queue.depth();
+        Stats {
+            produced: self.intake.produced.load(Relaxed),
+            processed,
+            dropped: self.intake.dropped.load(Relaxed),
+            failed,
+            cancelled: cancelled + self.unqueued_cancelled.load(Relaxed),
+            queue_depth,
+            in_flight: usize::try_from(taken.saturating_sub(processed + failed + cancelled))
+                .unwrap_or(usize::MAX),
+            high_water_mark,
+        }
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.is_stopping() || self.stop.is_cancelled()
+    }
+
+    fn release_end(&self) {
+        if self.ends.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.begin_abort();
+        }
+    }
+
+    fn fallback_report(&self) -> Report {
+        self.report(0, self.workers.len(), IntakeEnd::Stopped)
+    }
+}
+
+/// Joins every worker and the intake, running the drain deadline, and
+/// returns the final report. Ends only when no other task of the pipeline
+/// is alive.
+pub(crate) async fn supervise<Item: Send + 'static>(
+    shared: Arc<Shared<Item>>,
+    mut workers: JoinSet<Exit>,
+    intake: JoinHandle<IntakeEnd>,
+    drain_timeout: Duration,
+) -> Report {
+    let (mut joined, mut aborted) = (0usize, 0usize);
+    let mut stop = pin!(shared.stop.cancelled());
+    let mut stop_seen = false;
+    let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    poll_fn(|cx| loop {
+        if !stop_seen && stop.as_mut().poll(cx).is_ready() {
+            // Also reached by a cancelled parent token: mirror it into the
+            // phase so intake stops at its next batch.
+            stop_seen = true;
+            shared.begin_drain();
+            // The clock starts at the request, even if the input had ended.
+            deadline = Some(Box::pin(tokio::time::sleep(drain_timeout)));
+        }
+        if let Some(timer) = deadline.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                // Dropped once fired: no timer left to wake this loop again.
+                deadline = None;
+                shared.begin_abort();
+            }
+        }
+        match workers.poll_join_next(cx) {
+            Poll::Ready(Some(Ok(Exit::Joined))) => joined += 1,
+            // A worker task that died outside its own panic isolation
+            // counts with the ones that were cut off.
+            Poll::Ready(Some(Ok(Exit::Aborted) | Err(_))) => aborted += 1,
+            Poll::Ready(None) => return Poll::Ready(()),
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await;
+    // Workers only finish once the queue is closed, which the intake does
+    // as it returns (or an abort does, and the intake is stopped with it).
+    let intake_end = intake.await.unwrap_or(IntakeEnd::InputPanicked);
+    shared.report(joined, aborted, intake_end)
+}
+
+/// One user-facing half's claim on the pipeline. Dropping the last one
+/// aborts the pipeline, so no task outlives both halves.
+pub(crate) struct End(pub(crate) Arc<dyn Control>);
+
+impl Drop for End {
+    fn drop(&mut self) {
+        self.0.release_end();
+    }
+}

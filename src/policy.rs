@@ -1,0 +1,79 @@
+use std::fmt;
+
+/// What the pipeline discards when its queue is full.
+///
+/// A bounded queue that receives items faster than its workers finish them
+/// must discard something; *which* item is a property of the data, so there
+/// is no default: every pipeline names its policy.
+///
+/// Whichever item is discarded is counted in [`Report::dropped`] and handed
+/// to [`FanOutConfig::on_shed`] if a hook is set. Neither policy ever blocks
+/// the input: intake keeps pulling at the input's own pace.
+///
+/// # `DropNewest`
+///
+/// The *arriving* item is shed; the items already queued keep their places
+/// and their order. Use it for events and commands, where order matters and
+/// a loss must be visible (an alarm) rather than silently reorder history.
+///
+/// With a queue of 3 slots and a worker busy on item `0`:
+///
+/// ```text
+/// arrives:  1  2  3  4  5  6
+/// queue:   [1][1 2][1 2 3][1 2 3][1 2 3][1 2 3]
+/// shed:                    4      5      6
+/// ```
+///
+/// # `DropOldest`
+///
+/// The *oldest queued* item is evicted and the arriving one is queued. Use it
+/// for positions, sensor state and quotes, where only the freshest sample
+/// matters and a stale one is worthless.
+///
+/// Same queue, same arrivals:
+///
+/// ```text
+/// arrives:  1  2  3  4      5      6
+/// queue:   [1][1 2][1 2 3][2 3 4][3 4 5][4 5 6]
+/// shed:                    1      2      3
+/// ```
+///
+/// # Names elsewhere
+///
+/// | here | Akka Streams | Reactor, RxJava, Kotlin | .NET `BoundedChannelFullMode` |
+/// |---|---|---|---|
+/// | `DropNewest` | `OverflowStrategy.dropNew` | `DROP_LATEST` | `DropWrite` |
+/// | `DropOldest` | `OverflowStrategy.dropHead` | `DROP_OLDEST` | `DropOldest` |
+///
+/// Note that .NET's own `DropNewest` is *not* this crate's `DropNewest`: it
+/// evicts the newest *queued* item to make room for the arriving one.
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::ShedPolicy;
+///
+/// let policy = ShedPolicy::DropOldest;
+/// assert_eq!(policy.to_string(), "DropOldest");
+/// assert_ne!(policy, ShedPolicy::DropNewest);
+/// ```
+///
+/// [`Report::dropped`]: crate::Report::dropped
+/// [`FanOutConfig::on_shed`]: crate::FanOutConfig::on_shed
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ShedPolicy {
+    /// Shed the arriving item; keep the queued backlog and its order.
+    DropNewest,
+    /// Evict the oldest queued item; queue the arriving one.
+    DropOldest,
+}
+
+impl fmt::Display for ShedPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            ShedPolicy::DropNewest => "DropNewest",
+            ShedPolicy::DropOldest => "DropOldest",
+        })
+    }
+}

@@ -1,0 +1,278 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::task::JoinHandle;
+
+use crate::pipeline::End;
+use crate::report::{Report, Stats};
+
+/// Controls a pipeline started by [`FanOutExt::bounded_fan_out`] and
+/// collects its [`Report`].
+///
+/// # Lifecycle
+///
+/// * [`join`](Self::join) waits for the pipeline to finish and returns the
+///   report; afterwards no task the pipeline spawned is alive.
+/// * [`shutdown`](Self::shutdown) stops intake and drains, up to the
+///   [drain timeout](crate::FanOutConfig::drain_timeout);
+///   [`abort`](Self::abort) stops everything now.
+/// * Dropping the handle while the results stream lives detaches the
+///   pipeline, like dropping a `JoinHandle`: it runs to its natural end.
+///   Dropping both the handle (or its [`Join`] future) and the results
+///   stream aborts the pipeline; every task ends promptly.
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::{FanOutExt, ShedPolicy};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (results, shutdown) = futures::stream::pending::<u32>()
+///     .bounded_fan_out(2, ShedPolicy::DropNewest, |x| async move { x });
+/// drop(results);
+/// shutdown.shutdown(); // the input never ends: stop it
+/// let report = shutdown.join().await;
+/// assert_eq!(report.produced, 0);
+/// assert_eq!(report.workers_joined, 2);
+/// # }
+/// ```
+///
+/// [`FanOutExt::bounded_fan_out`]: crate::FanOutExt::bounded_fan_out
+#[must_use = "dropping the handle detaches the pipeline; `join` it to get its report"]
+pub struct ShutdownHandle {
+    supervisor: JoinHandle<Report>,
+    end: End,
+}
+
+impl ShutdownHandle {
+    pub(crate) fn new(supervisor: JoinHandle<Report>, end: End) -> Self {
+        ShutdownHandle { supervisor, end }
+    }
+
+    /// Waits until the pipeline has finished and returns its [`Report`].
+    ///
+    /// The pipeline finishes when the input is exhausted and every accepted
+    /// item is processed, or when a requested [`shutdown`](Self::shutdown) or
+    /// [`abort`](Self::abort) has completed. `join` alone never stops the
+    /// pipeline: on an endless input, request a shutdown first (or pass a
+    /// [`cancel_token`](crate::FanOutConfig::cancel_token)). When the future
+    /// resolves, every task the pipeline spawned has ended.
+    ///
+    /// **Hazard:** workers hand their results to `results` and wait while
+    /// [`output_capacity`](crate::FanOutConfig::output_capacity) results are
+    /// undelivered. A caller that awaits `join` while neither reading nor
+    /// dropping `results` therefore waits forever once that buffer is full.
+    /// Drain and join together, or drop `results` first:
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
+    /// use futures::StreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let config = FanOutConfig::new(2, ShedPolicy::DropNewest).output_capacity(1);
+    /// let (results, shutdown) =
+    ///     futures::stream::iter(0..100u32).bounded_fan_out_with(config, |x| async move { x });
+    /// // Not `shutdown.join().await` alone: the undrained results would hold the workers.
+    /// let (outputs, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
+    /// assert_eq!(outputs.len() as u64, report.processed);
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned [`Join`] future drops this handle: the pipeline
+    /// runs on, detached, while its results stream lives, and is aborted if
+    /// that stream is gone too. The report is then lost.
+    pub fn join(self) -> Join {
+        Join { handle: Some(self) }
+    }
+
+    /// Requests a graceful shutdown: intake stops pulling input now; queued
+    /// and in-flight items are still processed for up to the
+    /// [drain timeout](crate::FanOutConfig::drain_timeout), counted from this
+    /// call, and whatever is unfinished then is aborted and counted
+    /// `cancelled`. No input item is pulled after this returns.
+    ///
+    /// Idempotent; a no-op after the pipeline has finished or been aborted.
+    /// A cancelled parent [`cancel_token`](crate::FanOutConfig::cancel_token)
+    /// has the same effect.
+    ///
+    /// # Panics
+    ///
+    /// Does not panic itself; the drain timer needs the runtime's time driver
+    /// (`enable_time`, on by default with `#[tokio::main]`). Without it the
+    /// pipeline's supervisor panics and [`join`](Self::join) returns a report
+    /// that counts every worker as aborted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutExt, IntakeEnd, ShedPolicy};
+    /// use futures::StreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (results, shutdown) = futures::stream::repeat(1u8)
+    ///     .bounded_fan_out(2, ShedPolicy::DropOldest, |x| async move { x });
+    /// let mut results = results.take(10);
+    /// while results.next().await.is_some() {}
+    /// shutdown.shutdown();
+    /// let report = shutdown.join().await;
+    /// assert_eq!(report.intake, IntakeEnd::Stopped);
+    /// assert!(report.is_conserved());
+    /// # }
+    /// ```
+    pub fn shutdown(&self) {
+        self.end.0.shutdown();
+    }
+
+    /// Stops the pipeline now: intake stops pulling, every queued item is
+    /// abandoned and every in-flight handler is cancelled at its next
+    /// suspension point; all of them are counted `cancelled`. No item is
+    /// taken from the queue after this returns. A handler that is ready when
+    /// cancelled still completes and counts as `processed`, and a finished
+    /// result is still handed to `results`.
+    ///
+    /// Idempotent; a no-op after the pipeline has finished.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutExt, ShedPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (results, shutdown) = futures::stream::iter(0..4u32)
+    ///     .bounded_fan_out(2, ShedPolicy::DropNewest, |_| std::future::pending::<()>());
+    /// while shutdown.stats().in_flight < 2 {
+    ///     tokio::task::yield_now().await; // let both workers take an item
+    /// }
+    /// shutdown.abort();
+    /// drop(results);
+    /// let report = shutdown.join().await;
+    /// assert_eq!((report.produced, report.cancelled, report.aborted), (4, 4, 2));
+    /// # }
+    /// ```
+    pub fn abort(&self) {
+        self.end.0.abort();
+    }
+
+    /// A live snapshot of the pipeline's counters, queue depth, in-flight
+    /// count and the queue's high-water mark.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutExt, ShedPolicy};
+    /// use futures::StreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (results, shutdown) = futures::stream::iter(0..5u32)
+    ///     .bounded_fan_out(1, ShedPolicy::DropNewest, |x| async move { x });
+    /// let _ = results.collect::<Vec<_>>().await;
+    /// let stats = shutdown.stats();
+    /// assert_eq!(stats.produced, 5);
+    /// assert_eq!(stats.processed + stats.dropped, 5);
+    /// assert_eq!((stats.queue_depth, stats.in_flight), (0, 0));
+    /// # let _ = shutdown.join().await;
+    /// # }
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.end.0.stats()
+    }
+
+    /// Whether a shutdown or abort has been requested (by this handle, a
+    /// cancelled parent token, or dropping both halves).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutExt, ShedPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (_results, shutdown) = futures::stream::pending::<u8>()
+    ///     .bounded_fan_out(1, ShedPolicy::DropNewest, |x| async move { x });
+    /// assert!(!shutdown.is_shutting_down());
+    /// shutdown.shutdown();
+    /// assert!(shutdown.is_shutting_down());
+    /// # }
+    /// ```
+    pub fn is_shutting_down(&self) -> bool {
+        self.end.0.is_shutting_down()
+    }
+
+    /// Whether the pipeline has finished: every task it spawned has ended
+    /// and [`join`](Self::join) would resolve without waiting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutExt, ShedPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (_results, shutdown) = futures::stream::pending::<u8>()
+    ///     .bounded_fan_out(1, ShedPolicy::DropNewest, |x| async move { x });
+    /// assert!(!shutdown.is_finished());
+    /// # }
+    /// ```
+    pub fn is_finished(&self) -> bool {
+        self.supervisor.is_finished()
+    }
+}
+
+impl fmt::Debug for ShutdownHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stats = self.stats();
+        f.debug_struct("ShutdownHandle")
+            .field("queue_depth", &stats.queue_depth)
+            .field("in_flight", &stats.in_flight)
+            .field("shutting_down", &self.is_shutting_down())
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+/// A future returned by [`ShutdownHandle::join`]; resolves to the pipeline's
+/// [`Report`].
+///
+/// # Panics
+///
+/// Polling it again after it has returned the report panics, as for most
+/// futures.
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct Join {
+    handle: Option<ShutdownHandle>,
+}
+
+impl Future for Join {
+    type Output = Report;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Report> {
+        let Some(handle) = self.handle.as_mut() else {
+            panic!("`Join` polled after completion");
+        };
+        let report = match Pin::new(&mut handle.supervisor).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(report)) => report,
+            // The supervisor was cancelled with its runtime, or panicked.
+            Poll::Ready(Err(_)) => handle.end.0.fallback_report(),
+        };
+        self.handle = None;
+        Poll::Ready(report)
+    }
+}
+
+impl fmt::Debug for Join {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Join")
+            .field("handle", &self.handle)
+            .finish()
+    }
+}
