@@ -6,8 +6,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::handoff::HandOff;
-use crate::pipeline::{supervise, End, Shared};
-use crate::{intake, worker, BoundedFanOut, FanOutConfig, ShedPolicy, ShutdownHandle};
+use crate::pipeline::{End, Shared, supervise};
+use crate::{BoundedFanOut, FanOutConfig, ShedPolicy, ShutdownHandle, intake, worker};
 
 /// Adds [`bounded_fan_out`](FanOutExt::bounded_fan_out) to every [`Stream`].
 pub trait FanOutExt: Stream {

@@ -1,9 +1,9 @@
 //! The intake task: pulls the input as fast as it yields and queues or sheds.
 
-use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
-use std::sync::atomic::Ordering::Relaxed;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
@@ -11,7 +11,7 @@ use futures_core::Stream;
 use crate::config::ItemHook;
 use crate::handoff::{HandOff, Pushed};
 use crate::isolate::{catching, drop_quietly};
-use crate::pipeline::{bump, Shared};
+use crate::pipeline::{Shared, bump};
 use crate::report::IntakeEnd;
 
 /// Most items pulled before they are queued under one lock. Bounds the items

@@ -6,7 +6,7 @@
 //! as it does for a panicking task in a `JoinSet`.
 
 use std::any::Any;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// Runs `f`, catching a panic. `None` means it panicked.
 pub(crate) fn catching<R>(f: impl FnOnce() -> R) -> Option<R> {

@@ -99,3 +99,8 @@ pub use fan_out::BoundedFanOut;
 pub use policy::ShedPolicy;
 pub use report::{IntakeEnd, Report, Stats};
 pub use shutdown::{Join, ShutdownHandle};
+
+// The README's quickstart is compiled and run as a doc-test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

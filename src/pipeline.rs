@@ -5,10 +5,10 @@
 //! drain deadline and builds the [`Report`]. The two user-facing halves reach
 //! the state through the type-erased [`Control`].
 
-use std::future::{poll_fn, Future};
+use std::future::{Future, poll_fn};
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -204,29 +204,31 @@ pub(crate) async fn supervise<Item: Send + 'static>(
     let mut stop = pin!(shared.stop.cancelled());
     let mut stop_seen = false;
     let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-    poll_fn(|cx| loop {
-        if !stop_seen && stop.as_mut().poll(cx).is_ready() {
-            // Also reached by a cancelled parent token: mirror it into the
-            // phase so intake stops at its next batch.
-            stop_seen = true;
-            shared.begin_drain();
-            // The clock starts at the request, even if the input had ended.
-            deadline = Some(Box::pin(tokio::time::sleep(drain_timeout)));
-        }
-        if let Some(timer) = deadline.as_mut() {
-            if timer.as_mut().poll(cx).is_ready() {
-                // Dropped once fired: no timer left to wake this loop again.
-                deadline = None;
-                shared.begin_abort();
+    poll_fn(|cx| {
+        loop {
+            if !stop_seen && stop.as_mut().poll(cx).is_ready() {
+                // Also reached by a cancelled parent token: mirror it into the
+                // phase so intake stops at its next batch.
+                stop_seen = true;
+                shared.begin_drain();
+                // The clock starts at the request, even if the input had ended.
+                deadline = Some(Box::pin(tokio::time::sleep(drain_timeout)));
             }
-        }
-        match workers.poll_join_next(cx) {
-            Poll::Ready(Some(Ok(Exit::Joined))) => joined += 1,
-            // A worker task that died outside its own panic isolation
-            // counts with the ones that were cut off.
-            Poll::Ready(Some(Ok(Exit::Aborted) | Err(_))) => aborted += 1,
-            Poll::Ready(None) => return Poll::Ready(()),
-            Poll::Pending => return Poll::Pending,
+            if let Some(timer) = deadline.as_mut() {
+                if timer.as_mut().poll(cx).is_ready() {
+                    // Dropped once fired: no timer left to wake this loop again.
+                    deadline = None;
+                    shared.begin_abort();
+                }
+            }
+            match workers.poll_join_next(cx) {
+                Poll::Ready(Some(Ok(Exit::Joined))) => joined += 1,
+                // A worker task that died outside its own panic isolation
+                // counts with the ones that were cut off.
+                Poll::Ready(Some(Ok(Exit::Aborted) | Err(_))) => aborted += 1,
+                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     })
     .await;

@@ -1,7 +1,7 @@
 //! The worker loop: take an item, run the handler in isolation, hand over
 //! the result.
 
-use std::future::{poll_fn, Future};
+use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -9,7 +9,7 @@ use std::task::Poll;
 use tokio::sync::mpsc;
 
 use crate::isolate::catching;
-use crate::pipeline::{bump, Shared};
+use crate::pipeline::{Shared, bump};
 
 /// Why a worker stopped: the report's `workers_joined` vs `aborted` split
 /// needs the worker's own word for it (PITFALLS 5).
