@@ -1,0 +1,314 @@
+//! Bounded multi-thread stress: every item counted exactly once.
+//!
+//! Modelled on async-channel's `mpmc` test: a per-id tally of what happened
+//! to each item, filled in by the handler, the `on_shed` hook, the item's
+//! `Drop` and the results consumer, on a 2-thread runtime where intake,
+//! workers and consumer race. Every id must be in exactly one of handled or
+//! shed (or, after an abort, abandoned), handled ids must be unique and
+//! equal the received ids, and the report must agree with the tally.
+//!
+//! Each test runs a fixed number of rounds; the whole file takes a few
+//! seconds in debug.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backpressure_pipeline::{FanOutConfig, FanOutExt, IntakeEnd, Report, ShedPolicy};
+use futures::StreamExt;
+use tokio::runtime::Handle;
+
+/// What happened to each id, counted.
+struct Tally {
+    /// Items the producer made (ids `0..created`).
+    created: AtomicU64,
+    /// Items the pipeline took from the input (ids `0..pulled`: a FIFO).
+    pulled: AtomicU64,
+    handled: Vec<AtomicU8>,
+    completed: Vec<AtomicU8>,
+    shed: Vec<AtomicU8>,
+    dropped: Vec<AtomicU8>,
+}
+
+impl Tally {
+    fn new(ids: u64) -> Arc<Self> {
+        let column = || (0..ids).map(|_| AtomicU8::new(0)).collect::<Vec<_>>();
+        Arc::new(Tally {
+            created: AtomicU64::new(0),
+            pulled: AtomicU64::new(0),
+            handled: column(),
+            completed: column(),
+            shed: column(),
+            dropped: column(),
+        })
+    }
+
+    fn sum(column: &[AtomicU8]) -> u64 {
+        column.iter().map(|n| u64::from(n.load(SeqCst))).sum()
+    }
+}
+
+struct Item {
+    id: u64,
+    tally: Arc<Tally>,
+}
+
+impl Drop for Item {
+    fn drop(&mut self) {
+        self.tally.dropped[self.id as usize].fetch_add(1, SeqCst);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Shutdown,
+    Abort,
+}
+
+/// A small deterministic generator for the stop points (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+fn alive_tasks() -> usize {
+    Handle::current().metrics().num_alive_tasks()
+}
+
+/// One pipeline over ids `0..ids`, drained by this task; `stop` requests a
+/// shutdown or abort once `after` results have been received.
+async fn round(
+    policy: ShedPolicy,
+    workers: usize,
+    capacity: usize,
+    ids: u64,
+    stop: Option<(Stop, usize)>,
+) {
+    let baseline = alive_tasks();
+    let tally = Tally::new(ids);
+    // The producer is a task of its own, racing the intake through a
+    // channel, so the intake really parks when it has caught up.
+    let (sender, receiver) = async_channel::bounded(16);
+    let source = Arc::clone(&tally);
+    let producer = tokio::spawn(async move {
+        for id in 0..ids {
+            source.created.fetch_add(1, SeqCst);
+            let item = Item {
+                id,
+                tally: Arc::clone(&source),
+            };
+            if sender.send(item).await.is_err() {
+                break; // intake stopped and dropped the input
+            }
+            if id % 2 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let pulled = Arc::clone(&tally);
+    let input = receiver.map(move |item: Item| {
+        pulled.pulled.fetch_add(1, SeqCst);
+        item
+    });
+    let hook = Arc::clone(&tally);
+    let config = FanOutConfig::new(workers, policy)
+        .capacity(capacity)
+        .output_capacity(4)
+        .on_shed(move |item: Item| {
+            hook.shed[item.id as usize].fetch_add(1, SeqCst);
+        });
+    let handler_tally = Arc::clone(&tally);
+    let (mut results, handle) = input.bounded_fan_out_with(config, move |item: Item| {
+        let tally = Arc::clone(&handler_tally);
+        tally.handled[item.id as usize].fetch_add(1, SeqCst);
+        async move {
+            let item = item;
+            // 0 to 3 suspensions: some handlers are mid-flight at a stop.
+            for _ in 0..item.id % 4 {
+                tokio::task::yield_now().await;
+            }
+            tally.completed[item.id as usize].fetch_add(1, SeqCst);
+            item.id
+        }
+    });
+
+    let run = async {
+        let mut received = Vec::new();
+        let mut stopped = false;
+        loop {
+            if let Some((how, after)) = stop {
+                if !stopped && received.len() >= after {
+                    stopped = true;
+                    match how {
+                        Stop::Shutdown => handle.shutdown(),
+                        Stop::Abort => handle.abort(),
+                    }
+                }
+            }
+            match results.next().await {
+                Some(id) => received.push(id),
+                None => break,
+            }
+        }
+        (received, handle.join().await)
+    };
+    let (mut received, report) = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("join hung");
+    tokio::time::timeout(Duration::from_secs(30), producer)
+        .await
+        .expect("producer hung")
+        .expect("producer panicked");
+
+    // Every task is gone (PITFALLS 11: give the other thread its turns).
+    let mut turns = 0;
+    while alive_tasks() != baseline && turns < 1_000_000 {
+        tokio::task::yield_now().await;
+        turns += 1;
+    }
+    assert_eq!(alive_tasks(), baseline, "a pipeline task outlived join");
+
+    check(&tally, ids, workers, stop, &mut received, &report);
+}
+
+fn check(
+    tally: &Tally,
+    ids: u64,
+    workers: usize,
+    stop: Option<(Stop, usize)>,
+    received: &mut [u64],
+    report: &Report,
+) {
+    let pulled = tally.pulled.load(SeqCst);
+    let created = tally.created.load(SeqCst);
+    let aborted = matches!(stop, Some((Stop::Abort, _)));
+    let mut abandoned = 0;
+    for id in 0..ids as usize {
+        let handled = tally.handled[id].load(SeqCst);
+        let shed = tally.shed[id].load(SeqCst);
+        let completed = tally.completed[id].load(SeqCst);
+        let drops = tally.dropped[id].load(SeqCst);
+        if (id as u64) < pulled {
+            assert!(
+                handled <= 1 && shed <= 1,
+                "id {id}: handled {handled}, shed {shed}"
+            );
+            assert!(handled + shed <= 1, "id {id} both handled and shed");
+            assert_eq!(drops, 1, "id {id} dropped {drops} times");
+            if handled + shed == 0 {
+                abandoned += 1;
+            }
+            if !aborted {
+                assert_eq!(handled + shed, 1, "id {id} lost");
+                assert_eq!(completed, handled, "id {id} handled but not completed");
+            }
+        } else {
+            // Never pulled: still in the channel when the input was dropped.
+            assert_eq!((handled, shed), (0, 0), "id {id} was never pulled");
+            assert_eq!(
+                drops,
+                u8::from((id as u64) < created),
+                "id {id} dropped {drops} times"
+            );
+        }
+    }
+    // Handled ids are unique (above); received ids are unique and are
+    // exactly the completed ones.
+    received.sort_unstable();
+    let completed_ids: Vec<u64> = (0..ids)
+        .filter(|&id| tally.completed[id as usize].load(SeqCst) == 1)
+        .collect();
+    assert_eq!(received, completed_ids.as_slice());
+
+    let handled = Tally::sum(&tally.handled);
+    let completed = Tally::sum(&tally.completed);
+    assert!(report.is_conserved(), "law broken: {report}");
+    assert_eq!(report.produced, pulled);
+    assert_eq!(report.processed, completed);
+    assert_eq!(report.processed, received.len() as u64);
+    assert_eq!(report.dropped, Tally::sum(&tally.shed));
+    assert_eq!(report.failed, 0);
+    assert_eq!(report.cancelled, (handled - completed) + abandoned);
+    assert_eq!(report.aborted as u64, handled - completed);
+    assert_eq!(report.workers_joined + report.aborted, workers);
+    assert_eq!(
+        report.processed + report.dropped + report.cancelled,
+        report.produced
+    );
+    match stop {
+        None => {
+            assert_eq!(report.produced, ids);
+            assert_eq!(report.intake, IntakeEnd::Exhausted);
+            assert_eq!((report.cancelled, report.aborted), (0, 0));
+        }
+        // The default drain timeout (30 s) leaves time to finish everything.
+        Some((Stop::Shutdown, _)) => assert_eq!((report.cancelled, report.aborted), (0, 0)),
+        Some((Stop::Abort, _)) => {}
+    }
+}
+
+const IDS: u64 = 2_000;
+const ROUNDS: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_newest_capacity_1_counts_every_item_once() {
+    for r in 0..ROUNDS {
+        round(ShedPolicy::DropNewest, 1 + r % 4, 1, IDS, None).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_newest_capacity_8_counts_every_item_once() {
+    for r in 0..ROUNDS {
+        round(ShedPolicy::DropNewest, 1 + r % 4, 8, IDS, None).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_capacity_1_counts_every_item_once() {
+    for r in 0..ROUNDS {
+        round(ShedPolicy::DropOldest, 1 + r % 4, 1, IDS, None).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_capacity_8_counts_every_item_once() {
+    for r in 0..ROUNDS {
+        round(ShedPolicy::DropOldest, 1 + r % 4, 8, IDS, None).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_at_a_random_point_counts_every_item_once() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for r in 0..2 * ROUNDS {
+        let policy = [ShedPolicy::DropNewest, ShedPolicy::DropOldest][r % 2];
+        let capacity = [1, 8][r / 2 % 2];
+        let after = rng.below(100) as usize;
+        round(
+            policy,
+            1 + r % 3,
+            capacity,
+            IDS,
+            Some((Stop::Shutdown, after)),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_at_a_random_point_counts_every_item_once() {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for r in 0..2 * ROUNDS {
+        let policy = [ShedPolicy::DropNewest, ShedPolicy::DropOldest][r % 2];
+        let capacity = [1, 8][r / 2 % 2];
+        let after = rng.below(100) as usize;
+        round(policy, 1 + r % 3, capacity, IDS, Some((Stop::Abort, after))).await;
+    }
+}
