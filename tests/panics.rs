@@ -421,8 +421,9 @@ async fn panic_in_drop_of_an_item_abandoned_by_abort() {
     })
     .await;
 
-    handle.abort(); // must not unwind into the caller
-                    // The queued items are dropped by `abort` itself; nothing else yet.
+    // Must not unwind into the caller.
+    handle.abort();
+    // The queued items are dropped by `abort` itself; nothing else yet.
     assert_eq!(drops.sorted(), [1, 2, 3, 4, 5]);
     let (out, report) = tokio::join!(results.collect::<Vec<_>>(), handle.join());
 
