@@ -1,0 +1,563 @@
+//! Lifetime of a pipeline: dropping either half or both, tasks after `join`,
+//! runtime flavours, an input driven regardless of the consumer, the memory
+//! bound, and the results stream's `FusedStream` / `size_hint`.
+//!
+//! Logic runs on paused current-thread runtimes; the multi-thread tests are
+//! bounded loops that count every item.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use backpressure_pipeline::{
+    BoundedFanOut, FanOutConfig, FanOutExt, IntakeEnd, Report, ShedPolicy, ShutdownHandle, Stats,
+};
+use futures::channel::mpsc;
+use futures::stream::FusedStream;
+use futures::{FutureExt, Stream, StreamExt};
+use tokio::time::{Instant, sleep, timeout};
+
+use ShedPolicy::{DropNewest, DropOldest};
+
+/// Deadlock guard for joins and drains (virtual time on paused runtimes).
+const GUARD: Duration = Duration::from_secs(3600);
+/// Deadlock guard on multi-thread runtimes (real time; never reached when passing).
+const REAL_GUARD: Duration = Duration::from_secs(20);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn alive() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Lets every ready task run, without letting virtual time advance.
+async fn settle() {
+    for _ in 0..64 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Yields until no task but the baseline is alive, or fails after `tries`.
+/// (The metric lags a finished task briefly: PITFALLS 11.)
+async fn back_to(baseline: usize, tries: usize) {
+    for _ in 0..tries {
+        if alive() == baseline {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(alive(), baseline, "pipeline tasks still alive");
+}
+
+async fn work(id: u32, d: Duration) -> u32 {
+    sleep(d).await;
+    id
+}
+
+fn counts(r: &Report) -> (u64, u64, u64, u64, u64, usize, usize) {
+    (
+        r.produced,
+        r.processed,
+        r.dropped,
+        r.failed,
+        r.cancelled,
+        r.workers_joined,
+        r.aborted,
+    )
+}
+
+async fn drain_and_join<T: Send + 'static>(
+    results: BoundedFanOut<T>,
+    handle: ShutdownHandle,
+    guard: Duration,
+) -> (Vec<T>, Report) {
+    let (out, report) = timeout(guard, async {
+        tokio::join!(results.collect::<Vec<_>>(), handle.join())
+    })
+    .await
+    .expect("pipeline did not finish");
+    assert!(report.is_conserved(), "not conserved: {report}");
+    assert_eq!(out.len() as u64, report.processed, "results != processed");
+    (out, report)
+}
+
+/// Sets a flag when dropped; captured by an input to observe its release.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, SeqCst);
+    }
+}
+
+/// `ids`, then pending forever; `flag` is set when the stream is dropped.
+fn endless_flagged(
+    ids: std::ops::Range<u32>,
+    flag: &Arc<AtomicBool>,
+) -> impl Stream<Item = u32> + Send + 'static {
+    let guard = DropFlag(Arc::clone(flag));
+    futures::stream::iter(ids)
+        .chain(futures::stream::pending())
+        .map(move |id| {
+            let _ = &guard;
+            id
+        })
+}
+
+/// An item that counts its own drops, to show none is leaked.
+struct Tracked {
+    id: u32,
+    drops: Arc<AtomicUsize>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.drops.fetch_add(1, SeqCst);
+    }
+}
+
+// ===== dropping halves =====
+
+#[tokio::test(start_paused = true)]
+async fn dropping_results_keeps_processing_and_counts_processed() {
+    let start = Instant::now();
+    let completed = Arc::new(AtomicUsize::new(0));
+    let done = Arc::clone(&completed);
+    let config = FanOutConfig::new(2, DropNewest).output_capacity(1);
+    let (mut results, handle) =
+        futures::stream::iter(0..10u32).bounded_fan_out_with(config, move |id| {
+            let done = Arc::clone(&done);
+            async move {
+                let id = work(id, ms(10)).await;
+                done.fetch_add(1, SeqCst);
+                id
+            }
+        });
+    assert_eq!(timeout(GUARD, results.next()).await.unwrap(), Some(0));
+    drop(results);
+    assert!(
+        !handle.is_shutting_down(),
+        "dropping results alone stops nothing"
+    );
+    let report = timeout(GUARD, handle.join()).await.unwrap();
+    assert_eq!(
+        start.elapsed(),
+        ms(50),
+        "ran at full speed, results discarded"
+    );
+    assert_eq!(completed.load(SeqCst), 10);
+    assert_eq!(counts(&report), (10, 10, 0, 0, 0, 2, 0));
+    assert_eq!(report.intake, IntakeEnd::Exhausted);
+    assert!(report.is_conserved());
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_handle_detaches_the_pipeline() {
+    let start = Instant::now();
+    let baseline = alive();
+    let (results, handle) =
+        futures::stream::iter(0..10u32).bounded_fan_out(2, DropNewest, |id| work(id, ms(10)));
+    drop(handle);
+    let mut out: Vec<u32> = timeout(GUARD, results.collect()).await.unwrap();
+    out.sort_unstable();
+    assert_eq!(out, (0..10).collect::<Vec<_>>(), "ran to its natural end");
+    assert_eq!(start.elapsed(), ms(50));
+    back_to(baseline, 16).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_both_halves_ends_every_task_and_releases_everything() {
+    let start = Instant::now();
+    let baseline = alive();
+    let input_dropped = Arc::new(AtomicBool::new(false));
+    let item_drops = Arc::new(AtomicUsize::new(0));
+    let drops = Arc::clone(&item_drops);
+    let input = endless_flagged(0..5, &input_dropped).map(move |id| Tracked {
+        id,
+        drops: Arc::clone(&drops),
+    });
+    let config = FanOutConfig::new(2, DropNewest).capacity(8);
+    let (results, handle) = input.bounded_fan_out_with(config, |item: Tracked| async move {
+        std::future::pending::<()>().await;
+        item.id
+    });
+    settle().await;
+    let s = handle.stats();
+    assert_eq!((s.produced, s.queue_depth, s.in_flight), (5, 3, 2));
+    assert_eq!(alive(), baseline + 2 + 2, "2 workers, intake, supervisor");
+
+    drop(results);
+    drop(handle);
+    back_to(baseline, 16).await;
+    assert_eq!(start.elapsed(), Duration::ZERO, "promptly: no time passed");
+    assert!(input_dropped.load(SeqCst), "the input was dropped");
+    assert_eq!(
+        item_drops.load(SeqCst),
+        5,
+        "queued and in-flight items released"
+    );
+}
+
+// ===== no task outlives the pipeline =====
+
+#[tokio::test(start_paused = true)]
+async fn no_task_is_alive_after_join_whatever_the_ending() {
+    const WORKERS: usize = 3;
+    for ending in ["natural", "shutdown", "abort", "drain timeout"] {
+        let baseline = alive();
+        let flag = Arc::new(AtomicBool::new(false));
+        let input = endless_flagged(0..8, &flag).take(if ending == "natural" { 8 } else { 100 });
+        let mut config = FanOutConfig::new(WORKERS, DropNewest).capacity(8);
+        if ending == "drain timeout" {
+            config = config.drain_timeout(ms(15));
+        }
+        let (results, handle) = input.bounded_fan_out_with(config, |id| work(id, ms(10)));
+        assert_eq!(
+            alive(),
+            baseline + WORKERS + 2,
+            "{ending}: workers, intake, supervisor"
+        );
+        settle().await;
+        match ending {
+            "natural" => {}
+            "shutdown" => {
+                sleep(ms(5)).await;
+                handle.shutdown();
+            }
+            "abort" => {
+                sleep(ms(5)).await;
+                handle.abort();
+            }
+            // 15 ms is not enough for 8 items of 10 ms, 3 at a time.
+            _ => handle.shutdown(),
+        }
+        let (_, report) = drain_and_join(results, handle, GUARD).await;
+        back_to(baseline, 16).await;
+        assert!(flag.load(SeqCst), "{ending}: input released");
+        let expected = match ending {
+            "natural" => (8, 8, 0, 0, 0, 3, 0),
+            "shutdown" => (8, 8, 0, 0, 0, 3, 0),
+            "abort" => (8, 0, 0, 0, 8, 0, 3),
+            _ => (8, 3, 0, 0, 5, 0, 3),
+        };
+        assert_eq!(counts(&report), expected, "{ending}");
+    }
+}
+
+// ===== runtime flavours =====
+
+/// W handlers must be in flight together for the first W items to pass the
+/// barrier; then a burst of 2000 is fanned out and counted exactly.
+async fn fan_out_2000(workers: usize) {
+    let barrier = Arc::new(tokio::sync::Barrier::new(workers));
+    let config = FanOutConfig::new(workers, DropNewest).capacity(16);
+    let (results, handle) =
+        futures::stream::iter(0..2000u32).bounded_fan_out_with(config, move |id| {
+            let barrier = Arc::clone(&barrier);
+            async move {
+                if (id as usize) < workers {
+                    barrier.wait().await;
+                }
+                tokio::task::yield_now().await;
+                id
+            }
+        });
+    let (mut out, report) = drain_and_join(results, handle, REAL_GUARD).await;
+    out.sort_unstable();
+    out.dedup();
+    assert_eq!(out.len() as u64, report.processed, "every result once");
+    assert!(out.starts_with(&(0..workers as u32).collect::<Vec<_>>()));
+    assert_eq!(report.produced, 2000);
+    assert_eq!(report.processed + report.dropped, 2000);
+    assert_eq!((report.workers_joined, report.aborted), (workers, 0));
+    assert_eq!(report.intake, IntakeEnd::Exhausted);
+}
+
+#[test]
+fn works_on_current_thread_and_multi_thread_runtimes() {
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    current.block_on(fan_out_2000(4));
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        multi.block_on(fan_out_2000(4));
+    }
+}
+
+// ===== the input is not paced by the consumer =====
+
+#[tokio::test(start_paused = true)]
+async fn the_input_is_driven_while_nobody_reads_results() {
+    let (tx, rx) = mpsc::unbounded::<u32>();
+    let config = FanOutConfig::new(1, DropNewest)
+        .capacity(4)
+        .output_capacity(1);
+    let (results, handle) = rx.bounded_fan_out_with(config, |id| async move { id });
+    let row = |s: Stats| {
+        (
+            s.produced,
+            s.processed,
+            s.dropped,
+            s.queue_depth,
+            s.in_flight,
+        )
+    };
+
+    (0..10).for_each(|id| tx.unbounded_send(id).unwrap());
+    settle().await;
+    // Queue of 4 kept 0..=3; the worker handed 0 over and holds 1 (output full).
+    assert_eq!(row(handle.stats()), (10, 2, 6, 2, 0));
+
+    (10..20).for_each(|id| tx.unbounded_send(id).unwrap());
+    settle().await;
+    // Still pulled in full: 2 free slots took 10 and 11, the rest shed.
+    assert_eq!(row(handle.stats()), (20, 2, 14, 4, 0));
+    drop(tx);
+
+    let (out, report) = drain_and_join(results, handle, GUARD).await;
+    assert_eq!(out, [0, 1, 2, 3, 10, 11], "FIFO with one worker");
+    assert_eq!(counts(&report), (20, 6, 14, 0, 0, 1, 0));
+}
+
+// ===== memory bound =====
+
+#[tokio::test(start_paused = true)]
+async fn memory_is_bounded_at_every_sampled_instant() {
+    const WORKERS: usize = 3;
+    const CAPACITY: usize = 5;
+    const OUTPUT: usize = 2;
+    // 300 items in bursts of 7 every 10 ms; handlers take 3..=15 ms; the
+    // consumer reads one result every 4 ms.
+    let input = futures::stream::unfold(0u32, |id| async move {
+        if id == 300 {
+            return None;
+        }
+        if id % 7 == 0 {
+            sleep(ms(10)).await;
+        }
+        Some((id, id + 1))
+    });
+    let config = FanOutConfig::new(WORKERS, DropOldest)
+        .capacity(CAPACITY)
+        .output_capacity(OUTPUT);
+    let (mut results, handle) =
+        input.bounded_fan_out_with(config, |id| work(id, ms(u64::from(id % 5 + 1) * 3)));
+
+    let (mut max_queue, mut max_in_flight, mut max_waiting) = (0, 0, 0);
+    let mut received = Vec::new();
+    for tick in 0u32.. {
+        assert!(tick < 100_000, "results never ended");
+        sleep(ms(1)).await;
+        let s = handle.stats();
+        let waiting = results.size_hint().0;
+        assert!(s.queue_depth <= CAPACITY, "t={tick}ms {s:?}");
+        assert!(s.in_flight <= WORKERS, "t={tick}ms {s:?}");
+        assert!(s.high_water_mark <= CAPACITY, "t={tick}ms {s:?}");
+        assert!(waiting <= OUTPUT, "t={tick}ms: {waiting} results waiting");
+        // Between the intake's polls nothing is held outside the queue.
+        let settled = s.processed + s.dropped + s.failed + s.cancelled;
+        assert_eq!(
+            s.produced,
+            settled + (s.queue_depth + s.in_flight) as u64,
+            "t={tick}ms {s:?}"
+        );
+        max_queue = max_queue.max(s.queue_depth);
+        max_in_flight = max_in_flight.max(s.in_flight);
+        max_waiting = max_waiting.max(waiting);
+        if tick % 4 == 0 {
+            match results.next().now_or_never() {
+                Some(Some(id)) => received.push(id),
+                Some(None) => break,
+                None => {}
+            }
+        }
+    }
+    // The bounds were reached, so they were tested, not just respected.
+    assert_eq!(
+        (max_queue, max_in_flight, max_waiting),
+        (CAPACITY, WORKERS, OUTPUT)
+    );
+    let report = timeout(GUARD, handle.join()).await.unwrap();
+    assert!(report.is_conserved(), "{report}");
+    assert_eq!(report.produced, 300);
+    assert_eq!(received.len() as u64, report.processed);
+    assert!(report.dropped > 0, "overload was shed: {report}");
+}
+
+/// Samples `stats()` from the test task while a 2-thread runtime pushes
+/// 20,000 instant items through W = 2, C = 4, K = 2; `check` sees every sample.
+fn sample_parallel_load(rounds: usize, check: impl Fn(&Stats)) {
+    const WORKERS: usize = 2;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for _ in 0..rounds {
+        rt.block_on(async {
+            let config = FanOutConfig::new(WORKERS, DropOldest)
+                .capacity(4)
+                .output_capacity(2);
+            let (results, handle) = futures::stream::iter(0..20_000u32)
+                .bounded_fan_out_with(config, |id| async move { id });
+            let consumer = tokio::spawn(results.count());
+            let mut samples = 0u32;
+            while !handle.is_finished() && samples < 200_000 {
+                check(&handle.stats());
+                samples += 1;
+                tokio::task::yield_now().await;
+            }
+            let received = timeout(REAL_GUARD, consumer).await.unwrap().unwrap();
+            let report = timeout(REAL_GUARD, handle.join()).await.unwrap();
+            assert!(report.is_conserved(), "{report}");
+            assert_eq!(report.produced, 20_000);
+            assert_eq!(received as u64, report.processed);
+            assert_eq!((report.workers_joined, report.aborted), (WORKERS, 0));
+        });
+    }
+}
+
+#[test]
+fn queue_depth_stays_bounded_under_parallel_load() {
+    sample_parallel_load(5, |s| {
+        assert!(s.queue_depth <= 4, "{s:?}");
+        assert!(s.high_water_mark <= 4, "{s:?}");
+    });
+}
+
+#[test]
+#[ignore = "crate fault: Stats::in_flight over-reports under parallel load (reads outcomes, then `taken`)"]
+fn in_flight_never_exceeds_workers_under_parallel_load() {
+    sample_parallel_load(20, |s| assert!(s.in_flight <= 2, "{s:?}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_output_capacity_is_64_undelivered_results() {
+    assert_eq!(FanOutConfig::<u32>::DEFAULT_OUTPUT_CAPACITY, 64);
+    let config = FanOutConfig::new(1, DropNewest).capacity(100);
+    let (results, handle) =
+        futures::stream::iter(0..100u32).bounded_fan_out_with(config, |id| async move { id });
+    settle().await;
+    // 64 buffered, a 65th finished and held by the worker, 35 still queued.
+    assert_eq!(results.size_hint(), (64, None));
+    let s = handle.stats();
+    assert_eq!((s.processed, s.queue_depth, s.in_flight), (65, 35, 0));
+    let (out, report) = drain_and_join(results, handle, GUARD).await;
+    assert_eq!(out, (0..100).collect::<Vec<_>>());
+    assert_eq!(counts(&report), (100, 100, 0, 0, 0, 1, 0));
+}
+
+// ===== FusedStream, size_hint and order =====
+
+#[tokio::test(start_paused = true)]
+async fn results_arrive_in_completion_order() {
+    let start = Instant::now();
+    // Id 0 takes 30 ms, id 1 20 ms, id 2 10 ms, all started at t = 0.
+    let (results, handle) = futures::stream::iter(0..3u32)
+        .bounded_fan_out(3, DropNewest, |id| work(id, ms(30 - 10 * u64::from(id))));
+    let (out, report) = drain_and_join(results, handle, GUARD).await;
+    assert_eq!(out, [2, 1, 0]);
+    assert_eq!(start.elapsed(), ms(30));
+    assert_eq!(counts(&report), (3, 3, 0, 0, 0, 3, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn results_is_fused_and_its_size_hint_is_honest() {
+    let (tx, rx) = mpsc::unbounded::<u32>();
+    let config = FanOutConfig::new(1, DropNewest).output_capacity(4);
+    let (mut results, handle) = rx.bounded_fan_out_with(config, |id| async move { id });
+    assert_eq!(
+        results.size_hint(),
+        (0, None),
+        "nothing waiting, end unknown"
+    );
+    assert!(!results.is_terminated());
+
+    (0..3).for_each(|id| tx.unbounded_send(id).unwrap());
+    settle().await;
+    assert_eq!(
+        results.size_hint(),
+        (3, None),
+        "lower bound: results waiting"
+    );
+
+    assert_eq!(results.next().await, Some(0));
+    assert_eq!(results.size_hint(), (2, None));
+
+    drop(tx);
+    settle().await;
+    assert!(handle.is_finished());
+    assert_eq!(results.size_hint(), (2, None), "still two to read");
+    assert!(!results.is_terminated());
+
+    assert_eq!(results.next().await, Some(1));
+    assert_eq!(results.next().await, Some(2));
+    assert!(
+        !results.is_terminated(),
+        "the end is not known until polled"
+    );
+    assert_eq!(results.next().await, None);
+    assert!(results.is_terminated());
+    assert_eq!(results.size_hint(), (0, Some(0)));
+    assert_eq!(results.next().await, None, "polling after the end is fine");
+
+    let report = timeout(GUARD, handle.join()).await.unwrap();
+    assert_eq!(counts(&report), (3, 3, 0, 0, 0, 1, 0));
+    assert!(report.is_conserved());
+}
+
+// ===== dropping both halves under parallelism =====
+
+#[test]
+fn dropping_both_halves_mid_flight_leaks_nothing_on_multi_thread() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for round in 0..20u32 {
+        rt.block_on(async {
+            let baseline = alive();
+            let input_dropped = Arc::new(AtomicBool::new(false));
+            let (made, item_drops) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let (m, d) = (Arc::clone(&made), Arc::clone(&item_drops));
+            let input = endless_flagged(0..1000, &input_dropped).map(move |id| {
+                m.fetch_add(1, SeqCst);
+                Tracked {
+                    id,
+                    drops: Arc::clone(&d),
+                }
+            });
+            let config = FanOutConfig::new(3, DropOldest).capacity(8);
+            let (results, handle) =
+                input.bounded_fan_out_with(config, |item: Tracked| async move {
+                    for _ in 0..3 {
+                        tokio::task::yield_now().await;
+                    }
+                    item.id
+                });
+            for _ in 0..round % 7 {
+                tokio::task::yield_now().await;
+            }
+            drop(results);
+            drop(handle);
+            back_to(baseline, 100_000).await;
+            assert!(input_dropped.load(SeqCst), "round {round}: input kept");
+            assert_eq!(
+                item_drops.load(SeqCst),
+                made.load(SeqCst),
+                "round {round}: an item was leaked"
+            );
+        });
+    }
+}
