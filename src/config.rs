@@ -5,6 +5,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::ShedPolicy;
+use crate::overload::{OverloadEvent, OverloadHook};
 
 /// A hook that receives items by value (shared by the intake and the handle).
 pub(crate) type ItemHook<Item> = Arc<dyn Fn(Item) + Send + Sync>;
@@ -22,6 +23,11 @@ pub(crate) type ItemHook<Item> = Arc<dyn Fn(Item) + Send + Sync>;
 /// | [`drain_timeout`](Self::drain_timeout) | [`DEFAULT_DRAIN_TIMEOUT`](Self::DEFAULT_DRAIN_TIMEOUT) = 30 s |
 /// | [`on_shed`](Self::on_shed) | none: shed items are dropped |
 /// | [`cancel_token`](Self::cancel_token) | none: a fresh, parentless token |
+/// | [`ordered`](Self::ordered) | `false`: results in completion order |
+/// | [`on_cancel`](Self::on_cancel) | none: abandoned items are dropped |
+/// | [`on_overload`](Self::on_overload) | none |
+/// | [`overload_quiet_period`](Self::overload_quiet_period) | [`DEFAULT_OVERLOAD_QUIET_PERIOD`](Self::DEFAULT_OVERLOAD_QUIET_PERIOD) = 1 s |
+/// | [`handler_timeout`](Self::handler_timeout) | none: a handler may run as long as it likes |
 ///
 /// # Examples
 ///
@@ -55,6 +61,11 @@ pub struct FanOutConfig<Item> {
     pub(crate) drain_timeout: Duration,
     pub(crate) on_shed: Option<ItemHook<Item>>,
     pub(crate) cancel_token: Option<CancellationToken>,
+    pub(crate) ordered: bool,
+    pub(crate) on_cancel: Option<ItemHook<Item>>,
+    pub(crate) on_overload: Option<OverloadHook>,
+    pub(crate) overload_quiet_period: Duration,
+    pub(crate) handler_timeout: Option<Duration>,
 }
 
 impl<Item> FanOutConfig<Item> {
@@ -73,6 +84,10 @@ impl<Item> FanOutConfig<Item> {
     /// (`terminationGracePeriodSeconds`), so a pipeline shut down on
     /// `SIGTERM` finishes its drain inside the usual budget.
     pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// Default [`overload_quiet_period`](Self::overload_quiet_period): 1
+    /// second without shedding ends an overload episode.
+    pub const DEFAULT_OVERLOAD_QUIET_PERIOD: Duration = Duration::from_secs(1);
 
     /// Settings for `workers` concurrent handlers shedding by `policy`, with
     /// every other setting at its default.
@@ -101,6 +116,11 @@ impl<Item> FanOutConfig<Item> {
             drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
             on_shed: None,
             cancel_token: None,
+            ordered: false,
+            on_cancel: None,
+            on_overload: None,
+            overload_quiet_period: Self::DEFAULT_OVERLOAD_QUIET_PERIOD,
+            handler_timeout: None,
         }
     }
 
@@ -231,6 +251,182 @@ impl<Item> FanOutConfig<Item> {
         self.cancel_token = Some(parent);
         self
     }
+
+    /// Delivers results in input order instead of completion order, as
+    /// futures' `buffered` and Akka's `mapAsync` do.
+    ///
+    /// Items that never produce a result (shed, failed, timed out,
+    /// cancelled) are skipped. A slow item holds back the results of items
+    /// taken after it, and so do workers: at most `workers + output_capacity`
+    /// items are between being taken and being delivered, so the reorder
+    /// memory stays bounded by that many results; past it, workers wait
+    /// (and intake goes on shedding by policy).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
+    /// use futures::StreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let config = FanOutConfig::new(3, ShedPolicy::DropNewest).ordered(true);
+    /// let (results, shutdown) = futures::stream::iter([30u64, 10, 20])
+    ///     .bounded_fan_out_with(config, |ms| async move {
+    ///         tokio::time::sleep(Duration::from_millis(ms)).await;
+    ///         ms
+    ///     });
+    /// let (out, _) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
+    /// assert_eq!(out, [30, 10, 20]); // input order, not completion order
+    /// # }
+    /// ```
+    pub fn ordered(mut self, ordered: bool) -> Self {
+        self.ordered = ordered;
+        self
+    }
+
+    /// Hands back every accepted item that a shutdown abandoned before any
+    /// worker took it: still queued when [`abort`] ran or the drain timeout
+    /// expired, or pulled by intake just as the queue was abandoned. Modelled
+    /// on Java's `ExecutorService::shutdownNow`, which returns the tasks that
+    /// never ran.
+    ///
+    /// The hook runs once per item, outside every lock, on whichever task
+    /// aborted the pipeline (the caller of [`abort`], the pipeline's own
+    /// supervisor at the drain deadline, or the one dropping the last half).
+    /// The items stay counted [`cancelled`](crate::Report::cancelled). Items
+    /// already in flight live inside their handler's future and cannot be
+    /// handed back. A panic in the hook is caught.
+    ///
+    /// [`abort`]: crate::ShutdownHandle::abort
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let returned = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = Arc::clone(&returned);
+    /// let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+    ///     .on_cancel(move |item: u32| sink.lock().unwrap().push(item));
+    /// let (results, shutdown) = futures::stream::iter(0..4u32)
+    ///     .bounded_fan_out_with(config, |_| std::future::pending::<()>());
+    /// while shutdown.stats().in_flight < 1 {
+    ///     tokio::task::yield_now().await;
+    /// }
+    /// shutdown.abort();
+    /// assert_eq!(*returned.lock().unwrap(), [1, 2, 3]); // item 0 was in flight
+    /// drop(results);
+    /// assert_eq!(shutdown.join().await.cancelled, 4);
+    /// # }
+    /// ```
+    pub fn on_cancel<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(Item) + Send + Sync + 'static,
+    {
+        self.on_cancel = Some(Arc::new(hook));
+        self
+    }
+
+    /// Calls `hook` once when shedding starts and once when it stops: an
+    /// edge-triggered overload alarm, one line per episode instead of one per
+    /// shed item (see [`OverloadEvent`]).
+    ///
+    /// An episode ends after [`overload_quiet_period`](Self::overload_quiet_period)
+    /// without shedding, or when intake stops. The hook runs on the intake
+    /// task, outside every lock; a panic in it is caught.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, OverloadEvent, ShedPolicy};
+    /// use futures::StreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let events = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&events);
+    /// let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+    ///     .capacity(1)
+    ///     .on_overload(move |event| log.lock().unwrap().push(event));
+    /// // A burst of 10: one is queued, nine are shed in one episode.
+    /// let (results, shutdown) =
+    ///     futures::stream::iter(0..10u32).bounded_fan_out_with(config, |x| async move { x });
+    /// let (_, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
+    /// assert_eq!(report.dropped, 9);
+    /// assert_eq!(
+    ///     *events.lock().unwrap(),
+    ///     [OverloadEvent::Started, OverloadEvent::Ended { shed: 9, duration: Duration::ZERO }]
+    /// );
+    /// # }
+    /// ```
+    pub fn on_overload<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(OverloadEvent) + Send + Sync + 'static,
+    {
+        self.on_overload = Some(Arc::new(hook));
+        self
+    }
+
+    /// Sets how long intake must go without shedding before an overload
+    /// episode is declared over ([`on_overload`](Self::on_overload)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
+    ///
+    /// let config = FanOutConfig::<u8>::new(1, ShedPolicy::DropOldest)
+    ///     .overload_quiet_period(Duration::from_millis(200));
+    /// # let _ = config;
+    /// ```
+    pub fn overload_quiet_period(mut self, quiet: Duration) -> Self {
+        self.overload_quiet_period = quiet;
+        self
+    }
+
+    /// Cancels a handler that has run longer than `timeout` (measured from
+    /// the call to the handler) and counts its item
+    /// [`timed_out`](crate::Report::timed_out); the worker goes on with the
+    /// next item. The law becomes
+    /// `produced == processed + dropped + failed + timed_out + cancelled`.
+    /// As with tower's `Timeout`, the handler is cancelled at its next
+    /// suspension point; a handler that never yields cannot be cut off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
+    /// use futures::StreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let config = FanOutConfig::new(2, ShedPolicy::DropNewest)
+    ///     .handler_timeout(Duration::from_millis(50));
+    /// let (results, shutdown) = futures::stream::iter([10u64, 100, 20])
+    ///     .bounded_fan_out_with(config, |ms| async move {
+    ///         tokio::time::sleep(Duration::from_millis(ms)).await;
+    ///         ms
+    ///     });
+    /// let (mut out, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
+    /// out.sort();
+    /// assert_eq!(out, [10, 20]);
+    /// assert_eq!((report.processed, report.timed_out), (2, 1));
+    /// assert!(report.is_conserved());
+    /// # }
+    /// ```
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = Some(timeout);
+        self
+    }
 }
 
 impl<Item> Clone for FanOutConfig<Item> {
@@ -243,6 +439,11 @@ impl<Item> Clone for FanOutConfig<Item> {
             drain_timeout: self.drain_timeout,
             on_shed: self.on_shed.clone(),
             cancel_token: self.cancel_token.clone(),
+            ordered: self.ordered,
+            on_cancel: self.on_cancel.clone(),
+            on_overload: self.on_overload.clone(),
+            overload_quiet_period: self.overload_quiet_period,
+            handler_timeout: self.handler_timeout,
         }
     }
 }
@@ -257,6 +458,11 @@ impl<Item> fmt::Debug for FanOutConfig<Item> {
             .field("drain_timeout", &self.drain_timeout)
             .field("on_shed", &self.on_shed.is_some())
             .field("cancel_token", &self.cancel_token.is_some())
+            .field("ordered", &self.ordered)
+            .field("on_cancel", &self.on_cancel.is_some())
+            .field("on_overload", &self.on_overload.is_some())
+            .field("overload_quiet_period", &self.overload_quiet_period)
+            .field("handler_timeout", &self.handler_timeout)
             .finish()
     }
 }

@@ -2,12 +2,13 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures_core::Stream;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::handoff::HandOff;
+use crate::overload::Episodes;
 use crate::pipeline::{End, Shared, supervise};
 use crate::{BoundedFanOut, FanOutConfig, ShedPolicy, ShutdownHandle, intake, worker};
+use crate::{output, trace};
 
 /// Adds [`bounded_fan_out`](FanOutExt::bounded_fan_out) to every [`Stream`].
 pub trait FanOutExt: Stream {
@@ -158,9 +159,12 @@ pub trait FanOutExt: Stream {
             HandOff::new(config.capacity, config.policy),
             config.workers,
             config.cancel_token.as_ref(),
+            config.on_cancel,
         ));
-        let (sender, receiver) = mpsc::channel(config.output_capacity);
+        let (sender, receiver) =
+            output::channel(config.output_capacity, config.ordered, config.workers);
         let handler = Arc::new(handler);
+        let span = trace::pipeline_span(config.workers, config.capacity, config.policy);
         let mut workers = JoinSet::new();
         for slot in 0..config.workers {
             let run = worker::run(
@@ -168,18 +172,17 @@ pub trait FanOutExt: Stream {
                 slot,
                 Arc::clone(&handler),
                 sender.clone(),
+                config.handler_timeout,
             );
-            workers.spawn_on(run, &runtime);
+            workers.spawn_on(trace::in_span(&span, run), &runtime);
         }
         // Only the workers hold senders: `results` ends when the last exits.
         drop(sender);
-        let intake = runtime.spawn(intake::run(self, Arc::clone(&shared), config.on_shed));
-        let supervisor = runtime.spawn(supervise(
-            Arc::clone(&shared),
-            workers,
-            intake,
-            config.drain_timeout,
-        ));
+        let episodes = Episodes::new(config.on_overload, config.overload_quiet_period);
+        let intake = intake::run(self, Arc::clone(&shared), config.on_shed, episodes);
+        let intake = runtime.spawn(trace::in_span(&span, intake));
+        let supervisor = supervise(Arc::clone(&shared), workers, intake, config.drain_timeout);
+        let supervisor = runtime.spawn(trace::in_span(&span, supervisor));
         let results = BoundedFanOut::new(receiver, End(shared.clone()));
         (results, ShutdownHandle::new(supervisor, End(shared)))
     }

@@ -2,15 +2,15 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::output::Receiver;
+use crate::pipeline::End;
 use futures_core::stream::{FusedStream, Stream};
 use pin_project_lite::pin_project;
-use tokio::sync::mpsc;
-
-use crate::pipeline::End;
 
 pin_project! {
     /// Stream returned by [`FanOutExt::bounded_fan_out`]: the handlers'
-    /// outputs, in completion order.
+    /// outputs, in completion order (or in input order with
+    /// [`FanOutConfig::ordered`](crate::FanOutConfig::ordered)).
     ///
     /// It ends (`None`) after the last result, once every worker has exited:
     /// the input was exhausted and drained, or the pipeline was shut down.
@@ -44,14 +44,14 @@ pin_project! {
     /// ```
     #[must_use = "dropping the results stream discards every result"]
     pub struct BoundedFanOut<T> {
-        results: mpsc::Receiver<T>,
+        results: Receiver<T>,
         end: End,
         terminated: bool,
     }
 }
 
 impl<T> BoundedFanOut<T> {
-    pub(crate) fn new(results: mpsc::Receiver<T>, end: End) -> Self {
+    pub(crate) fn new(results: Receiver<T>, end: End) -> Self {
         BoundedFanOut {
             results,
             end,
@@ -82,7 +82,7 @@ impl<T> Stream for BoundedFanOut<T> {
         if self.terminated {
             (0, Some(0))
         } else {
-            (self.results.len(), None)
+            (self.results.ready_len(), None)
         }
     }
 }
@@ -96,7 +96,7 @@ impl<T> FusedStream for BoundedFanOut<T> {
 impl<T> fmt::Debug for BoundedFanOut<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BoundedFanOut")
-            .field("waiting_results", &self.results.len())
+            .field("waiting_results", &self.results.ready_len())
             .field("terminated", &self.terminated)
             .field("shutting_down", &self.end.0.is_shutting_down())
             .finish()

@@ -18,6 +18,16 @@
 //!   counting permits and pop directly until `items` is empty. Closing never
 //!   discards an item; only [`HandOff::abandon`] does, and it hands every
 //!   abandoned item back to the caller to be counted.
+//! * **Room is reserved, never taken back (`Backpressure`).** Under
+//!   [`ShedPolicy::Backpressure`] the intake first takes one `room` permit
+//!   per item (waiting while the queue is full), then pushes; a worker
+//!   returns one permit per pop. So `items.len() + room.available_permits()
+//!   <= capacity`, a push never finds the queue full, and nothing is shed.
+//!   Abandoning closes `room`, so an intake waiting for room wakes and is
+//!   refused.
+//! * **Take order is numbered.** Each pop gets the next sequence number
+//!   under the lock, so taken items are numbered densely in queue order;
+//!   ordered output reorders by it.
 //! * **No user code under the lock.** Shed, rejected and abandoned items are
 //!   moved out under the lock and dropped (or given to a hook) by the caller
 //!   after it is released, so a panicking `Drop` or hook cannot poison the
@@ -33,6 +43,8 @@ use crate::ShedPolicy;
 pub(crate) struct HandOff<T> {
     /// One permit per queued item while open (see `# Invariants`).
     ready: Semaphore,
+    /// Free slots, only under `Backpressure` (see `# Invariants`).
+    room: Semaphore,
     state: Mutex<State<T>>,
     capacity: usize,
     policy: ShedPolicy,
@@ -43,6 +55,8 @@ struct State<T> {
     closed: bool,
     abandoned: bool,
     high_water_mark: usize,
+    /// Sequence number of the next pop.
+    next_take: u64,
 }
 
 /// What happened to a batch offered with [`HandOff::push_batch`].
@@ -59,11 +73,17 @@ impl<T> HandOff<T> {
         debug_assert!(capacity > 0, "HandOff: capacity must be at least 1");
         HandOff {
             ready: Semaphore::new(0),
+            room: Semaphore::new(if policy == ShedPolicy::Backpressure {
+                capacity
+            } else {
+                0
+            }),
             state: Mutex::new(State {
                 items: VecDeque::with_capacity(capacity),
                 closed: false,
                 abandoned: false,
                 high_water_mark: 0,
+                next_take: 0,
             }),
             capacity,
             policy,
@@ -92,6 +112,10 @@ impl<T> HandOff<T> {
                     continue;
                 }
                 match self.policy {
+                    ShedPolicy::Backpressure => {
+                        debug_assert!(false, "HandOff: Backpressure push without room");
+                        shed.push(item);
+                    }
                     ShedPolicy::DropNewest => shed.push(item),
                     ShedPolicy::DropOldest => {
                         // Pop and push under one lock: length and permits unchanged.
@@ -123,7 +147,7 @@ impl<T> HandOff<T> {
     /// # Cancel safety
     ///
     /// Cancel safe: a permit is forgotten only together with a pop.
-    pub(crate) async fn take(&self) -> Option<T> {
+    pub(crate) async fn take(&self) -> Option<(u64, T)> {
         loop {
             // Fast path first: a busy queue rarely needs to park the worker.
             let permit = match self.ready.try_acquire() {
@@ -146,17 +170,56 @@ impl<T> HandOff<T> {
         }
     }
 
-    fn pop(&self) -> Option<T> {
-        let mut state = self.lock();
-        if state.abandoned {
-            return None;
+    fn pop(&self) -> Option<(u64, T)> {
+        let taken = {
+            let mut state = self.lock();
+            if state.abandoned {
+                return None;
+            }
+            let item = state.items.pop_front();
+            debug_assert!(
+                item.is_some() || state.closed,
+                "HandOff: a permit was granted for an empty open queue"
+            );
+            let seq = state.next_take;
+            state.next_take += u64::from(item.is_some());
+            item.map(|item| (seq, item))
+        };
+        if taken.is_some() && self.policy == ShedPolicy::Backpressure {
+            self.room.add_permits(1);
         }
-        let item = state.items.pop_front();
-        debug_assert!(
-            item.is_some() || state.closed,
-            "HandOff: a permit was granted for an empty open queue"
-        );
-        item
+        taken
+    }
+
+    /// Under `Backpressure`: waits until `n` slots are free and reserves
+    /// them for the next push. `false` if the queue was abandoned meanwhile.
+    /// Other policies never wait.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: nothing is reserved unless it returns.
+    pub(crate) async fn reserve(&self, n: usize) -> bool {
+        if self.policy != ShedPolicy::Backpressure || n == 0 {
+            return true;
+        }
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        match self.room.acquire_many(n).await {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Under `Backpressure`, how many items fit without waiting (at least 1,
+    /// so a full queue makes the intake wait for one); otherwise unbounded.
+    pub(crate) fn room_hint(&self) -> usize {
+        if self.policy == ShedPolicy::Backpressure {
+            self.room.available_permits().max(1)
+        } else {
+            usize::MAX
+        }
     }
 
     /// No more pushes; workers drain what is queued, then see `None`.
@@ -174,6 +237,7 @@ impl<T> HandOff<T> {
             state.items.drain(..).collect()
         };
         self.ready.close();
+        self.room.close();
         items
     }
 

@@ -3,14 +3,15 @@
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
+use tokio::time::{Instant, Sleep};
 
 use crate::config::ItemHook;
 use crate::handoff::{HandOff, Pushed};
 use crate::isolate::{catching, drop_quietly};
+use crate::overload::Episodes;
 use crate::pipeline::{Shared, bump};
 use crate::report::IntakeEnd;
 
@@ -21,6 +22,8 @@ pub(crate) const BATCH: usize = 32;
 enum Step {
     /// The batch is full, or the input is pending with items in hand.
     More,
+    /// The input is idle and an overload episode's quiet period may be over.
+    Quiet,
     /// Intake is over; the batch still holds what was pulled before.
     End(IntakeEnd),
 }
@@ -39,6 +42,7 @@ pub(crate) async fn run<S>(
     input: S,
     shared: Arc<Shared<S::Item>>,
     on_shed: Option<ItemHook<S::Item>>,
+    mut episodes: Episodes,
 ) -> IntakeEnd
 where
     S: Stream,
@@ -48,21 +52,35 @@ where
     // before the workers learn that intake is over.
     let mut input = pin!(input);
     let mut stop = pin!(shared.stop.cancelled());
+    // Fires when an overload episode may have gone quiet while the input idles.
+    let mut quiet = pin!(None::<Sleep>);
     let mut batch = Vec::with_capacity(BATCH);
     let mut shed = Vec::new();
-    loop {
-        let step =
-            poll_fn(|cx| gather(cx, &shared, input.as_mut(), &mut batch, stop.as_mut())).await;
+    let end = loop {
+        // `Backpressure` pulls no more than fits; the others pull a full batch.
+        let limit = shared.queue.room_hint().min(BATCH);
+        let step = poll_fn(|cx| {
+            gather(
+                cx,
+                &shared,
+                input.as_mut(),
+                &mut batch,
+                limit,
+                stop.as_mut(),
+                quiet.as_mut(),
+            )
+        })
+        .await;
         bump(&shared.intake.produced, batch.len() as u64);
-        if shared.queue.push_batch(&mut batch, &mut shed) == Pushed::Refused {
+        if !shared.queue.reserve(batch.len()).await
+            || shared.queue.push_batch(&mut batch, &mut shed) == Pushed::Refused
+        {
             // Aborted between pull and push: accepted, then cancelled.
-            shared
-                .unqueued_cancelled
-                .fetch_add(batch.len() as u64, Relaxed);
-            batch.drain(..).for_each(drop_quietly);
+            shared.cancel_unqueued(batch.drain(..).collect());
         }
-        if !shed.is_empty() {
-            bump(&shared.intake.dropped, shed.len() as u64);
+        let shed_now = shed.len();
+        if shed_now > 0 {
+            bump(&shared.intake.dropped, shed_now as u64);
             for item in shed.drain(..) {
                 match &on_shed {
                     Some(hook) => {
@@ -72,25 +90,45 @@ where
                 }
             }
         }
+        episodes.record(shed_now);
+        if let Step::Quiet = step {
+            episodes.end_if_quiet(Instant::now());
+        }
+        arm(quiet.as_mut(), &episodes, matches!(step, Step::Quiet));
         if let Step::End(end) = step {
-            return end;
+            break end;
         }
         // An always-ready input never returns `Pending`; without this a
         // current-thread runtime would run nothing else (PITFALLS 8).
         tokio::task::coop::consume_budget().await;
+    };
+    episodes.finish();
+    end
+}
+
+/// Keeps the quiet timer armed exactly while an overload episode is open.
+fn arm(mut quiet: Pin<&mut Option<Sleep>>, episodes: &Episodes, fired: bool) {
+    match (episodes.quiet_deadline(), quiet.as_mut().as_pin_mut()) {
+        (None, Some(_)) => quiet.set(None),
+        (Some(deadline), None) => quiet.set(Some(tokio::time::sleep_until(deadline))),
+        // A fired timer stays ready: move it to the episode's new deadline.
+        (Some(deadline), Some(timer)) if fired => timer.reset(deadline),
+        _ => {}
     }
 }
 
-/// Pulls up to [`BATCH`] ready items. Stops at the first `Pending` once it
+/// Pulls up to `limit` ready items. Stops at the first `Pending` once it
 /// holds items, so nothing waits in hand while the input is idle.
 fn gather<S: Stream>(
     cx: &mut Context<'_>,
     shared: &Shared<S::Item>,
     mut input: Pin<&mut S>,
     batch: &mut Vec<S::Item>,
+    limit: usize,
     stop: Pin<&mut impl Future<Output = ()>>,
+    quiet: Pin<&mut Option<Sleep>>,
 ) -> Poll<Step> {
-    while batch.len() < BATCH {
+    while batch.len() < limit {
         // Checked before every pull (one relaxed load): no item is taken
         // after `shutdown()` or `abort()` has returned.
         if shared.is_stopping() {
@@ -104,10 +142,15 @@ fn gather<S: Stream>(
             Some(Poll::Pending) => {
                 // Only an idle intake registers for the token's wake-up; a
                 // busy one sees the phase above (PITFALLS 3).
-                return match stop.poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Step::End(IntakeEnd::Stopped)),
-                    Poll::Pending => Poll::Pending,
-                };
+                if stop.poll(cx).is_ready() {
+                    return Poll::Ready(Step::End(IntakeEnd::Stopped));
+                }
+                if let Some(timer) = quiet.as_pin_mut() {
+                    if timer.poll(cx).is_ready() {
+                        return Poll::Ready(Step::Quiet);
+                    }
+                }
+                return Poll::Pending;
             }
         }
     }

@@ -15,8 +15,9 @@ use std::time::Duration;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ItemHook;
 use crate::handoff::HandOff;
-use crate::isolate::drop_quietly;
+use crate::isolate::{catching, drop_quietly};
 use crate::report::{IntakeEnd, Report, Stats};
 use crate::worker::Exit;
 
@@ -40,6 +41,7 @@ pub(crate) struct WorkerCounters {
     pub(crate) taken: AtomicU64,
     pub(crate) processed: AtomicU64,
     pub(crate) failed: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
     pub(crate) cancelled: AtomicU64,
 }
 
@@ -66,6 +68,8 @@ pub(crate) struct Shared<Item> {
     pub(crate) unqueued_cancelled: AtomicU64,
     /// Live user-facing halves (results stream, shutdown handle).
     ends: AtomicUsize,
+    /// Receives accepted items that a shutdown abandoned unprocessed.
+    on_cancel: Option<ItemHook<Item>>,
 }
 
 impl<Item> Shared<Item> {
@@ -73,6 +77,7 @@ impl<Item> Shared<Item> {
         queue: HandOff<Item>,
         workers: usize,
         parent: Option<&CancellationToken>,
+        on_cancel: Option<ItemHook<Item>>,
     ) -> Self {
         Shared {
             queue,
@@ -83,6 +88,7 @@ impl<Item> Shared<Item> {
             workers: (0..workers).map(|_| WorkerCounters::default()).collect(),
             unqueued_cancelled: AtomicU64::new(0),
             ends: AtomicUsize::new(2),
+            on_cancel,
         }
     }
 
@@ -99,42 +105,92 @@ impl<Item> Shared<Item> {
     fn begin_abort(&self) {
         self.phase.fetch_max(ABORTING, Relaxed);
         let abandoned = self.queue.abandon();
-        self.unqueued_cancelled
-            .fetch_add(abandoned.len() as u64, Relaxed);
         self.stop.cancel();
         self.kill.cancel();
-        // After the counts and the signals: user `Drop`s run last, unlocked.
-        abandoned.into_iter().for_each(drop_quietly);
+        // After the signals: user code runs last, unlocked.
+        self.cancel_unqueued(abandoned);
     }
 
-    /// (processed, failed, cancelled in flight, taken), summed over workers.
-    fn worker_totals(&self) -> (u64, u64, u64, u64) {
-        let mut sums = (0, 0, 0, 0);
+    /// Counts accepted items that will never reach a worker as cancelled,
+    /// and hands them to `on_cancel` (or drops them).
+    pub(crate) fn cancel_unqueued(&self, items: Vec<Item>) {
+        self.unqueued_cancelled
+            .fetch_add(items.len() as u64, Relaxed);
+        self.hand_back(items);
+    }
+
+    fn hand_back(&self, items: Vec<Item>) {
+        for item in items {
+            match &self.on_cancel {
+                Some(hook) => {
+                    catching(|| hook(item));
+                }
+                None => drop_quietly(item),
+            }
+        }
+    }
+
+    fn worker_totals(&self) -> WorkerTotals {
+        let mut sums = WorkerTotals::default();
         for w in self.workers.iter() {
             // Outcomes before `taken`: `taken` only grows, so in-flight
             // computed from this snapshot is never negative.
-            sums.0 += w.processed.load(Relaxed);
-            sums.1 += w.failed.load(Relaxed);
-            sums.2 += w.cancelled.load(Relaxed);
+            sums.processed += w.processed.load(Relaxed);
+            sums.failed += w.failed.load(Relaxed);
+            sums.timed_out += w.timed_out.load(Relaxed);
+            sums.cancelled += w.cancelled.load(Relaxed);
         }
         for w in self.workers.iter() {
-            sums.3 += w.taken.load(Relaxed);
+            sums.taken += w.taken.load(Relaxed);
         }
         sums
     }
 
-    fn report(&self, workers_joined: usize, aborted: usize, intake: IntakeEnd) -> Report {
-        let (processed, failed, cancelled, _) = self.worker_totals();
-        Report {
+    fn snapshot(&self) -> Stats {
+        let totals = self.worker_totals();
+        let (queue_depth, high_water_mark) = self.queue.depth();
+        Stats {
             produced: self.intake.produced.load(Relaxed),
-            processed,
+            processed: totals.processed,
             dropped: self.intake.dropped.load(Relaxed),
-            failed,
-            cancelled: cancelled + self.unqueued_cancelled.load(Relaxed),
+            failed: totals.failed,
+            timed_out: totals.timed_out,
+            cancelled: totals.cancelled + self.unqueued_cancelled.load(Relaxed),
+            queue_depth,
+            in_flight: totals.in_flight(),
+            high_water_mark,
+        }
+    }
+
+    fn report(&self, workers_joined: usize, aborted: usize, intake: IntakeEnd) -> Report {
+        let stats = self.snapshot();
+        Report {
+            produced: stats.produced,
+            processed: stats.processed,
+            dropped: stats.dropped,
+            failed: stats.failed,
+            timed_out: stats.timed_out,
+            cancelled: stats.cancelled,
             workers_joined,
             aborted,
             intake,
         }
+    }
+}
+
+#[derive(Default)]
+struct WorkerTotals {
+    processed: u64,
+    failed: u64,
+    timed_out: u64,
+    cancelled: u64,
+    taken: u64,
+}
+
+impl WorkerTotals {
+    fn in_flight(&self) -> usize {
+        let finished = self.processed + self.failed + self.timed_out + self.cancelled;
+        usize::try_from(self.taken.saturating_sub(finished)).unwrap_or(usize::MAX)
     }
 }
 
@@ -161,19 +217,7 @@ impl<Item: Send + 'static> Control for Shared<Item> {
     }
 
     fn stats(&self) -> Stats {
-        let (processed, failed, cancelled, taken) = self.worker_totals();
-        let (queue_depth, high_water_mark) = self.queue.depth();
-        Stats {
-            produced: self.intake.produced.load(Relaxed),
-            processed,
-            dropped: self.intake.dropped.load(Relaxed),
-            failed,
-            cancelled: cancelled + self.unqueued_cancelled.load(Relaxed),
-            queue_depth,
-            in_flight: usize::try_from(taken.saturating_sub(processed + failed + cancelled))
-                .unwrap_or(usize::MAX),
-            high_water_mark,
-        }
+        self.snapshot()
     }
 
     fn is_shutting_down(&self) -> bool {
@@ -234,8 +278,14 @@ pub(crate) async fn supervise<Item: Send + 'static>(
     .await;
     // Workers only finish once the queue is closed, which the intake does
     // as it returns (or an abort does, and the intake is stopped with it).
-    let intake_end = intake.await.unwrap_or(IntakeEnd::InputPanicked);
-    shared.report(joined, aborted, intake_end)
+    let intake_end = match intake.await {
+        Ok(end) => end,
+        Err(error) if error.is_panic() => IntakeEnd::InputPanicked,
+        Err(_) => IntakeEnd::Stopped,
+    };
+    let report = shared.report(joined, aborted, intake_end);
+    crate::trace::finished(&report);
+    report
 }
 
 /// One user-facing half's claim on the pipeline. Dropping the last one

@@ -7,8 +7,8 @@ use std::fmt;
 /// is no default: every pipeline names its policy.
 ///
 /// Whichever item is discarded is counted in [`Report::dropped`] and handed
-/// to [`FanOutConfig::on_shed`] if a hook is set. Neither policy ever blocks
-/// the input: intake keeps pulling at the input's own pace.
+/// to [`FanOutConfig::on_shed`] if a hook is set. The two shedding policies
+/// never block the input: intake keeps pulling at the input's own pace.
 ///
 /// # `DropNewest`
 ///
@@ -38,12 +38,24 @@ use std::fmt;
 /// shed:                    1      2      3
 /// ```
 ///
+/// # `Backpressure`
+///
+/// Nothing is shed: when the queue is full, intake **waits** for a worker to
+/// take an item before it pulls the next one from the input. This is the
+/// one policy under which the pipeline does block its input, so a slow
+/// consumer throttles the producer, as with `buffer_unordered` or Kotlin's
+/// `SUSPEND`. Use it for lossless runs, and to compare against the shedding
+/// policies with the same report and shutdown. `dropped` is always 0; an
+/// input that cannot wait (a UDP socket, a broadcast receiver) loses items
+/// upstream instead, where nothing counts them.
+///
 /// # Names elsewhere
 ///
 /// | here | Akka Streams | Reactor, RxJava, Kotlin | .NET `BoundedChannelFullMode` |
 /// |---|---|---|---|
 /// | `DropNewest` | `OverflowStrategy.dropNew` | `DROP_LATEST` | `DropWrite` |
 /// | `DropOldest` | `OverflowStrategy.dropHead` | `DROP_OLDEST` | `DropOldest` |
+/// | `Backpressure` | `OverflowStrategy.backpressure` | `SUSPEND` (Kotlin), `BUFFER` | `Wait` |
 ///
 /// Note that .NET's own `DropNewest` is *not* this crate's `DropNewest`: it
 /// evicts the newest *queued* item to make room for the arriving one.
@@ -67,6 +79,8 @@ pub enum ShedPolicy {
     DropNewest,
     /// Evict the oldest queued item; queue the arriving one.
     DropOldest,
+    /// Shed nothing: intake waits for room, throttling the input.
+    Backpressure,
 }
 
 impl fmt::Display for ShedPolicy {
@@ -74,6 +88,7 @@ impl fmt::Display for ShedPolicy {
         f.pad(match self {
             ShedPolicy::DropNewest => "DropNewest",
             ShedPolicy::DropOldest => "DropOldest",
+            ShedPolicy::Backpressure => "Backpressure",
         })
     }
 }

@@ -44,9 +44,10 @@ impl fmt::Display for IntakeEnd {
 /// The final accounting of a pipeline, returned by [`ShutdownHandle::join`].
 ///
 /// Every item taken from the input is counted exactly once, in one of
-/// `processed`, `dropped`, `failed` or `cancelled`, so
-/// `produced == processed + dropped + failed + cancelled` (the conservation
-/// law, checked by [`Report::is_conserved`]). Every worker is counted once, in
+/// `processed`, `dropped`, `failed`, `timed_out` or `cancelled`, so
+/// `produced == processed + dropped + failed + timed_out + cancelled` (the
+/// conservation law, checked by [`Report::is_conserved`]; `timed_out` is 0
+/// unless a [`handler_timeout`](crate::FanOutConfig::handler_timeout) is set). Every worker is counted once, in
 /// `workers_joined` or `aborted`.
 ///
 /// # Examples
@@ -82,6 +83,10 @@ pub struct Report {
     /// Items whose handler panicked, in the call or in the future. The panic
     /// was caught; the worker went on with the next item.
     pub failed: u64,
+    /// Items whose handler ran longer than the
+    /// [`handler_timeout`](crate::FanOutConfig::handler_timeout) and was
+    /// cancelled; the worker went on with the next item.
+    pub timed_out: u64,
     /// Items accepted but abandoned by a shutdown before their handler
     /// completed: still queued at an abort, or cut off in flight.
     pub cancelled: u64,
@@ -96,7 +101,7 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether `produced == processed + dropped + failed + cancelled`.
+    /// Whether `produced == processed + dropped + failed + timed_out + cancelled`.
     ///
     /// This holds in every report the crate returns; the method exists so
     /// that callers and tests can say so.
@@ -118,6 +123,7 @@ impl Report {
         self.processed
             .checked_add(self.dropped)
             .and_then(|n| n.checked_add(self.failed))
+            .and_then(|n| n.checked_add(self.timed_out))
             .and_then(|n| n.checked_add(self.cancelled))
             == Some(self.produced)
     }
@@ -127,12 +133,13 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "produced {}, processed {}, dropped {}, failed {}, cancelled {}; \
+            "produced {}, processed {}, dropped {}, failed {}, timed out {}, cancelled {}; \
              workers joined {}, aborted {}; {}",
             self.produced,
             self.processed,
             self.dropped,
             self.failed,
+            self.timed_out,
             self.cancelled,
             self.workers_joined,
             self.aborted,
@@ -176,6 +183,8 @@ pub struct Stats {
     pub dropped: u64,
     /// Items whose handler panicked so far.
     pub failed: u64,
+    /// Items whose handler ran past the handler timeout so far.
+    pub timed_out: u64,
     /// Items cancelled by a shutdown so far.
     pub cancelled: u64,
     /// Items queued now, waiting for a worker (at most the capacity).

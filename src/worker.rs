@@ -5,10 +5,12 @@ use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 
 use crate::isolate::catching;
+use crate::output::Sender;
 use crate::pipeline::{Shared, bump};
 
 /// Why a worker stopped: the report's `workers_joined` vs `aborted` split
@@ -24,6 +26,7 @@ pub(crate) enum Exit {
 enum Outcome<T> {
     Done(T),
     Panicked,
+    TimedOut,
     Cancelled,
 }
 
@@ -31,45 +34,54 @@ pub(crate) async fn run<Item, F, Fut>(
     shared: Arc<Shared<Item>>,
     slot: usize,
     handler: Arc<F>,
-    results: mpsc::Sender<Fut::Output>,
+    results: Sender<Fut::Output>,
+    timeout: Option<Duration>,
 ) -> Exit
 where
     F: Fn(Item) -> Fut,
     Fut: Future,
 {
     let counters = &shared.workers[slot];
-    while let Some(item) = shared.queue.take().await {
+    loop {
+        results.reserve_turn().await;
+        let Some((seq, item)) = shared.queue.take().await else {
+            return Exit::Joined;
+        };
         bump(&counters.taken, 1);
-        match run_one(&*handler, item, &shared).await {
-            Outcome::Done(output) => {
-                // Counted before the hand-over: `processed` means the handler
-                // completed. The send is never cut off by an abort, so a
-                // consumer that drains receives exactly `processed` results;
-                // an error only means `results` was dropped.
-                bump(&counters.processed, 1);
-                let _ = results.send(output).await;
-            }
-            Outcome::Panicked => bump(&counters.failed, 1),
-            Outcome::Cancelled => {
-                bump(&counters.cancelled, 1);
-                return Exit::Aborted;
-            }
+        let outcome = run_one(&*handler, item, &shared, timeout).await;
+        let cut_off = matches!(outcome, Outcome::Cancelled);
+        // Counted before the hand-over: `processed` means the handler
+        // completed. The hand-over is never cut off by an abort, so a
+        // consumer that drains receives exactly `processed` results.
+        let (counter, result) = match outcome {
+            Outcome::Done(output) => (&counters.processed, Some(output)),
+            Outcome::Panicked => (&counters.failed, None),
+            Outcome::TimedOut => (&counters.timed_out, None),
+            Outcome::Cancelled => (&counters.cancelled, None),
+        };
+        bump(counter, 1);
+        results.deliver(seq, result).await;
+        if cut_off {
+            return Exit::Aborted;
         }
     }
-    Exit::Joined
 }
 
-/// Calls and polls the handler with every panic caught; an abort cancels it
-/// only at a suspension point, never a handler that is ready.
+/// Calls and polls the handler with every panic caught. An abort or the
+/// handler timeout cancels it only at a suspension point: a handler that is
+/// ready completes.
 async fn run_one<Item, F, Fut>(
     handler: &F,
     item: Item,
     shared: &Shared<Item>,
+    timeout: Option<Duration>,
 ) -> Outcome<Fut::Output>
 where
     F: Fn(Item) -> Fut,
     Fut: Future,
 {
+    // Read the clock only when a timeout is set.
+    let deadline = timeout.map(|timeout| Instant::now() + timeout);
     let Some(future) = catching(|| handler(item)) else {
         return Outcome::Panicked;
     };
@@ -77,20 +89,33 @@ where
     // place under `catching`: its `Drop` is user code too.
     let mut future = pin!(Some(future));
     let mut killed = pin!(shared.kill.cancelled());
+    // Armed on the first `Pending`, so an instant handler never touches the timer.
+    let mut timer = pin!(None::<Sleep>);
     let outcome = poll_fn(|cx| {
         let Some(running) = future.as_mut().as_pin_mut() else {
             return Poll::Ready(Outcome::Panicked);
         };
         match catching(|| running.poll(cx)) {
-            Some(Poll::Ready(output)) => Poll::Ready(Outcome::Done(output)),
-            None => Poll::Ready(Outcome::Panicked),
-            // Only a pending handler looks at the kill token, so an instant
-            // handler never touches the token's lock (PITFALLS 3).
-            Some(Poll::Pending) => match killed.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Outcome::Cancelled),
-                Poll::Pending => Poll::Pending,
-            },
+            Some(Poll::Ready(output)) => return Poll::Ready(Outcome::Done(output)),
+            None => return Poll::Ready(Outcome::Panicked),
+            Some(Poll::Pending) => {}
         }
+        // Only a pending handler looks at the kill token, so an instant
+        // handler never touches the token's lock (PITFALLS 3).
+        if killed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Outcome::Cancelled);
+        }
+        if let Some(deadline) = deadline {
+            if timer.is_none() {
+                timer.set(Some(tokio::time::sleep_until(deadline)));
+            }
+            if let Some(timer) = timer.as_mut().as_pin_mut() {
+                if timer.poll(cx).is_ready() {
+                    return Poll::Ready(Outcome::TimedOut);
+                }
+            }
+        }
+        Poll::Pending
     })
     .await;
     catching(|| future.set(None));
