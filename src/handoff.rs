@@ -191,34 +191,41 @@ impl<T> HandOff<T> {
         taken
     }
 
-    /// Under `Backpressure`: waits until `n` slots are free and reserves
-    /// them for the next push. `false` if the queue was abandoned meanwhile.
-    /// Other policies never wait.
+    /// How many items the intake may pull now, at most `max`.
+    ///
+    /// Under `Backpressure` this waits until at least one slot is free and
+    /// reserves every free slot it returns (0 once the queue is abandoned),
+    /// so intake never pulls an item it cannot queue; the unused part goes
+    /// back with [`HandOff::unreserve`]. Other policies never wait.
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: nothing is reserved unless it returns.
-    pub(crate) async fn reserve(&self, n: usize) -> bool {
-        if self.policy != ShedPolicy::Backpressure || n == 0 {
-            return true;
+    /// Not cancel safe under `Backpressure`: a reservation would be lost.
+    /// The intake awaits it to completion.
+    pub(crate) async fn reserve(&self, max: usize) -> usize {
+        if self.policy != ShedPolicy::Backpressure {
+            return max;
         }
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        match self.room.acquire_many(n).await {
-            Ok(permit) => {
-                permit.forget();
-                true
-            }
-            Err(_) => false,
+        match self.room.acquire().await {
+            Ok(first) => first.forget(),
+            Err(_) => return 0,
         }
+        // Only the intake takes room, so what is available stays available.
+        let more = self.room.available_permits().min(max.saturating_sub(1));
+        if let Ok(permits) = self
+            .room
+            .try_acquire_many(u32::try_from(more).unwrap_or(u32::MAX))
+        {
+            permits.forget();
+            return 1 + more;
+        }
+        1
     }
 
-    /// Under `Backpressure`, how many items fit without waiting (at least 1,
-    /// so a full queue makes the intake wait for one); otherwise unbounded.
-    pub(crate) fn room_hint(&self) -> usize {
-        if self.policy == ShedPolicy::Backpressure {
-            self.room.available_permits().max(1)
-        } else {
-            usize::MAX
+    /// Returns `n` reserved but unused slots (under `Backpressure`).
+    pub(crate) fn unreserve(&self, n: usize) {
+        if self.policy == ShedPolicy::Backpressure && n > 0 {
+            self.room.add_permits(n);
         }
     }
 

@@ -57,8 +57,11 @@ where
     let mut batch = Vec::with_capacity(BATCH);
     let mut shed = Vec::new();
     let end = loop {
-        // `Backpressure` pulls no more than fits; the others pull a full batch.
-        let limit = shared.queue.room_hint().min(BATCH);
+        // `Backpressure` waits for room before it pulls; the others never wait.
+        let limit = shared.queue.reserve(BATCH).await;
+        if limit == 0 {
+            break IntakeEnd::Stopped; // abandoned while waiting for room
+        }
         let step = poll_fn(|cx| {
             gather(
                 cx,
@@ -71,10 +74,9 @@ where
             )
         })
         .await;
+        shared.queue.unreserve(limit.min(BATCH) - batch.len());
         bump(&shared.intake.produced, batch.len() as u64);
-        if !shared.queue.reserve(batch.len()).await
-            || shared.queue.push_batch(&mut batch, &mut shed) == Pushed::Refused
-        {
+        if shared.queue.push_batch(&mut batch, &mut shed) == Pushed::Refused {
             // Aborted between pull and push: accepted, then cancelled.
             shared.cancel_unqueued(batch.drain(..).collect());
         }
