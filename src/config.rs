@@ -72,8 +72,11 @@ impl<Item> FanOutConfig<Item> {
     /// Default [`capacity`](Self::capacity): 64 queued items.
     ///
     /// Large enough to absorb a burst of a few dozen items without shedding,
-    /// small enough that under [`ShedPolicy::DropOldest`] a processed item
-    /// is at most 64 + workers items old.
+    /// small enough that under [`ShedPolicy::DropOldest`] an item a worker
+    /// picks up is at most 64 + 32 items behind the newest one pulled from
+    /// the input (the queue, plus the batch of up to 32 ready items the
+    /// intake may hold while queueing). Items that arrive while its handler
+    /// runs age it further; only fewer or faster workers help there.
     pub const DEFAULT_CAPACITY: usize = 64;
 
     /// Default [`output_capacity`](Self::output_capacity): 64 undelivered results.

@@ -174,6 +174,7 @@ impl<Item> Shared<Item> {
             workers_joined,
             aborted,
             intake,
+            high_water_mark: stats.high_water_mark,
         }
     }
 }

@@ -98,6 +98,9 @@ pub struct Report {
     pub aborted: usize,
     /// How intake stopped pulling from the input.
     pub intake: IntakeEnd,
+    /// The largest number of items that were ever queued at once (at most
+    /// the capacity): how close the pipeline came to shedding.
+    pub high_water_mark: usize,
 }
 
 impl Report {
@@ -134,7 +137,7 @@ impl fmt::Display for Report {
         write!(
             f,
             "produced {}, processed {}, dropped {}, failed {}, timed out {}, cancelled {}; \
-             workers joined {}, aborted {}; {}",
+             workers joined {}, aborted {}; high-water mark {}; {}",
             self.produced,
             self.processed,
             self.dropped,
@@ -143,6 +146,7 @@ impl fmt::Display for Report {
             self.cancelled,
             self.workers_joined,
             self.aborted,
+            self.high_water_mark,
             self.intake
         )
     }
