@@ -69,8 +69,8 @@ where
                 input.as_mut(),
                 &mut batch,
                 limit,
-                stop.as_mut(),
                 quiet.as_mut(),
+                stop.as_mut(),
             )
         })
         .await;
@@ -127,9 +127,15 @@ fn gather<S: Stream>(
     mut input: Pin<&mut S>,
     batch: &mut Vec<S::Item>,
     limit: usize,
-    stop: Pin<&mut impl Future<Output = ()>>,
     quiet: Pin<&mut Option<Sleep>>,
+    mut stop: Pin<&mut impl Future<Output = ()>>,
 ) -> Poll<Step> {
+    // Once per batch, the token itself: a cancelled parent token is not yet
+    // mirrored into the phase (the supervisor does that), and a busy intake
+    // would otherwise pull a whole budget's worth after it.
+    if batch.is_empty() && stop.as_mut().poll(cx).is_ready() {
+        return Poll::Ready(Step::End(IntakeEnd::Stopped));
+    }
     while batch.len() < limit {
         // Checked before every pull (one relaxed load): no item is taken
         // after `shutdown()` or `abort()` has returned.
@@ -142,11 +148,8 @@ fn gather<S: Stream>(
             None => return Poll::Ready(Step::End(IntakeEnd::InputPanicked)),
             Some(Poll::Pending) if !batch.is_empty() => return Poll::Ready(Step::More),
             Some(Poll::Pending) => {
-                // Only an idle intake registers for the token's wake-up; a
-                // busy one sees the phase above (PITFALLS 3).
-                if stop.poll(cx).is_ready() {
-                    return Poll::Ready(Step::End(IntakeEnd::Stopped));
-                }
+                // Registered for the token's wake-up at the top; per item
+                // a busy intake reads only the phase (PITFALLS 3).
                 if let Some(timer) = quiet.as_pin_mut() {
                     if timer.poll(cx).is_ready() {
                         return Poll::Ready(Step::Quiet);

@@ -133,15 +133,18 @@ impl<Item> Shared<Item> {
     fn worker_totals(&self) -> WorkerTotals {
         let mut sums = WorkerTotals::default();
         for w in self.workers.iter() {
-            // Outcomes before `taken`: `taken` only grows, so in-flight
-            // computed from this snapshot is never negative.
-            sums.processed += w.processed.load(Relaxed);
-            sums.failed += w.failed.load(Relaxed);
-            sums.timed_out += w.timed_out.load(Relaxed);
-            sums.cancelled += w.cancelled.load(Relaxed);
-        }
-        for w in self.workers.iter() {
-            sums.taken += w.taken.load(Relaxed);
+            // Outcomes before `taken`: `taken` only grows, so the difference
+            // is never negative. It may count items the worker took after
+            // the outcomes were read, so it is capped at the one item a
+            // worker can hold.
+            let finished = [&w.processed, &w.failed, &w.timed_out, &w.cancelled]
+                .map(|counter| counter.load(Relaxed));
+            let taken = w.taken.load(Relaxed);
+            sums.processed += finished[0];
+            sums.failed += finished[1];
+            sums.timed_out += finished[2];
+            sums.cancelled += finished[3];
+            sums.in_flight += usize::from(taken > finished.iter().sum::<u64>());
         }
         sums
     }
@@ -157,7 +160,7 @@ impl<Item> Shared<Item> {
             timed_out: totals.timed_out,
             cancelled: totals.cancelled + self.unqueued_cancelled.load(Relaxed),
             queue_depth,
-            in_flight: totals.in_flight(),
+            in_flight: totals.in_flight,
             high_water_mark,
         }
     }
@@ -185,14 +188,7 @@ struct WorkerTotals {
     failed: u64,
     timed_out: u64,
     cancelled: u64,
-    taken: u64,
-}
-
-impl WorkerTotals {
-    fn in_flight(&self) -> usize {
-        let finished = self.processed + self.failed + self.timed_out + self.cancelled;
-        usize::try_from(self.taken.saturating_sub(finished)).unwrap_or(usize::MAX)
-    }
+    in_flight: usize,
 }
 
 /// What the user-facing halves may do to a pipeline, whatever its item type.
