@@ -8,7 +8,7 @@
 //! when that item's turn is delivered or skipped.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use tokio::sync::{Semaphore, mpsc};
@@ -30,8 +30,11 @@ pub(crate) enum Receiver<T> {
         window: Arc<Semaphore>,
         /// Sequence number of the next item to deliver or skip.
         next: u64,
-        /// Arrived out of turn; `None` marks an item without a result.
-        early: BTreeMap<u64, Option<T>>,
+        /// Arrived out of turn; `None` marks an item without a result. In a
+        /// `Mutex` only so the stream stays `Sync` for any `Send` output
+        /// (as `mpsc::Receiver` is); `poll_recv` reaches it through
+        /// `get_mut`, without locking.
+        early: Mutex<BTreeMap<u64, Option<T>>>,
     },
 }
 
@@ -56,7 +59,7 @@ pub(crate) fn channel<T>(
         rx,
         window,
         next: 0,
-        early: BTreeMap::new(),
+        early: Mutex::new(BTreeMap::new()),
     };
     (sender, receiver)
 }
@@ -112,6 +115,7 @@ impl<T> Receiver<T> {
                 next,
                 early,
             } => loop {
+                let early = early.get_mut().unwrap_or_else(PoisonError::into_inner);
                 if let Some(turn) = early.remove(next) {
                     *next += 1;
                     window.add_permits(1);
@@ -148,6 +152,8 @@ impl<T> Receiver<T> {
             // Results queued out of turn may wait on a slow item: only the
             // in-turn run counts.
             Receiver::Ordered { next, early, .. } => early
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
                 .range(*next..)
                 .zip(*next..)
                 .take_while(|((seq, _), expected)| *seq == expected)
