@@ -173,6 +173,10 @@ struct Case {
     drain_ms: u64,
     intervention: Intervention,
     when: When,
+    /// `FanOutConfig::ordered`: results must come out in id order.
+    ordered: bool,
+    /// `FanOutConfig::handler_timeout`, in virtual ms (current-thread only).
+    timeout_ms: Option<u64>,
 }
 
 impl Case {
@@ -186,7 +190,9 @@ impl Case {
 
     /// Whether every handler that is called ends on its own.
     fn handlers_finish(&self) -> bool {
-        self.behaviour != Behaviour::Never || self.panics.is_some_and(|p| p.every == 1)
+        self.behaviour != Behaviour::Never
+            || self.panics.is_some_and(|p| p.every == 1)
+            || self.timeout_ms.is_some()
     }
 }
 
@@ -233,7 +239,15 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         1..=16usize,
         1..=64usize,
         1..=16usize,
-        prop_oneof![Just(ShedPolicy::DropNewest), Just(ShedPolicy::DropOldest)],
+        prop_oneof![
+            3 => Just(ShedPolicy::DropNewest),
+            3 => Just(ShedPolicy::DropOldest),
+            1 => Just(ShedPolicy::Backpressure)
+        ],
+    );
+    let extras = (
+        prop::bool::weighted(0.25),
+        prop::option::weighted(0.2, 1..=20u64),
     );
     let run = (
         pacing_strategy(),
@@ -247,11 +261,14 @@ fn case_strategy() -> impl Strategy<Value = Case> {
             (0..=100u64).prop_map(When::AfterMs)
         ],
     );
-    (shape, run).prop_map(
+    (shape, run, extras).prop_map(
         |(
             (multi_thread, workers, capacity, output_capacity, policy),
             (mut pacing, behaviour, panics, mut drain_ms, mut intervention, pick, mut when),
+            (ordered, timeout_ms),
         )| {
+            // Real time on the multi-thread runtime: no timeouts there.
+            let timeout_ms = timeout_ms.filter(|_| !multi_thread);
             let panics = panics.map(|(every, at_call)| PanicRule { every, at_call });
             if multi_thread {
                 // Real time there: keep it small and short.
@@ -289,6 +306,8 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                 drain_ms,
                 intervention,
                 when,
+                ordered,
+                timeout_ms,
             };
             // By SPEC a never-ending input or handler only ends on a stop.
             if (pacing.len().is_none() || !case.handlers_finish()) && !intervention.stops() {
@@ -482,12 +501,16 @@ async fn drive(case: Case) -> Result<(), TestCaseError> {
     let ledger = Arc::new(Ledger::default());
     let parent = CancellationToken::new();
     let shed_ledger = Arc::clone(&ledger);
-    let config = FanOutConfig::new(case.workers, case.policy)
+    let mut config = FanOutConfig::new(case.workers, case.policy)
+        .ordered(case.ordered)
         .capacity(case.capacity)
         .output_capacity(case.output_capacity)
         .drain_timeout(Duration::from_millis(case.drain_ms))
         .cancel_token(parent.clone())
         .on_shed(move |item: Item| shed_ledger.log().shed.push(item.id));
+    if let Some(ms) = case.timeout_ms {
+        config = config.handler_timeout(Duration::from_millis(ms));
+    }
     let input = Input::new(&case, Arc::clone(&ledger));
     let (results, handle) = input.bounded_fan_out_with(config, handler(&case, Arc::clone(&ledger)));
     let mut results = Some(results);
@@ -628,6 +651,10 @@ fn check(
     if drained {
         prop_assert_eq!(&got, &completed, "results received != handlers completed");
     }
+    if case.ordered {
+        // Items are taken in id order (a FIFO queue fed in id order).
+        prop_assert!(received.is_sorted(), "ordered output out of order");
+    }
     let in_flight_cut = (handled.len() - completed.len() - panicked.len()) as u64;
     let natural_end = matches!(
         case.intervention,
@@ -636,7 +663,9 @@ fn check(
     if natural_end {
         let len = case.pacing.len().expect("finite input without a stop");
         prop_assert_eq!(yielded, len);
-        prop_assert_eq!(in_flight_cut, 0);
+        if case.timeout_ms.is_none() {
+            prop_assert_eq!(in_flight_cut, 0);
+        }
         prop_assert_eq!(handled.len() + shed.len(), len as usize, "an id was lost");
     }
     if let Some(pacing_len) = case.pacing.len() {
@@ -659,11 +688,19 @@ fn check(
     prop_assert_eq!(report.processed, log.completed.len() as u64);
     prop_assert_eq!(report.failed, log.panicked.len() as u64);
     prop_assert_eq!(report.workers_joined + report.aborted, case.workers);
+    // A handler is cut off by an abort (its worker counts `aborted`) or by
+    // its timeout (its item counts `timed_out`).
     prop_assert_eq!(
-        report.aborted as u64,
+        report.aborted as u64 + report.timed_out,
         in_flight_cut,
-        "aborted != in-flight cut off"
+        "aborted + timed out != in-flight cut off"
     );
+    if case.timeout_ms.is_none() {
+        prop_assert_eq!(report.timed_out, 0);
+    }
+    if case.policy == ShedPolicy::Backpressure {
+        prop_assert_eq!(report.dropped, 0, "Backpressure shed an item");
+    }
     if drained {
         prop_assert_eq!(received.len() as u64, report.processed);
     }
