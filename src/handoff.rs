@@ -235,13 +235,18 @@ impl<T> HandOff<T> {
         self.ready.close();
     }
 
-    /// Closes the queue and returns every queued item; later pushes are refused.
-    pub(crate) fn abandon(&self) -> Vec<T> {
-        let items = {
+    /// Closes the queue and returns every queued item; later pushes are
+    /// refused. `count` receives the number abandoned under the lock, before
+    /// any worker can see the queue abandoned, exit and let the report be
+    /// built without them.
+    pub(crate) fn abandon(&self, count: impl FnOnce(usize)) -> Vec<T> {
+        let items: Vec<T> = {
             let mut state = self.lock();
             state.closed = true;
             state.abandoned = true;
-            state.items.drain(..).collect()
+            let items: Vec<T> = state.items.drain(..).collect();
+            count(items.len());
+            items
         };
         self.ready.close();
         self.room.close();

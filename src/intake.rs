@@ -78,7 +78,7 @@ where
         bump(&shared.intake.produced, batch.len() as u64);
         if shared.queue.push_batch(&mut batch, &mut shed) == Pushed::Refused {
             // Aborted between pull and push: accepted, then cancelled.
-            shared.cancel_unqueued(batch.drain(..).collect());
+            shared.cancel_unqueued(batch.drain(..));
         }
         let shed_now = shed.len();
         if shed_now > 0 {

@@ -102,24 +102,32 @@ impl<Item> Shared<Item> {
         self.stop.cancel();
     }
 
-    fn begin_abort(&self) {
-        self.phase.fetch_max(ABORTING, Relaxed);
-        let abandoned = self.queue.abandon();
-        self.stop.cancel();
-        self.kill.cancel();
-        // After the signals: user code runs last, unlocked.
-        self.cancel_unqueued(abandoned);
+    /// Whether an abort has begun: a worker must not start another handler.
+    pub(crate) fn is_aborting(&self) -> bool {
+        self.phase.load(Relaxed) == ABORTING
     }
 
-    /// Counts accepted items that will never reach a worker as cancelled,
+    fn begin_abort(&self) {
+        self.phase.fetch_max(ABORTING, Relaxed);
+        let abandoned = self.queue.abandon(|n| self.count_unqueued(n));
+        self.stop.cancel();
+        self.kill.cancel();
+        // After the counts and the signals: user code runs last, unlocked.
+        self.hand_back(abandoned);
+    }
+
+    fn count_unqueued(&self, n: usize) {
+        self.unqueued_cancelled.fetch_add(n as u64, Relaxed);
+    }
+
+    /// Counts accepted items that will never reach a handler as cancelled,
     /// and hands them to `on_cancel` (or drops them).
-    pub(crate) fn cancel_unqueued(&self, items: Vec<Item>) {
-        self.unqueued_cancelled
-            .fetch_add(items.len() as u64, Relaxed);
+    pub(crate) fn cancel_unqueued(&self, items: impl ExactSizeIterator<Item = Item>) {
+        self.count_unqueued(items.len());
         self.hand_back(items);
     }
 
-    fn hand_back(&self, items: Vec<Item>) {
+    fn hand_back(&self, items: impl IntoIterator<Item = Item>) {
         for item in items {
             match &self.on_cancel {
                 Some(hook) => {

@@ -132,10 +132,19 @@ impl ShutdownHandle {
 
     /// Stops the pipeline now: intake stops pulling, every queued item is
     /// abandoned and every in-flight handler is cancelled at its next
-    /// suspension point; all of them are counted `cancelled`. No item is
-    /// taken from the queue after this returns. A handler that is ready when
-    /// cancelled still completes and counts as `processed`, and a finished
-    /// result is still handed to `results`.
+    /// suspension point; all of them are counted `cancelled` (and queued
+    /// ones handed to [`on_cancel`](crate::FanOutConfig::on_cancel)). A
+    /// handler that is ready when cancelled still completes and counts as
+    /// `processed`, and a finished result is still handed to `results`.
+    ///
+    /// No item is pulled from the input or taken from the queue after this
+    /// returns, and a worker that took an item in the same instant hands it
+    /// back without calling the handler. On a multi-thread runtime a worker
+    /// on another thread may already be past that last check, a window of a
+    /// few instructions: at most one handler per worker can then still be
+    /// called, and it is cancelled at its first suspension point. (Closing
+    /// that window would mean `abort` waiting for user code on other
+    /// threads.)
     ///
     /// Idempotent; a no-op after the pipeline has finished.
     ///

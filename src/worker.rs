@@ -47,6 +47,15 @@ where
         let Some((seq, item)) = shared.queue.take().await else {
             return Exit::Joined;
         };
+        if shared.is_aborting() {
+            // Taken just before an abort emptied the queue: the handler has
+            // not started, so the item goes back like a queued one. This
+            // narrows, but on a multi-thread runtime cannot close, the window
+            // in which a handler starts as `abort()` returns.
+            shared.cancel_unqueued(std::iter::once(item));
+            results.deliver(seq, None).await;
+            return Exit::Joined;
+        }
         bump(&counters.taken, 1);
         let outcome = run_one(&*handler, item, &shared, timeout).await;
         let cut_off = matches!(outcome, Outcome::Cancelled);
