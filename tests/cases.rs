@@ -9,7 +9,6 @@
 //! checked with `is_conserved()`.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize};
@@ -24,28 +23,17 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep, sleep_until, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
-// ===== helpers =====
+mod common;
+use common::{
+    Log, alive_tasks, drain_and_join_at, endless, item_counts, ms, snapshot, sorted,
+    with_drop_flag, within,
+};
 
-const fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+// ===== helpers =====
 
 /// Deadline for any join or drain. Under paused time a deadlock costs nothing
 /// but jumps here; on a multi-thread runtime it is real time.
 const DEADLOCK: Duration = Duration::from_secs(60);
-
-async fn within<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
-    match timeout(limit, fut).await {
-        Ok(output) => output,
-        Err(_) => panic!("{what}: not done within {limit:?} (deadlock?)"),
-    }
-}
-
-fn alive() -> usize {
-    tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks()
-}
 
 /// No task the pipeline spawned is alive: back to `baseline` after a few
 /// yields (PITFALLS 11: the count drops just after the waiter is woken).
@@ -53,42 +41,12 @@ async fn assert_no_task_alive(baseline: usize) {
     for _ in 0..8 {
         tokio::task::yield_now().await;
     }
-    assert_eq!(alive(), baseline, "a task outlived the pipeline");
-}
-
-/// Drains `results` and joins, together (the documented pattern), under a
-/// deadlock deadline. Returns the outputs, the report and when `join`
-/// resolved; the report must be conserved.
-async fn drain_and_join<T>(
-    results: BoundedFanOut<T>,
-    handle: ShutdownHandle,
-    limit: Duration,
-) -> (Vec<T>, Report, Instant) {
-    let (out, (report, joined_at)) = within(limit, "drain + join", async {
-        tokio::join!(results.collect::<Vec<_>>(), async {
-            let report = handle.join().await;
-            (report, Instant::now())
-        })
-    })
-    .await;
-    assert!(report.is_conserved(), "not conserved: {report}");
-    (out, report, joined_at)
-}
-
-/// (produced, processed, dropped, failed, cancelled)
-fn counts(r: &Report) -> (u64, u64, u64, u64, u64) {
-    (r.produced, r.processed, r.dropped, r.failed, r.cancelled)
+    assert_eq!(alive_tasks(), baseline, "a task outlived the pipeline");
 }
 
 /// (workers_joined, aborted)
 fn workers(r: &Report) -> (usize, usize) {
     (r.workers_joined, r.aborted)
-}
-
-fn sorted<T: Ord + Clone>(items: &[T]) -> Vec<T> {
-    let mut v = items.to_vec();
-    v.sort();
-    v
 }
 
 fn assert_unique(ids: &[u64], what: &str) {
@@ -171,26 +129,6 @@ fn paced(
     })
 }
 
-/// Sets its flag when dropped: tells whether the pipeline let go of its input.
-struct SetOnDrop(Arc<AtomicBool>);
-
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, SeqCst);
-    }
-}
-
-fn with_drop_flag<S: Stream>(
-    input: S,
-    flag: &Arc<AtomicBool>,
-) -> impl Stream<Item = S::Item> + use<S> {
-    let guard = SetOnDrop(Arc::clone(flag));
-    input.map(move |item| {
-        let _owned_by_the_stream = &guard;
-        item
-    })
-}
-
 /// The panic message of a `catch_unwind` payload.
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     match payload.downcast::<String>() {
@@ -202,18 +140,11 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// A log the handler or a hook appends to, read by the test.
-type Log<T> = Arc<Mutex<Vec<T>>>;
-
-fn snapshot<T: Clone>(log: &Log<T>) -> Vec<T> {
-    log.lock().unwrap().clone()
-}
-
 // ===== CASE-01: work must move while the consumer is not polling =====
 
 #[tokio::test(start_paused = true)]
 async fn case_01a_workers_finish_while_consumer_does_not_poll() {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let start = Instant::now();
     let done: Log<(u64, Duration)> = Arc::default();
     let log = Arc::clone(&done);
@@ -245,18 +176,18 @@ async fn case_01a_workers_finish_while_consumer_does_not_poll() {
         .collect();
     assert_eq!(finished, expected, "completion times");
 
-    let (rest, report, _) = drain_and_join(results, handle, DEADLOCK).await;
+    let (rest, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
     let mut all = rest;
     all.push(first);
     assert_eq!(sorted(&all), (0..8).collect::<Vec<_>>());
-    assert_eq!(counts(&report), (8, 8, 0, 0, 0));
+    assert_eq!(item_counts(&report), (8, 8, 0, 0, 0));
     assert_eq!(workers(&report), (4, 0));
     assert_no_task_alive(baseline).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn case_01b_lock_shared_with_the_consumer_does_not_deadlock() {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let start = Instant::now();
     let lock = Arc::new(Semaphore::new(1));
     let shared = Arc::clone(&lock);
@@ -286,9 +217,9 @@ async fn case_01b_lock_shared_with_the_consumer_does_not_deadlock() {
     // someone waits for it: exactly 160 ms, well before 1 s.
     assert_eq!(finished, ms(160));
 
-    let (rest, report, _) = drain_and_join(results, handle, DEADLOCK).await;
+    let (rest, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
     assert!(rest.is_empty());
-    assert_eq!(counts(&report), (8, 8, 0, 0, 0));
+    assert_eq!(item_counts(&report), (8, 8, 0, 0, 0));
     assert_no_task_alive(baseline).await;
 }
 
@@ -296,7 +227,7 @@ async fn case_01b_lock_shared_with_the_consumer_does_not_deadlock() {
 
 #[tokio::test(start_paused = true)]
 async fn case_02_zero_workers_or_capacity_panics_naming_the_argument() {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let panics = |call: Box<dyn FnOnce()>| -> String {
         panic_message(catch_unwind(AssertUnwindSafe(call)).expect_err("must panic at the call"))
     };
@@ -331,7 +262,7 @@ async fn case_02_zero_workers_or_capacity_panics_naming_the_argument() {
 
 #[tokio::test(start_paused = true)]
 async fn case_02_empty_input_ends_at_once() {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let start = Instant::now();
     let config = FanOutConfig::new(2, ShedPolicy::DropNewest).capacity(2);
     let (mut results, handle) =
@@ -339,10 +270,10 @@ async fn case_02_empty_input_ends_at_once() {
     assert_eq!(within(DEADLOCK, "results", results.next()).await, None);
     assert_eq!(start.elapsed(), Duration::ZERO, "results end at once");
 
-    let (out, report, joined_at) = drain_and_join(results, handle, DEADLOCK).await;
+    let (out, report, joined_at) = drain_and_join_at(results, handle, DEADLOCK).await;
     assert!(out.is_empty());
     assert_eq!(joined_at, start);
-    assert_eq!(counts(&report), (0, 0, 0, 0, 0));
+    assert_eq!(item_counts(&report), (0, 0, 0, 0, 0));
     assert_eq!(workers(&report), (2, 0));
     assert_eq!(report.intake, IntakeEnd::Exhausted);
     assert_no_task_alive(baseline).await;
@@ -352,7 +283,7 @@ async fn case_02_empty_input_ends_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn case_03_blocked_output_does_not_wedge_intake() {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let start = Instant::now();
     let pulls = Trace::default();
     // Item i is ready at t = i + 1 ms: one per ms for 20 ms.
@@ -376,11 +307,11 @@ async fn case_03_blocked_output_does_not_wedge_intake() {
     );
     assert_eq!(stats.queue_depth, 2);
 
-    let (out, report, _) = drain_and_join(results, handle, DEADLOCK).await;
+    let (out, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
     assert!(report.processed >= 2);
     assert_eq!(out.len() as u64, report.processed, "received == processed");
     assert_eq!(sorted(&out), [0, 1, 2, 3, 4]);
-    assert_eq!(counts(&report), (20, 5, 15, 0, 0));
+    assert_eq!(item_counts(&report), (20, 5, 15, 0, 0));
     assert_eq!(report.intake, IntakeEnd::Exhausted);
     assert_no_task_alive(baseline).await;
 }
@@ -403,76 +334,77 @@ fn case_04_pipeline(pulls: &Trace) -> (BoundedFanOut<u64>, ShutdownHandle) {
     })
 }
 
-#[tokio::test(start_paused = true)]
-async fn case_04a_join_with_unpolled_results_waits_then_join_macro_completes() {
-    let baseline = alive();
-    let pulls = Trace::default();
-    let (results, handle) = case_04_pipeline(&pulls);
+/// Reads the first three results: 0, 1 and 2, in order.
+async fn read_first_three(results: &mut BoundedFanOut<u64>) {
+    for expected in 0..3 {
+        assert_eq!(
+            within(DEADLOCK, "read", results.next()).await,
+            Some(expected)
+        );
+    }
+}
 
+/// The documented hazard: `join` waits while `results` is neither read nor
+/// dropped. Then the same `Join` future, beside a drain, completes; returns
+/// the drained results and the (conserved) report.
+async fn join_waits_then_completes_beside_a_drain(
+    results: BoundedFanOut<u64>,
+    handle: ShutdownHandle,
+) -> (Vec<u64>, Report) {
     let mut join = handle.join();
     assert!(
         timeout(Duration::from_secs(1), &mut join).await.is_err(),
         "documented hazard: join waits while results are neither read nor dropped"
     );
-    // The same `Join` future, now beside a drain, completes.
     let (out, report) = within(DEADLOCK, "drain + join", async {
         tokio::join!(results.collect::<Vec<_>>(), join)
     })
     .await;
     assert!(report.is_conserved(), "{report}");
+    (out, report)
+}
+
+#[tokio::test(start_paused = true)]
+async fn case_04a_join_with_unpolled_results_waits_then_join_macro_completes() {
+    let baseline = alive_tasks();
+    let pulls = Trace::default();
+    let (results, handle) = case_04_pipeline(&pulls);
+
+    let (out, report) = join_waits_then_completes_beside_a_drain(results, handle).await;
     // K + W finished results and C queued items; the rest was shed.
     assert_eq!(sorted(&out), [0, 1, 2, 3, 4]);
-    assert_eq!(counts(&report), (10, 5, 5, 0, 0));
+    assert_eq!(item_counts(&report), (10, 5, 5, 0, 0));
     assert_eq!(workers(&report), (2, 0));
     assert_no_task_alive(baseline).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn case_04b_join_after_partial_read_waits_then_join_macro_completes() {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let pulls = Trace::default();
     let (mut results, handle) = case_04_pipeline(&pulls);
-    for expected in 0..3 {
-        assert_eq!(
-            within(DEADLOCK, "read", results.next()).await,
-            Some(expected)
-        );
-    }
+    read_first_three(&mut results).await;
 
-    let mut join = handle.join();
-    assert!(
-        timeout(Duration::from_secs(1), &mut join).await.is_err(),
-        "documented hazard: join waits while results are neither read nor dropped"
-    );
-    let (out, report) = within(DEADLOCK, "drain + join", async {
-        tokio::join!(results.collect::<Vec<_>>(), join)
-    })
-    .await;
-    assert!(report.is_conserved(), "{report}");
+    let (out, report) = join_waits_then_completes_beside_a_drain(results, handle).await;
     assert_eq!(sorted(&out), [3, 4, 5, 6, 7]);
-    assert_eq!(counts(&report), (10, 8, 2, 0, 0));
+    assert_eq!(item_counts(&report), (10, 8, 2, 0, 0));
     assert_eq!(workers(&report), (2, 0));
     assert_no_task_alive(baseline).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn case_04c_join_after_dropping_results_returns() {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let start = Instant::now();
     let pulls = Trace::default();
     let (mut results, handle) = case_04_pipeline(&pulls);
-    for expected in 0..3 {
-        assert_eq!(
-            within(DEADLOCK, "read", results.next()).await,
-            Some(expected)
-        );
-    }
+    read_first_three(&mut results).await;
     drop(results);
 
     let report = within(DEADLOCK, "join", handle.join()).await;
     assert!(report.is_conserved(), "{report}");
     // Processing went on with results discarded; nothing had to be shed.
-    assert_eq!(counts(&report), (10, 10, 0, 0, 0));
+    assert_eq!(item_counts(&report), (10, 10, 0, 0, 0));
     assert_eq!(workers(&report), (2, 0));
     assert_eq!(start.elapsed(), ms(95), "last item at 90 ms + 5 ms");
     assert_no_task_alive(baseline).await;
@@ -482,14 +414,14 @@ async fn case_04c_join_after_dropping_results_returns() {
 
 /// W = 2, C = 4; the input yields 0, 1, 2, then stays pending forever.
 fn case_05_pipeline(dropped: &Arc<AtomicBool>) -> (BoundedFanOut<u64>, ShutdownHandle) {
-    let input = with_drop_flag(stream::iter(0..3u64).chain(stream::pending()), dropped);
+    let input = with_drop_flag(endless(0..3u64), dropped);
     let config = FanOutConfig::new(2, ShedPolicy::DropNewest).capacity(4);
     input.bounded_fan_out_with(config, |x| async move { x })
 }
 
 #[tokio::test(start_paused = true)]
 async fn case_05_dropping_both_ends_on_idle_input_ends_every_task() {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let dropped = Arc::new(AtomicBool::new(false));
     let (mut results, handle) = case_05_pipeline(&dropped);
     assert!(within(DEADLOCK, "read", results.next()).await.is_some());
@@ -503,7 +435,7 @@ async fn case_05_dropping_both_ends_on_idle_input_ends_every_task() {
 
 #[tokio::test(start_paused = true)]
 async fn case_05_dropping_results_only_keeps_processing_then_shutdown_joins() {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let dropped = Arc::new(AtomicBool::new(false));
     let (mut results, handle) = case_05_pipeline(&dropped);
     assert!(within(DEADLOCK, "read", results.next()).await.is_some());
@@ -516,7 +448,7 @@ async fn case_05_dropping_results_only_keeps_processing_then_shutdown_joins() {
     handle.shutdown();
     let report = within(DEADLOCK, "join", handle.join()).await;
     assert!(report.is_conserved(), "{report}");
-    assert_eq!(counts(&report), (3, 3, 0, 0, 0));
+    assert_eq!(item_counts(&report), (3, 3, 0, 0, 0));
     assert_eq!(workers(&report), (2, 0));
     assert_eq!(report.intake, IntakeEnd::Stopped);
     assert!(dropped.load(SeqCst), "the input was not dropped");
@@ -545,7 +477,7 @@ async fn case_07_evicted_items_are_never_processed_multi_thread() {
                 id
             }
         });
-        let (out, report, _) = drain_and_join(results, handle, DEADLOCK).await;
+        let (out, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
 
         let handled: Vec<u8> = handled.iter().map(|n| n.load(SeqCst)).collect();
         let shed: Vec<u8> = shed.iter().map(|n| n.load(SeqCst)).collect();
@@ -564,7 +496,7 @@ async fn case_07_evicted_items_are_never_processed_multi_thread() {
         let shed_count = shed.iter().filter(|&&n| n > 0).count() as u64;
         assert_eq!(shed_count, report.dropped, "run {run}: on_shed calls");
         assert_eq!(report.processed + report.dropped, N as u64, "run {run}");
-        assert_eq!(counts(&report).0, N as u64);
+        assert_eq!(item_counts(&report).0, N as u64);
     }
 }
 
@@ -573,7 +505,7 @@ async fn case_07_evicted_items_are_never_processed_multi_thread() {
 /// W = 1, handler sleeps 1 s; item 0 at t = 0, items 1..=9 back to back at
 /// t = 10 ms. Returns outputs, shed ids, the report and when join resolved.
 async fn case_08(capacity: usize, policy: ShedPolicy) -> (Vec<u64>, Vec<u64>, Report, Duration) {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let start = Instant::now();
     let pulls = Trace::default();
     let input = paced(&pulls, |i| match i {
@@ -590,7 +522,7 @@ async fn case_08(capacity: usize, policy: ShedPolicy) -> (Vec<u64>, Vec<u64>, Re
         sleep(Duration::from_secs(1)).await;
         id
     });
-    let (out, report, joined_at) = drain_and_join(results, handle, DEADLOCK).await;
+    let (out, report, joined_at) = drain_and_join_at(results, handle, DEADLOCK).await;
     let pulled: Vec<_> = pulls.seen().iter().map(|p| (p.id, p.at - start)).collect();
     let due: Vec<_> = (0..10)
         .map(|i| (i, if i == 0 { Duration::ZERO } else { ms(10) }))
@@ -607,7 +539,7 @@ async fn case_08_exact_shed_counts_drop_newest_c3() {
     let (out, shed, report, joined) = case_08(3, ShedPolicy::DropNewest).await;
     assert_eq!(out, [0, 1, 2, 3]);
     assert_eq!(shed, [4, 5, 6, 7, 8, 9]);
-    assert_eq!(counts(&report), (10, 4, 6, 0, 0));
+    assert_eq!(item_counts(&report), (10, 4, 6, 0, 0));
     assert_eq!(joined, Duration::from_secs(4));
 }
 
@@ -616,7 +548,7 @@ async fn case_08_exact_shed_counts_drop_oldest_c3() {
     let (out, shed, report, joined) = case_08(3, ShedPolicy::DropOldest).await;
     assert_eq!(out, [0, 7, 8, 9]);
     assert_eq!(shed, [1, 2, 3, 4, 5, 6]);
-    assert_eq!(counts(&report), (10, 4, 6, 0, 0));
+    assert_eq!(item_counts(&report), (10, 4, 6, 0, 0));
     assert_eq!(joined, Duration::from_secs(4));
 }
 
@@ -625,7 +557,7 @@ async fn case_08_exact_shed_counts_drop_newest_c1() {
     let (out, shed, report, joined) = case_08(1, ShedPolicy::DropNewest).await;
     assert_eq!(out, [0, 1]);
     assert_eq!(shed, [2, 3, 4, 5, 6, 7, 8, 9]);
-    assert_eq!(counts(&report), (10, 2, 8, 0, 0));
+    assert_eq!(item_counts(&report), (10, 2, 8, 0, 0));
     assert_eq!(joined, Duration::from_secs(2));
 }
 
@@ -634,7 +566,7 @@ async fn case_08_exact_shed_counts_drop_oldest_c1() {
     let (out, shed, report, joined) = case_08(1, ShedPolicy::DropOldest).await;
     assert_eq!(out, [0, 9]);
     assert_eq!(shed, [1, 2, 3, 4, 5, 6, 7, 8]);
-    assert_eq!(counts(&report), (10, 2, 8, 0, 0));
+    assert_eq!(item_counts(&report), (10, 2, 8, 0, 0));
     assert_eq!(joined, Duration::from_secs(2));
 }
 
@@ -643,7 +575,7 @@ async fn case_08_exact_shed_counts_drop_oldest_c1() {
 /// C = 100, 30 items at once, handler sleeps 50 ms. Returns the largest
 /// number of handlers seen running at once and when the last result came.
 async fn case_09(workers_n: usize) -> (usize, Duration) {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let start = Instant::now();
     let running = Arc::new(AtomicUsize::new(0));
     let max_running = Arc::new(AtomicUsize::new(0));
@@ -670,7 +602,7 @@ async fn case_09(workers_n: usize) -> (usize, Duration) {
     let report = within(DEADLOCK, "join", handle.join()).await;
     assert!(report.is_conserved(), "{report}");
     assert_eq!(sorted(&out), (0..30).collect::<Vec<_>>());
-    assert_eq!(counts(&report), (30, 30, 0, 0, 0));
+    assert_eq!(item_counts(&report), (30, 30, 0, 0, 0));
     assert_eq!(workers(&report), (workers_n, 0));
     assert_no_task_alive(baseline).await;
     (max_running.load(SeqCst), last)
@@ -690,7 +622,7 @@ async fn case_09_concurrency_limit_is_exactly_w1() {
 
 #[tokio::test(start_paused = true)]
 async fn case_10_drain_timeout_classifies_stuck_handlers() {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let start = Instant::now();
     let pulls = Trace::default();
     // One item per ms, so that each reaches a free worker or a free slot: six
@@ -710,14 +642,14 @@ async fn case_10_drain_timeout_classifies_stuck_handlers() {
 
     sleep(ms(100)).await;
     handle.shutdown();
-    let (out, report, joined_at) = drain_and_join(results, handle, DEADLOCK).await;
+    let (out, report, joined_at) = drain_and_join_at(results, handle, DEADLOCK).await;
     assert_eq!(
         joined_at - start,
         ms(150),
         "shutdown at 100 ms + 50 ms drain"
     );
     assert_eq!(sorted(&out), [2, 3, 4, 5]);
-    assert_eq!(counts(&report), (6, 4, 0, 0, 2));
+    assert_eq!(item_counts(&report), (6, 4, 0, 0, 2));
     assert_eq!(workers(&report), (2, 2));
     assert_eq!(report.intake, IntakeEnd::Exhausted);
     assert_no_task_alive(baseline).await;
@@ -727,7 +659,7 @@ async fn case_10_drain_timeout_classifies_stuck_handlers() {
 
 #[tokio::test(start_paused = true)]
 async fn case_11_nothing_runs_after_abort_and_join() {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let start = Instant::now();
     let ticks = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&ticks);
@@ -744,14 +676,14 @@ async fn case_11_nothing_runs_after_abort_and_join() {
 
     sleep(ms(50)).await;
     handle.abort();
-    let (out, report, joined_at) = drain_and_join(results, handle, DEADLOCK).await;
+    let (out, report, joined_at) = drain_and_join_at(results, handle, DEADLOCK).await;
     assert_eq!(joined_at - start, ms(50), "abort does not wait");
     let at_join = ticks.load(SeqCst);
     assert!(at_join >= 8, "both handlers ran until the abort: {at_join}");
     sleep(Duration::from_secs(1)).await;
     assert_eq!(ticks.load(SeqCst), at_join, "a handler ran after join");
     assert!(out.is_empty());
-    assert_eq!(counts(&report), (2, 0, 0, 0, 2));
+    assert_eq!(item_counts(&report), (2, 0, 0, 0, 2));
     assert_eq!(workers(&report), (0, 2));
     assert_no_task_alive(baseline).await;
 }
@@ -762,7 +694,7 @@ async fn case_11_nothing_runs_after_abort_and_join() {
 async fn case_12_long_run_keeps_task_count_flat() {
     const N: u64 = 100_000;
     const W: usize = 4;
-    let baseline = alive();
+    let baseline = alive_tasks();
     let start = Instant::now();
     let pulls = Trace::default();
     let input = paced(&pulls, |i| (i < N).then(|| ms(i)));
@@ -775,7 +707,7 @@ async fn case_12_long_run_keeps_task_count_flat() {
     within(Duration::from_secs(1000), "drain", async {
         while let Some(id) = results.next().await {
             out.push(id);
-            let now_alive = alive();
+            let now_alive = alive_tasks();
             most_alive = most_alive.max(now_alive);
             if at_50s.is_none() && start.elapsed() >= Duration::from_secs(50) {
                 at_50s = Some(now_alive);
@@ -791,7 +723,7 @@ async fn case_12_long_run_keeps_task_count_flat() {
     assert!(most_alive <= baseline + W + 2, "{most_alive} tasks alive");
     // Every item is done within its millisecond, so none waits or is shed.
     assert!(out.iter().copied().eq(0..N), "results in input order");
-    assert_eq!(counts(&report), (N, N, 0, 0, 0));
+    assert_eq!(item_counts(&report), (N, N, 0, 0, 0));
     assert_eq!(workers(&report), (W, 0));
     assert_no_task_alive(baseline).await;
 }
@@ -800,7 +732,7 @@ async fn case_12_long_run_keeps_task_count_flat() {
 
 /// W = 1, C = 1, DropOldest, handler 1 ms, consumer sleeps 5 ms per result.
 async fn case_13(input: impl Stream<Item = u64> + Send + 'static) -> Vec<u64> {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let config = FanOutConfig::new(1, ShedPolicy::DropOldest).capacity(1);
     let (mut results, handle) = input.bounded_fan_out_with(config, |id| async move {
         sleep(ms(1)).await;
@@ -864,7 +796,7 @@ async fn case_13_shedding_never_ends_output_early_paced_input() {
 
 #[tokio::test(start_paused = true)]
 async fn case_15_panicking_handlers_on_both_workers_lose_nothing() {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let start = Instant::now();
     let pulls = Trace::default();
     // Item 0 alone first; ids 1 and 2 together once both workers are idle,
@@ -890,10 +822,10 @@ async fn case_15_panicking_handlers_on_both_workers_lose_nothing() {
         }
     });
 
-    let (out, report, joined_at) = drain_and_join(results, handle, Duration::from_secs(1)).await;
+    let (out, report, joined_at) = drain_and_join_at(results, handle, Duration::from_secs(1)).await;
     assert_eq!(sorted(&snapshot(&panicked)), [(1, ms(20)), (2, ms(20))]);
     assert_eq!(sorted(&out), [0, 3, 4, 5, 6, 7, 8, 9]);
-    assert_eq!(counts(&report), (10, 8, 0, 2, 0));
+    assert_eq!(item_counts(&report), (10, 8, 0, 2, 0));
     assert_eq!(workers(&report), (2, 0));
     // 3..=9 two at a time from 21 ms: four rounds of 10 ms.
     assert_eq!(joined_at - start, ms(61));
@@ -905,7 +837,7 @@ async fn case_15_panicking_handlers_on_both_workers_lose_nothing() {
 #[tokio::test(start_paused = true)]
 async fn case_19_shutdown_at_every_instant_keeps_the_books() {
     for t in 0..=40u64 {
-        let baseline = alive();
+        let baseline = alive_tasks();
         let start = Instant::now();
         let pulls = Trace::default();
         // Two items per ms for 32 ms: ids 2k and 2k + 1 at t = k ms.
@@ -924,7 +856,7 @@ async fn case_19_shutdown_at_every_instant_keeps_the_books() {
         sleep_until(start + ms(t)).await;
         handle.shutdown();
         pulls.fence();
-        let (out, report, _) = drain_and_join(results, handle, DEADLOCK).await;
+        let (out, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
 
         let started = snapshot(&started);
         assert_unique(&started, &format!("T={t}: handler-started ids"));
@@ -947,33 +879,38 @@ async fn case_19_shutdown_at_every_instant_keeps_the_books() {
 
 // ===== CASE-20: the token tree points the right way =====
 
-/// W = 4, C = 4, endless input of one item per ms, handler 2 ms, child of
-/// `parent`.
-fn case_20_pipeline(
-    parent: &CancellationToken,
-    pulls: &Trace,
-    dropped: &Arc<AtomicBool>,
-) -> (BoundedFanOut<u64>, ShutdownHandle) {
-    let input = with_drop_flag(paced(pulls, |i| Some(ms(i))), dropped);
+/// W = 4, C = 4, endless input of one item per ms, handler 2 ms, child of a
+/// fresh parent token. Returns the parent, the input's pull trace and drop
+/// flag, and the pipeline.
+fn case_20_pipeline() -> (
+    CancellationToken,
+    Trace,
+    Arc<AtomicBool>,
+    BoundedFanOut<u64>,
+    ShutdownHandle,
+) {
+    let parent = CancellationToken::new();
+    let (pulls, dropped) = (Trace::default(), Arc::new(AtomicBool::new(false)));
+    let input = with_drop_flag(paced(&pulls, |i| Some(ms(i))), &dropped);
     let config = FanOutConfig::new(4, ShedPolicy::DropNewest)
         .capacity(4)
         .cancel_token(parent.clone());
-    input.bounded_fan_out_with(config, |id| async move {
+    let (results, handle) = input.bounded_fan_out_with(config, |id| async move {
         sleep(ms(2)).await;
         id
-    })
+    });
+    (parent, pulls, dropped, results, handle)
 }
 
-#[tokio::test(start_paused = true)]
-async fn case_20_1_dropping_both_ends_stops_all_and_spares_parent() {
-    let baseline = alive();
-    let parent = CancellationToken::new();
-    let (pulls, dropped) = (Trace::default(), Arc::new(AtomicBool::new(false)));
-    let (results, handle) = case_20_pipeline(&parent, &pulls, &dropped);
-
-    sleep(ms(20)).await;
-    drop(results);
-    drop(handle);
+/// Called right after the pipeline's last end was dropped: fences `pulls`,
+/// then 10 ms later no task is alive, the input was dropped, the parent is
+/// not cancelled and nothing was pulled after the fence.
+async fn assert_stopped_sparing_parent(
+    baseline: usize,
+    parent: &CancellationToken,
+    pulls: &Trace,
+    dropped: &AtomicBool,
+) {
     pulls.fence();
     sleep(ms(10)).await;
     assert_no_task_alive(baseline).await;
@@ -983,17 +920,26 @@ async fn case_20_1_dropping_both_ends_stops_all_and_spares_parent() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn case_20_1_dropping_both_ends_stops_all_and_spares_parent() {
+    let baseline = alive_tasks();
+    let (parent, pulls, dropped, results, handle) = case_20_pipeline();
+
+    sleep(ms(20)).await;
+    drop(results);
+    drop(handle);
+    assert_stopped_sparing_parent(baseline, &parent, &pulls, &dropped).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn case_20_2_cancelling_parent_shuts_pipeline_down() {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let start = Instant::now();
-    let parent = CancellationToken::new();
-    let (pulls, dropped) = (Trace::default(), Arc::new(AtomicBool::new(false)));
-    let (results, handle) = case_20_pipeline(&parent, &pulls, &dropped);
+    let (parent, pulls, dropped, results, handle) = case_20_pipeline();
 
     sleep(ms(20)).await;
     parent.cancel();
     assert!(handle.is_shutting_down());
-    let (out, report, _) = drain_and_join(results, handle, DEADLOCK).await;
+    let (out, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
     assert_eq!(report.intake, IntakeEnd::Stopped);
     assert_eq!(out.len() as u64, report.processed, "received == processed");
     assert_eq!(report.produced, pulls.count());
@@ -1010,16 +956,14 @@ async fn case_20_2_cancelling_parent_shuts_pipeline_down() {
 
 #[tokio::test(start_paused = true)]
 async fn case_20_3_shutdown_leaves_parent_uncancelled() {
-    let baseline = alive();
-    let parent = CancellationToken::new();
-    let (pulls, dropped) = (Trace::default(), Arc::new(AtomicBool::new(false)));
-    let (results, handle) = case_20_pipeline(&parent, &pulls, &dropped);
+    let baseline = alive_tasks();
+    let (parent, pulls, _, results, handle) = case_20_pipeline();
 
     sleep(ms(20)).await;
     handle.shutdown();
     pulls.fence();
     assert!(handle.is_shutting_down());
-    let (out, report, _) = drain_and_join(results, handle, DEADLOCK).await;
+    let (out, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
     assert!(!parent.is_cancelled(), "shutdown cancelled the parent");
     pulls.assert_none_after_fence();
     assert_eq!(report.intake, IntakeEnd::Stopped);
@@ -1030,14 +974,12 @@ async fn case_20_3_shutdown_leaves_parent_uncancelled() {
 
 #[tokio::test(start_paused = true)]
 async fn case_20_4_cancelling_parent_after_join_is_inert() {
-    let baseline = alive();
-    let parent = CancellationToken::new();
-    let (pulls, dropped) = (Trace::default(), Arc::new(AtomicBool::new(false)));
-    let (results, handle) = case_20_pipeline(&parent, &pulls, &dropped);
+    let baseline = alive_tasks();
+    let (parent, pulls, _, results, handle) = case_20_pipeline();
 
     sleep(ms(20)).await;
     handle.shutdown();
-    let (_, report, _) = drain_and_join(results, handle, DEADLOCK).await;
+    let (_, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
     assert_no_task_alive(baseline).await;
     let pulled = pulls.count();
     assert_eq!(report.produced, pulled);
@@ -1051,11 +993,9 @@ async fn case_20_4_cancelling_parent_after_join_is_inert() {
 
 #[tokio::test(start_paused = true)]
 async fn case_20_5_dropping_only_the_handle_detaches() {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let start = Instant::now();
-    let parent = CancellationToken::new();
-    let (pulls, dropped) = (Trace::default(), Arc::new(AtomicBool::new(false)));
-    let (mut results, handle) = case_20_pipeline(&parent, &pulls, &dropped);
+    let (parent, pulls, dropped, mut results, handle) = case_20_pipeline();
 
     sleep(ms(20)).await;
     drop(handle);
@@ -1077,18 +1017,13 @@ async fn case_20_5_dropping_only_the_handle_detaches() {
     assert!(!parent.is_cancelled());
 
     drop(results);
-    pulls.fence();
-    sleep(ms(10)).await;
-    assert_no_task_alive(baseline).await;
-    assert!(dropped.load(SeqCst), "the input was not dropped");
-    assert!(!parent.is_cancelled(), "the pipeline cancelled its parent");
-    pulls.assert_none_after_fence();
+    assert_stopped_sparing_parent(baseline, &parent, &pulls, &dropped).await;
 }
 
 /// The paused counterpart of (6): the same claim, deterministic.
 #[tokio::test(start_paused = true)]
 async fn case_20_6_no_handler_starts_once_abort_returns_current_thread() {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let parent = CancellationToken::new();
     let (pulls, dropped) = (Trace::default(), Arc::new(AtomicBool::new(false)));
     let starts = Trace::default();
@@ -1112,7 +1047,7 @@ async fn case_20_6_no_handler_starts_once_abort_returns_current_thread() {
     handle.abort();
     starts.fence();
     pulls.fence();
-    let (out, report, _) = drain_and_join(results, handle, DEADLOCK).await;
+    let (out, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
     starts.assert_none_after_fence();
     pulls.assert_none_after_fence();
     assert!(!parent.is_cancelled(), "abort cancelled the parent");
@@ -1183,7 +1118,7 @@ async fn case_20_6_no_handler_starts_once_abort_returns_multi_thread() {
 
 #[tokio::test(start_paused = true)]
 async fn case_21a_shutdown_mid_stream_delivers_every_finished_result() {
-    let baseline = alive();
+    let baseline = alive_tasks();
     let start = Instant::now();
     let pulls = Trace::default();
     let input = paced(&pulls, |i| Some(ms(i)));
@@ -1212,7 +1147,7 @@ async fn case_21a_shutdown_mid_stream_delivers_every_finished_result() {
     assert!(out.iter().copied().eq(0..report.produced), "{out:?}");
     // Instant handlers keep up with one item per ms: nothing shed or cut off.
     let produced = report.produced;
-    assert_eq!(counts(&report), (produced, produced, 0, 0, 0));
+    assert_eq!(item_counts(&report), (produced, produced, 0, 0, 0));
     assert_eq!(report.intake, IntakeEnd::Stopped);
     assert_no_task_alive(baseline).await;
 }
@@ -1223,7 +1158,7 @@ async fn case_21b(stop: fn(&ShutdownHandle)) {
     // [stopped before completion, stopped after completion]
     let mut finished_first = [0; 2];
     for run in 0..50 {
-        let baseline = alive();
+        let baseline = alive_tasks();
         let start = Instant::now();
         let (results, handle) =
             stream::iter([7u64]).bounded_fan_out(1, ShedPolicy::DropNewest, |id| async move {
@@ -1240,9 +1175,9 @@ async fn case_21b(stop: fn(&ShutdownHandle)) {
         }
         finished_first[usize::from(handle.stats().processed == 1)] += 1;
         stop(&handle);
-        let (out, report, joined_at) = drain_and_join(results, handle, DEADLOCK).await;
+        let (out, report, joined_at) = drain_and_join_at(results, handle, DEADLOCK).await;
         assert_eq!(out, [7], "run {run}: the finished result was thrown away");
-        assert_eq!(counts(&report), (1, 1, 0, 0, 0), "run {run}");
+        assert_eq!(item_counts(&report), (1, 1, 0, 0, 0), "run {run}");
         assert_eq!(workers(&report), (1, 0), "run {run}");
         assert_eq!(joined_at - start, ms(100), "run {run}");
         assert_no_task_alive(baseline).await;

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,26 +23,12 @@ use backpressure_pipeline::{FanOutConfig, FanOutExt, IntakeEnd, Report, ShedPoli
 use futures::{Stream, StreamExt};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-// ===== planned panics =====
-
-/// Payload of every panic this file causes on purpose; the panic hook keeps
-/// them quiet so that a real failure's message is not buried.
-struct PlannedPanic;
-
-fn quiet_planned_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !info.payload().is::<PlannedPanic>() {
-                default(info);
-            }
-        }));
-    });
-}
+mod common;
+use common::{
+    alive_tasks, multi_thread_runtime, paused_runtime, planned_panic, quiet_planned_panics,
+};
 
 // ===== the ledger: what the test itself saw =====
 
@@ -444,7 +430,7 @@ fn handler(
         ledger.log().handled.push(id);
         if case.panics_at_call(id) {
             ledger.log().panicked.push(id);
-            std::panic::panic_any(PlannedPanic);
+            planned_panic();
         }
         let ledger = Arc::clone(&ledger);
         let case = case.clone();
@@ -456,7 +442,7 @@ fn handler(
                     tokio::task::yield_now().await;
                 }
                 ledger.log().panicked.push(id);
-                std::panic::panic_any(PlannedPanic);
+                planned_panic();
             }
             match case.behaviour {
                 Behaviour::Instant => {}
@@ -472,10 +458,6 @@ fn handler(
 }
 
 // ===== one case =====
-
-fn alive_tasks() -> usize {
-    Handle::current().metrics().num_alive_tasks()
-}
 
 /// Waits (without sleeping) until only `baseline` tasks are alive and the
 /// input has been dropped; false if that did not happen within the bound.
@@ -730,17 +712,10 @@ fn check(
 fn run_case(case: Case) -> Result<(), TestCaseError> {
     quiet_planned_panics();
     let runtime = if case.multi_thread {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
+        multi_thread_runtime()
     } else {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-    }
-    .expect("runtime");
+        paused_runtime()
+    };
     runtime.block_on(drive(case))
 }
 

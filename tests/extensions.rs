@@ -5,27 +5,21 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backpressure_pipeline::{FanOutConfig, FanOutExt, OverloadEvent, Report, ShedPolicy};
+use backpressure_pipeline::{
+    BoundedFanOut, FanOutConfig, FanOutExt, OverloadEvent, Report, ShedPolicy, ShutdownHandle,
+};
 use futures::{Stream, StreamExt};
 use tokio::time::{Instant, sleep, timeout};
 
+mod common;
+use common::{drain_and_join_at, ms};
+
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// Drains `results` and joins, failing fast on a deadlock.
-async fn finish<T>(
-    results: impl Stream<Item = T>,
-    shutdown: backpressure_pipeline::ShutdownHandle,
-) -> (Vec<T>, Report) {
-    let (out, report) = timeout(LIMIT, async {
-        tokio::join!(results.collect::<Vec<_>>(), shutdown.join())
-    })
-    .await
-    .expect("pipeline did not finish");
-    assert!(report.is_conserved(), "law broken: {report}");
+/// Drains `results` and joins under [`LIMIT`], failing fast on a deadlock;
+/// checks the law.
+async fn finish<T>(results: BoundedFanOut<T>, shutdown: ShutdownHandle) -> (Vec<T>, Report) {
+    let (out, report, _) = drain_and_join_at(results, shutdown, LIMIT).await;
     (out, report)
 }
 

@@ -9,104 +9,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-use backpressure_pipeline::{
-    BoundedFanOut, FanOutConfig, FanOutExt, IntakeEnd, Report, ShedPolicy, ShutdownHandle, Stats,
-};
+use backpressure_pipeline::{FanOutConfig, FanOutExt, IntakeEnd, ShedPolicy, Stats};
 use futures::channel::mpsc;
 use futures::stream::FusedStream;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::time::{Instant, sleep, timeout};
 
+mod common;
+use common::{
+    GUARD, alive_tasks, assert_tasks_back_to, counts, drain_and_join, endless, ms,
+    multi_thread_runtime, send, settle, with_drop_flag, work,
+};
+
 use ShedPolicy::{DropNewest, DropOldest};
 
-/// Deadlock guard for joins and drains (virtual time on paused runtimes).
-const GUARD: Duration = Duration::from_secs(3600);
 /// Deadlock guard on multi-thread runtimes (real time; never reached when passing).
 const REAL_GUARD: Duration = Duration::from_secs(20);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn alive() -> usize {
-    tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks()
-}
-
-/// Lets every ready task run, without letting virtual time advance.
-async fn settle() {
-    for _ in 0..64 {
-        tokio::task::yield_now().await;
-    }
-}
-
-/// Yields until no task but the baseline is alive, or fails after `tries`.
-/// (The metric lags a finished task briefly: PITFALLS 11.)
-async fn back_to(baseline: usize, tries: usize) {
-    for _ in 0..tries {
-        if alive() == baseline {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(alive(), baseline, "pipeline tasks still alive");
-}
-
-async fn work(id: u32, d: Duration) -> u32 {
-    sleep(d).await;
-    id
-}
-
-fn counts(r: &Report) -> (u64, u64, u64, u64, u64, usize, usize) {
-    (
-        r.produced,
-        r.processed,
-        r.dropped,
-        r.failed,
-        r.cancelled,
-        r.workers_joined,
-        r.aborted,
-    )
-}
-
-async fn drain_and_join<T: Send + 'static>(
-    results: BoundedFanOut<T>,
-    handle: ShutdownHandle,
-    guard: Duration,
-) -> (Vec<T>, Report) {
-    let (out, report) = timeout(guard, async {
-        tokio::join!(results.collect::<Vec<_>>(), handle.join())
-    })
-    .await
-    .expect("pipeline did not finish");
-    assert!(report.is_conserved(), "not conserved: {report}");
-    assert_eq!(out.len() as u64, report.processed, "results != processed");
-    (out, report)
-}
-
-/// Sets a flag when dropped; captured by an input to observe its release.
-struct DropFlag(Arc<AtomicBool>);
-
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.store(true, SeqCst);
-    }
-}
-
-/// `ids`, then pending forever; `flag` is set when the stream is dropped.
-fn endless_flagged(
-    ids: std::ops::Range<u32>,
-    flag: &Arc<AtomicBool>,
-) -> impl Stream<Item = u32> + Send + 'static {
-    let guard = DropFlag(Arc::clone(flag));
-    futures::stream::iter(ids)
-        .chain(futures::stream::pending())
-        .map(move |id| {
-            let _ = &guard;
-            id
-        })
-}
 
 /// An item that counts its own drops, to show none is leaked.
 struct Tracked {
@@ -158,7 +76,7 @@ async fn dropping_results_keeps_processing_and_counts_processed() {
 #[tokio::test(start_paused = true)]
 async fn dropping_the_handle_detaches_the_pipeline() {
     let start = Instant::now();
-    let baseline = alive();
+    let baseline = alive_tasks();
     let (results, handle) =
         futures::stream::iter(0..10u32).bounded_fan_out(2, DropNewest, |id| work(id, ms(10)));
     drop(handle);
@@ -166,17 +84,17 @@ async fn dropping_the_handle_detaches_the_pipeline() {
     out.sort_unstable();
     assert_eq!(out, (0..10).collect::<Vec<_>>(), "ran to its natural end");
     assert_eq!(start.elapsed(), ms(50));
-    back_to(baseline, 16).await;
+    assert_tasks_back_to(baseline, 16).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn dropping_both_halves_ends_every_task_and_releases_everything() {
     let start = Instant::now();
-    let baseline = alive();
+    let baseline = alive_tasks();
     let input_dropped = Arc::new(AtomicBool::new(false));
     let item_drops = Arc::new(AtomicUsize::new(0));
     let drops = Arc::clone(&item_drops);
-    let input = endless_flagged(0..5, &input_dropped).map(move |id| Tracked {
+    let input = with_drop_flag(endless(0..5), &input_dropped).map(move |id| Tracked {
         id,
         drops: Arc::clone(&drops),
     });
@@ -188,11 +106,15 @@ async fn dropping_both_halves_ends_every_task_and_releases_everything() {
     settle().await;
     let s = handle.stats();
     assert_eq!((s.produced, s.queue_depth, s.in_flight), (5, 3, 2));
-    assert_eq!(alive(), baseline + 2 + 2, "2 workers, intake, supervisor");
+    assert_eq!(
+        alive_tasks(),
+        baseline + 2 + 2,
+        "2 workers, intake, supervisor"
+    );
 
     drop(results);
     drop(handle);
-    back_to(baseline, 16).await;
+    assert_tasks_back_to(baseline, 16).await;
     assert_eq!(start.elapsed(), Duration::ZERO, "promptly: no time passed");
     assert!(input_dropped.load(SeqCst), "the input was dropped");
     assert_eq!(
@@ -208,16 +130,17 @@ async fn dropping_both_halves_ends_every_task_and_releases_everything() {
 async fn no_task_is_alive_after_join_whatever_the_ending() {
     const WORKERS: usize = 3;
     for ending in ["natural", "shutdown", "abort", "drain timeout"] {
-        let baseline = alive();
+        let baseline = alive_tasks();
         let flag = Arc::new(AtomicBool::new(false));
-        let input = endless_flagged(0..8, &flag).take(if ending == "natural" { 8 } else { 100 });
+        let input =
+            with_drop_flag(endless(0..8), &flag).take(if ending == "natural" { 8 } else { 100 });
         let mut config = FanOutConfig::new(WORKERS, DropNewest).capacity(8);
         if ending == "drain timeout" {
             config = config.drain_timeout(ms(15));
         }
         let (results, handle) = input.bounded_fan_out_with(config, |id| work(id, ms(10)));
         assert_eq!(
-            alive(),
+            alive_tasks(),
             baseline + WORKERS + 2,
             "{ending}: workers, intake, supervisor"
         );
@@ -236,7 +159,7 @@ async fn no_task_is_alive_after_join_whatever_the_ending() {
             _ => handle.shutdown(),
         }
         let (_, report) = drain_and_join(results, handle, GUARD).await;
-        back_to(baseline, 16).await;
+        assert_tasks_back_to(baseline, 16).await;
         assert!(flag.load(SeqCst), "{ending}: input released");
         let expected = match ending {
             "natural" => (8, 8, 0, 0, 0, 3, 0),
@@ -284,11 +207,7 @@ fn works_on_current_thread_and_multi_thread_runtimes() {
         .build()
         .unwrap();
     current.block_on(fan_out_2000(4));
-    let multi = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let multi = multi_thread_runtime();
     for _ in 0..5 {
         multi.block_on(fan_out_2000(4));
     }
@@ -313,12 +232,12 @@ async fn the_input_is_driven_while_nobody_reads_results() {
         )
     };
 
-    (0..10).for_each(|id| tx.unbounded_send(id).unwrap());
+    send(&tx, 0..10);
     settle().await;
     // Queue of 4 kept 0..=3; the worker handed 0 over and holds 1 (output full).
     assert_eq!(row(handle.stats()), (10, 2, 6, 2, 0));
 
-    (10..20).for_each(|id| tx.unbounded_send(id).unwrap());
+    send(&tx, 10..20);
     settle().await;
     // Still pulled in full: 2 free slots took 10 and 11, the rest shed.
     assert_eq!(row(handle.stats()), (20, 2, 14, 4, 0));
@@ -398,11 +317,7 @@ async fn memory_is_bounded_at_every_sampled_instant() {
 /// 20,000 instant items through W = 2, C = 4, K = 2; `check` sees every sample.
 fn sample_parallel_load(rounds: usize, check: impl Fn(&Stats)) {
     const WORKERS: usize = 2;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread_runtime();
     for _ in 0..rounds {
         rt.block_on(async {
             let config = FanOutConfig::new(WORKERS, DropOldest)
@@ -482,7 +397,7 @@ async fn results_is_fused_and_its_size_hint_is_honest() {
     );
     assert!(!results.is_terminated());
 
-    (0..3).for_each(|id| tx.unbounded_send(id).unwrap());
+    send(&tx, 0..3);
     settle().await;
     assert_eq!(
         results.size_hint(),
@@ -519,18 +434,14 @@ async fn results_is_fused_and_its_size_hint_is_honest() {
 
 #[test]
 fn dropping_both_halves_mid_flight_leaks_nothing_on_multi_thread() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread_runtime();
     for round in 0..20u32 {
         rt.block_on(async {
-            let baseline = alive();
+            let baseline = alive_tasks();
             let input_dropped = Arc::new(AtomicBool::new(false));
             let (made, item_drops) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
             let (m, d) = (Arc::clone(&made), Arc::clone(&item_drops));
-            let input = endless_flagged(0..1000, &input_dropped).map(move |id| {
+            let input = with_drop_flag(endless(0..1000), &input_dropped).map(move |id| {
                 m.fetch_add(1, SeqCst);
                 Tracked {
                     id,
@@ -550,7 +461,7 @@ fn dropping_both_halves_mid_flight_leaks_nothing_on_multi_thread() {
             }
             drop(results);
             drop(handle);
-            back_to(baseline, 100_000).await;
+            assert_tasks_back_to(baseline, 100_000).await;
             assert!(input_dropped.load(SeqCst), "round {round}: input kept");
             assert_eq!(
                 item_drops.load(SeqCst),

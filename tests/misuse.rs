@@ -9,9 +9,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
 use std::time::Duration;
 
-use backpressure_pipeline::{FanOutConfig, FanOutExt, IntakeEnd, Report, ShedPolicy};
+use backpressure_pipeline::{FanOutConfig, FanOutExt, IntakeEnd, ShedPolicy};
 use futures::StreamExt;
-use tokio::time::{sleep, timeout};
+use tokio::time::sleep;
+
+mod common;
+use common::{GUARD, counts, drain_and_join_at};
 
 use ShedPolicy::DropNewest;
 
@@ -21,23 +24,8 @@ const CAPACITY_MSG: &str = "FanOutConfig::capacity: capacity must be at least 1"
 const OUTPUT_MSG: &str = "FanOutConfig::output_capacity: output_capacity must be at least 1";
 const RUNTIME_MSG: &str = "bounded_fan_out: must be called from the context of a Tokio runtime";
 
-/// Deadlock guard for joins (virtual time: fails fast).
-const GUARD: Duration = Duration::from_secs(3600);
-
 async fn echo(id: u32) -> u32 {
     id
-}
-
-fn counts(r: &Report) -> (u64, u64, u64, u64, u64, usize, usize) {
-    (
-        r.produced,
-        r.processed,
-        r.dropped,
-        r.failed,
-        r.cancelled,
-        r.workers_joined,
-        r.aborted,
-    )
 }
 
 // ===== the documented messages =====
@@ -186,11 +174,7 @@ async fn a_panicking_handler_counts_failed_and_the_rest_is_processed() {
     for workers in [1usize, 2] {
         let (results, handle) =
             futures::stream::iter(0..10u32).bounded_fan_out(workers, DropNewest, fragile);
-        let (mut out, report) = timeout(GUARD, async {
-            tokio::join!(results.collect::<Vec<_>>(), handle.join())
-        })
-        .await
-        .unwrap();
+        let (mut out, report, _) = drain_and_join_at(results, handle, GUARD).await;
         if workers == 1 {
             assert_eq!(
                 out,
@@ -217,11 +201,7 @@ async fn a_panicking_input_stops_intake_and_drains_what_it_accepted() {
         sleep(Duration::from_millis(10)).await;
         id
     });
-    let (mut out, report) = timeout(GUARD, async {
-        tokio::join!(results.collect::<Vec<_>>(), handle.join())
-    })
-    .await
-    .unwrap();
+    let (mut out, report, _) = drain_and_join_at(results, handle, GUARD).await;
     out.sort_unstable();
     assert_eq!(out, [0, 1, 2, 3, 4]);
     assert_eq!(counts(&report), (5, 5, 0, 0, 0, 2, 0));

@@ -12,36 +12,18 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use backpressure_pipeline::{FanOutConfig, FanOutExt, IntakeEnd, Report, ShedPolicy};
 use futures::{Stream, StreamExt};
-use tokio::runtime::Handle;
 use tokio::time::Instant;
 
-// ===== planned panics =====
-
-/// Payload of every panic these tests cause on purpose; kept quiet by the
-/// panic hook so that a real failure's message stands out.
-struct PlannedPanic;
-
-fn quiet_planned_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !info.payload().is::<PlannedPanic>() {
-                default(info);
-            }
-        }));
-    });
-}
-
-fn planned_panic() -> ! {
-    std::panic::panic_any(PlannedPanic)
-}
+mod common;
+use common::{
+    alive_tasks, assert_tasks_back_to, item_counts, ms, planned_panic, quiet_planned_panics,
+};
 
 // ===== items and a scripted input =====
 
@@ -166,21 +148,6 @@ impl Drop for PanicOnDrop {
 
 // ===== helpers =====
 
-fn alive_tasks() -> usize {
-    Handle::current().metrics().num_alive_tasks()
-}
-
-/// After `join`: every task the pipeline spawned ends within a few yields.
-async fn assert_no_task_left(baseline: usize) {
-    for _ in 0..8 {
-        if alive_tasks() == baseline {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(alive_tasks(), baseline, "a pipeline task outlived join");
-}
-
 /// Yields until `ready()` holds; panics if it does not within 100 yields.
 async fn until(mut ready: impl FnMut() -> bool) {
     for _ in 0..100 {
@@ -192,24 +159,23 @@ async fn until(mut ready: impl FnMut() -> bool) {
     assert!(ready(), "condition not reached within 100 yields");
 }
 
-/// (produced, processed, dropped, failed, cancelled)
-fn counts(report: &Report) -> (u64, u64, u64, u64, u64) {
-    (
-        report.produced,
-        report.processed,
-        report.dropped,
-        report.failed,
-        report.cancelled,
-    )
-}
-
 /// (workers_joined, aborted, intake)
 fn ends(report: &Report) -> (usize, usize, IntakeEnd) {
     (report.workers_joined, report.aborted, report.intake)
 }
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
+/// A handler that owns its whole item (not just `item.id`) for `d`.
+async fn take_time(item: Item, d: Duration) -> u64 {
+    tokio::time::sleep(d).await;
+    item.id
+}
+
+/// A handler that holds its item forever beside a guard whose `Drop` panics;
+/// the guard is dropped first when the future is dropped (reverse order).
+async fn hold_behind_a_panicking_guard(item: Item) -> u64 {
+    let _item = item;
+    let _guard = PanicOnDrop;
+    std::future::pending::<u64>().await
 }
 
 // ===== the handler =====
@@ -230,12 +196,12 @@ async fn panic_in_the_handler_call_fails_that_item_and_the_worker_goes_on() {
     let (out, report) = tokio::join!(results.collect::<Vec<_>>(), handle.join());
 
     assert_eq!(out, [0, 1, 2, 4, 5, 6, 8, 9]);
-    assert_eq!(counts(&report), (10, 8, 0, 2, 0));
+    assert_eq!(item_counts(&report), (10, 8, 0, 2, 0));
     assert_eq!(ends(&report), (1, 0, IntakeEnd::Exhausted));
     assert!(report.is_conserved());
     assert_eq!(drops.sorted(), (0..10).collect::<Vec<_>>());
     assert!(input_dropped.load(SeqCst));
-    assert_no_task_left(baseline).await;
+    assert_tasks_back_to(baseline, 8).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -261,66 +227,58 @@ async fn panic_in_the_handler_future_fails_that_item_and_the_worker_goes_on() {
     assert_eq!(out, [0, 1, 2, 4, 5, 6, 8, 9]);
     // Nine items slept 1 ms each, one at a time; id 3 never slept.
     assert_eq!(start.elapsed(), ms(9));
-    assert_eq!(counts(&report), (10, 8, 0, 2, 0));
+    assert_eq!(item_counts(&report), (10, 8, 0, 2, 0));
     assert_eq!(ends(&report), (1, 0, IntakeEnd::Exhausted));
     assert_eq!(drops.sorted(), (0..10).collect::<Vec<_>>());
-    assert_no_task_left(baseline).await;
+    assert_tasks_back_to(baseline, 8).await;
 }
 
 // ===== the input =====
 
-#[tokio::test(start_paused = true)]
-async fn panic_in_poll_next_mid_batch_still_drains_what_was_accepted() {
+/// One worker, queue of 8, handler `per_item` long: `steps` yield ids 0..5,
+/// then panic in `poll_next`. All five accepted items are processed, which
+/// takes `elapsed`, and the intake ends as `InputPanicked`.
+async fn input_panics_after_five(
+    steps: impl IntoIterator<Item = Step>,
+    policy: ShedPolicy,
+    per_item: Duration,
+    elapsed: Duration,
+) {
     quiet_planned_panics();
     let baseline = alive_tasks();
-    // Five ready items, then a panic: all five are in the intake's hands,
-    // not yet queued, when the input panics.
-    let (input, drops, input_dropped) = Script::new(items(0..5, &[]).chain([Step::Panic]));
-    let config = FanOutConfig::new(1, ShedPolicy::DropNewest).capacity(8);
-    let (results, handle) = input.bounded_fan_out_with(config, |item: Item| async move {
-        let item = item; // own the whole item, not just `item.id`
-        tokio::time::sleep(ms(1)).await;
-        item.id
-    });
+    let (input, drops, input_dropped) = Script::new(steps);
+    let config = FanOutConfig::new(1, policy).capacity(8);
+    let (results, handle) =
+        input.bounded_fan_out_with(config, move |item| take_time(item, per_item));
     let start = Instant::now();
     let (out, report) = tokio::join!(results.collect::<Vec<_>>(), handle.join());
 
     assert_eq!(out, [0, 1, 2, 3, 4]);
-    assert_eq!(start.elapsed(), ms(5));
-    assert_eq!(counts(&report), (5, 5, 0, 0, 0));
+    assert_eq!(start.elapsed(), elapsed);
+    assert_eq!(item_counts(&report), (5, 5, 0, 0, 0));
     assert_eq!(ends(&report), (1, 0, IntakeEnd::InputPanicked));
     assert_eq!(drops.sorted(), [0, 1, 2, 3, 4]);
     assert!(input_dropped.load(SeqCst));
-    assert_no_task_left(baseline).await;
+    assert_tasks_back_to(baseline, 8).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn panic_in_poll_next_mid_batch_still_drains_what_was_accepted() {
+    // Five ready items, then a panic: all five are in the intake's hands,
+    // not yet queued, when the input panics.
+    let steps = items(0..5, &[]).chain([Step::Panic]);
+    input_panics_after_five(steps, ShedPolicy::DropNewest, ms(1), ms(5)).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn panic_in_poll_next_after_a_gap_still_drains_the_queue() {
-    quiet_planned_panics();
-    let baseline = alive_tasks();
     // 0..3 at t = 0, 3..5 at t = 1 ms, then the panic; each item takes
     // 10 ms, so at the panic 1 item is in flight and 3 are queued.
     let steps = items(0..3, &[])
         .chain([Step::Gap(ms(1))])
         .chain(items(3..5, &[]))
         .chain([Step::Panic]);
-    let (input, drops, input_dropped) = Script::new(steps);
-    let config = FanOutConfig::new(1, ShedPolicy::DropOldest).capacity(8);
-    let (results, handle) = input.bounded_fan_out_with(config, |item: Item| async move {
-        let item = item; // own the whole item, not just `item.id`
-        tokio::time::sleep(ms(10)).await;
-        item.id
-    });
-    let start = Instant::now();
-    let (out, report) = tokio::join!(results.collect::<Vec<_>>(), handle.join());
-
-    assert_eq!(out, [0, 1, 2, 3, 4]);
-    assert_eq!(start.elapsed(), ms(50));
-    assert_eq!(counts(&report), (5, 5, 0, 0, 0));
-    assert_eq!(ends(&report), (1, 0, IntakeEnd::InputPanicked));
-    assert_eq!(drops.sorted(), [0, 1, 2, 3, 4]);
-    assert!(input_dropped.load(SeqCst));
-    assert_no_task_left(baseline).await;
+    input_panics_after_five(steps, ShedPolicy::DropOldest, ms(10), ms(50)).await;
 }
 
 // ===== the on_shed hook =====
@@ -350,54 +308,45 @@ async fn panic_in_on_shed_keeps_the_item_dropped_and_intake_going() {
 
     assert_eq!(*shed.lock().unwrap(), [2, 3, 4, 5]);
     assert_eq!(out, [0, 1, 6, 7]);
-    assert_eq!(counts(&report), (8, 4, 4, 0, 0));
+    assert_eq!(item_counts(&report), (8, 4, 4, 0, 0));
     assert_eq!(ends(&report), (1, 0, IntakeEnd::Exhausted));
     assert_eq!(drops.sorted(), (0..8).collect::<Vec<_>>());
-    assert_no_task_left(baseline).await;
+    assert_tasks_back_to(baseline, 8).await;
 }
 
 // ===== an item's Drop, when the crate sheds it =====
 
-#[tokio::test(start_paused = true)]
-async fn panic_in_drop_of_an_item_shed_by_drop_newest() {
+/// Queue of 2, one worker: a burst of 0..10 (the ids in `panicky` panic when
+/// dropped), then 10, 11 after a gap; the results must be `expected`.
+async fn shed_with_panicking_drops(policy: ShedPolicy, panicky: &[u64], expected: [u64; 4]) {
     quiet_planned_panics();
     let baseline = alive_tasks();
-    // Queue of 2: 0, 1 queued, 2..10 shed (4 and 5 panic when dropped);
-    // then 10, 11 after a gap.
-    let steps = items(0..10, &[4, 5])
+    let steps = items(0..10, panicky)
         .chain([Step::Gap(ms(5))])
         .chain(items(10..12, &[]));
     let (input, drops, _) = Script::new(steps);
-    let config = FanOutConfig::new(1, ShedPolicy::DropNewest).capacity(2);
+    let config = FanOutConfig::new(1, policy).capacity(2);
     let (results, handle) = input.bounded_fan_out_with(config, |item: Item| async move { item.id });
     let (out, report) = tokio::join!(results.collect::<Vec<_>>(), handle.join());
 
-    assert_eq!(out, [0, 1, 10, 11]);
-    assert_eq!(counts(&report), (12, 4, 8, 0, 0));
+    assert_eq!(out, expected, "{policy}");
+    assert_eq!(item_counts(&report), (12, 4, 8, 0, 0));
     assert_eq!(ends(&report), (1, 0, IntakeEnd::Exhausted));
     assert_eq!(drops.sorted(), (0..12).collect::<Vec<_>>());
-    assert_no_task_left(baseline).await;
+    assert_tasks_back_to(baseline, 8).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn panic_in_drop_of_an_item_shed_by_drop_newest() {
+    // 0, 1 queued, 2..10 shed (4 and 5 panic when dropped); then 10, 11.
+    shed_with_panicking_drops(ShedPolicy::DropNewest, &[4, 5], [0, 1, 10, 11]).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn panic_in_drop_of_an_item_shed_by_drop_oldest() {
-    quiet_planned_panics();
-    let baseline = alive_tasks();
-    // Queue of 2: 0..8 evicted in turn (1 and 5 panic when dropped), 8, 9
-    // stay; then 10, 11 after a gap.
-    let steps = items(0..10, &[1, 5])
-        .chain([Step::Gap(ms(5))])
-        .chain(items(10..12, &[]));
-    let (input, drops, _) = Script::new(steps);
-    let config = FanOutConfig::new(1, ShedPolicy::DropOldest).capacity(2);
-    let (results, handle) = input.bounded_fan_out_with(config, |item: Item| async move { item.id });
-    let (out, report) = tokio::join!(results.collect::<Vec<_>>(), handle.join());
-
-    assert_eq!(out, [8, 9, 10, 11]);
-    assert_eq!(counts(&report), (12, 4, 8, 0, 0));
-    assert_eq!(ends(&report), (1, 0, IntakeEnd::Exhausted));
-    assert_eq!(drops.sorted(), (0..12).collect::<Vec<_>>());
-    assert_no_task_left(baseline).await;
+    // 0..8 evicted in turn (1 and 5 panic when dropped), 8, 9 stay; then
+    // 10, 11.
+    shed_with_panicking_drops(ShedPolicy::DropOldest, &[1, 5], [8, 9, 10, 11]).await;
 }
 
 // ===== an item's Drop, when the crate abandons it on abort =====
@@ -428,11 +377,11 @@ async fn panic_in_drop_of_an_item_abandoned_by_abort() {
     let (out, report) = tokio::join!(results.collect::<Vec<_>>(), handle.join());
 
     assert_eq!(out, Vec::<u64>::new());
-    assert_eq!(counts(&report), (6, 0, 0, 0, 6));
+    assert_eq!(item_counts(&report), (6, 0, 0, 0, 6));
     assert_eq!(ends(&report), (0, 1, IntakeEnd::Stopped));
     assert_eq!(drops.sorted(), [0, 1, 2, 3, 4, 5]);
     assert!(input_dropped.load(SeqCst));
-    assert_no_task_left(baseline).await;
+    assert_tasks_back_to(baseline, 8).await;
 }
 
 // ===== the Drop of an in-flight handler future, when aborted =====
@@ -443,12 +392,7 @@ async fn panic_in_drop_of_an_in_flight_future_cut_off_by_abort() {
     let baseline = alive_tasks();
     let (input, drops, _) = Script::new(items(0..4, &[]).chain([Step::Pending]));
     let config = FanOutConfig::new(2, ShedPolicy::DropNewest).capacity(8);
-    let (results, handle) = input.bounded_fan_out_with(config, |item: Item| async move {
-        let _item = item;
-        // Dropped first when the future is dropped (reverse order).
-        let _guard = PanicOnDrop;
-        std::future::pending::<u64>().await
-    });
+    let (results, handle) = input.bounded_fan_out_with(config, hold_behind_a_panicking_guard);
     until(|| {
         let stats = handle.stats();
         (stats.in_flight, stats.queue_depth) == (2, 2)
@@ -459,11 +403,11 @@ async fn panic_in_drop_of_an_in_flight_future_cut_off_by_abort() {
     let (out, report) = tokio::join!(results.collect::<Vec<_>>(), handle.join());
 
     assert_eq!(out, Vec::<u64>::new());
-    assert_eq!(counts(&report), (4, 0, 0, 0, 4));
+    assert_eq!(item_counts(&report), (4, 0, 0, 0, 4));
     assert_eq!(ends(&report), (0, 2, IntakeEnd::Stopped));
     // The items inside the futures are dropped too, despite the guard's panic.
     assert_eq!(drops.sorted(), [0, 1, 2, 3]);
-    assert_no_task_left(baseline).await;
+    assert_tasks_back_to(baseline, 8).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -474,11 +418,7 @@ async fn panic_in_drop_of_an_in_flight_future_cut_off_by_the_drain_timeout() {
     let config = FanOutConfig::new(2, ShedPolicy::DropNewest)
         .capacity(8)
         .drain_timeout(ms(10));
-    let (results, handle) = input.bounded_fan_out_with(config, |item: Item| async move {
-        let _item = item;
-        let _guard = PanicOnDrop;
-        std::future::pending::<u64>().await
-    });
+    let (results, handle) = input.bounded_fan_out_with(config, hold_behind_a_panicking_guard);
     until(|| handle.stats().in_flight == 2).await;
 
     let start = Instant::now();
@@ -488,8 +428,8 @@ async fn panic_in_drop_of_an_in_flight_future_cut_off_by_the_drain_timeout() {
     assert_eq!(start.elapsed(), ms(10));
     assert_eq!(out, Vec::<u64>::new());
     // 2 cut off in flight, 2 still queued when the deadline aborted.
-    assert_eq!(counts(&report), (4, 0, 0, 0, 4));
+    assert_eq!(item_counts(&report), (4, 0, 0, 0, 4));
     assert_eq!(ends(&report), (0, 2, IntakeEnd::Stopped));
     assert_eq!(drops.sorted(), [0, 1, 2, 3]);
-    assert_no_task_left(baseline).await;
+    assert_tasks_back_to(baseline, 8).await;
 }

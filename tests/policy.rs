@@ -14,47 +14,21 @@ use std::time::Duration;
 use backpressure_pipeline::{
     FanOutConfig, FanOutExt, IntakeEnd, Report, ShedPolicy, ShutdownHandle, Stats,
 };
-use futures::StreamExt;
 use futures::channel::mpsc;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep};
+
+mod common;
+use common::{GUARD, Log, drain_and_join, log, paused_runtime, send, settle, snapshot, sorted};
 
 use ShedPolicy::{DropNewest, DropOldest};
 
 /// How long a handler keeps its worker busy.
 const BUSY: Duration = Duration::from_secs(1);
-/// Deadlock guard for joins and drains (virtual time: fails fast).
-const GUARD: Duration = Duration::from_secs(3600);
 
-type Log<T> = Arc<Mutex<Vec<T>>>;
-
-fn log<T>() -> Log<T> {
-    Arc::new(Mutex::new(Vec::new()))
-}
-
-fn taken<T: Clone>(log: &Log<T>) -> Vec<T> {
-    log.lock().unwrap().clone()
-}
-
-/// Lets every ready task run, without letting virtual time advance.
-async fn settle() {
-    for _ in 0..64 {
-        tokio::task::yield_now().await;
-    }
-}
-
-/// Drains `results` while joining, with a deadlock guard; checks the law.
-async fn finish(
-    results: backpressure_pipeline::BoundedFanOut<u32>,
-    handle: ShutdownHandle,
-) -> (Vec<u32>, Report) {
-    let (out, report) = timeout(GUARD, async {
-        tokio::join!(results.collect::<Vec<_>>(), handle.join())
-    })
-    .await
-    .expect("pipeline did not finish");
-    assert!(report.is_conserved(), "not conserved: {report}");
-    assert_eq!(out.len() as u64, report.processed, "results != processed");
-    (out, report)
+/// A handler that keeps its worker busy for [`BUSY`], then returns `id`.
+async fn keep_busy(id: u32) -> u32 {
+    sleep(BUSY).await;
+    id
 }
 
 /// What one overload run observed.
@@ -87,42 +61,35 @@ async fn overload(
     let record = Arc::clone(&handled);
     let (results, handle) = rx.bounded_fan_out_with(config, move |id: u32| {
         record.lock().unwrap().push(id);
-        async move {
-            sleep(BUSY).await;
-            id
-        }
+        keep_busy(id)
     });
 
     let busy = workers as u32;
-    for id in 0..busy {
-        tx.unbounded_send(id).unwrap();
-    }
+    send(&tx, 0..busy);
     settle().await;
     assert_eq!(
         handle.stats().in_flight,
         workers,
         "workers busy before the burst"
     );
-    for id in busy..busy + burst {
-        tx.unbounded_send(id).unwrap();
-    }
+    send(&tx, busy..busy + burst);
     settle().await;
     let after_burst = handle.stats();
     drop(tx);
 
-    let (out, report) = finish(results, handle).await;
-    let handled = taken(&handled);
-    let shed = taken(&shed);
+    let (out, report) = drain_and_join(results, handle, GUARD).await;
+    let handled = snapshot(&handled);
+    let shed = snapshot(&shed);
 
     // Every id was either handled or shed, never both, never twice.
     let mut all: Vec<u32> = handled.iter().chain(&shed).copied().collect();
     all.sort_unstable();
     assert_eq!(all, (0..busy + burst).collect::<Vec<_>>(), "handled ∪ shed");
-    let mut out_sorted = out;
-    out_sorted.sort_unstable();
-    let mut handled_sorted = handled.clone();
-    handled_sorted.sort_unstable();
-    assert_eq!(out_sorted, handled_sorted, "results are the handled ids");
+    assert_eq!(
+        sorted(&out),
+        sorted(&handled),
+        "results are the handled ids"
+    );
     assert_eq!(
         shed.len() as u64,
         report.dropped,
@@ -148,11 +115,6 @@ async fn overload(
 
 fn ids(range: std::ops::RangeInclusive<u32>) -> Vec<u32> {
     range.collect()
-}
-
-fn sorted(mut v: Vec<u32>) -> Vec<u32> {
-    v.sort_unstable();
-    v
 }
 
 // ===== which items are kept =====
@@ -199,12 +161,12 @@ async fn capacity_one_keeps_a_single_item() {
 async fn bursts_larger_than_an_intake_batch_shed_exactly() {
     // 100 ids cross several intake batches; two busy workers hold ids 0 and 1.
     let newest = overload(DropNewest, 2, Some(5), 100).await;
-    assert_eq!(sorted(newest.handled), ids(0..=6));
+    assert_eq!(sorted(&newest.handled), ids(0..=6));
     assert_eq!(newest.shed, ids(7..=101));
     assert_eq!((newest.report.processed, newest.report.dropped), (7, 95));
 
     let oldest = overload(DropOldest, 2, Some(5), 100).await;
-    assert_eq!(sorted(oldest.handled), [0, 1, 97, 98, 99, 100, 101]);
+    assert_eq!(sorted(&oldest.handled), [0, 1, 97, 98, 99, 100, 101]);
     assert_eq!(oldest.shed, ids(2..=96));
     assert_eq!((oldest.report.processed, oldest.report.dropped), (7, 95));
 }
@@ -265,14 +227,10 @@ async fn a_taken_item_frees_its_slot() {
         let config = FanOutConfig::new(1, policy)
             .capacity(2)
             .on_shed(move |id: u32| hook.lock().unwrap().push(id));
-        let (results, handle) = rx.bounded_fan_out_with(config, |id: u32| async move {
-            sleep(BUSY).await;
-            id
-        });
+        let (results, handle) = rx.bounded_fan_out_with(config, keep_busy);
         tx.unbounded_send(0).unwrap();
         settle().await;
-        tx.unbounded_send(1).unwrap();
-        tx.unbounded_send(2).unwrap();
+        send(&tx, [1, 2]);
         settle().await;
         assert_eq!(
             (handle.stats().queue_depth, handle.stats().in_flight),
@@ -288,19 +246,18 @@ async fn a_taken_item_frees_its_slot() {
             (1, 1, 1),
             "{policy}"
         );
-        tx.unbounded_send(3).unwrap();
-        tx.unbounded_send(4).unwrap();
+        send(&tx, [3, 4]);
         settle().await;
         assert_eq!(handle.stats().queue_depth, 2);
         drop(tx);
 
-        let (out, report) = finish(results, handle).await;
+        let (out, report) = drain_and_join(results, handle, GUARD).await;
         let (kept, dropped) = match policy {
             DropNewest => (vec![0, 1, 2, 3], vec![4]),
             _ => (vec![0, 1, 3, 4], vec![2]),
         };
         assert_eq!(out, kept, "{policy}");
-        assert_eq!(taken(&shed), dropped, "{policy}");
+        assert_eq!(snapshot(&shed), dropped, "{policy}");
         assert_eq!(
             (report.produced, report.processed, report.dropped),
             (5, 4, 1)
@@ -328,11 +285,7 @@ fn with_deadlock_guard(limit: Duration, scenario: impl FnOnce() + Send + 'static
 #[test]
 fn on_shed_runs_outside_the_queue_lock() {
     with_deadlock_guard(Duration::from_secs(20), || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
+        let rt = paused_runtime();
         rt.block_on(async {
             // The hook reads `stats()`, which takes the queue's lock: if the
             // hook ran under that lock, this would deadlock.
@@ -350,23 +303,18 @@ fn on_shed_runs_outside_the_queue_lock() {
                         .unwrap()
                         .push((id, handle.stats().queue_depth));
                 });
-            let (results, handle) = rx.bounded_fan_out_with(config, |id: u32| async move {
-                sleep(BUSY).await;
-                id
-            });
+            let (results, handle) = rx.bounded_fan_out_with(config, keep_busy);
             *slot.lock().unwrap() = Some(handle);
             tx.unbounded_send(0).unwrap();
             settle().await;
-            for id in 1..=6 {
-                tx.unbounded_send(id).unwrap();
-            }
+            send(&tx, 1..=6);
             drop(tx);
             settle().await;
             let handle = slot.lock().unwrap().take().unwrap();
-            let (out, report) = finish(results, handle).await;
+            let (out, report) = drain_and_join(results, handle, GUARD).await;
             assert_eq!(out, [0, 5, 6]);
             // Each call saw a full queue: it ran after the push, unlocked.
-            assert_eq!(taken(&seen), [(1, 2), (2, 2), (3, 2), (4, 2)]);
+            assert_eq!(snapshot(&seen), [(1, 2), (2, 2), (3, 2), (4, 2)]);
             assert_eq!((report.processed, report.dropped), (3, 4));
         });
     });
@@ -383,24 +331,17 @@ async fn a_panicking_on_shed_is_caught_and_intake_goes_on() {
             hook.lock().unwrap().push(id);
             panic!("on_shed panics on {id}");
         });
-    let (results, handle) = rx.bounded_fan_out_with(config, |id: u32| async move {
-        sleep(BUSY).await;
-        id
-    });
+    let (results, handle) = rx.bounded_fan_out_with(config, keep_busy);
     tx.unbounded_send(0).unwrap();
     settle().await;
-    for id in 1..=4 {
-        tx.unbounded_send(id).unwrap();
-    }
+    send(&tx, 1..=4);
     settle().await;
     // Intake survived the panics: later items are still taken and queued.
     sleep(BUSY * 3).await;
-    for id in 5..=6 {
-        tx.unbounded_send(id).unwrap();
-    }
+    send(&tx, 5..=6);
     drop(tx);
-    let (out, report) = finish(results, handle).await;
-    assert_eq!(taken(&calls), [2, 3, 4, 6]);
+    let (out, report) = drain_and_join(results, handle, GUARD).await;
+    assert_eq!(snapshot(&calls), [2, 3, 4, 6]);
     assert_eq!(out, [0, 1, 5]);
     assert_eq!(
         (report.produced, report.processed, report.dropped),
@@ -430,14 +371,11 @@ async fn intake_never_blocks_on_a_full_queue() {
             }
         });
         let config = FanOutConfig::new(1, policy).capacity(2);
-        let (results, handle) = input.bounded_fan_out_with(config, |id: u32| async move {
-            sleep(BUSY).await;
-            id
-        });
+        let (results, handle) = input.bounded_fan_out_with(config, keep_busy);
         sleep(Duration::from_millis(21)).await;
         let expected: Vec<Duration> = (1..=20).map(Duration::from_millis).collect();
         assert_eq!(
-            taken(&pulls),
+            snapshot(&pulls),
             expected,
             "{policy}: pulled at the input's pace"
         );
@@ -448,7 +386,7 @@ async fn intake_never_blocks_on_a_full_queue() {
             "{policy}"
         );
 
-        let (out, report) = finish(results, handle).await;
+        let (out, report) = drain_and_join(results, handle, GUARD).await;
         let kept = match policy {
             DropNewest => [0, 1, 2],
             _ => [0, 18, 19],

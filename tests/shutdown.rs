@@ -9,75 +9,38 @@ use std::time::Duration;
 use backpressure_pipeline::{
     BoundedFanOut, FanOutConfig, FanOutExt, IntakeEnd, Report, ShedPolicy, ShutdownHandle,
 };
+use futures::StreamExt;
 use futures::channel::mpsc;
-use futures::{Stream, StreamExt};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
+mod common;
+use common::{GUARD, alive_tasks, counts, drain_and_join, endless, ms, send, settle, work};
+
 use ShedPolicy::DropNewest;
-
-/// Deadlock guard for joins and drains (virtual time: fails fast).
-const GUARD: Duration = Duration::from_secs(3600);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// Lets every ready task run, without letting virtual time advance.
-async fn settle() {
-    for _ in 0..64 {
-        tokio::task::yield_now().await;
-    }
-}
-
-/// A handler body that takes `d`.
-async fn work(id: u32, d: Duration) -> u32 {
-    sleep(d).await;
-    id
-}
 
 /// A handler body that never completes.
 async fn never(_: u32) -> u32 {
     std::future::pending().await
 }
 
-/// An input the test feeds by hand; it ends when the sender is dropped.
-fn gate() -> (mpsc::UnboundedSender<u32>, mpsc::UnboundedReceiver<u32>) {
-    mpsc::unbounded()
+/// A pipeline on `config` whose input the test feeds by hand (it ends when
+/// the sender is dropped) and whose handler takes 100 ms per item.
+fn gated(
+    config: FanOutConfig<u32>,
+) -> (
+    mpsc::UnboundedSender<u32>,
+    BoundedFanOut<u32>,
+    ShutdownHandle,
+) {
+    let (tx, rx) = mpsc::unbounded();
+    let (results, handle) = rx.bounded_fan_out_with(config, |id| work(id, ms(100)));
+    (tx, results, handle)
 }
 
-fn send(tx: &mpsc::UnboundedSender<u32>, ids: std::ops::Range<u32>) {
-    ids.for_each(|id| tx.unbounded_send(id).unwrap());
-}
-
-/// `ids` at once, then an input that stays pending forever.
-fn endless(ids: std::ops::Range<u32>) -> impl Stream<Item = u32> + Send + 'static {
-    futures::stream::iter(ids).chain(futures::stream::pending())
-}
-
-/// (produced, processed, dropped, failed, cancelled, workers_joined, aborted)
-fn counts(r: &Report) -> (u64, u64, u64, u64, u64, usize, usize) {
-    (
-        r.produced,
-        r.processed,
-        r.dropped,
-        r.failed,
-        r.cancelled,
-        r.workers_joined,
-        r.aborted,
-    )
-}
-
-/// Drains `results` while joining, with a deadlock guard; checks the law and
-/// that every processed result was delivered.
-async fn drain_and_join(results: BoundedFanOut<u32>, handle: ShutdownHandle) -> (Vec<u32>, Report) {
-    let (mut out, report) = timeout(GUARD, async {
-        tokio::join!(results.collect::<Vec<_>>(), handle.join())
-    })
-    .await
-    .expect("pipeline did not finish");
-    assert!(report.is_conserved(), "not conserved: {report}");
-    assert_eq!(out.len() as u64, report.processed, "results != processed");
+/// [`drain_and_join`] under [`GUARD`], the results sorted.
+async fn drain_sorted(results: BoundedFanOut<u32>, handle: ShutdownHandle) -> (Vec<u32>, Report) {
+    let (mut out, report) = drain_and_join(results, handle, GUARD).await;
     out.sort_unstable();
     (out, report)
 }
@@ -131,11 +94,10 @@ async fn natural_end_ends_results_and_joins_clean() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_drains_queued_and_in_flight_work_and_stops_pulling() {
     let start = Instant::now();
-    let (tx, rx) = gate();
     let config = FanOutConfig::new(2, DropNewest)
         .capacity(8)
         .drain_timeout(Duration::from_secs(1));
-    let (results, handle) = rx.bounded_fan_out_with(config, |id| work(id, ms(100)));
+    let (tx, results, handle) = gated(config);
     send(&tx, 0..6);
     sleep(ms(10)).await;
     let s = handle.stats();
@@ -149,7 +111,7 @@ async fn shutdown_drains_queued_and_in_flight_work_and_stops_pulling() {
     settle().await;
     assert_eq!(handle.stats().produced, 6);
 
-    let (out, report) = drain_and_join(results, handle).await;
+    let (out, report) = drain_sorted(results, handle).await;
     // 2 in flight finish at 100 ms, then 2 queued at 200 ms, the last 2 at 300 ms.
     assert_eq!(start.elapsed(), ms(300));
     assert_eq!(out, [0, 1, 2, 3, 4, 5]);
@@ -167,7 +129,7 @@ async fn drain_deadline_counts_from_the_request_even_after_the_input_ended() {
         futures::stream::iter(0..6u32).bounded_fan_out_with(config, |id| work(id, ms(100)));
     sleep(ms(150)).await;
     handle.shutdown();
-    let (out, report) = drain_and_join(results, handle).await;
+    let (out, report) = drain_sorted(results, handle).await;
     // Deadline 150 + 100 = 250 ms: 4 done (at 100 and 200 ms), 2 cut in flight.
     assert_eq!(start.elapsed(), ms(250));
     assert_eq!(out, [0, 1, 2, 3]);
@@ -182,7 +144,7 @@ async fn drain_timeout_aborts_queued_and_in_flight_leftovers() {
     let (results, handle) = endless(0..6).bounded_fan_out_with(config, |id| work(id, ms(100)));
     sleep(ms(10)).await;
     handle.shutdown();
-    let (out, report) = drain_and_join(results, handle).await;
+    let (out, report) = drain_sorted(results, handle).await;
     // Deadline 160 ms: 2 done at 100 ms, 2 in flight and 2 queued are cut.
     assert_eq!(start.elapsed(), ms(160));
     assert_eq!(out, [0, 1]);
@@ -197,7 +159,7 @@ async fn a_handler_that_never_completes_cannot_hang_shutdown() {
     let (results, handle) = endless(0..5).bounded_fan_out_with(config, never);
     settle().await;
     handle.shutdown();
-    let (_, report) = drain_and_join(results, handle).await;
+    let (_, report) = drain_sorted(results, handle).await;
     assert_eq!(start.elapsed(), Duration::from_secs(1));
     // 2 cut in flight, 3 still queued: all cancelled.
     assert_eq!(counts(&report), (5, 0, 0, 0, 5, 0, 2));
@@ -213,7 +175,7 @@ async fn the_default_drain_timeout_is_30_seconds() {
     let (results, handle) = endless(0..1).bounded_fan_out(1, DropNewest, never);
     settle().await;
     handle.shutdown();
-    let (_, report) = drain_and_join(results, handle).await;
+    let (_, report) = drain_sorted(results, handle).await;
     assert_eq!(start.elapsed(), Duration::from_secs(30));
     assert_eq!(counts(&report), (1, 0, 0, 0, 1, 0, 1));
 }
@@ -225,7 +187,7 @@ async fn a_zero_drain_timeout_aborts_at_once() {
     let (results, handle) = endless(0..3).bounded_fan_out_with(config, never);
     settle().await;
     handle.shutdown();
-    let (_, report) = drain_and_join(results, handle).await;
+    let (_, report) = drain_sorted(results, handle).await;
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(counts(&report), (3, 0, 0, 0, 3, 0, 2));
 }
@@ -247,7 +209,7 @@ async fn abort_cancels_the_queue_and_cuts_in_flight_work() {
     let s = handle.stats();
     assert_eq!((s.queue_depth, s.cancelled), (0, 3));
 
-    let (out, report) = drain_and_join(results, handle).await;
+    let (out, report) = drain_sorted(results, handle).await;
     assert_eq!(start.elapsed(), ms(10), "no waiting for the handlers");
     assert!(out.is_empty());
     assert_eq!(counts(&report), (6, 0, 0, 0, 6, 0, 3));
@@ -259,7 +221,7 @@ async fn abort_counts_idle_workers_as_joined() {
     let (results, handle) = endless(0..2).bounded_fan_out(3, DropNewest, never);
     settle().await;
     handle.abort();
-    let (_, report) = drain_and_join(results, handle).await;
+    let (_, report) = drain_sorted(results, handle).await;
     assert_eq!(counts(&report), (2, 0, 0, 0, 2, 1, 2));
 }
 
@@ -272,7 +234,7 @@ async fn abort_during_a_drain_ends_it_now() {
     handle.shutdown();
     sleep(ms(10)).await;
     handle.abort();
-    let (_, report) = drain_and_join(results, handle).await;
+    let (_, report) = drain_sorted(results, handle).await;
     assert_eq!(start.elapsed(), ms(10));
     assert_eq!(counts(&report), (3, 0, 0, 0, 3, 0, 1));
 }
@@ -289,7 +251,7 @@ async fn a_second_shutdown_does_not_restart_the_deadline() {
     sleep(ms(50)).await;
     handle.shutdown();
     handle.shutdown();
-    let (_, report) = drain_and_join(results, handle).await;
+    let (_, report) = drain_sorted(results, handle).await;
     assert_eq!(start.elapsed(), ms(100));
     assert_eq!(counts(&report), (1, 0, 0, 0, 1, 0, 1));
 }
@@ -304,7 +266,7 @@ async fn repeated_aborts_count_each_item_once() {
     handle.shutdown(); // after an abort: no effect
     handle.abort();
     assert_eq!(handle.stats().cancelled, 3, "the 3 queued, once");
-    let (_, report) = drain_and_join(results, handle).await;
+    let (_, report) = drain_sorted(results, handle).await;
     assert_eq!(counts(&report), (4, 0, 0, 0, 4, 0, 1));
 }
 
@@ -330,16 +292,15 @@ async fn shutdown_and_abort_after_the_end_change_nothing() {
 async fn cancelling_the_parent_token_shuts_down_gracefully() {
     let start = Instant::now();
     let parent = CancellationToken::new();
-    let (tx, rx) = gate();
     let config = FanOutConfig::new(2, DropNewest)
         .drain_timeout(Duration::from_secs(1))
         .cancel_token(parent.clone());
-    let (results, handle) = rx.bounded_fan_out_with(config, |id| work(id, ms(100)));
+    let (tx, results, handle) = gated(config);
     send(&tx, 0..6);
     sleep(ms(10)).await;
     parent.cancel();
     assert!(handle.is_shutting_down());
-    let (out, report) = drain_and_join(results, handle).await;
+    let (out, report) = drain_sorted(results, handle).await;
     // A graceful drain, as `shutdown()`: everything accepted is processed.
     assert_eq!(start.elapsed(), ms(300));
     assert_eq!(out, [0, 1, 2, 3, 4, 5]);
@@ -351,9 +312,8 @@ async fn cancelling_the_parent_token_shuts_down_gracefully() {
 #[tokio::test(start_paused = true)]
 async fn cancelling_the_parent_token_stops_pulling_at_once() {
     let parent = CancellationToken::new();
-    let (tx, rx) = gate();
     let config = FanOutConfig::new(2, DropNewest).cancel_token(parent.clone());
-    let (results, handle) = rx.bounded_fan_out_with(config, |id| work(id, ms(100)));
+    let (tx, results, handle) = gated(config);
     send(&tx, 0..6);
     sleep(ms(10)).await;
     parent.cancel();
@@ -362,7 +322,7 @@ async fn cancelling_the_parent_token_stops_pulling_at_once() {
     send(&tx, 100..110);
     settle().await;
     assert_eq!(handle.stats().produced, 6, "items pulled after the cancel");
-    let (out, report) = drain_and_join(results, handle).await;
+    let (out, report) = drain_sorted(results, handle).await;
     assert_eq!(out, [0, 1, 2, 3, 4, 5]);
     assert_eq!(counts(&report), (6, 6, 0, 0, 0, 2, 0));
     drop(tx);
@@ -378,7 +338,7 @@ async fn cancelling_an_ancestor_token_respects_the_drain_timeout() {
     let (results, handle) = endless(0..3).bounded_fan_out_with(config, never);
     sleep(ms(40)).await;
     root.cancel();
-    let (_, report) = drain_and_join(results, handle).await;
+    let (_, report) = drain_sorted(results, handle).await;
     assert_eq!(start.elapsed(), ms(290));
     assert_eq!(counts(&report), (3, 0, 0, 0, 3, 0, 2));
 }
@@ -393,16 +353,16 @@ async fn the_pipeline_never_cancels_the_parent_token() {
         let (results, handle) = input.bounded_fan_out_with(config, |id| work(id, ms(10)));
         match end {
             "natural" => {
-                let (_, report) = drain_and_join(results, handle).await;
+                let (_, report) = drain_sorted(results, handle).await;
                 assert_eq!(report.intake, IntakeEnd::Exhausted);
             }
             "shutdown" => {
                 handle.shutdown();
-                drain_and_join(results, handle).await;
+                drain_sorted(results, handle).await;
             }
             "abort" => {
                 handle.abort();
-                drain_and_join(results, handle).await;
+                drain_sorted(results, handle).await;
             }
             _ => {
                 drop(results);
@@ -471,20 +431,16 @@ async fn dropping_the_join_future_is_dropping_the_handle() {
     assert_eq!(out, [0, 1, 2, 3, 4, 5]);
 
     // With results gone too: the pipeline is aborted and its tasks end.
-    let baseline = tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks();
+    let baseline = alive_tasks();
     let (results, handle) = endless(0..3).bounded_fan_out(2, DropNewest, never);
     settle().await;
     assert_eq!(handle.stats().in_flight, 2);
     drop(results);
     drop(handle.join());
     settle().await;
-    let alive = tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks();
     assert_eq!(
-        alive, baseline,
+        alive_tasks(),
+        baseline,
         "tasks left after Join and results were dropped"
     );
 }
@@ -493,9 +449,8 @@ async fn dropping_the_join_future_is_dropping_the_handle() {
 
 #[tokio::test(start_paused = true)]
 async fn stats_are_exact_at_chosen_instants() {
-    let (tx, rx) = gate();
     let config = FanOutConfig::new(2, DropNewest).capacity(4);
-    let (results, handle) = rx.bounded_fan_out_with(config, |id| work(id, ms(100)));
+    let (tx, results, handle) = gated(config);
     let s = handle.stats();
     let zero = (0, 0, 0, 0, 0, 0, 0, 0);
     let row = |s: backpressure_pipeline::Stats| {
@@ -533,7 +488,7 @@ async fn stats_are_exact_at_chosen_instants() {
     assert_eq!(row(handle.stats()), (13, 4, 6, 0, 0, 1, 2, 4));
 
     handle.shutdown();
-    let (out, report) = drain_and_join(results, handle).await;
+    let (out, report) = drain_sorted(results, handle).await;
     assert_eq!(out, [0, 1, 2, 3, 10, 11, 12]);
     assert_eq!(counts(&report), (13, 7, 6, 0, 0, 2, 0));
     drop(tx);
@@ -543,9 +498,8 @@ async fn stats_are_exact_at_chosen_instants() {
 
 #[tokio::test(start_paused = true)]
 async fn debug_output_shows_the_observable_state() {
-    let (tx, rx) = gate();
     let config = FanOutConfig::new(1, DropNewest).capacity(4);
-    let (mut results, handle) = rx.bounded_fan_out_with(config, |id| work(id, ms(100)));
+    let (tx, mut results, handle) = gated(config);
     assert_eq!(
         format!("{handle:?}"),
         "ShutdownHandle { queue_depth: 0, in_flight: 0, shutting_down: false, finished: false }"

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use backpressure_pipeline::{FanOutConfig, FanOutExt, IntakeEnd, Report, ShedPolicy};
 use futures::StreamExt;
-use tokio::runtime::Handle;
+
+mod common;
+use common::{alive_tasks, assert_tasks_back_to};
 
 /// What happened to each id, counted.
 struct Tally {
@@ -75,10 +77,6 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
     }
-}
-
-fn alive_tasks() -> usize {
-    Handle::current().metrics().num_alive_tasks()
 }
 
 /// One pipeline over ids `0..ids`, drained by this task; `stop` requests a
@@ -167,12 +165,7 @@ async fn round(
         .expect("producer panicked");
 
     // Every task is gone (PITFALLS 11: give the other thread its turns).
-    let mut turns = 0;
-    while alive_tasks() != baseline && turns < 1_000_000 {
-        tokio::task::yield_now().await;
-        turns += 1;
-    }
-    assert_eq!(alive_tasks(), baseline, "a pipeline task outlived join");
+    assert_tasks_back_to(baseline, 1_000_000).await;
 
     check(&tally, ids, workers, stop, &mut received, &report);
 }
@@ -256,59 +249,52 @@ fn check(
 const IDS: u64 = 2_000;
 const ROUNDS: usize = 20;
 
+/// [`ROUNDS`] rounds of `policy` at `capacity`, 1 to 4 workers, no stop.
+async fn rounds_to_the_end(policy: ShedPolicy, capacity: usize) {
+    for r in 0..ROUNDS {
+        round(policy, 1 + r % 4, capacity, IDS, None).await;
+    }
+}
+
+/// 2 × [`ROUNDS`] rounds over both policies, capacities 1 and 8 and 1 to 3
+/// workers, each stopped by `how` after a random number (below 100) of
+/// results drawn from `seed`.
+async fn rounds_stopped_at_random(how: Stop, seed: u64) {
+    let mut rng = Rng(seed);
+    for r in 0..2 * ROUNDS {
+        let policy = [ShedPolicy::DropNewest, ShedPolicy::DropOldest][r % 2];
+        let capacity = [1, 8][r / 2 % 2];
+        let after = rng.below(100) as usize;
+        round(policy, 1 + r % 3, capacity, IDS, Some((how, after))).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_newest_capacity_1_counts_every_item_once() {
-    for r in 0..ROUNDS {
-        round(ShedPolicy::DropNewest, 1 + r % 4, 1, IDS, None).await;
-    }
+    rounds_to_the_end(ShedPolicy::DropNewest, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_newest_capacity_8_counts_every_item_once() {
-    for r in 0..ROUNDS {
-        round(ShedPolicy::DropNewest, 1 + r % 4, 8, IDS, None).await;
-    }
+    rounds_to_the_end(ShedPolicy::DropNewest, 8).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_capacity_1_counts_every_item_once() {
-    for r in 0..ROUNDS {
-        round(ShedPolicy::DropOldest, 1 + r % 4, 1, IDS, None).await;
-    }
+    rounds_to_the_end(ShedPolicy::DropOldest, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_capacity_8_counts_every_item_once() {
-    for r in 0..ROUNDS {
-        round(ShedPolicy::DropOldest, 1 + r % 4, 8, IDS, None).await;
-    }
+    rounds_to_the_end(ShedPolicy::DropOldest, 8).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_at_a_random_point_counts_every_item_once() {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for r in 0..2 * ROUNDS {
-        let policy = [ShedPolicy::DropNewest, ShedPolicy::DropOldest][r % 2];
-        let capacity = [1, 8][r / 2 % 2];
-        let after = rng.below(100) as usize;
-        round(
-            policy,
-            1 + r % 3,
-            capacity,
-            IDS,
-            Some((Stop::Shutdown, after)),
-        )
-        .await;
-    }
+    rounds_stopped_at_random(Stop::Shutdown, 0x9e37_79b9_7f4a_7c15).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_at_a_random_point_counts_every_item_once() {
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    for r in 0..2 * ROUNDS {
-        let policy = [ShedPolicy::DropNewest, ShedPolicy::DropOldest][r % 2];
-        let capacity = [1, 8][r / 2 % 2];
-        let after = rng.below(100) as usize;
-        round(policy, 1 + r % 3, capacity, IDS, Some((Stop::Abort, after))).await;
-    }
+    rounds_stopped_at_random(Stop::Abort, 0x2545_f491_4f6c_dd1d).await;
 }

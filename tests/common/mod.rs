@@ -1,0 +1,224 @@
+//! Helpers shared by the integration tests. Each test binary declares
+//! `mod common;` and uses the subset it needs.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use backpressure_pipeline::{BoundedFanOut, Report, ShutdownHandle};
+use futures::channel::mpsc;
+use futures::{Stream, StreamExt};
+use tokio::time::{Instant, sleep, timeout};
+
+// ===== time and runtimes =====
+
+/// Deadlock guard for joins and drains: virtual time on a paused runtime, so
+/// a deadlock fails fast instead of hanging.
+pub const GUARD: Duration = Duration::from_secs(3600);
+
+/// `n` milliseconds.
+pub const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Awaits `fut`, panicking with `what` if it is not done within `limit`.
+pub async fn within<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
+    match timeout(limit, fut).await {
+        Ok(output) => output,
+        Err(_) => panic!("{what}: not done within {limit:?} (deadlock?)"),
+    }
+}
+
+/// A 2-thread multi-thread runtime with every driver enabled.
+pub fn multi_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("multi-thread runtime")
+}
+
+/// A current-thread runtime with every driver enabled and time paused.
+pub fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("paused runtime")
+}
+
+// ===== tasks =====
+
+/// How many tasks are alive on the current runtime.
+pub fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Yields until only `baseline` tasks are alive, at most `tries` times, then
+/// asserts it. (The metric lags a finished task briefly: PITFALLS 11.)
+pub async fn assert_tasks_back_to(baseline: usize, tries: usize) {
+    for _ in 0..tries {
+        if alive_tasks() == baseline {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(alive_tasks(), baseline, "a pipeline task is still alive");
+}
+
+/// Lets every ready task run, without letting virtual time advance.
+pub async fn settle() {
+    for _ in 0..64 {
+        tokio::task::yield_now().await;
+    }
+}
+
+// ===== inputs and handlers =====
+
+/// A handler body that takes `d`, then returns `id`.
+pub async fn work(id: u32, d: Duration) -> u32 {
+    sleep(d).await;
+    id
+}
+
+/// `items` at once, then an input that stays pending forever.
+pub fn endless<I>(items: I) -> impl Stream<Item = I::Item> + Send + 'static
+where
+    I: IntoIterator,
+    I::IntoIter: Send + 'static,
+    I::Item: Send + 'static,
+{
+    futures::stream::iter(items).chain(futures::stream::pending())
+}
+
+/// Sends every item of `items` on `tx`.
+pub fn send<T>(tx: &mpsc::UnboundedSender<T>, items: impl IntoIterator<Item = T>) {
+    items
+        .into_iter()
+        .for_each(|item| tx.unbounded_send(item).unwrap());
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, SeqCst);
+    }
+}
+
+/// `input`, with `flag` set once the stream is dropped: tells whether the
+/// pipeline let go of its input.
+pub fn with_drop_flag<S: Stream>(
+    input: S,
+    flag: &Arc<AtomicBool>,
+) -> impl Stream<Item = S::Item> + use<S> {
+    let guard = SetOnDrop(Arc::clone(flag));
+    input.map(move |item| {
+        let _owned_by_the_stream = &guard;
+        item
+    })
+}
+
+// ===== reports =====
+
+/// (produced, processed, dropped, failed, cancelled, workers_joined, aborted)
+pub fn counts(r: &Report) -> (u64, u64, u64, u64, u64, usize, usize) {
+    (
+        r.produced,
+        r.processed,
+        r.dropped,
+        r.failed,
+        r.cancelled,
+        r.workers_joined,
+        r.aborted,
+    )
+}
+
+/// (produced, processed, dropped, failed, cancelled): where the items went.
+pub fn item_counts(r: &Report) -> (u64, u64, u64, u64, u64) {
+    (r.produced, r.processed, r.dropped, r.failed, r.cancelled)
+}
+
+/// Drains `results` while joining `handle` (the documented pattern), both
+/// within `limit`. Returns the results in delivery order, the report and the
+/// instant `join` resolved; checks only that the report is conserved.
+pub async fn drain_and_join_at<T>(
+    results: BoundedFanOut<T>,
+    handle: ShutdownHandle,
+    limit: Duration,
+) -> (Vec<T>, Report, Instant) {
+    let (out, (report, joined_at)) = within(limit, "drain + join", async {
+        tokio::join!(results.collect::<Vec<_>>(), async {
+            let report = handle.join().await;
+            (report, Instant::now())
+        })
+    })
+    .await;
+    assert!(report.is_conserved(), "not conserved: {report}");
+    (out, report, joined_at)
+}
+
+/// [`drain_and_join_at`], also checking that every processed result was
+/// delivered. Returns the results in delivery order and the report.
+pub async fn drain_and_join<T>(
+    results: BoundedFanOut<T>,
+    handle: ShutdownHandle,
+    limit: Duration,
+) -> (Vec<T>, Report) {
+    let (out, report, _) = drain_and_join_at(results, handle, limit).await;
+    assert_eq!(out.len() as u64, report.processed, "results != processed");
+    (out, report)
+}
+
+// ===== logs =====
+
+/// A log a handler or a hook appends to, read by the test.
+pub type Log<T> = Arc<Mutex<Vec<T>>>;
+
+/// An empty [`Log`].
+pub fn log<T>() -> Log<T> {
+    Arc::new(Mutex::new(Vec::new()))
+}
+
+/// A copy of what `log` holds now.
+pub fn snapshot<T: Clone>(log: &Log<T>) -> Vec<T> {
+    log.lock().unwrap().clone()
+}
+
+/// A sorted copy of `items`.
+pub fn sorted<T: Ord + Clone>(items: &[T]) -> Vec<T> {
+    let mut v = items.to_vec();
+    v.sort();
+    v
+}
+
+// ===== planned panics =====
+
+/// Payload of every panic a test causes on purpose; the hook installed by
+/// [`quiet_planned_panics`] keeps them quiet so that a real failure's message
+/// stands out.
+pub struct PlannedPanic;
+
+/// Installs (once per process) a panic hook that stays silent for a
+/// [`PlannedPanic`] and defers to the default hook for anything else.
+pub fn quiet_planned_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.payload().is::<PlannedPanic>() {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// Panics with a [`PlannedPanic`] payload.
+pub fn planned_panic() -> ! {
+    std::panic::panic_any(PlannedPanic)
+}
