@@ -36,6 +36,8 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
 use tokio::sync::Semaphore;
 
 use crate::ShedPolicy;
@@ -45,6 +47,8 @@ pub(crate) struct HandOff<T> {
     ready: Semaphore,
     /// Free slots, only under `Backpressure` (see `# Invariants`).
     room: Semaphore,
+    /// Workers parked in `take`, waiting for an item.
+    parked: AtomicUsize,
     state: Mutex<State<T>>,
     capacity: usize,
     policy: ShedPolicy,
@@ -63,7 +67,8 @@ struct State<T> {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Pushed {
     /// Every item was queued or shed; the shed ones are in the `shed` vector.
-    Accepted,
+    /// `woke_idle`: the push handed items to workers that were parked.
+    Accepted { woke_idle: bool },
     /// The queue was abandoned: the batch is left untouched for the caller.
     Refused,
 }
@@ -73,6 +78,7 @@ impl<T> HandOff<T> {
         debug_assert!(capacity > 0, "HandOff: capacity must be at least 1");
         HandOff {
             ready: Semaphore::new(0),
+            parked: AtomicUsize::new(0),
             room: Semaphore::new(if policy == ShedPolicy::Backpressure {
                 capacity
             } else {
@@ -135,10 +141,11 @@ impl<T> HandOff<T> {
             );
             len - before
         };
+        let woke_idle = added > 0 && self.parked.load(Relaxed) > 0;
         if added > 0 {
             self.ready.add_permits(added);
         }
-        Pushed::Accepted
+        Pushed::Accepted { woke_idle }
     }
 
     /// Waits for an item and takes it; `None` once the queue is closed and
@@ -153,7 +160,10 @@ impl<T> HandOff<T> {
             let permit = match self.ready.try_acquire() {
                 Ok(permit) => Ok(permit),
                 Err(tokio::sync::TryAcquireError::Closed) => return self.pop(),
-                Err(tokio::sync::TryAcquireError::NoPermits) => self.ready.acquire().await,
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    let _parked = Parked::new(&self.parked);
+                    self.ready.acquire().await
+                }
             };
             match permit {
                 Ok(permit) => {
@@ -257,5 +267,22 @@ impl<T> HandOff<T> {
     pub(crate) fn depth(&self) -> (usize, usize) {
         let state = self.lock();
         (state.items.len(), state.high_water_mark)
+    }
+}
+
+/// Counts a worker as parked for as long as it waits (also if its `take`
+/// future is dropped mid-wait).
+struct Parked<'a>(&'a AtomicUsize);
+
+impl<'a> Parked<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Relaxed);
+        Parked(count)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }

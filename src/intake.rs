@@ -76,10 +76,14 @@ where
         .await;
         shared.queue.unreserve(limit.min(BATCH) - batch.len());
         bump(&shared.intake.produced, batch.len() as u64);
-        if shared.queue.push_batch(&mut batch, &mut shed) == Pushed::Refused {
-            // Aborted between pull and push: accepted, then cancelled.
-            shared.cancel_unqueued(batch.drain(..));
-        }
+        let woke_idle = match shared.queue.push_batch(&mut batch, &mut shed) {
+            Pushed::Accepted { woke_idle } => woke_idle,
+            Pushed::Refused => {
+                // Aborted between pull and push: accepted, then cancelled.
+                shared.cancel_unqueued(batch.drain(..));
+                false
+            }
+        };
         let shed_now = shed.len();
         if shed_now > 0 {
             bump(&shared.intake.dropped, shed_now as u64);
@@ -100,9 +104,18 @@ where
         if let Step::End(end) = step {
             break end;
         }
-        // An always-ready input never returns `Pending`; without this a
-        // current-thread runtime would run nothing else (PITFALLS 8).
-        tokio::task::coop::consume_budget().await;
+        if woke_idle {
+            // Workers were parked for want of items: let them take these
+            // before pulling more, or an always-ready input sheds what idle
+            // workers could have handled. Their wake-ups land in this
+            // thread's run queue (tokio's LIFO slot cannot be stolen), so
+            // they run only once this task yields. Busy workers cost no yield.
+            tokio::task::yield_now().await;
+        } else {
+            // An always-ready input never returns `Pending`; without this a
+            // current-thread runtime would run nothing else (PITFALLS 8).
+            tokio::task::coop::consume_budget().await;
+        }
     };
     episodes.finish();
     end
