@@ -79,6 +79,12 @@ impl<Item> FanOutConfig<Item> {
     /// runs age it further; only fewer or faster workers help there.
     pub const DEFAULT_CAPACITY: usize = 64;
 
+    /// The largest [`capacity`](Self::capacity) and
+    /// [`output_capacity`](Self::output_capacity): `usize::MAX >> 3`, the
+    /// most permits a `tokio::sync::Semaphore` holds. Either is a bound, not
+    /// a reservation: memory grows with what is actually queued.
+    pub const MAX_CAPACITY: usize = tokio::sync::Semaphore::MAX_PERMITS;
+
     /// Default [`output_capacity`](Self::output_capacity): 64 undelivered results.
     pub const DEFAULT_OUTPUT_CAPACITY: usize = 64;
 
@@ -133,7 +139,9 @@ impl<Item> FanOutConfig<Item> {
     /// # Panics
     ///
     /// Panics if `capacity` is 0, with the message
-    /// `"FanOutConfig::capacity: capacity must be at least 1"`.
+    /// `"FanOutConfig::capacity: capacity must be at least 1"`, or above
+    /// [`MAX_CAPACITY`](Self::MAX_CAPACITY), with the message
+    /// `"FanOutConfig::capacity: capacity must be at most FanOutConfig::MAX_CAPACITY"`.
     ///
     /// # Examples
     ///
@@ -149,6 +157,10 @@ impl<Item> FanOutConfig<Item> {
             capacity > 0,
             "FanOutConfig::capacity: capacity must be at least 1"
         );
+        assert!(
+            capacity <= Self::MAX_CAPACITY,
+            "FanOutConfig::capacity: capacity must be at most FanOutConfig::MAX_CAPACITY"
+        );
         self.capacity = capacity;
         self
     }
@@ -160,7 +172,9 @@ impl<Item> FanOutConfig<Item> {
     /// # Panics
     ///
     /// Panics if `output_capacity` is 0, with the message
-    /// `"FanOutConfig::output_capacity: output_capacity must be at least 1"`.
+    /// `"FanOutConfig::output_capacity: output_capacity must be at least 1"`,
+    /// or above [`MAX_CAPACITY`](Self::MAX_CAPACITY) (the message says
+    /// `"at most FanOutConfig::MAX_CAPACITY"`).
     ///
     /// # Examples
     ///
@@ -176,6 +190,10 @@ impl<Item> FanOutConfig<Item> {
             output_capacity > 0,
             "FanOutConfig::output_capacity: output_capacity must be at least 1"
         );
+        assert!(
+            output_capacity <= Self::MAX_CAPACITY,
+            "FanOutConfig::output_capacity: output_capacity must be at most FanOutConfig::MAX_CAPACITY"
+        );
         self.output_capacity = output_capacity;
         self
     }
@@ -183,7 +201,10 @@ impl<Item> FanOutConfig<Item> {
     /// Sets how long a graceful [`shutdown`] (or a cancelled parent token)
     /// waits for queued and in-flight items before aborting the rest. The
     /// clock starts at the shutdown request, also when the input had already
-    /// ended. `Duration::ZERO` aborts at once what is not already finished.
+    /// ended. `Duration::ZERO` aborts at once what is not already finished;
+    /// a timeout past the clock's range (`Duration::MAX`) never aborts. The
+    /// deadline needs the runtime's time driver: without one, a shutdown
+    /// aborts what is unfinished at once.
     ///
     /// [`shutdown`]: crate::ShutdownHandle::shutdown
     ///
@@ -341,7 +362,10 @@ impl<Item> FanOutConfig<Item> {
     ///
     /// An episode ends after [`overload_quiet_period`](Self::overload_quiet_period)
     /// without shedding, or when intake stops. The hook runs on the intake
-    /// task, outside every lock; a panic in it is caught.
+    /// task, outside every lock; a panic in it is caught. The quiet period
+    /// is timed by the runtime's time driver; without one an episode ends at
+    /// the next batch that sheds nothing after the quiet period, or when
+    /// intake stops.
     ///
     /// # Examples
     ///
@@ -401,7 +425,12 @@ impl<Item> FanOutConfig<Item> {
     /// next item. The law becomes
     /// `produced == processed + dropped + failed + timed_out + cancelled`.
     /// As with tower's `Timeout`, the handler is cancelled at its next
-    /// suspension point; a handler that never yields cannot be cut off.
+    /// suspension point; a handler that never yields cannot be cut off, and
+    /// one that is ready when polled completes even at its deadline.
+    /// `Duration::ZERO` times out every handler that is pending on its first
+    /// poll; a timeout past the clock's range (`Duration::MAX`) never fires.
+    /// The timer needs the runtime's time driver; without one, handlers run
+    /// untimed.
     ///
     /// # Examples
     ///

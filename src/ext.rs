@@ -33,8 +33,12 @@ pub trait FanOutExt: Stream {
     ///   or not anyone reads the results, and queues each one. When the queue
     ///   holds `capacity` items it never waits: it sheds by `policy`, counts
     ///   the shed item `dropped` and hands it to
-    ///   [`on_shed`](FanOutConfig::on_shed) if set. It yields to the
-    ///   scheduler regularly, so an always-ready input cannot starve a
+    ///   [`on_shed`](FanOutConfig::on_shed) if set. It pulls ready items in
+    ///   batches of up to 32 and queues each batch under one lock. After a
+    ///   batch that woke parked workers it yields, so idle workers take
+    ///   items before more are pulled (and shed); otherwise it spends one
+    ///   unit of tokio's cooperative budget per batch, yielding at the
+    ///   latest every 128 batches, so an always-ready input cannot starve a
     ///   current-thread runtime.
     /// * Each **worker** takes the oldest queued item, calls `handler` with
     ///   it and awaits the future, so at most `workers` handlers run at once,

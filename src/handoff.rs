@@ -85,7 +85,8 @@ impl<T> HandOff<T> {
                 0
             }),
             state: Mutex::new(State {
-                items: VecDeque::with_capacity(capacity),
+                // Grows on demand: a huge capacity is a bound, not a reservation.
+                items: VecDeque::with_capacity(capacity.min(1024)),
                 closed: false,
                 abandoned: false,
                 high_water_mark: 0,

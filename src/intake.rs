@@ -10,7 +10,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::ItemHook;
 use crate::handoff::{HandOff, Pushed};
-use crate::isolate::{catching, drop_quietly};
+use crate::isolate::{catching, drop_quietly, timer_at};
 use crate::overload::Episodes;
 use crate::pipeline::{Shared, bump};
 use crate::report::IntakeEnd;
@@ -48,12 +48,13 @@ where
     S: Stream,
 {
     let _close = CloseOnDrop(&shared.queue);
-    // Declared after the guard, so dropped before it: the input is released
-    // before the workers learn that intake is over.
-    let mut input = pin!(input);
+    // In an `Option` so that it is dropped under `catching` (its `Drop` is
+    // user code) before the guard above tells the workers intake is over.
+    let mut input = pin!(Some(input));
     let mut stop = pin!(shared.stop.cancelled());
     // Fires when an overload episode may have gone quiet while the input idles.
     let mut quiet = pin!(None::<Sleep>);
+    let mut timers = true;
     let mut batch = Vec::with_capacity(BATCH);
     let mut shed = Vec::new();
     let end = loop {
@@ -62,11 +63,14 @@ where
         if limit == 0 {
             break IntakeEnd::Stopped; // abandoned while waiting for room
         }
+        let Some(mut stream) = input.as_mut().as_pin_mut() else {
+            break IntakeEnd::Exhausted; // unreachable: dropped only below
+        };
         let step = poll_fn(|cx| {
             gather(
                 cx,
                 &shared,
-                input.as_mut(),
+                stream.as_mut(),
                 &mut batch,
                 limit,
                 quiet.as_mut(),
@@ -100,7 +104,12 @@ where
         if let Step::Quiet = step {
             episodes.end_if_quiet(Instant::now());
         }
-        arm(quiet.as_mut(), &episodes, matches!(step, Step::Quiet));
+        arm(
+            quiet.as_mut(),
+            &episodes,
+            matches!(step, Step::Quiet),
+            &mut timers,
+        );
         if let Step::End(end) = step {
             break end;
         }
@@ -117,15 +126,21 @@ where
             tokio::task::coop::consume_budget().await;
         }
     };
+    catching(|| input.set(None));
     episodes.finish();
     end
 }
 
 /// Keeps the quiet timer armed exactly while an overload episode is open.
-fn arm(mut quiet: Pin<&mut Option<Sleep>>, episodes: &Episodes, fired: bool) {
+/// Without a time driver (`timers` turns false) an episode ends only at a
+/// batch that sheds nothing, or when intake stops.
+fn arm(mut quiet: Pin<&mut Option<Sleep>>, episodes: &Episodes, fired: bool, timers: &mut bool) {
     match (episodes.quiet_deadline(), quiet.as_mut().as_pin_mut()) {
         (None, Some(_)) => quiet.set(None),
-        (Some(deadline), None) => quiet.set(Some(tokio::time::sleep_until(deadline))),
+        (Some(deadline), None) if *timers => match timer_at(deadline) {
+            Some(timer) => quiet.set(Some(timer)),
+            None => *timers = false,
+        },
         // A fired timer stays ready: move it to the episode's new deadline.
         (Some(deadline), Some(timer)) if fired => timer.reset(deadline),
         _ => {}

@@ -24,6 +24,13 @@ pub(crate) fn drop_quietly<T>(value: T) {
     catching(move || drop(value));
 }
 
+/// A timer for `deadline`, or `None` where the runtime was built without a
+/// time driver: tokio panics then, and that panic (printed once per call)
+/// must not take a pipeline task down with the items it holds.
+pub(crate) fn timer_at(deadline: tokio::time::Instant) -> Option<tokio::time::Sleep> {
+    catching(|| tokio::time::sleep_until(deadline))
+}
+
 /// Disposes of a panic payload. Its own `Drop` may panic too (a payload is
 /// arbitrary user data); that second panic is caught and its payload leaked
 /// rather than taking the worker down.

@@ -13,6 +13,8 @@ use std::task::{Context, Poll, ready};
 
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::isolate::drop_quietly;
+
 /// The workers' side.
 pub(crate) enum Sender<T> {
     Unordered(mpsc::Sender<T>),
@@ -49,7 +51,8 @@ pub(crate) fn channel<T>(
         let (tx, rx) = mpsc::channel(capacity);
         return (Sender::Unordered(tx), Receiver::Unordered(rx));
     }
-    let window = Arc::new(Semaphore::new(workers.saturating_add(capacity)));
+    let window = workers.saturating_add(capacity).min(Semaphore::MAX_PERMITS);
+    let window = Arc::new(Semaphore::new(window));
     let (tx, rx) = mpsc::channel(capacity);
     let sender = Sender::Ordered {
         tx,
@@ -91,15 +94,20 @@ impl<T> Sender<T> {
     /// it produced no result. Waits for room; never drops a result while the
     /// consumer lives.
     pub(crate) async fn deliver(&self, seq: u64, result: Option<T>) {
-        // A send error only means the consumer is gone: nothing to deliver to.
+        // A send error only means the consumer is gone. The result comes
+        // back in the error and is dropped here: its `Drop` is user code.
         match self {
             Sender::Unordered(tx) => {
                 if let Some(result) = result {
-                    let _ = tx.send(result).await;
+                    if let Err(unsent) = tx.send(result).await {
+                        drop_quietly(unsent);
+                    }
                 }
             }
             Sender::Ordered { tx, .. } => {
-                let _ = tx.send((seq, result)).await;
+                if let Err(unsent) = tx.send((seq, result)).await {
+                    drop_quietly(unsent);
+                }
             }
         }
     }

@@ -108,7 +108,7 @@ impl Episodes {
     pub(crate) fn quiet_deadline(&self) -> Option<Instant> {
         self.current
             .as_ref()
-            .map(|episode| episode.last + self.quiet)
+            .and_then(|episode| episode.last.checked_add(self.quiet))
     }
 
     /// Ends the episode if the quiet period has passed by `now`.

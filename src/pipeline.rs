@@ -13,11 +13,12 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ItemHook;
 use crate::handoff::HandOff;
-use crate::isolate::{catching, drop_quietly};
+use crate::isolate::{catching, drop_quietly, timer_at};
 use crate::report::{IntakeEnd, Report, Stats};
 use crate::worker::Exit;
 
@@ -173,6 +174,9 @@ impl<Item> Shared<Item> {
         }
     }
 
+    /// The final report, once no worker runs. An item still counted in
+    /// flight then belonged to a worker task that was dropped or died
+    /// outside its panic isolation: it is cancelled.
     fn report(&self, workers_joined: usize, aborted: usize, intake: IntakeEnd) -> Report {
         let stats = self.snapshot();
         Report {
@@ -181,7 +185,7 @@ impl<Item> Shared<Item> {
             dropped: stats.dropped,
             failed: stats.failed,
             timed_out: stats.timed_out,
-            cancelled: stats.cancelled,
+            cancelled: stats.cancelled + stats.in_flight as u64,
             workers_joined,
             aborted,
             intake,
@@ -236,6 +240,9 @@ impl<Item: Send + 'static> Control for Shared<Item> {
     }
 
     fn fallback_report(&self) -> Report {
+        // The supervisor's runtime dropped the pipeline's tasks: whatever was
+        // queued or in flight is cancelled.
+        self.begin_abort();
         self.report(0, self.workers.len(), IntakeEnd::Stopped)
     }
 }
@@ -261,7 +268,18 @@ pub(crate) async fn supervise<Item: Send + 'static>(
                 stop_seen = true;
                 shared.begin_drain();
                 // The clock starts at the request, even if the input had ended.
-                deadline = Some(Box::pin(tokio::time::sleep(drain_timeout)));
+                // A deadline past the clock's range never comes; without a
+                // time driver there is no clock, and the drain is cut at once.
+                deadline = match Instant::now().checked_add(drain_timeout) {
+                    None => None,
+                    Some(at) => match timer_at(at) {
+                        Some(timer) => Some(Box::pin(timer)),
+                        None => {
+                            shared.begin_abort();
+                            None
+                        }
+                    },
+                };
             }
             if let Some(timer) = deadline.as_mut() {
                 if timer.as_mut().poll(cx).is_ready() {
@@ -272,9 +290,15 @@ pub(crate) async fn supervise<Item: Send + 'static>(
             }
             match workers.poll_join_next(cx) {
                 Poll::Ready(Some(Ok(Exit::Joined))) => joined += 1,
+                Poll::Ready(Some(Ok(Exit::Aborted))) => aborted += 1,
                 // A worker task that died outside its own panic isolation
-                // counts with the ones that were cut off.
-                Poll::Ready(Some(Ok(Exit::Aborted) | Err(_))) => aborted += 1,
+                // (a bug, or its runtime shutting down) counts with the ones
+                // that were cut off, and nothing is left to a pipeline
+                // missing a worker: its item and the queue are cancelled.
+                Poll::Ready(Some(Err(_))) => {
+                    aborted += 1;
+                    shared.begin_abort();
+                }
                 Poll::Ready(None) => return Poll::Ready(()),
                 Poll::Pending => return Poll::Pending,
             }

@@ -101,12 +101,11 @@ impl ShutdownHandle {
     /// A cancelled parent [`cancel_token`](crate::FanOutConfig::cancel_token)
     /// has the same effect.
     ///
-    /// # Panics
-    ///
-    /// Does not panic itself; the drain timer needs the runtime's time driver
-    /// (`enable_time`, on by default with `#[tokio::main]`). Without it the
-    /// pipeline's supervisor panics and [`join`](Self::join) returns a report
-    /// that counts every worker as aborted.
+    /// The drain deadline needs the runtime's time driver (`enable_time`, on
+    /// with `#[tokio::main]` and `#[tokio::test]`). On a runtime without one
+    /// there is no clock to wait on, so what is unfinished at the request is
+    /// aborted at once (tokio prints the panic it raises for the missing
+    /// driver; the pipeline catches it).
     ///
     /// # Examples
     ///

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::isolate::catching;
+use crate::isolate::{catching, timer_at};
 use crate::output::Sender;
 use crate::pipeline::{Shared, bump};
 
@@ -90,7 +90,8 @@ where
     Fut: Future,
 {
     // Read the clock only when a timeout is set.
-    let deadline = timeout.map(|timeout| Instant::now() + timeout);
+    // A timeout past the clock's range never fires.
+    let mut deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
     let Some(future) = catching(|| handler(item)) else {
         return Outcome::Panicked;
     };
@@ -114,9 +115,13 @@ where
         if killed.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Outcome::Cancelled);
         }
-        if let Some(deadline) = deadline {
+        if let Some(at) = deadline {
             if timer.is_none() {
-                timer.set(Some(tokio::time::sleep_until(deadline)));
+                match timer_at(at) {
+                    Some(armed) => timer.set(Some(armed)),
+                    // No time driver: this handler runs untimed.
+                    None => deadline = None,
+                }
             }
             if let Some(timer) = timer.as_mut().as_pin_mut() {
                 if timer.poll(cx).is_ready() {

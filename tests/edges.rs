@@ -1,0 +1,253 @@
+//! Edges of the configuration and of the environment: extreme durations and
+//! sizes, a runtime without a time driver or one torn down under a live
+//! pipeline, user `Drop`s that panic where the crate disposes of values,
+//! and the promptness guarantees of intake (no pull after `shutdown()`, no
+//! starvation of a current-thread runtime). Every report stays conserved.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use backpressure_pipeline::{FanOutConfig, FanOutExt, IntakeEnd, ShedPolicy, ShutdownHandle};
+use common::{GUARD, PlannedPanic, drain_and_join, item_counts, ms, quiet_planned_panics};
+use futures::{Stream, StreamExt, stream};
+use tokio::time::sleep;
+
+/// A result whose `Drop` panics, as a user type may.
+struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        std::panic::panic_any(PlannedPanic);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_whose_drop_panics_after_results_is_dropped_loses_nothing() {
+    quiet_planned_panics();
+    for ordered in [false, true] {
+        let config = FanOutConfig::new(2, ShedPolicy::DropNewest).ordered(ordered);
+        let (results, handle) = stream::iter(0..10u32).bounded_fan_out_with(config, |_| async {
+            sleep(ms(1)).await;
+            Bomb
+        });
+        drop(results);
+        let report = common::within(GUARD, "join", handle.join()).await;
+        assert_eq!(item_counts(&report), (10, 10, 0, 0, 0), "ordered {ordered}");
+        assert_eq!((report.workers_joined, report.aborted), (2, 0));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn durations_past_the_clocks_range_mean_never() {
+    let config = FanOutConfig::new(2, ShedPolicy::DropNewest)
+        .capacity(1)
+        .handler_timeout(Duration::MAX)
+        .overload_quiet_period(Duration::MAX)
+        .drain_timeout(Duration::MAX)
+        .on_overload(|_| {});
+    let input = stream::iter(0..100u32).then(|i| async move {
+        if i % 10 == 0 {
+            sleep(ms(1)).await;
+        }
+        i
+    });
+    let (results, handle) = input.bounded_fan_out_with(config, |x| async move {
+        sleep(ms(5)).await;
+        x
+    });
+    let (_, report) = drain_and_join(results, handle, GUARD).await;
+    assert_eq!(report.produced, 100);
+    assert_eq!(report.intake, IntakeEnd::Exhausted);
+    assert_eq!(
+        (report.timed_out, report.cancelled, report.aborted),
+        (0, 0, 0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_capacity_is_a_bound_not_an_allocation() {
+    let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+        .capacity(FanOutConfig::<u32>::MAX_CAPACITY)
+        .output_capacity(FanOutConfig::<u32>::MAX_CAPACITY);
+    let (results, handle) =
+        stream::iter(0..1000u32).bounded_fan_out_with(config, |x| async move { x });
+    let (out, report) = drain_and_join(results, handle, GUARD).await;
+    assert_eq!(out, (0..1000).collect::<Vec<_>>());
+    // One batch of 32 at a time, each taken by the woken worker before the next.
+    assert_eq!((report.dropped, report.high_water_mark), (0, 32));
+}
+
+#[test]
+#[should_panic(
+    expected = "FanOutConfig::capacity: capacity must be at most FanOutConfig::MAX_CAPACITY"
+)]
+fn a_capacity_above_the_maximum_panics_naming_it() {
+    let _ = FanOutConfig::<u32>::new(1, ShedPolicy::Backpressure).capacity(usize::MAX);
+}
+
+#[test]
+#[should_panic(
+    expected = "FanOutConfig::output_capacity: output_capacity must be at most FanOutConfig::MAX_CAPACITY"
+)]
+fn an_output_capacity_above_the_maximum_panics_naming_it() {
+    let _ = FanOutConfig::<u32>::new(1, ShedPolicy::DropNewest).output_capacity(usize::MAX);
+}
+
+/// A current-thread runtime built without `enable_time`.
+fn runtime_without_time() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn without_a_time_driver_shutdown_aborts_at_once_and_keeps_the_books() {
+    runtime_without_time().block_on(async {
+        let input = stream::iter(0..10u32).chain(stream::pending());
+        let (results, handle) =
+            input.bounded_fan_out(2, ShedPolicy::DropNewest, |_| std::future::pending::<()>());
+        while handle.stats().in_flight < 2 {
+            tokio::task::yield_now().await;
+        }
+        handle.shutdown();
+        drop(results);
+        let report = handle.join().await;
+        assert!(report.is_conserved(), "{report}");
+        assert_eq!(item_counts(&report), (10, 0, 0, 0, 10));
+        assert_eq!((report.workers_joined, report.aborted), (0, 2));
+    });
+}
+
+#[test]
+fn without_a_time_driver_handlers_run_untimed() {
+    runtime_without_time().block_on(async {
+        let config = FanOutConfig::new(2, ShedPolicy::DropNewest).handler_timeout(ms(5));
+        let (results, handle) =
+            stream::iter(0..10u32).bounded_fan_out_with(config, |x| async move {
+                tokio::task::yield_now().await;
+                x
+            });
+        let (out, report) = tokio::join!(results.collect::<Vec<_>>(), handle.join());
+        assert_eq!(out.len(), 10);
+        assert_eq!((report.processed, report.timed_out), (10, 0));
+    });
+}
+
+#[test]
+fn a_runtime_torn_down_under_a_live_pipeline_still_yields_a_conserved_report() {
+    let first = common::paused_runtime();
+    let handle: ShutdownHandle = first.block_on(async {
+        let config = FanOutConfig::new(4, ShedPolicy::DropNewest).capacity(8);
+        let (results, handle) = stream::iter(0..100u32)
+            .chain(stream::pending())
+            .bounded_fan_out_with(config, |_| std::future::pending::<()>());
+        tokio::task::yield_now().await;
+        std::mem::forget(results); // keep the pipeline alive past its runtime
+        handle
+    });
+    drop(first); // every task of the pipeline is dropped mid-flight
+    let report = common::paused_runtime().block_on(handle.join());
+    // Whatever was queued or in flight when the tasks were dropped is
+    // cancelled; nothing completed, nothing is unaccounted for.
+    assert!(report.is_conserved(), "{report}");
+    assert!(report.produced >= 12, "{report}");
+    assert_eq!(report.processed, 0);
+    assert_eq!(report.cancelled, report.produced - report.dropped);
+    assert_eq!((report.workers_joined, report.aborted), (0, 4));
+}
+
+/// An input whose `Drop` panics, once it has ended.
+struct PanicsOnDrop<S>(S);
+
+impl<S: Stream + Unpin> Stream for PanicsOnDrop<S> {
+    type Item = S::Item;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        self.0.poll_next_unpin(cx)
+    }
+}
+
+impl<S> Drop for PanicsOnDrop<S> {
+    fn drop(&mut self) {
+        std::panic::panic_any(PlannedPanic);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_input_whose_drop_panics_after_it_ended_still_reports_exhausted() {
+    quiet_planned_panics();
+    let (results, handle) = PanicsOnDrop(stream::iter(0..5u32)).bounded_fan_out(
+        1,
+        ShedPolicy::DropNewest,
+        |x| async move { x },
+    );
+    let (out, report) = drain_and_join(results, handle, GUARD).await;
+    assert_eq!(out, [0, 1, 2, 3, 4]);
+    assert_eq!(report.intake, IntakeEnd::Exhausted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_called_while_intake_pulls_a_batch_stops_the_very_next_pull() {
+    // The input itself requests the shutdown as it yields item 5, in the
+    // middle of a batch of ready items: item 5 is the last one pulled.
+    let slot: Arc<OnceLock<ShutdownHandle>> = Arc::new(OnceLock::new());
+    let from_input = Arc::clone(&slot);
+    let input = stream::iter(0..100u32).inspect(move |&i| {
+        if i == 5 {
+            from_input.get().expect("handle set").shutdown();
+        }
+    });
+    let (results, handle) = input.bounded_fan_out(1, ShedPolicy::DropNewest, |x| async move { x });
+    assert!(slot.set(handle).is_ok());
+    let out = common::within(GUARD, "drain", results.collect::<Vec<_>>()).await;
+    let handle = Arc::into_inner(slot)
+        .and_then(OnceLock::into_inner)
+        .expect("sole owner");
+    let report = common::within(GUARD, "join", handle.join()).await;
+    assert_eq!(report.produced, 6);
+    assert_eq!(out, [0, 1, 2, 3, 4, 5]);
+    assert_eq!(report.intake, IntakeEnd::Stopped);
+}
+
+#[test]
+fn an_always_ready_input_does_not_starve_a_current_thread_runtime() {
+    // Workers are busy forever, so intake never yields for them: only its
+    // cooperative budget lets the test's 20 ms timer fire. Real time: paused
+    // time would never advance while intake is busy. A watchdog thread turns
+    // a starved runtime into a failure instead of a hang.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let fired = Arc::new(AtomicBool::new(false));
+    let pulled = Arc::new(AtomicU64::new(0));
+    let (fired2, pulled2) = (Arc::clone(&fired), Arc::clone(&pulled));
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let input = stream::repeat(1u8).inspect(move |_| {
+                pulled2.fetch_add(1, SeqCst);
+            });
+            let (results, handle) =
+                input.bounded_fan_out(2, ShedPolicy::DropOldest, |_| std::future::pending::<()>());
+            sleep(ms(20)).await;
+            fired2.store(true, SeqCst);
+            handle.abort();
+            drop(results);
+            let report = handle.join().await;
+            assert!(report.is_conserved(), "{report}");
+        });
+        let _ = done_tx.send(());
+    });
+    let finished = done_rx.recv_timeout(Duration::from_secs(60)).is_ok();
+    assert!(
+        finished && fired.load(SeqCst),
+        "the timer never fired: intake starved the runtime"
+    );
+    assert!(pulled.load(SeqCst) > 0);
+}
