@@ -1,0 +1,473 @@
+//! The interleaving driver behind BENCHMARKS.md's ratio table.
+//!
+//! This machine is shared and its speed drifts every few tens of seconds, so
+//! a ratio of two criterion groups measured a minute apart says little. This
+//! driver runs the contenders of each target alternately (A B, B A, A B, ...)
+//! for N rounds, and quotes min/median/max of each and of the per-round ratio
+//! A/B. The contenders are the criterion bench's own (`benches/common/`).
+//!
+//! ```text
+//! cargo run --release --example ratios                  # every target, 15 rounds
+//! cargo run --release --example ratios -- --rounds 7 goodput intake-ct
+//! cargo run --release --example ratios -- --quiet        # re-run contended rounds
+//! cargo run --release --example ratios -- profile crate-goodput 200000
+//! ```
+//!
+//! Targets: goodput, goodput-bare, goodput-backpressure, speedup, speedup-cap16, intake-mt,
+//! intake-ct, crossover, freshness. `profile CONTENDER N` runs one contender
+//! once, for `valgrind --tool=callgrind` (see BENCHMARKS.md).
+
+#[path = "../benches/common/mod.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use backpressure_pipeline::ShedPolicy;
+use tokio::runtime::Runtime;
+
+use common::{
+    CAPACITY, Run, WORKERS, bare_run, buffer_unordered_run, busy, calibrate, channel_run,
+    crate_run, crossover_items, current_thread, double, freshness_channel, freshness_crate,
+    iterations_for, multi_thread, quantile, run_on, sleepy,
+};
+
+const GOODPUT_ITEMS: u64 = 1_000_000;
+const SPEEDUP_ITEMS: u64 = 20_000;
+const OVERLOAD_ITEMS: u64 = 5_000_000;
+const CROSSOVER_COSTS: [u64; 9] = [0, 100, 250, 500, 1_000, 2_000, 4_000, 8_000, 16_000];
+const FRESHNESS_ITEMS: u64 = 1_000_000;
+/// The lossless anchor handles every item (5 µs each), so it gets fewer.
+const FRESHNESS_CHANNEL_ITEMS: u64 = 50_000;
+const FRESHNESS_HANDLER_NS: u64 = 5_000;
+
+const ALL: [&str; 9] = [
+    "goodput",
+    "goodput-bare",
+    "goodput-backpressure",
+    "speedup",
+    "speedup-cap16",
+    "intake-mt",
+    "intake-ct",
+    "crossover",
+    "freshness",
+];
+
+struct Env {
+    mt: Runtime,
+    ct: Runtime,
+    per_ns: f64,
+    rounds: usize,
+}
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("profile") {
+        return profile(&args[1..]);
+    }
+    if let Some(i) = args.iter().position(|a| a == "--quiet") {
+        RETRY_CONTENDED.store(true, Relaxed);
+        args.remove(i);
+    }
+    let mut rounds = 15;
+    if let Some(i) = args.iter().position(|a| a == "--rounds") {
+        rounds = args[i + 1].parse().expect("--rounds N");
+        args.drain(i..=i + 1);
+    }
+    let targets: Vec<&str> = if args.is_empty() {
+        ALL.to_vec()
+    } else {
+        args.iter().map(String::as_str).collect()
+    };
+    let per_ns = calibrate();
+    let env = Env {
+        mt: multi_thread(),
+        ct: current_thread(),
+        per_ns,
+        rounds,
+    };
+    println!(
+        "# {rounds} interleaved rounds per target{}; busy work {per_ns:.3} iterations/ns; \
+         load average before: {}",
+        if RETRY_CONTENDED.load(Relaxed) {
+            " (contended rounds re-run)"
+        } else {
+            ""
+        },
+        loadavg()
+    );
+    println!(
+        "| target | this crate | anchor | ratio median | min | max | quiet rounds (n) | cores used | run-queue wait | target |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let started = Instant::now();
+    for target in targets {
+        match target {
+            "goodput" => goodput(&env, "channel"),
+            "goodput-bare" => goodput(&env, "bare"),
+            "goodput-backpressure" => goodput(&env, "backpressure"),
+            "speedup" => speedup(&env, false),
+            "speedup-cap16" => speedup(&env, true),
+            "intake-mt" => intake(&env, &env.mt, "multi-thread"),
+            "intake-ct" => intake(&env, &env.ct, "current-thread"),
+            "crossover" => crossover(&env),
+            "freshness" => freshness(&env),
+            other => panic!("unknown target {other:?}; known: {ALL:?}"),
+        }
+    }
+    println!(
+        "\n# took {:.0} s; load average after: {}",
+        started.elapsed().as_secs_f64(),
+        loadavg()
+    );
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+// ===== interleaving =====
+
+/// Min, median and max of `values`.
+fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+/// CPU time and run-queue wait of all of this process's threads so far, in
+/// ns, from `/proc/self/task/*/schedstat` (zeros where it is unavailable).
+fn schedstat() -> (u64, u64) {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return (0, 0);
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .map(|line| {
+            let mut fields = line
+                .split_whitespace()
+                .map(|f| f.parse::<u64>().unwrap_or(0));
+            (fields.next().unwrap_or(0), fields.next().unwrap_or(0))
+        })
+        .fold((0, 0), |(c, w), (dc, dw)| (c + dc, w + dw))
+}
+
+/// `one()`, with the CPU time and run-queue wait it caused filled in.
+fn measured(one: &mut impl FnMut() -> Run) -> Run {
+    let (cpu0, wait0) = schedstat();
+    let mut run = one();
+    let (cpu1, wait1) = schedstat();
+    run.cpu = Duration::from_nanos(cpu1.saturating_sub(cpu0));
+    run.waited = Duration::from_nanos(wait1.saturating_sub(wait0));
+    run
+}
+
+/// Runs `a` and `b` alternately for `rounds` rounds (after one untimed
+/// warm-up round each), swapping who goes first every round. With
+/// `--quiet`, a round in which either side waited for a core (see [`QUIET`])
+/// is run again, for at most [`RETRY_BUDGET`] per target; the rounds that
+/// stay contended are kept and show in the table's quiet count.
+fn interleave(
+    rounds: usize,
+    mut a: impl FnMut() -> Run,
+    mut b: impl FnMut() -> Run,
+) -> (Vec<Run>, Vec<Run>) {
+    a();
+    b();
+    let retry_until = Instant::now() + RETRY_BUDGET;
+    let (mut runs_a, mut runs_b) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        loop {
+            let (ra, rb) = if round % 2 == 0 {
+                let ra = measured(&mut a);
+                (ra, measured(&mut b))
+            } else {
+                let rb = measured(&mut b);
+                (measured(&mut a), rb)
+            };
+            let quiet = ra.contention() <= QUIET && rb.contention() <= QUIET;
+            if quiet || !RETRY_CONTENDED.load(Relaxed) || Instant::now() > retry_until {
+                runs_a.push(ra);
+                runs_b.push(rb);
+                break;
+            }
+        }
+    }
+    (runs_a, runs_b)
+}
+
+/// Set by `--quiet`: re-run contended rounds (see [`interleave`]).
+static RETRY_CONTENDED: AtomicBool = AtomicBool::new(false);
+/// How long one target may spend re-running contended rounds.
+const RETRY_BUDGET: Duration = Duration::from_secs(30);
+
+/// A round is quiet when neither run waited for a core more than this share
+/// of its wall time (summed over threads).
+const QUIET: f64 = 0.10;
+
+/// One table row: a metric (higher is better) of both sides and the ratio,
+/// over all rounds and over the quiet ones, with the cores each side used
+/// and how long it waited for a core (medians).
+fn row(
+    target: &str,
+    goal: &str,
+    unit: &str,
+    a: &[Run],
+    b: &[Run],
+    metric: impl Fn(&Run) -> f64,
+) -> f64 {
+    let ma: Vec<f64> = a.iter().map(&metric).collect();
+    let mb: Vec<f64> = b.iter().map(&metric).collect();
+    let ratios: Vec<f64> = ma.iter().zip(&mb).map(|(x, y)| x / y).collect();
+    let quiet: Vec<f64> = ratios
+        .iter()
+        .zip(a.iter().zip(b))
+        .filter(|(_, (ra, rb))| ra.contention() <= QUIET && rb.contention() <= QUIET)
+        .map(|(r, _)| *r)
+        .collect();
+    let quiet = if quiet.is_empty() {
+        "none".to_owned()
+    } else {
+        format!("{:.2}× ({})", spread(&quiet).1, quiet.len())
+    };
+    let (_, a_med, _) = spread(&ma);
+    let (_, b_med, _) = spread(&mb);
+    let (lo, med, hi) = spread(&ratios);
+    println!(
+        "| {target} | {} {unit} | {} {unit} | **{med:.2}×** | {lo:.2}× | {hi:.2}× | {quiet} | {:.2} / {:.2} | {:.0}% / {:.0}% | {goal} |",
+        human(a_med),
+        human(b_med),
+        median_of(a, Run::cores),
+        median_of(b, Run::cores),
+        100.0 * median_of(a, Run::contention),
+        100.0 * median_of(b, Run::contention),
+    );
+    med
+}
+
+fn human(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2} M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1} k", x / 1e3)
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+fn median_of(runs: &[Run], metric: impl Fn(&Run) -> f64) -> f64 {
+    spread(&runs.iter().map(metric).collect::<Vec<_>>()).1
+}
+
+// ===== targets =====
+
+/// Bench 1: goodput under saturation, trivial handler, against the
+/// async-channel fan-out (`anchor = "channel"`) or the bare design
+/// (`"bare"`); `"backpressure"` runs this crate lossless against the channel.
+fn goodput(env: &Env, anchor: &str) {
+    let n = GOODPUT_ITEMS;
+    let policy = match anchor {
+        "backpressure" => ShedPolicy::Backpressure,
+        _ => ShedPolicy::DropNewest,
+    };
+    let a = || run_on(&env.mt, crate_run(n, CAPACITY, policy, double));
+    let (runs_a, runs_b) = if anchor == "bare" {
+        let b = || {
+            run_on(
+                &env.mt,
+                bare_run(n, CAPACITY, ShedPolicy::DropNewest, double),
+            )
+        };
+        interleave(env.rounds, a, b)
+    } else {
+        let b = || run_on(&env.mt, channel_run(n, CAPACITY, double));
+        interleave(env.rounds, a, b)
+    };
+    let (target, goal) = match anchor {
+        "bare" => (
+            "1b. goodput vs bare Semaphore+Mutex<VecDeque> (both DropNewest)",
+            "info",
+        ),
+        "backpressure" => (
+            "1c. throughput, this crate with Backpressure (lossless) vs async-channel(16)",
+            "info",
+        ),
+        _ => (
+            "1. goodput, trivial handler, DropNewest vs async-channel(16)",
+            "≥ 1.0×",
+        ),
+    };
+    row(target, goal, "items/s", &runs_a, &runs_b, Run::goodput);
+    println!(
+        "|  ↳ processed per run (median) | {:.0} of {n} | {:.0} of {n} | | | | | | | |",
+        median_of(&runs_a, |r| r.processed as f64),
+        median_of(&runs_b, |r| r.processed as f64)
+    );
+}
+
+/// Bench 2: Parallel speedup with a ~2 µs handler vs buffer_unordered(4).
+fn speedup(env: &Env, cap16: bool) {
+    let n = SPEEDUP_ITEMS;
+    let handler = busy(iterations_for(2_000, env.per_ns));
+    let capacity = if cap16 { CAPACITY } else { n as usize };
+    let (runs_a, runs_b) = interleave(
+        env.rounds,
+        || {
+            run_on(
+                &env.mt,
+                crate_run(n, capacity, ShedPolicy::DropNewest, handler),
+            )
+        },
+        || run_on(&env.mt, buffer_unordered_run(n, handler)),
+    );
+    let (target, goal) = if cap16 {
+        (
+            "2b. goodput, 2 µs handler, capacity 16 (sheds), vs buffer_unordered(4)",
+            "info",
+        )
+    } else {
+        (
+            "2. speedup, 2 µs handler, burst fits (no shed), vs buffer_unordered(4)",
+            "≥ 1.7×",
+        )
+    };
+    row(target, goal, "items/s", &runs_a, &runs_b, Run::goodput);
+    if cap16 {
+        println!(
+            "|  ↳ processed per run (median) | {:.0} of {n} | {n} of {n} | | | | | | | |",
+            median_of(&runs_a, |r| r.processed as f64)
+        );
+    }
+}
+
+/// Bench 3: Intake under overload: 5M items, workers sleep 1 ms, DropOldest.
+fn intake(env: &Env, runtime: &Runtime, flavor: &str) {
+    let n = OVERLOAD_ITEMS;
+    let (runs_a, runs_b) = interleave(
+        env.rounds,
+        || {
+            run_on(
+                runtime,
+                crate_run(n, CAPACITY, ShedPolicy::DropOldest, sleepy),
+            )
+        },
+        || {
+            run_on(
+                runtime,
+                bare_run(n, CAPACITY, ShedPolicy::DropOldest, sleepy),
+            )
+        },
+    );
+    row(
+        &format!("3. intake under overload, {flavor}, vs bare design (taken+shed/s)"),
+        "≥ 0.9×",
+        "items/s",
+        &runs_a,
+        &runs_b,
+        Run::intake_rate,
+    );
+    let ns_a = spread(&runs_a.iter().map(Run::ns_per_shed).collect::<Vec<_>>());
+    let ns_b = spread(&runs_b.iter().map(Run::ns_per_shed).collect::<Vec<_>>());
+    println!(
+        "|  ↳ ns per shed item, median (min–max) | {:.1} ({:.1}–{:.1}) ns | {:.1} ({:.1}–{:.1}) ns | | | | | | | |",
+        ns_a.1, ns_a.0, ns_a.2, ns_b.1, ns_b.0, ns_b.2
+    );
+}
+
+/// Bench 5: Crossover: the handler cost above which the crate overtakes
+/// buffer_unordered(4) (burst fits, nothing shed).
+fn crossover(env: &Env) {
+    let rounds = env.rounds.div_ceil(2).max(3);
+    let mut points = Vec::new();
+    for cost in CROSSOVER_COSTS {
+        let n = crossover_items(cost);
+        let handler = busy(iterations_for(cost, env.per_ns));
+        let (runs_a, runs_b) = interleave(
+            rounds,
+            || {
+                run_on(
+                    &env.mt,
+                    crate_run(n, n as usize, ShedPolicy::DropNewest, handler),
+                )
+            },
+            || run_on(&env.mt, buffer_unordered_run(n, handler)),
+        );
+        let ratio = row(
+            &format!("5. handler {cost} ns, {n} items, vs buffer_unordered(4)"),
+            "crossover",
+            "items/s",
+            &runs_a,
+            &runs_b,
+            Run::goodput,
+        );
+        points.push((cost, ratio));
+    }
+    let crossing = points.windows(2).find_map(|w| {
+        let ((c0, r0), (c1, r1)) = (w[0], w[1]);
+        (r0 < 1.0 && r1 >= 1.0).then(|| c0 as f64 + (1.0 - r0) * (c1 - c0) as f64 / (r1 - r0))
+    });
+    match crossing {
+        Some(ns) => println!(
+            "|  ↳ crossover (linear interpolation of the medians) | ≈ {ns:.0} ns per item | | | | | | | | |"
+        ),
+        None => println!("|  ↳ crossover | not bracketed by {points:?} | | | | | | | | |"),
+    }
+}
+
+/// Bench 6: Freshness under DropOldest: ages of processed items at handler start.
+fn freshness(env: &Env) {
+    let n = FRESHNESS_ITEMS;
+    let iterations = iterations_for(FRESHNESS_HANDLER_NS, env.per_ns);
+    let rounds = env.rounds.div_ceil(3).max(3);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        a.extend(run_on(&env.mt, freshness_crate(n, iterations)));
+        b.extend(run_on(
+            &env.mt,
+            freshness_channel(FRESHNESS_CHANNEL_ITEMS, iterations),
+        ));
+    }
+    a.sort_unstable();
+    b.sort_unstable();
+    let bound = CAPACITY + WORKERS;
+    let describe = |ages: &[u64]| {
+        format!(
+            "p50 {} / p99 {} / max {} ({} samples)",
+            quantile(ages, 0.5),
+            quantile(ages, 0.99),
+            ages.last().copied().unwrap_or(0),
+            ages.len()
+        )
+    };
+    println!(
+        "| 6. freshness, DropOldest, 5 µs handler: age in seq numbers at handler start | {} | {} (async-channel, lossless) | p99/bound **{:.2}** | | | | | | bound {bound} |",
+        describe(&a),
+        describe(&b),
+        quantile(&a, 0.99) as f64 / bound as f64
+    );
+}
+
+// ===== profiling =====
+
+/// `profile CONTENDER N`: one run, for callgrind (no interleaving, no timing).
+fn profile(args: &[String]) {
+    let contender = args.first().map(String::as_str).unwrap_or("crate-goodput");
+    let n: u64 = args.get(1).map_or(200_000, |s| s.parse().expect("N"));
+    let mt = multi_thread();
+    let run = match contender {
+        "crate-goodput" => run_on(&mt, crate_run(n, CAPACITY, ShedPolicy::DropNewest, double)),
+        "crate-backpressure" => run_on(
+            &mt,
+            crate_run(n, CAPACITY, ShedPolicy::Backpressure, double),
+        ),
+        "channel-goodput" => run_on(&mt, channel_run(n, CAPACITY, double)),
+        "bare-goodput" => run_on(&mt, bare_run(n, CAPACITY, ShedPolicy::DropNewest, double)),
+        "crate-intake" => run_on(&mt, crate_run(n, CAPACITY, ShedPolicy::DropOldest, sleepy)),
+        "bare-intake" => run_on(&mt, bare_run(n, CAPACITY, ShedPolicy::DropOldest, sleepy)),
+        other => panic!("unknown contender {other:?}"),
+    };
+    println!("{contender}: {run:?}");
+}
