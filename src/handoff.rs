@@ -113,27 +113,32 @@ impl<T> HandOff<T> {
             }
             debug_assert!(!state.closed, "HandOff: push after close");
             let before = state.items.len();
-            for item in batch.drain(..) {
-                if state.items.len() < self.capacity {
-                    state.items.push_back(item);
-                    continue;
+            // In bulk, with the same outcome as offering the items one by
+            // one: what fits is queued; past that, DropNewest sheds the
+            // arrivals in order, and DropOldest evicts the oldest queued items
+            // first, then the oldest arrivals, so the newest `capacity` stay.
+            let free = self.capacity - before;
+            match self.policy {
+                ShedPolicy::DropNewest | ShedPolicy::Backpressure => {
+                    debug_assert!(
+                        self.policy != ShedPolicy::Backpressure || batch.len() <= free,
+                        "HandOff: Backpressure push without room"
+                    );
+                    if batch.len() > free {
+                        shed.extend(batch.drain(free..));
+                    }
+                    state.items.extend(batch.drain(..));
                 }
-                match self.policy {
-                    ShedPolicy::Backpressure => {
-                        debug_assert!(false, "HandOff: Backpressure push without room");
-                        shed.push(item);
-                    }
-                    ShedPolicy::DropNewest => shed.push(item),
-                    ShedPolicy::DropOldest => {
-                        // Pop and push under one lock: length and permits unchanged.
-                        if let Some(oldest) = state.items.pop_front() {
-                            shed.push(oldest);
-                        }
-                        state.items.push_back(item);
-                    }
+                ShedPolicy::DropOldest => {
+                    let overflow = batch.len().saturating_sub(free);
+                    let evicted = overflow.min(before);
+                    shed.extend(state.items.drain(..evicted));
+                    shed.extend(batch.drain(..overflow - evicted));
+                    state.items.extend(batch.drain(..));
                 }
             }
             let len = state.items.len();
+            debug_assert!(len <= self.capacity, "HandOff: queue over capacity");
             state.high_water_mark = state.high_water_mark.max(len);
             debug_assert!(
                 self.ready.available_permits() <= before,

@@ -55,6 +55,7 @@ where
     // Fires when an overload episode may have gone quiet while the input idles.
     let mut quiet = pin!(None::<Sleep>);
     let mut timers = true;
+    let mut stop_check_in = 0;
     let mut batch = Vec::with_capacity(BATCH);
     let mut shed = Vec::new();
     let end = loop {
@@ -66,6 +67,11 @@ where
         let Some(mut stream) = input.as_mut().as_pin_mut() else {
             break IntakeEnd::Exhausted; // unreachable: dropped only below
         };
+        let mut wakeups = Wakeups {
+            stop: stop.as_mut(),
+            quiet: quiet.as_mut(),
+            stop_check_in: &mut stop_check_in,
+        };
         let step = poll_fn(|cx| {
             gather(
                 cx,
@@ -73,8 +79,7 @@ where
                 stream.as_mut(),
                 &mut batch,
                 limit,
-                quiet.as_mut(),
-                stop.as_mut(),
+                &mut wakeups,
             )
         })
         .await;
@@ -91,13 +96,13 @@ where
         let shed_now = shed.len();
         if shed_now > 0 {
             bump(&shared.intake.dropped, shed_now as u64);
-            for item in shed.drain(..) {
-                match &on_shed {
-                    Some(hook) => {
-                        catching(|| hook(item));
-                    }
-                    None => drop_quietly(item),
-                }
+            match &on_shed {
+                Some(hook) => shed.drain(..).for_each(|item| {
+                    catching(|| hook(item));
+                }),
+                // Items without drop glue run no user code: clear in one go.
+                None if !std::mem::needs_drop::<S::Item>() => shed.clear(),
+                None => shed.drain(..).for_each(drop_quietly),
             }
         }
         episodes.record(shed_now);
@@ -147,22 +152,41 @@ fn arm(mut quiet: Pin<&mut Option<Sleep>>, episodes: &Episodes, fired: bool, tim
     }
 }
 
+/// Batches between two looks at the token itself while intake is busy.
+const STOP_CHECK_EVERY: u32 = 8;
+
+/// What else may wake an intake whose input is idle.
+struct Wakeups<'a, F> {
+    /// The pipeline's token (`shutdown()`, a cancelled parent, an abort).
+    stop: Pin<&'a mut F>,
+    /// An overload episode's quiet period.
+    quiet: Pin<&'a mut Option<Sleep>>,
+    /// Batches until the token is polled again; 0 after an idle wait.
+    stop_check_in: &'a mut u32,
+}
+
 /// Pulls up to `limit` ready items. Stops at the first `Pending` once it
 /// holds items, so nothing waits in hand while the input is idle.
-fn gather<S: Stream>(
+fn gather<S: Stream, F: Future<Output = ()>>(
     cx: &mut Context<'_>,
     shared: &Shared<S::Item>,
     mut input: Pin<&mut S>,
     batch: &mut Vec<S::Item>,
     limit: usize,
-    quiet: Pin<&mut Option<Sleep>>,
-    mut stop: Pin<&mut impl Future<Output = ()>>,
+    wakeups: &mut Wakeups<'_, F>,
 ) -> Poll<Step> {
-    // Once per batch, the token itself: a cancelled parent token is not yet
-    // mirrored into the phase (the supervisor does that), and a busy intake
-    // would otherwise pull a whole budget's worth after it.
-    if batch.is_empty() && stop.as_mut().poll(cx).is_ready() {
-        return Poll::Ready(Step::End(IntakeEnd::Stopped));
+    // The token itself, after every idle wait and every few batches: a
+    // cancelled parent token is mirrored into the phase only when the
+    // supervisor runs, and polling the token takes its locks (PITFALLS 3),
+    // too dear for every batch of a busy intake.
+    if batch.is_empty() {
+        if *wakeups.stop_check_in == 0 {
+            *wakeups.stop_check_in = STOP_CHECK_EVERY;
+            if wakeups.stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Step::End(IntakeEnd::Stopped));
+            }
+        }
+        *wakeups.stop_check_in -= 1;
     }
     while batch.len() < limit {
         // Checked before every pull (one relaxed load): no item is taken
@@ -176,9 +200,13 @@ fn gather<S: Stream>(
             None => return Poll::Ready(Step::End(IntakeEnd::InputPanicked)),
             Some(Poll::Pending) if !batch.is_empty() => return Poll::Ready(Step::More),
             Some(Poll::Pending) => {
-                // Registered for the token's wake-up at the top; per item
-                // a busy intake reads only the phase (PITFALLS 3).
-                if let Some(timer) = quiet.as_pin_mut() {
+                // Idle: register for the token's wake-up, and look at it
+                // first thing when woken.
+                *wakeups.stop_check_in = 0;
+                if wakeups.stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Step::End(IntakeEnd::Stopped));
+                }
+                if let Some(timer) = wakeups.quiet.as_mut().as_pin_mut() {
                     if timer.poll(cx).is_ready() {
                         return Poll::Ready(Step::Quiet);
                     }

@@ -80,6 +80,10 @@ impl<T> Clone for Sender<T> {
 }
 
 impl<T> Sender<T> {
+    pub(crate) fn is_ordered(&self) -> bool {
+        matches!(self, Sender::Ordered { .. })
+    }
+
     /// Ordered mode: waits until the item about to be taken fits in the
     /// reorder window. Returns at once if the consumer is gone.
     pub(crate) async fn reserve_turn(&self) {

@@ -2,7 +2,7 @@
 //! the result.
 
 use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -42,8 +42,13 @@ where
     Fut: Future,
 {
     let counters = &shared.workers[slot];
+    // One wait on the kill token per worker, not per item: it stays valid
+    // until it fires, and the worker exits when it does.
+    let mut killed = pin!(shared.kill.cancelled());
     loop {
-        results.reserve_turn().await;
+        if results.is_ordered() {
+            results.reserve_turn().await;
+        }
         let Some((seq, item)) = shared.queue.take().await else {
             return Exit::Joined;
         };
@@ -57,7 +62,7 @@ where
             return Exit::Joined;
         }
         bump(&counters.taken, 1);
-        let outcome = run_one(&*handler, item, &shared, timeout).await;
+        let outcome = run_one(&*handler, item, killed.as_mut(), timeout).await;
         let cut_off = matches!(outcome, Outcome::Cancelled);
         // Counted before the hand-over: `processed` means the handler
         // completed. The hand-over is never cut off by an abort, so a
@@ -82,7 +87,7 @@ where
 async fn run_one<Item, F, Fut>(
     handler: &F,
     item: Item,
-    shared: &Shared<Item>,
+    mut killed: Pin<&mut impl Future<Output = ()>>,
     timeout: Option<Duration>,
 ) -> Outcome<Fut::Output>
 where
@@ -98,7 +103,6 @@ where
     // In an `Option` so the future (and the item it owns) is dropped in
     // place under `catching`: its `Drop` is user code too.
     let mut future = pin!(Some(future));
-    let mut killed = pin!(shared.kill.cancelled());
     // Armed on the first `Pending`, so an instant handler never touches the timer.
     let mut timer = pin!(None::<Sleep>);
     let outcome = poll_fn(|cx| {
