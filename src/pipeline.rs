@@ -8,7 +8,9 @@
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU8, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -95,7 +97,7 @@ impl<Item> Shared<Item> {
 
     /// Whether intake must stop pulling (shutdown or abort requested).
     pub(crate) fn is_stopping(&self) -> bool {
-        self.phase.load(Relaxed) != RUNNING
+        self.phase.load(Acquire) != RUNNING
     }
 
     fn begin_drain(&self) {
@@ -105,12 +107,16 @@ impl<Item> Shared<Item> {
 
     /// Whether an abort has begun: a worker must not start another handler.
     pub(crate) fn is_aborting(&self) -> bool {
-        self.phase.load(Relaxed) == ABORTING
+        self.phase.load(Acquire) == ABORTING
     }
 
     fn begin_abort(&self) {
-        self.phase.fetch_max(ABORTING, Relaxed);
+        // Abandon (and count) first: once a worker or the intake can see the
+        // abort, through the phase or the closed queue, the abandoned items
+        // are counted, so a report built right after they exit balances.
+        // The release store pairs with the acquire loads of the phase.
         let abandoned = self.queue.abandon(|n| self.count_unqueued(n));
+        self.phase.fetch_max(ABORTING, Release);
         self.stop.cancel();
         self.kill.cancel();
         // After the counts and the signals: user code runs last, unlocked.
