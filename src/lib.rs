@@ -70,7 +70,8 @@
 //! | the token tree points one way: a parent cancels the pipeline, never the reverse | `shutdown.rs`, `cases.rs` (CASE-20) |
 //! | a finished result is never thrown away while `results` lives | `cases.rs` (CASE-21), `conservation.rs` |
 //! | panics in the handler, the input, `on_shed`, `on_cancel` or an item's `Drop` are caught and counted | `panics.rs`, `misuse.rs`, `extensions.rs` |
-//! | bad sizes and a missing runtime panic at the call, naming the argument | `misuse.rs`, `cases.rs` (CASE-02) |
+//! | bad sizes and a missing runtime panic at the call, naming the argument | `misuse.rs`, `edges.rs`, `cases.rs` (CASE-02) |
+//! | extreme durations and sizes, a runtime without a time driver or torn down mid-flight keep the law | `edges.rs` |
 //! | every public type is `Send`, `Sync` and `Unpin` | `auto_traits.rs` (compile-time) |
 //! | ordered output, hand-back, overload alarm, handler timeout and `Backpressure` behave as documented | `extensions.rs`, `tracing.rs` |
 //!
