@@ -8,11 +8,16 @@
 //!   takes a permit *before* locking to pop. So at every instant
 //!   `ready.available_permits() <= items.len()`, and a worker holding a permit
 //!   finds an item when it pops (checked with `debug_assert!` under the lock).
-//! * **Eviction keeps the count.** Under [`ShedPolicy::DropOldest`] a full
-//!   queue pops one item and pushes one under the same lock: length and
-//!   permits are both unchanged, so an evicted item can never also be handed
-//!   to a worker (openclaw#103246). An item leaves `items` exactly once:
-//!   popped by a worker, evicted, or abandoned.
+//! * **Eviction keeps the count.** Under [`ShedPolicy::DropOldest`] a batch
+//!   that overflows the queue evicts the oldest queued items and appends the
+//!   newest arrivals under the same lock, so the length grows by exactly the
+//!   permits added afterwards: every evicted item's permit passes to an
+//!   arrival, and an evicted item can never also be handed to a worker
+//!   (openclaw#103246). An item leaves `items` exactly once: popped by a
+//!   worker, evicted, or abandoned.
+//! * **Parked workers are counted.** `parked` counts workers waiting in
+//!   `take`, so the intake knows when a push woke idle workers and should
+//!   yield to them rather than pull (and shed) more.
 //! * **Closing is not emptiness.** Tokio's `Semaphore::close` makes `acquire`
 //!   fail even while permits remain, so after [`HandOff::close`] workers stop
 //!   counting permits and pop directly until `items` is empty. Closing never
@@ -34,9 +39,8 @@
 //!   mutex. The lock is taken with poison recovery anyway.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Semaphore;
 

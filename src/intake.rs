@@ -83,7 +83,7 @@ where
             )
         })
         .await;
-        shared.queue.unreserve(limit.min(BATCH) - batch.len());
+        shared.queue.unreserve(limit - batch.len());
         bump(&shared.intake.produced, batch.len() as u64);
         let woke_idle = match shared.queue.push_batch(&mut batch, &mut shed) {
             Pushed::Accepted { woke_idle } => woke_idle,
@@ -96,14 +96,7 @@ where
         let shed_now = shed.len();
         if shed_now > 0 {
             bump(&shared.intake.dropped, shed_now as u64);
-            match &on_shed {
-                Some(hook) => shed.drain(..).for_each(|item| {
-                    catching(|| hook(item));
-                }),
-                // Items without drop glue run no user code: clear in one go.
-                None if !std::mem::needs_drop::<S::Item>() => shed.clear(),
-                None => shed.drain(..).for_each(drop_quietly),
-            }
+            dispose(&mut shed, on_shed.as_deref());
         }
         episodes.record(shed_now);
         if let Step::Quiet = step {
@@ -134,6 +127,19 @@ where
     catching(|| input.set(None));
     episodes.finish();
     end
+}
+
+/// Hands shed items to the `on_shed` hook, or drops them; unlocked, every
+/// call isolated (both are user code).
+fn dispose<Item>(shed: &mut Vec<Item>, on_shed: Option<&(dyn Fn(Item) + Send + Sync)>) {
+    match on_shed {
+        Some(hook) => shed.drain(..).for_each(|item| {
+            catching(|| hook(item));
+        }),
+        // Items without drop glue run no user code: clear in one go.
+        None if !std::mem::needs_drop::<Item>() => shed.clear(),
+        None => shed.drain(..).for_each(drop_quietly),
+    }
 }
 
 /// Keeps the quiet timer armed exactly while an overload episode is open.
