@@ -69,34 +69,36 @@ fn group<'a>(
     group
 }
 
+/// One contender of a goodput group: `scenario` run on `rt`, its time
+/// normalised to `n` processed items.
+fn contender<F: std::future::Future<Output = Run> + Send + 'static>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    rt: &Runtime,
+    n: u64,
+    scenario: impl Fn() -> F,
+) {
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| total(iters, || run_on(rt, scenario()), per_processed(n)))
+    });
+}
+
 /// Bench 1: Goodput under saturation: trivial handler, 1M items, DropNewest.
 fn goodput(c: &mut Criterion, rt: &Runtime) {
     let n = GOODPUT_ITEMS;
     let mut g = group(c, "1_goodput_trivial", n);
     g.measurement_time(Duration::from_secs(3));
-    g.bench_function("this_crate_drop_newest", |b| {
-        b.iter_custom(|iters| {
-            let one = || run_on(rt, crate_run(n, CAPACITY, ShedPolicy::DropNewest, double));
-            total(iters, one, per_processed(n))
-        })
+    contender(&mut g, "this_crate_drop_newest", rt, n, || {
+        crate_run(n, CAPACITY, ShedPolicy::DropNewest, double)
     });
-    g.bench_function("async_channel_lossless", |b| {
-        b.iter_custom(|iters| {
-            let one = || run_on(rt, channel_run(n, CAPACITY, double));
-            total(iters, one, per_processed(n))
-        })
+    contender(&mut g, "async_channel_lossless", rt, n, || {
+        channel_run(n, CAPACITY, double)
     });
-    g.bench_function("this_crate_backpressure_lossless", |b| {
-        b.iter_custom(|iters| {
-            let one = || run_on(rt, crate_run(n, CAPACITY, ShedPolicy::Backpressure, double));
-            total(iters, one, per_processed(n))
-        })
+    contender(&mut g, "this_crate_backpressure_lossless", rt, n, || {
+        crate_run(n, CAPACITY, ShedPolicy::Backpressure, double)
     });
-    g.bench_function("bare_queue_drop_newest", |b| {
-        b.iter_custom(|iters| {
-            let one = || run_on(rt, bare_run(n, CAPACITY, ShedPolicy::DropNewest, double));
-            total(iters, one, per_processed(n))
-        })
+    contender(&mut g, "bare_queue_drop_newest", rt, n, || {
+        bare_run(n, CAPACITY, ShedPolicy::DropNewest, double)
     });
     g.finish();
 }
@@ -108,29 +110,15 @@ fn speedup(c: &mut Criterion, rt: &Runtime, per_ns: f64) {
     let mut g = group(c, "2_speedup_2us", n);
     // The whole burst fits the queue: nothing is shed, both sides do all
     // `n` items, and the ratio is the parallelism alone.
-    g.bench_function("this_crate_burst_fits", |b| {
-        b.iter_custom(|iters| {
-            let one = || {
-                run_on(
-                    rt,
-                    crate_run(n, n as usize, ShedPolicy::DropNewest, handler),
-                )
-            };
-            total(iters, one, per_processed(n))
-        })
+    contender(&mut g, "this_crate_burst_fits", rt, n, || {
+        crate_run(n, n as usize, ShedPolicy::DropNewest, handler)
     });
     // Capacity 16 under a producer that outruns the workers: goodput.
-    g.bench_function("this_crate_cap16_goodput", |b| {
-        b.iter_custom(|iters| {
-            let one = || run_on(rt, crate_run(n, CAPACITY, ShedPolicy::DropNewest, handler));
-            total(iters, one, per_processed(n))
-        })
+    contender(&mut g, "this_crate_cap16_goodput", rt, n, || {
+        crate_run(n, CAPACITY, ShedPolicy::DropNewest, handler)
     });
-    g.bench_function("buffer_unordered_4", |b| {
-        b.iter_custom(|iters| {
-            let one = || run_on(rt, buffer_unordered_run(n, handler));
-            total(iters, one, per_processed(n))
-        })
+    contender(&mut g, "buffer_unordered_4", rt, n, || {
+        buffer_unordered_run(n, handler)
     });
     g.finish();
 }
