@@ -151,7 +151,10 @@ impl<T> HandOff<T> {
             );
             len - before
         };
-        let woke_idle = added > 0 && self.parked.load(Relaxed) > 0;
+        // Under `Backpressure` the intake waits for room anyway, which lets
+        // the workers run; a yield per batch on top only costs.
+        let woke_idle =
+            added > 0 && self.policy != ShedPolicy::Backpressure && self.parked.load(Relaxed) > 0;
         if added > 0 {
             self.ready.add_permits(added);
         }
