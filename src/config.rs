@@ -331,7 +331,7 @@ impl<Item> FanOutConfig<Item> {
     /// use std::sync::{Arc, Mutex};
     /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
     /// let returned = Arc::new(Mutex::new(Vec::new()));
     /// let sink = Arc::clone(&returned);
@@ -339,9 +339,8 @@ impl<Item> FanOutConfig<Item> {
     ///     .on_cancel(move |item: u32| sink.lock().unwrap().push(item));
     /// let (results, shutdown) = futures::stream::iter(0..4u32)
     ///     .bounded_fan_out_with(config, |_| std::future::pending::<()>());
-    /// while shutdown.stats().in_flight < 1 {
-    ///     tokio::task::yield_now().await;
-    /// }
+    /// tokio::time::sleep(std::time::Duration::from_millis(1)).await; // all idle by then
+    /// assert_eq!(shutdown.stats().in_flight, 1);
     /// shutdown.abort();
     /// assert_eq!(*returned.lock().unwrap(), [1, 2, 3]); // item 0 was in flight
     /// drop(results);

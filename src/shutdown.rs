@@ -152,13 +152,14 @@ impl ShutdownHandle {
     /// ```
     /// use backpressure_pipeline::{FanOutExt, ShedPolicy};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
     /// let (results, shutdown) = futures::stream::iter(0..4u32)
     ///     .bounded_fan_out(2, ShedPolicy::DropNewest, |_| std::future::pending::<()>());
-    /// while shutdown.stats().in_flight < 2 {
-    ///     tokio::task::yield_now().await; // let both workers take an item
-    /// }
+    /// // Paused time advances only once every task is idle: both workers
+    /// // have taken an item by then.
+    /// tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    /// assert_eq!(shutdown.stats().in_flight, 2);
     /// shutdown.abort();
     /// drop(results);
     /// let report = shutdown.join().await;

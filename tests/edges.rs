@@ -109,9 +109,13 @@ fn without_a_time_driver_shutdown_aborts_at_once_and_keeps_the_books() {
         let input = stream::iter(0..10u32).chain(stream::pending());
         let (results, handle) =
             input.bounded_fan_out(2, ShedPolicy::DropNewest, |_| std::future::pending::<()>());
-        while handle.stats().in_flight < 2 {
+        for _ in 0..100 {
+            if handle.stats().in_flight == 2 {
+                break;
+            }
             tokio::task::yield_now().await;
         }
+        assert_eq!(handle.stats().in_flight, 2, "both workers took an item");
         handle.shutdown();
         drop(results);
         let report = handle.join().await;
