@@ -5,8 +5,10 @@ use futures_core::Stream;
 use tokio::task::JoinSet;
 
 use crate::handoff::HandOff;
+use crate::isolate::{Quiet, has_time_driver};
 use crate::overload::Episodes;
 use crate::pipeline::{End, Shared, supervise};
+use crate::stop::StopWatch;
 use crate::{BoundedFanOut, FanOutConfig, ShedPolicy, ShutdownHandle, intake, worker};
 use crate::{output, trace};
 
@@ -159,22 +161,35 @@ pub trait FanOutExt: Stream {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             panic!("bounded_fan_out: must be called from the context of a Tokio runtime");
         };
+        // Drain deadlines and handler timeouts need a clock: refuse a runtime
+        // without one here, not with a silent immediate abort later.
+        assert!(
+            has_time_driver(),
+            "bounded_fan_out: the Tokio runtime has no time driver; \
+             build it with `enable_time()` or `enable_all()`"
+        );
+        let (sender, receiver, books) =
+            output::channel(config.output_capacity, config.ordered, config.workers);
         let shared = Arc::new(Shared::new(
             HandOff::new(config.capacity, config.policy),
             config.workers,
             config.cancel_token.as_ref(),
             config.on_cancel,
+            books,
         ));
-        let (sender, receiver) =
-            output::channel(config.output_capacity, config.ordered, config.workers);
-        let handler = Arc::new(handler);
+        // Registered before any task runs, so a parent cancelled from any
+        // thread stops intake before its `cancel()` returns.
+        let mirror = Arc::clone(&shared);
+        let stop = StopWatch::new(&shared.stop, move || mirror.mirror_stop());
+        // The workers own the handler; the last to exit drops it (quietly).
+        let handler = Quiet::new(Arc::new(handler));
         let span = trace::pipeline_span(config.workers, config.capacity, config.policy);
         let mut workers = JoinSet::new();
         for slot in 0..config.workers {
             let run = worker::run(
                 Arc::clone(&shared),
                 slot,
-                Arc::clone(&handler),
+                Arc::clone(&*handler),
                 sender.clone(),
                 config.handler_timeout,
             );
@@ -185,7 +200,13 @@ pub trait FanOutExt: Stream {
         let episodes = Episodes::new(config.on_overload, config.overload_quiet_period);
         let intake = intake::run(self, Arc::clone(&shared), config.on_shed, episodes);
         let intake = runtime.spawn(trace::in_span(&span, intake));
-        let supervisor = supervise(Arc::clone(&shared), workers, intake, config.drain_timeout);
+        let supervisor = supervise(
+            Arc::clone(&shared),
+            stop,
+            workers,
+            intake,
+            config.drain_timeout,
+        );
         let supervisor = runtime.spawn(trace::in_span(&span, supervisor));
         let results = BoundedFanOut::new(receiver, End(shared.clone()));
         (results, ShutdownHandle::new(supervisor, End(shared)))

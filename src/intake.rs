@@ -10,7 +10,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::ItemHook;
 use crate::handoff::{HandOff, Pushed};
-use crate::isolate::{catching, drop_quietly, timer_at};
+use crate::isolate::{Quiet, catching, drop_quietly, timer_at};
 use crate::overload::Episodes;
 use crate::pipeline::{Shared, bump};
 use crate::report::IntakeEnd;
@@ -48,6 +48,8 @@ where
     S: Stream,
 {
     let _close = CloseOnDrop(&shared.queue);
+    // The hook's `Drop` is user code too (CASE-22).
+    let on_shed = Quiet::new(on_shed);
     // In an `Option` so that it is dropped under `catching` (its `Drop` is
     // user code) before the guard above tells the workers intake is over.
     let mut input = pin!(Some(input));
@@ -55,7 +57,6 @@ where
     // Fires when an overload episode may have gone quiet while the input idles.
     let mut quiet = pin!(None::<Sleep>);
     let mut timers = true;
-    let mut stop_check_in = 0;
     let mut batch = Vec::with_capacity(BATCH);
     let mut shed = Vec::new();
     let end = loop {
@@ -70,7 +71,6 @@ where
         let mut wakeups = Wakeups {
             stop: stop.as_mut(),
             quiet: quiet.as_mut(),
-            stop_check_in: &mut stop_check_in,
         };
         let step = poll_fn(|cx| {
             gather(
@@ -96,7 +96,7 @@ where
         let shed_now = shed.len();
         if shed_now > 0 {
             bump(&shared.intake.dropped, shed_now as u64);
-            dispose(&mut shed, on_shed.as_deref());
+            dispose(&mut shed, (*on_shed).as_deref());
         }
         episodes.record(shed_now);
         if let Step::Quiet = step {
@@ -158,17 +158,12 @@ fn arm(mut quiet: Pin<&mut Option<Sleep>>, episodes: &Episodes, fired: bool, tim
     }
 }
 
-/// Batches between two looks at the token itself while intake is busy.
-const STOP_CHECK_EVERY: u32 = 8;
-
 /// What else may wake an intake whose input is idle.
 struct Wakeups<'a, F> {
     /// The pipeline's token (`shutdown()`, a cancelled parent, an abort).
     stop: Pin<&'a mut F>,
     /// An overload episode's quiet period.
     quiet: Pin<&'a mut Option<Sleep>>,
-    /// Batches until the token is polled again; 0 after an idle wait.
-    stop_check_in: &'a mut u32,
 }
 
 /// Pulls up to `limit` ready items. Stops at the first `Pending` once it
@@ -181,22 +176,10 @@ fn gather<S: Stream, F: Future<Output = ()>>(
     limit: usize,
     wakeups: &mut Wakeups<'_, F>,
 ) -> Poll<Step> {
-    // The token itself, after every idle wait and every few batches: a
-    // cancelled parent token is mirrored into the phase only when the
-    // supervisor runs, and polling the token takes its locks (PITFALLS 3),
-    // too dear for every batch of a busy intake.
-    if batch.is_empty() {
-        if *wakeups.stop_check_in == 0 {
-            *wakeups.stop_check_in = STOP_CHECK_EVERY;
-            if wakeups.stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Step::End(IntakeEnd::Stopped));
-            }
-        }
-        *wakeups.stop_check_in -= 1;
-    }
     while batch.len() < limit {
-        // Checked before every pull (one relaxed load): no item is taken
-        // after `shutdown()` or `abort()` has returned.
+        // Checked before every pull (one atomic load): no item is taken after
+        // `shutdown()`, `abort()` or a parent token's `cancel()` has returned
+        // (the phase mirrors the token from inside `cancel()`; see `stop`).
         if shared.is_stopping() {
             return Poll::Ready(Step::End(IntakeEnd::Stopped));
         }
@@ -206,9 +189,8 @@ fn gather<S: Stream, F: Future<Output = ()>>(
             None => return Poll::Ready(Step::End(IntakeEnd::InputPanicked)),
             Some(Poll::Pending) if !batch.is_empty() => return Poll::Ready(Step::More),
             Some(Poll::Pending) => {
-                // Idle: register for the token's wake-up, and look at it
-                // first thing when woken.
-                *wakeups.stop_check_in = 0;
+                // Idle: register for the token's wake-up (polling the token
+                // takes its lock, PITFALLS 3: only here, never per item).
                 if wakeups.stop.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Step::End(IntakeEnd::Stopped));
                 }

@@ -24,9 +24,40 @@ pub(crate) fn drop_quietly<T>(value: T) {
     catching(move || drop(value));
 }
 
-/// A timer for `deadline`, or `None` where the runtime was built without a
-/// time driver: tokio panics then, and that panic (printed once per call)
-/// must not take a pipeline task down with the items it holds.
+/// Owns a value whose `Drop` is user code (a handler or hook closure and
+/// what it captured), and drops it with any panic caught, wherever the last
+/// owner lets go: in a pipeline task, or in the caller's own drop (CASE-22).
+pub(crate) struct Quiet<T>(Option<T>);
+
+impl<T> Quiet<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Quiet(Some(value))
+    }
+}
+
+impl<T> std::ops::Deref for Quiet<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        match &self.0 {
+            Some(value) => value,
+            None => unreachable!("Quiet: emptied only by its own Drop"),
+        }
+    }
+}
+
+impl<T> Drop for Quiet<T> {
+    fn drop(&mut self) {
+        if let Some(value) = self.0.take() {
+            drop_quietly(value);
+        }
+    }
+}
+
+/// A timer for `deadline`, or `None` where the runtime has no time driver:
+/// tokio panics then. The pipeline refuses such a runtime at the call
+/// ([`has_time_driver`]); this keeps a pipeline task from going down with
+/// the items it holds should it meet one anyway.
 pub(crate) fn timer_at(deadline: tokio::time::Instant) -> Option<tokio::time::Sleep> {
     catching(|| tokio::time::sleep_until(deadline))
 }
@@ -38,4 +69,11 @@ fn forget_payload(payload: Box<dyn Any + Send>) {
     if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
         std::mem::forget(again);
     }
+}
+
+/// Whether the current runtime was built with a time driver. Asked once, at
+/// the call; tokio's own panic for a missing driver is printed by the panic
+/// hook before the caller gets ours, which names the fix.
+pub(crate) fn has_time_driver() -> bool {
+    catching(|| tokio::time::sleep(std::time::Duration::ZERO)).is_some()
 }

@@ -120,6 +120,7 @@ mod pipeline;
 mod policy;
 mod report;
 mod shutdown;
+mod stop;
 mod trace;
 mod worker;
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::isolate::catching;
+use crate::isolate::{Quiet, catching};
 
 /// The start or end of an overload episode, given to
 /// [`FanOutConfig::on_overload`](crate::FanOutConfig::on_overload).
@@ -63,7 +63,7 @@ struct Episode {
 /// The intake's episode detector. Costs nothing per item unless a hook is
 /// set (or the `tracing` feature is on), and then one clock read per batch.
 pub(crate) struct Episodes {
-    hook: Option<OverloadHook>,
+    hook: Quiet<Option<OverloadHook>>,
     quiet: Duration,
     current: Option<Episode>,
 }
@@ -71,7 +71,7 @@ pub(crate) struct Episodes {
 impl Episodes {
     pub(crate) fn new(hook: Option<OverloadHook>, quiet: Duration) -> Self {
         Episodes {
-            hook,
+            hook: Quiet::new(hook),
             quiet,
             current: None,
         }
@@ -134,7 +134,7 @@ impl Episodes {
     fn emit(&self, event: OverloadEvent) {
         #[cfg(feature = "tracing")]
         tracing::warn!(%event, "backpressure_pipeline overload");
-        if let Some(hook) = &self.hook {
+        if let Some(hook) = &*self.hook {
             catching(|| hook(event));
         }
     }

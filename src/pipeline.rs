@@ -20,8 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ItemHook;
 use crate::handoff::HandOff;
-use crate::isolate::{catching, drop_quietly, timer_at};
+use crate::isolate::{Quiet, catching, drop_quietly, timer_at};
+use crate::output::ResultBooks;
 use crate::report::{IntakeEnd, Report, Stats};
+use crate::stop::StopWatch;
 use crate::worker::Exit;
 
 const RUNNING: u8 = 0;
@@ -71,8 +73,12 @@ pub(crate) struct Shared<Item> {
     pub(crate) unqueued_cancelled: AtomicU64,
     /// Live user-facing halves (results stream, shutdown handle).
     ends: AtomicUsize,
-    /// Receives accepted items that a shutdown abandoned unprocessed.
-    on_cancel: Option<ItemHook<Item>>,
+    /// Receives accepted items that a shutdown abandoned unprocessed. Its
+    /// `Drop` is user code, and this state is dropped wherever its last
+    /// owner lets go: quietly.
+    on_cancel: Quiet<Option<ItemHook<Item>>>,
+    /// The results side's books, and its abort switch.
+    pub(crate) results: Arc<dyn ResultBooks>,
 }
 
 impl<Item> Shared<Item> {
@@ -81,6 +87,7 @@ impl<Item> Shared<Item> {
         workers: usize,
         parent: Option<&CancellationToken>,
         on_cancel: Option<ItemHook<Item>>,
+        results: Arc<dyn ResultBooks>,
     ) -> Self {
         Shared {
             queue,
@@ -91,7 +98,8 @@ impl<Item> Shared<Item> {
             workers: (0..workers).map(|_| WorkerCounters::default()).collect(),
             unqueued_cancelled: AtomicU64::new(0),
             ends: AtomicUsize::new(2),
-            on_cancel,
+            on_cancel: Quiet::new(on_cancel),
+            results,
         }
     }
 
@@ -101,8 +109,14 @@ impl<Item> Shared<Item> {
     }
 
     fn begin_drain(&self) {
-        self.phase.fetch_max(DRAINING, Relaxed);
+        self.mirror_stop();
         self.stop.cancel();
+    }
+
+    /// The stop token was cancelled (by us or by a parent): intake stops at
+    /// its next pull. Called from inside the token's `cancel()`.
+    pub(crate) fn mirror_stop(&self) {
+        self.phase.fetch_max(DRAINING, Release);
     }
 
     /// Whether an abort has begun: a worker must not start another handler.
@@ -119,6 +133,10 @@ impl<Item> Shared<Item> {
         self.phase.fetch_max(ABORTING, Release);
         self.stop.cancel();
         self.kill.cancel();
+        // Workers waiting to hand a result over stop waiting, and what the
+        // consumer has not read is discarded: a stalled consumer cannot
+        // hold an aborted pipeline.
+        self.results.discard_undelivered();
         // After the counts and the signals: user code runs last, unlocked.
         self.hand_back(abandoned);
     }
@@ -136,7 +154,7 @@ impl<Item> Shared<Item> {
 
     fn hand_back(&self, items: impl IntoIterator<Item = Item>) {
         for item in items {
-            match &self.on_cancel {
+            match &*self.on_cancel {
                 Some(hook) => {
                     catching(|| hook(item));
                 }
@@ -165,11 +183,19 @@ impl<Item> Shared<Item> {
     }
 
     fn snapshot(&self) -> Stats {
+        // The results side first: a result is delivered or discarded only
+        // after its item was counted processed, so reading `processed` last
+        // keeps a live snapshot from showing more results than completions.
+        let (delivered, discarded) = (self.results.delivered(), self.results.discarded());
         let totals = self.worker_totals();
         let (queue_depth, high_water_mark) = self.queue.depth();
+        let processed = totals.processed;
         Stats {
             produced: self.intake.produced.load(Relaxed),
-            processed: totals.processed,
+            processed,
+            delivered,
+            discarded,
+            results_waiting: processed.saturating_sub(delivered + discarded),
             dropped: self.intake.dropped.load(Relaxed),
             failed: totals.failed,
             timed_out: totals.timed_out,
@@ -188,6 +214,8 @@ impl<Item> Shared<Item> {
         Report {
             produced: stats.produced,
             processed: stats.processed,
+            delivered: stats.delivered,
+            discarded: stats.discarded,
             dropped: stats.dropped,
             failed: stats.failed,
             timed_out: stats.timed_out,
@@ -247,45 +275,43 @@ impl<Item: Send + 'static> Control for Shared<Item> {
 
     fn fallback_report(&self) -> Report {
         // The supervisor's runtime dropped the pipeline's tasks: whatever was
-        // queued or in flight is cancelled.
+        // queued or in flight is cancelled, and a result dropped with its
+        // worker task was never delivered.
         self.begin_abort();
-        self.report(0, self.workers.len(), IntakeEnd::Stopped)
+        let mut report = self.report(0, self.workers.len(), IntakeEnd::Stopped);
+        report.discarded = report.processed.saturating_sub(report.delivered);
+        report
     }
 }
 
-/// Joins every worker and the intake, running the drain deadline, and
-/// returns the final report. Ends only when no other task of the pipeline
-/// is alive.
+/// Joins every worker and the intake, running the drain deadline, waits
+/// for the results side to settle, and returns the final report. Ends only
+/// when no other task of the pipeline is alive.
 pub(crate) async fn supervise<Item: Send + 'static>(
     shared: Arc<Shared<Item>>,
+    mut stop: StopWatch,
     mut workers: JoinSet<Exit>,
     intake: JoinHandle<IntakeEnd>,
     drain_timeout: Duration,
 ) -> Report {
     let (mut joined, mut aborted) = (0usize, 0usize);
-    let mut stop = pin!(shared.stop.cancelled());
     let mut stop_seen = false;
+    let mut workers_done = false;
+    let mut settled = pin!(shared.results.settled().cancelled());
     let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     poll_fn(|cx| {
         loop {
-            if !stop_seen && stop.as_mut().poll(cx).is_ready() {
-                // Also reached by a cancelled parent token: mirror it into the
-                // phase so intake stops at its next batch.
+            if !stop_seen && stop.poll_stopped(cx).is_ready() {
+                // Also reached by a cancelled parent token, whose `cancel()`
+                // already set the phase (see `stop`).
                 stop_seen = true;
                 shared.begin_drain();
                 // The clock starts at the request, even if the input had ended.
-                // A deadline past the clock's range never comes; without a
-                // time driver there is no clock, and the drain is cut at once.
-                deadline = match Instant::now().checked_add(drain_timeout) {
-                    None => None,
-                    Some(at) => match timer_at(at) {
-                        Some(timer) => Some(Box::pin(timer)),
-                        None => {
-                            shared.begin_abort();
-                            None
-                        }
-                    },
-                };
+                // A deadline past the clock's range never comes.
+                deadline = Instant::now()
+                    .checked_add(drain_timeout)
+                    .and_then(timer_at)
+                    .map(Box::pin);
             }
             if let Some(timer) = deadline.as_mut() {
                 if timer.as_mut().poll(cx).is_ready() {
@@ -293,6 +319,11 @@ pub(crate) async fn supervise<Item: Send + 'static>(
                     deadline = None;
                     shared.begin_abort();
                 }
+            }
+            if workers_done {
+                // The drain deadline also bounds the wait for a consumer
+                // that does not read: when it fires, the rest is discarded.
+                return settled.as_mut().poll(cx);
             }
             match workers.poll_join_next(cx) {
                 Poll::Ready(Some(Ok(Exit::Joined))) => joined += 1,
@@ -305,12 +336,15 @@ pub(crate) async fn supervise<Item: Send + 'static>(
                     aborted += 1;
                     shared.begin_abort();
                 }
-                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Ready(None) => workers_done = true,
                 Poll::Pending => return Poll::Pending,
             }
         }
     })
     .await;
+    // No worker is left to send: what a closed channel still took in is
+    // discarded now, so the results law is final.
+    shared.results.settle();
     // Workers only finish once the queue is closed, which the intake does
     // as it returns (or an abort does, and the intake is stopped with it).
     let intake_end = match intake.await {
@@ -319,6 +353,11 @@ pub(crate) async fn supervise<Item: Send + 'static>(
         Err(_) => IntakeEnd::Stopped,
     };
     let report = shared.report(joined, aborted, intake_end);
+    debug_assert_eq!(
+        report.processed,
+        report.delivered + report.discarded,
+        "results law broken: {report}"
+    );
     crate::trace::finished(&report);
     report
 }

@@ -46,9 +46,11 @@ impl fmt::Display for IntakeEnd {
 /// Every item taken from the input is counted exactly once, in one of
 /// `processed`, `dropped`, `failed`, `timed_out` or `cancelled`, so
 /// `produced == processed + dropped + failed + timed_out + cancelled` (the
-/// conservation law, checked by [`Report::is_conserved`]; `timed_out` is 0
-/// unless a [`handler_timeout`](crate::FanOutConfig::handler_timeout) is set). Every worker is counted once, in
-/// `workers_joined` or `aborted`.
+/// conservation law; `timed_out` is 0 unless a
+/// [`handler_timeout`](crate::FanOutConfig::handler_timeout) is set). Every
+/// result is counted once too, `processed == delivered + discarded` (the
+/// results law). [`Report::is_conserved`] checks both. Every worker is
+/// counted once, in `workers_joined` or `aborted`.
 ///
 /// # Examples
 ///
@@ -64,6 +66,7 @@ impl fmt::Display for IntakeEnd {
 /// assert_eq!(report.produced, 10);
 /// assert_eq!(report.processed + report.dropped, 10);
 /// assert_eq!(out.len() as u64, report.processed);
+/// assert_eq!((report.delivered, report.discarded), (report.processed, 0));
 /// assert_eq!((report.workers_joined, report.aborted), (2, 0));
 /// assert!(report.is_conserved());
 /// # }
@@ -76,8 +79,14 @@ pub struct Report {
     /// Items taken from the input stream.
     pub produced: u64,
     /// Items whose handler future completed, whether or not the result was
-    /// delivered (results are discarded once `results` is dropped).
+    /// delivered: `processed == delivered + discarded`.
     pub processed: u64,
+    /// Results the results stream yielded to its reader.
+    pub delivered: u64,
+    /// Results of completed handlers that never reached the reader: the
+    /// results stream was dropped first (buffered results are dropped with
+    /// it), or an abort cut off the hand-over or emptied the buffer.
+    pub discarded: u64,
     /// Items shed by the [`ShedPolicy`](crate::ShedPolicy): they never reached a worker.
     pub dropped: u64,
     /// Items whose handler panicked, in the call or in the future. The panic
@@ -104,7 +113,8 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether `produced == processed + dropped + failed + timed_out + cancelled`.
+    /// Whether both laws hold: `produced == processed + dropped + failed +
+    /// timed_out + cancelled` and `processed == delivered + discarded`.
     ///
     /// This holds in every report the crate returns; the method exists so
     /// that callers and tests can say so.
@@ -129,6 +139,7 @@ impl Report {
             .and_then(|n| n.checked_add(self.timed_out))
             .and_then(|n| n.checked_add(self.cancelled))
             == Some(self.produced)
+            && self.delivered.checked_add(self.discarded) == Some(self.processed)
     }
 }
 
@@ -137,13 +148,15 @@ impl fmt::Display for Report {
         write!(
             f,
             "produced {}, processed {}, dropped {}, failed {}, timed out {}, cancelled {}; \
-             workers joined {}, aborted {}; high-water mark {}; {}",
+             delivered {}, discarded {}; workers joined {}, aborted {}; high-water mark {}; {}",
             self.produced,
             self.processed,
             self.dropped,
             self.failed,
             self.timed_out,
             self.cancelled,
+            self.delivered,
+            self.discarded,
             self.workers_joined,
             self.aborted,
             self.high_water_mark,
@@ -183,6 +196,16 @@ pub struct Stats {
     pub produced: u64,
     /// Items whose handler has completed so far.
     pub processed: u64,
+    /// Results the results stream has yielded so far.
+    pub delivered: u64,
+    /// Results thrown away so far (see [`Report::discarded`]).
+    pub discarded: u64,
+    /// Results of completed handlers waiting for the reader now: buffered
+    /// for `results`, or held by a worker waiting for room in that buffer
+    /// (at most [`output_capacity`](crate::FanOutConfig::output_capacity)
+    /// plus the worker count). A pipeline that stops moving with this at its
+    /// maximum has a consumer that does not read.
+    pub results_waiting: u64,
     /// Items shed by the policy so far.
     pub dropped: u64,
     /// Items whose handler panicked so far.

@@ -242,6 +242,7 @@ impl fmt::Debug for ShutdownHandle {
         f.debug_struct("ShutdownHandle")
             .field("queue_depth", &stats.queue_depth)
             .field("in_flight", &stats.in_flight)
+            .field("results_waiting", &stats.results_waiting)
             .field("shutting_down", &self.is_shutting_down())
             .field("finished", &self.is_finished())
             .finish()

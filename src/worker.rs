@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::isolate::{catching, timer_at};
+use crate::isolate::{Quiet, catching, timer_at};
 use crate::output::Sender;
 use crate::pipeline::{Shared, bump};
 
@@ -41,6 +41,8 @@ where
     F: Fn(Item) -> Fut,
     Fut: Future,
 {
+    // The last worker out drops the handler: its `Drop` is user code (CASE-22).
+    let handler = Quiet::new(handler);
     let counters = &shared.workers[slot];
     // One wait on the kill token per worker, not per item: it stays valid
     // until it fires, and the worker exits when it does.
@@ -62,11 +64,12 @@ where
             return Exit::Joined;
         }
         bump(&counters.taken, 1);
-        let outcome = run_one(&*handler, item, killed.as_mut(), timeout).await;
+        let outcome = run_one(&**handler, item, killed.as_mut(), timeout).await;
         let cut_off = matches!(outcome, Outcome::Cancelled);
         // Counted before the hand-over: `processed` means the handler
-        // completed. The hand-over is never cut off by an abort, so a
-        // consumer that drains receives exactly `processed` results.
+        // completed. The hand-over waits for the consumer until an abort
+        // begins; then the result is discarded (and counted so), so
+        // `processed == delivered + discarded`.
         let (counter, result) = match outcome {
             Outcome::Done(output) => (&counters.processed, Some(output)),
             Outcome::Panicked => (&counters.failed, None),
@@ -121,6 +124,12 @@ where
         }
         if let Some(at) = deadline {
             if timer.is_none() {
+                // A deadline already reached (a zero timeout) cuts the
+                // handler now: a timer would round up to the next tick and
+                // let a handler that only yields finish first.
+                if Instant::now() >= at {
+                    return Poll::Ready(Outcome::TimedOut);
+                }
                 match timer_at(at) {
                     Some(armed) => timer.set(Some(armed)),
                     // No time driver: this handler runs untimed.

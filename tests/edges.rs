@@ -104,40 +104,50 @@ fn runtime_without_time() -> tokio::runtime::Runtime {
 }
 
 #[test]
-fn without_a_time_driver_shutdown_aborts_at_once_and_keeps_the_books() {
+#[should_panic(expected = "bounded_fan_out: the Tokio runtime has no time driver; \
+                build it with `enable_time()` or `enable_all()`")]
+fn without_a_time_driver_the_call_panics_naming_the_fix() {
     runtime_without_time().block_on(async {
-        let input = stream::iter(0..10u32).chain(stream::pending());
-        let (results, handle) =
-            input.bounded_fan_out(2, ShedPolicy::DropNewest, |_| std::future::pending::<()>());
-        for _ in 0..100 {
-            if handle.stats().in_flight == 2 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(handle.stats().in_flight, 2, "both workers took an item");
-        handle.shutdown();
-        drop(results);
-        let report = handle.join().await;
-        assert!(report.is_conserved(), "{report}");
-        assert_eq!(item_counts(&report), (10, 0, 0, 0, 10));
-        assert_eq!((report.workers_joined, report.aborted), (0, 2));
+        let _ =
+            stream::iter(0..10u32).bounded_fan_out(2, ShedPolicy::DropNewest, |x| async move { x });
     });
 }
 
 #[test]
-fn without_a_time_driver_handlers_run_untimed() {
-    runtime_without_time().block_on(async {
-        let config = FanOutConfig::new(2, ShedPolicy::DropNewest).handler_timeout(ms(5));
-        let (results, handle) =
-            stream::iter(0..10u32).bounded_fan_out_with(config, |x| async move {
-                tokio::task::yield_now().await;
-                x
-            });
-        let (out, report) = tokio::join!(results.collect::<Vec<_>>(), handle.join());
-        assert_eq!(out.len(), 10);
-        assert_eq!((report.processed, report.timed_out), (10, 0));
+fn without_a_time_driver_nothing_is_spawned_and_the_input_is_dropped() {
+    // The refusal comes before any task is spawned: the runtime is left as
+    // it was, and the input (moved into the call) is dropped by the unwind.
+    let runtime = runtime_without_time();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&dropped);
+    let outcome = runtime.block_on(async move {
+        let input = stream::iter(0..10u32).chain(DropFlag(flag));
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = input.bounded_fan_out(2, ShedPolicy::DropNewest, |x| async move { x });
+        }))
     });
+    assert!(outcome.is_err(), "the call must panic");
+    assert!(dropped.load(SeqCst), "the input was not dropped");
+    assert_eq!(runtime.metrics().num_alive_tasks(), 0, "a task was spawned");
+}
+
+/// An empty stream that records its own drop.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Stream for DropFlag {
+    type Item = u32;
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<u32>> {
+        std::task::Poll::Ready(None)
+    }
+}
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, SeqCst);
+    }
 }
 
 #[test]

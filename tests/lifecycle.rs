@@ -410,7 +410,10 @@ async fn results_is_fused_and_its_size_hint_is_honest() {
 
     drop(tx);
     settle().await;
-    assert!(handle.is_finished());
+    assert!(
+        !handle.is_finished(),
+        "the pipeline waits for its unread results to be read or dropped"
+    );
     assert_eq!(results.size_hint(), (2, None), "still two to read");
     assert!(!results.is_terminated());
 
@@ -424,9 +427,15 @@ async fn results_is_fused_and_its_size_hint_is_honest() {
     assert!(results.is_terminated());
     assert_eq!(results.size_hint(), (0, Some(0)));
     assert_eq!(results.next().await, None, "polling after the end is fine");
+    settle().await;
+    assert!(
+        handle.is_finished(),
+        "every result read: the pipeline is done"
+    );
 
     let report = timeout(GUARD, handle.join()).await.unwrap();
     assert_eq!(counts(&report), (3, 3, 0, 0, 0, 1, 0));
+    assert_eq!((report.delivered, report.discarded), (3, 0));
     assert!(report.is_conserved());
 }
 

@@ -85,7 +85,8 @@ async fn natural_end_ends_results_and_joins_clean() {
     assert_eq!(
         report.to_string(),
         "produced 10, processed 10, dropped 0, failed 0, timed out 0, cancelled 0; \
-         workers joined 2, aborted 0; high-water mark 10; input exhausted"
+         delivered 10, discarded 0; workers joined 2, aborted 0; high-water mark 10; \
+         input exhausted"
     );
 }
 
@@ -431,6 +432,8 @@ async fn dropping_the_join_future_is_dropping_the_handle() {
     assert_eq!(out, [0, 1, 2, 3, 4, 5]);
 
     // With results gone too: the pipeline is aborted and its tasks end.
+    // (The first pipeline's supervisor finishes once its end was read.)
+    settle().await;
     let baseline = alive_tasks();
     let (results, handle) = endless(0..3).bounded_fan_out(2, DropNewest, never);
     settle().await;
@@ -502,7 +505,7 @@ async fn debug_output_shows_the_observable_state() {
     let (tx, mut results, handle) = gated(config);
     assert_eq!(
         format!("{handle:?}"),
-        "ShutdownHandle { queue_depth: 0, in_flight: 0, shutting_down: false, finished: false }"
+        "ShutdownHandle { queue_depth: 0, in_flight: 0, results_waiting: 0, shutting_down: false, finished: false }"
     );
     assert_eq!(
         format!("{results:?}"),
@@ -518,6 +521,8 @@ async fn debug_output_shows_the_observable_state() {
     sleep(ms(300)).await;
     settle().await;
     assert!(format!("{results:?}").contains("waiting_results: 3"));
+    let shown = format!("{handle:?}");
+    assert!(shown.contains("results_waiting: 3"), "{shown}");
     handle.shutdown();
     assert!(format!("{handle:?}").contains("shutting_down: true"));
     assert!(format!("{results:?}").contains("shutting_down: true"));

@@ -212,19 +212,33 @@ fn check(
         }
     }
     // Handled ids are unique (above); received ids are unique and are
-    // exactly the completed ones.
+    // exactly the completed ones, but for those an abort discarded.
     received.sort_unstable();
     let completed_ids: Vec<u64> = (0..ids)
         .filter(|&id| tally.completed[id as usize].load(SeqCst) == 1)
         .collect();
-    assert_eq!(received, completed_ids.as_slice());
+    if aborted {
+        assert!(received.windows(2).all(|w| w[0] < w[1]), "a result twice");
+        assert!(
+            received
+                .iter()
+                .all(|id| completed_ids.binary_search(id).is_ok()),
+            "a result no handler produced"
+        );
+    } else {
+        assert_eq!(received, completed_ids.as_slice());
+    }
 
     let handled = Tally::sum(&tally.handled);
     let completed = Tally::sum(&tally.completed);
     assert!(report.is_conserved(), "law broken: {report}");
     assert_eq!(report.produced, pulled);
     assert_eq!(report.processed, completed);
-    assert_eq!(report.processed, received.len() as u64);
+    assert_eq!(report.delivered, received.len() as u64);
+    assert_eq!(report.processed, report.delivered + report.discarded);
+    if !aborted {
+        assert_eq!(report.discarded, 0);
+    }
     assert_eq!(report.dropped, Tally::sum(&tally.shed));
     assert_eq!(report.failed, 0);
     assert_eq!(report.cancelled, (handled - completed) + abandoned);
