@@ -20,7 +20,7 @@ pub(crate) type ItemHook<Item> = Arc<dyn Fn(Item) + Send + Sync>;
 /// |---|---|
 /// | [`capacity`](Self::capacity) | [`DEFAULT_CAPACITY`](Self::DEFAULT_CAPACITY) = 64 queued items |
 /// | [`output_capacity`](Self::output_capacity) | [`DEFAULT_OUTPUT_CAPACITY`](Self::DEFAULT_OUTPUT_CAPACITY) = 64 undelivered results |
-/// | [`drain_timeout`](Self::drain_timeout) | [`DEFAULT_DRAIN_TIMEOUT`](Self::DEFAULT_DRAIN_TIMEOUT) = 30 s |
+/// | [`drain_timeout`](Self::drain_timeout) | [`DEFAULT_DRAIN_TIMEOUT`](Self::DEFAULT_DRAIN_TIMEOUT) = 5 s |
 /// | [`on_shed`](Self::on_shed) | none: shed items are dropped |
 /// | [`cancel_token`](Self::cancel_token) | none: a fresh, parentless token |
 /// | [`ordered`](Self::ordered) | `false`: results in completion order |
@@ -88,11 +88,18 @@ impl<Item> FanOutConfig<Item> {
     /// Default [`output_capacity`](Self::output_capacity): 64 undelivered results.
     pub const DEFAULT_OUTPUT_CAPACITY: usize = 64;
 
-    /// Default [`drain_timeout`](Self::drain_timeout): 30 seconds, the same
-    /// grace period Kubernetes gives a pod between `SIGTERM` and `SIGKILL`
-    /// (`terminationGracePeriodSeconds`), so a pipeline shut down on
-    /// `SIGTERM` finishes its drain inside the usual budget.
-    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default [`drain_timeout`](Self::drain_timeout): 5 seconds.
+    ///
+    /// A pipeline is usually drained on `SIGTERM`, inside the grace period
+    /// its orchestrator allows before `SIGKILL`: 10 s for `docker stop` and
+    /// Docker Compose (the `--timeout` default in Docker's CLI reference), 30 s
+    /// for a Kubernetes pod (`terminationGracePeriodSeconds`, Kubernetes pod
+    /// lifecycle docs), which also has to cover `preStop` hooks and the rest
+    /// of the service's shutdown. A drain that uses the whole grace period is
+    /// killed before it reports, so the default takes half of the shortest
+    /// common one, leaving the other half for the report and everything the
+    /// service does after it. Set a longer one when the grace period allows.
+    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
     /// Default [`overload_quiet_period`](Self::overload_quiet_period): 1
     /// second without shedding ends an overload episode.
@@ -199,12 +206,13 @@ impl<Item> FanOutConfig<Item> {
     }
 
     /// Sets how long a graceful [`shutdown`] (or a cancelled parent token)
-    /// waits for queued and in-flight items before aborting the rest. The
-    /// clock starts at the shutdown request, also when the input had already
+    /// waits for queued and in-flight items, and for the consumer to read
+    /// their results, before aborting the rest: when it runs out, in-flight
+    /// handlers are cut off and undelivered results discarded, so a
+    /// consumer that stopped reading cannot hold the shutdown. The clock
+    /// starts at the shutdown request, also when the input had already
     /// ended. `Duration::ZERO` aborts at once what is not already finished;
-    /// a timeout past the clock's range (`Duration::MAX`) never aborts. The
-    /// deadline needs the runtime's time driver: without one, a shutdown
-    /// aborts what is unfinished at once.
+    /// a timeout past the clock's range (`Duration::MAX`) never aborts.
     ///
     /// [`shutdown`]: crate::ShutdownHandle::shutdown
     ///
@@ -293,17 +301,18 @@ impl<Item> FanOutConfig<Item> {
     /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
     /// use futures::StreamExt;
     ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let config = FanOutConfig::new(3, ShedPolicy::DropNewest).ordered(true);
-    /// let (results, shutdown) = futures::stream::iter([30u64, 10, 20])
-    ///     .bounded_fan_out_with(config, |ms| async move {
-    ///         tokio::time::sleep(Duration::from_millis(ms)).await;
-    ///         ms
-    ///     });
-    /// let (out, _) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
-    /// assert_eq!(out, [30, 10, 20]); // input order, not completion order
-    /// # }
+    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+    /// #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// async fn main() {
+    ///     let config = FanOutConfig::new(3, ShedPolicy::DropNewest).ordered(true);
+    ///     let (results, shutdown) = futures::stream::iter([30u64, 10, 20])
+    ///         .bounded_fan_out_with(config, |ms| async move {
+    ///             tokio::time::sleep(Duration::from_millis(ms)).await;
+    ///             ms
+    ///         });
+    ///     let (out, _) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
+    ///     assert_eq!(out, [30, 10, 20]); // input order, not completion order
+    /// }
     /// ```
     pub fn ordered(mut self, ordered: bool) -> Self {
         self.ordered = ordered;
@@ -331,21 +340,22 @@ impl<Item> FanOutConfig<Item> {
     /// use std::sync::{Arc, Mutex};
     /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
     ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let returned = Arc::new(Mutex::new(Vec::new()));
-    /// let sink = Arc::clone(&returned);
-    /// let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
-    ///     .on_cancel(move |item: u32| sink.lock().unwrap().push(item));
-    /// let (results, shutdown) = futures::stream::iter(0..4u32)
-    ///     .bounded_fan_out_with(config, |_| std::future::pending::<()>());
-    /// tokio::time::sleep(std::time::Duration::from_millis(1)).await; // all idle by then
-    /// assert_eq!(shutdown.stats().in_flight, 1);
-    /// shutdown.abort();
-    /// assert_eq!(*returned.lock().unwrap(), [1, 2, 3]); // item 0 was in flight
-    /// drop(results);
-    /// assert_eq!(shutdown.join().await.cancelled, 4);
-    /// # }
+    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+    /// #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// async fn main() {
+    ///     let returned = Arc::new(Mutex::new(Vec::new()));
+    ///     let sink = Arc::clone(&returned);
+    ///     let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+    ///         .on_cancel(move |item: u32| sink.lock().unwrap().push(item));
+    ///     let (results, shutdown) = futures::stream::iter(0..4u32)
+    ///         .bounded_fan_out_with(config, |_| std::future::pending::<()>());
+    ///     tokio::time::sleep(std::time::Duration::from_millis(1)).await; // all idle by then
+    ///     assert_eq!(shutdown.stats().in_flight, 1);
+    ///     shutdown.abort();
+    ///     assert_eq!(*returned.lock().unwrap(), [1, 2, 3]); // item 0 was in flight
+    ///     drop(results);
+    ///     assert_eq!(shutdown.join().await.cancelled, 4);
+    /// }
     /// ```
     pub fn on_cancel<F>(mut self, hook: F) -> Self
     where
@@ -361,10 +371,7 @@ impl<Item> FanOutConfig<Item> {
     ///
     /// An episode ends after [`overload_quiet_period`](Self::overload_quiet_period)
     /// without shedding, or when intake stops. The hook runs on the intake
-    /// task, outside every lock; a panic in it is caught. The quiet period
-    /// is timed by the runtime's time driver; without one an episode ends at
-    /// the next batch that sheds nothing after the quiet period, or when
-    /// intake stops.
+    /// task, outside every lock; a panic in it is caught.
     ///
     /// # Examples
     ///
@@ -374,23 +381,24 @@ impl<Item> FanOutConfig<Item> {
     /// use backpressure_pipeline::{FanOutConfig, FanOutExt, OverloadEvent, ShedPolicy};
     /// use futures::StreamExt;
     ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let events = Arc::new(Mutex::new(Vec::new()));
-    /// let log = Arc::clone(&events);
-    /// let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
-    ///     .capacity(1)
-    ///     .on_overload(move |event| log.lock().unwrap().push(event));
-    /// // A burst of 10: one is queued, nine are shed in one episode.
-    /// let (results, shutdown) =
-    ///     futures::stream::iter(0..10u32).bounded_fan_out_with(config, |x| async move { x });
-    /// let (_, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
-    /// assert_eq!(report.dropped, 9);
-    /// assert_eq!(
-    ///     *events.lock().unwrap(),
-    ///     [OverloadEvent::Started, OverloadEvent::Ended { shed: 9, duration: Duration::ZERO }]
-    /// );
-    /// # }
+    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+    /// #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// async fn main() {
+    ///     let events = Arc::new(Mutex::new(Vec::new()));
+    ///     let log = Arc::clone(&events);
+    ///     let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+    ///         .capacity(1)
+    ///         .on_overload(move |event| log.lock().unwrap().push(event));
+    ///     // A burst of 10: one is queued, nine are shed in one episode.
+    ///     let (results, shutdown) =
+    ///         futures::stream::iter(0..10u32).bounded_fan_out_with(config, |x| async move { x });
+    ///     let (_, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
+    ///     assert_eq!(report.dropped, 9);
+    ///     assert_eq!(
+    ///         *events.lock().unwrap(),
+    ///         [OverloadEvent::Started, OverloadEvent::Ended { shed: 9, duration: Duration::ZERO }]
+    ///     );
+    /// }
     /// ```
     pub fn on_overload<F>(mut self, hook: F) -> Self
     where
@@ -427,9 +435,8 @@ impl<Item> FanOutConfig<Item> {
     /// suspension point; a handler that never yields cannot be cut off, and
     /// one that is ready when polled completes even at its deadline.
     /// `Duration::ZERO` times out every handler that is pending on its first
-    /// poll; a timeout past the clock's range (`Duration::MAX`) never fires.
-    /// The timer needs the runtime's time driver; without one, handlers run
-    /// untimed.
+    /// poll (the deadline has passed by then, so no timer is armed for it);
+    /// a timeout past the clock's range (`Duration::MAX`) never fires.
     ///
     /// # Examples
     ///
@@ -438,21 +445,22 @@ impl<Item> FanOutConfig<Item> {
     /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
     /// use futures::StreamExt;
     ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let config = FanOutConfig::new(2, ShedPolicy::DropNewest)
-    ///     .handler_timeout(Duration::from_millis(50));
-    /// let (results, shutdown) = futures::stream::iter([10u64, 100, 20])
-    ///     .bounded_fan_out_with(config, |ms| async move {
-    ///         tokio::time::sleep(Duration::from_millis(ms)).await;
-    ///         ms
-    ///     });
-    /// let (mut out, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
-    /// out.sort();
-    /// assert_eq!(out, [10, 20]);
-    /// assert_eq!((report.processed, report.timed_out), (2, 1));
-    /// assert!(report.is_conserved());
-    /// # }
+    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+    /// #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// async fn main() {
+    ///     let config = FanOutConfig::new(2, ShedPolicy::DropNewest)
+    ///         .handler_timeout(Duration::from_millis(50));
+    ///     let (results, shutdown) = futures::stream::iter([10u64, 100, 20])
+    ///         .bounded_fan_out_with(config, |ms| async move {
+    ///             tokio::time::sleep(Duration::from_millis(ms)).await;
+    ///             ms
+    ///         });
+    ///     let (mut out, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
+    ///     out.sort();
+    ///     assert_eq!(out, [10, 20]);
+    ///     assert_eq!((report.processed, report.timed_out), (2, 1));
+    ///     assert!(report.is_conserved());
+    /// }
     /// ```
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
         self.handler_timeout = Some(timeout);

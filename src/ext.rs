@@ -46,7 +46,10 @@ pub trait FanOutExt: Stream {
     ///   it and awaits the future, so at most `workers` handlers run at once,
     ///   each on its own task (in parallel on a multi-thread runtime). A
     ///   result waits for room in the results buffer; it is never discarded
-    ///   while `results` lives. A panic in `handler` or its future is caught:
+    ///   while `results` lives, unless an abort begins (by
+    ///   [`abort`](ShutdownHandle::abort), a drain deadline running out, or
+    ///   both halves dropped): then waiting stops and unread results are
+    ///   discarded, so a stalled consumer cannot hold a stop. A panic in `handler` or its future is caught:
     ///   the item counts `failed` and the worker takes the next one.
     /// * Memory is bounded whatever the input rate: at most `capacity`
     ///   queued items, `workers` in flight, `output_capacity` undelivered
@@ -58,17 +61,25 @@ pub trait FanOutExt: Stream {
     ///
     /// # Dropping either half
     ///
-    /// Dropping `results` discards later results; processing goes on and
-    /// they count as `processed`. Dropping the handle detaches the pipeline
+    /// Dropping `results` discards later results and those still buffered;
+    /// processing goes on and they count as `processed` and `discarded`.
+    /// Dropping the handle detaches the pipeline
     /// while `results` lives. Dropping both aborts it: every task it spawned
     /// ends promptly, and the input stream is dropped.
     ///
     /// # Panics
     ///
-    /// Panics at the call if `workers` is 0
-    /// (`"bounded_fan_out: workers must be at least 1"`), or if called
-    /// outside a Tokio runtime
-    /// (`"bounded_fan_out: must be called from the context of a Tokio runtime"`).
+    /// Panics at the call, before anything is spawned:
+    ///
+    /// * if `workers` is 0 (`"bounded_fan_out: workers must be at least 1"`);
+    /// * if called outside a Tokio runtime
+    ///   (`"bounded_fan_out: must be called from the context of a Tokio runtime"`);
+    /// * if the runtime has no time driver, which drain deadlines and handler
+    ///   timeouts need (`"bounded_fan_out: the Tokio runtime has no time
+    ///   driver; build it with `enable_time()` or `enable_all()`"`).
+    ///   `#[tokio::main]` and `#[tokio::test]` enable it; a hand-built
+    ///   `runtime::Builder` needs `.enable_time()`. Tokio's own message for
+    ///   the missing driver is printed just before this one.
     ///
     /// # Examples
     ///
@@ -77,20 +88,21 @@ pub trait FanOutExt: Stream {
     /// use backpressure_pipeline::{FanOutExt, ShedPolicy};
     /// use futures::StreamExt;
     ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let source = futures::stream::iter(0..8u64);
-    /// let (results, shutdown) = source.bounded_fan_out(4, ShedPolicy::DropOldest, |x| async move {
-    ///     tokio::time::sleep(Duration::from_millis(100)).await;
-    ///     x * x
-    /// });
-    /// let start = tokio::time::Instant::now();
-    /// let (mut squares, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
-    /// squares.sort();
-    /// assert_eq!(squares, [0, 1, 4, 9, 16, 25, 36, 49]);
-    /// assert_eq!(start.elapsed(), Duration::from_millis(200)); // 8 items, 4 at a time
-    /// assert_eq!((report.produced, report.processed, report.dropped), (8, 8, 0));
-    /// # }
+    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+    /// #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// async fn main() {
+    ///     let source = futures::stream::iter(0..8u64);
+    ///     let (results, shutdown) = source.bounded_fan_out(4, ShedPolicy::DropOldest, |x| async move {
+    ///         tokio::time::sleep(Duration::from_millis(100)).await;
+    ///         x * x
+    ///     });
+    ///     let start = tokio::time::Instant::now();
+    ///     let (mut squares, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
+    ///     squares.sort();
+    ///     assert_eq!(squares, [0, 1, 4, 9, 16, 25, 36, 49]);
+    ///     assert_eq!(start.elapsed(), Duration::from_millis(200)); // 8 items, 4 at a time
+    ///     assert_eq!((report.produced, report.processed, report.dropped), (8, 8, 0));
+    /// }
     /// ```
     ///
     /// [`bounded_fan_out_with`]: FanOutExt::bounded_fan_out_with
@@ -118,9 +130,10 @@ pub trait FanOutExt: Stream {
     ///
     /// # Panics
     ///
-    /// Panics at the call if called outside a Tokio runtime
-    /// (`"bounded_fan_out: must be called from the context of a Tokio runtime"`).
-    /// Invalid sizes are refused earlier, by the [`FanOutConfig`] methods.
+    /// Panics at the call if called outside a Tokio runtime, or on one
+    /// without a time driver, with the messages given under
+    /// [`bounded_fan_out`](FanOutExt::bounded_fan_out). Invalid sizes are
+    /// refused earlier, by the [`FanOutConfig`] methods.
     ///
     /// # Examples
     ///

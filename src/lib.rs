@@ -82,22 +82,23 @@
 //! use backpressure_pipeline::{FanOutExt, ShedPolicy};
 //! use futures::StreamExt;
 //!
-//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() {
-//! // A burst of 1000 readings; each takes a worker 10 ms to handle.
-//! let readings = futures::stream::iter(0..1000u32);
-//! let (results, shutdown) = readings.bounded_fan_out(4, ShedPolicy::DropOldest, |reading| async move {
-//!     tokio::time::sleep(Duration::from_millis(10)).await;
-//!     reading
-//! });
-//! let (handled, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
+//! // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+//! #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! async fn main() {
+//!     // A burst of 1000 readings; each takes a worker 10 ms to handle.
+//!     let readings = futures::stream::iter(0..1000u32);
+//!     let (results, shutdown) = readings.bounded_fan_out(4, ShedPolicy::DropOldest, |reading| async move {
+//!         tokio::time::sleep(Duration::from_millis(10)).await;
+//!         reading
+//!     });
+//!     let (handled, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
 //!
-//! assert!(report.is_conserved());
-//! assert_eq!(report.produced, 1000);
-//! assert_eq!(handled.len() as u64, report.processed);
-//! assert!(report.dropped > 0); // overload was shed, not queued
-//! assert!(handled.contains(&999)); // DropOldest: the freshest reading survives
-//! # }
+//!     assert!(report.is_conserved());
+//!     assert_eq!(report.produced, 1000);
+//!     assert_eq!(handled.len() as u64, report.processed);
+//!     assert!(report.dropped > 0); // overload was shed, not queued
+//!     assert!(handled.contains(&999)); // DropOldest: the freshest reading survives
+//! }
 //! ```
 #![forbid(unsafe_code)]
 #![warn(

@@ -54,17 +54,28 @@ impl ShutdownHandle {
 
     /// Waits until the pipeline has finished and returns its [`Report`].
     ///
-    /// The pipeline finishes when the input is exhausted and every accepted
-    /// item is processed, or when a requested [`shutdown`](Self::shutdown) or
-    /// [`abort`](Self::abort) has completed. `join` alone never stops the
+    /// The pipeline finishes when the input is exhausted, every accepted
+    /// item is processed and every result has been read from `results` (or
+    /// `results` was dropped); or when a requested [`shutdown`](Self::shutdown)
+    /// or [`abort`](Self::abort) has completed. `join` alone never stops the
     /// pipeline: on an endless input, request a shutdown first (or pass a
-    /// [`cancel_token`](crate::FanOutConfig::cancel_token)). When the future
-    /// resolves, every task the pipeline spawned has ended.
+    /// [`cancel_token`](crate::FanOutConfig::cancel_token)).
     ///
-    /// **Hazard:** workers hand their results to `results` and wait while
-    /// [`output_capacity`](crate::FanOutConfig::output_capacity) results are
-    /// undelivered. A caller that awaits `join` while neither reading nor
-    /// dropping `results` therefore waits forever once that buffer is full.
+    /// When the future resolves, every task the pipeline spawned has run to
+    /// completion or been cancelled, and its future has been dropped, with
+    /// everything it owned: the input stream, the handler and hooks and what
+    /// they capture, queued items and undelivered results. Tokio releases a
+    /// finished task's memory a moment after waking its joiner, so on a
+    /// multi-thread runtime `Handle::metrics().num_alive_tasks()` may still
+    /// count one for a few microseconds (longer on a loaded machine). To
+    /// check for leaks without a race, watch something the pipeline owns
+    /// instead, such as an `Arc` the handler captures (its strong count is
+    /// back to 1 when `join` returns), or poll `num_alive_tasks` with a
+    /// bounded wait.
+    ///
+    /// **Hazard:** results wait for the reader. A caller that awaits `join`
+    /// while neither reading nor dropping `results` waits until they are
+    /// read, or until a shutdown's drain deadline or an abort discards them.
     /// Drain and join together, or drop `results` first:
     ///
     /// ```
@@ -76,9 +87,10 @@ impl ShutdownHandle {
     /// let config = FanOutConfig::new(2, ShedPolicy::DropNewest).output_capacity(1);
     /// let (results, shutdown) =
     ///     futures::stream::iter(0..100u32).bounded_fan_out_with(config, |x| async move { x });
-    /// // Not `shutdown.join().await` alone: the undrained results would hold the workers.
+    /// // Not `shutdown.join().await` alone: the unread results would hold it.
     /// let (outputs, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
-    /// assert_eq!(outputs.len() as u64, report.processed);
+    /// assert_eq!(outputs.len() as u64, report.delivered);
+    /// assert_eq!(report.delivered, report.processed);
     /// # }
     /// ```
     ///
@@ -92,20 +104,17 @@ impl ShutdownHandle {
     }
 
     /// Requests a graceful shutdown: intake stops pulling input now; queued
-    /// and in-flight items are still processed for up to the
-    /// [drain timeout](crate::FanOutConfig::drain_timeout), counted from this
-    /// call, and whatever is unfinished then is aborted and counted
-    /// `cancelled`. No input item is pulled after this returns.
+    /// and in-flight items are still processed, and their results wait for
+    /// the reader, for up to the
+    /// [drain timeout](crate::FanOutConfig::drain_timeout) counted from this
+    /// call. When it runs out the rest is aborted as by [`abort`](Self::abort):
+    /// unfinished items are counted `cancelled` and unread results
+    /// `discarded`, so a consumer that stopped reading cannot hold the
+    /// shutdown past the deadline. No input item is pulled after this returns.
     ///
     /// Idempotent; a no-op after the pipeline has finished or been aborted.
     /// A cancelled parent [`cancel_token`](crate::FanOutConfig::cancel_token)
-    /// has the same effect.
-    ///
-    /// The drain deadline needs the runtime's time driver (`enable_time`, on
-    /// with `#[tokio::main]` and `#[tokio::test]`). On a runtime without one
-    /// there is no clock to wait on, so what is unfinished at the request is
-    /// aborted at once (tokio prints the panic it raises for the missing
-    /// driver; the pipeline catches it).
+    /// has the same effect, from the moment its `cancel()` returns.
     ///
     /// # Examples
     ///
@@ -115,13 +124,16 @@ impl ShutdownHandle {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let (results, shutdown) = futures::stream::repeat(1u8)
+    /// let (mut results, shutdown) = futures::stream::repeat(1u8)
     ///     .bounded_fan_out(2, ShedPolicy::DropOldest, |x| async move { x });
-    /// let mut results = results.take(10);
-    /// while results.next().await.is_some() {}
+    /// for _ in 0..10 {
+    ///     results.next().await;
+    /// }
     /// shutdown.shutdown();
-    /// let report = shutdown.join().await;
+    /// // Read what the drain still finishes, and join.
+    /// let (rest, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
     /// assert_eq!(report.intake, IntakeEnd::Stopped);
+    /// assert_eq!(report.delivered, 10 + rest.len() as u64);
     /// assert!(report.is_conserved());
     /// # }
     /// ```
@@ -134,7 +146,13 @@ impl ShutdownHandle {
     /// suspension point; all of them are counted `cancelled` (and queued
     /// ones handed to [`on_cancel`](crate::FanOutConfig::on_cancel)). A
     /// handler that is ready when cancelled still completes and counts as
-    /// `processed`, and a finished result is still handed to `results`.
+    /// `processed`.
+    ///
+    /// Results are not waited for: a worker waiting to hand one over stops
+    /// waiting, and results the consumer has not read yet are dropped; each
+    /// counts `discarded` (and stays `processed`). The results stream then
+    /// ends, and [`join`](Self::join) resolves promptly even while nobody
+    /// reads `results`.
     ///
     /// No item is pulled from the input or taken from the queue after this
     /// returns, and a worker that took an item in the same instant hands it
@@ -152,19 +170,20 @@ impl ShutdownHandle {
     /// ```
     /// use backpressure_pipeline::{FanOutExt, ShedPolicy};
     ///
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let (results, shutdown) = futures::stream::iter(0..4u32)
-    ///     .bounded_fan_out(2, ShedPolicy::DropNewest, |_| std::future::pending::<()>());
-    /// // Paused time advances only once every task is idle: both workers
-    /// // have taken an item by then.
-    /// tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    /// assert_eq!(shutdown.stats().in_flight, 2);
-    /// shutdown.abort();
-    /// drop(results);
-    /// let report = shutdown.join().await;
-    /// assert_eq!((report.produced, report.cancelled, report.aborted), (4, 4, 2));
-    /// # }
+    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+    /// #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// async fn main() {
+    ///     let (results, shutdown) = futures::stream::iter(0..4u32)
+    ///         .bounded_fan_out(2, ShedPolicy::DropNewest, |_| std::future::pending::<()>());
+    ///     // Paused time advances only once every task is idle: both workers
+    ///     // have taken an item by then.
+    ///     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    ///     assert_eq!(shutdown.stats().in_flight, 2);
+    ///     shutdown.abort();
+    ///     drop(results);
+    ///     let report = shutdown.join().await;
+    ///     assert_eq!((report.produced, report.cancelled, report.aborted), (4, 4, 2));
+    /// }
     /// ```
     pub fn abort(&self) {
         self.end.0.abort();

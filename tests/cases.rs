@@ -867,7 +867,7 @@ async fn case_19_shutdown_at_every_instant_keeps_the_books() {
         assert_eq!(report.produced, pulls.count(), "T={t}: produced == pulled");
         pulls.assert_none_after_fence();
         pulls.assert_none_after(start + ms(t + 1));
-        // 3 ms handlers drain long before the 30 s default deadline.
+        // 3 ms handlers drain long before the 5 s default deadline.
         assert_eq!((report.failed, report.cancelled), (0, 0), "T={t}");
         assert_eq!(workers(&report), (4, 0), "T={t}");
         match t {

@@ -254,7 +254,7 @@ fn check(
             assert_eq!(report.intake, IntakeEnd::Exhausted);
             assert_eq!((report.cancelled, report.aborted), (0, 0));
         }
-        // The default drain timeout (30 s) leaves time to finish everything.
+        // The default drain timeout (5 s) leaves time to finish everything.
         Some((Stop::Shutdown, _)) => assert_eq!((report.cancelled, report.aborted), (0, 0)),
         Some((Stop::Abort, _)) => {}
     }
