@@ -1207,3 +1207,152 @@ async fn case_21b_result_finishing_at_shutdown_is_always_delivered() {
 async fn case_21b_result_finishing_at_abort_is_processed_and_discarded() {
     case_21b(ShutdownHandle::abort, false).await;
 }
+
+// ===== CASE-22: a panicking `Drop` of a user closure is user code too =====
+
+/// Captured by a user closure; its `Drop` panics, as a user type's may.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        std::panic::panic_any(common::PlannedPanic);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn case_22a_a_handler_closure_whose_drop_panics_is_not_an_aborted_worker() {
+    common::quiet_planned_panics();
+    let baseline = alive_tasks();
+    let bomb = PanicsOnDrop;
+    let (results, handle) =
+        stream::iter(0..4u64).bounded_fan_out(2, ShedPolicy::DropNewest, move |id| {
+            let _captured = &bomb;
+            async move { id }
+        });
+    let (out, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
+    assert_eq!(sorted(&out), [0, 1, 2, 3]);
+    assert_eq!(item_counts(&report), (4, 4, 0, 0, 0));
+    assert_eq!(workers(&report), (2, 0), "{report}");
+    assert_eq!(report.intake, IntakeEnd::Exhausted);
+    assert_no_task_alive(baseline).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn case_22b_an_on_shed_closure_whose_drop_panics_is_not_an_input_panic() {
+    common::quiet_planned_panics();
+    let bomb = PanicsOnDrop;
+    let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+        .capacity(1)
+        .on_shed(move |_: u64| {
+            let _captured = &bomb;
+        });
+    let (results, handle) =
+        stream::iter(0..4u64).bounded_fan_out_with(config, |id| async move { id });
+    let (out, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
+    assert_eq!(out, [0]);
+    assert_eq!(item_counts(&report), (4, 1, 3, 0, 0));
+    assert_eq!(report.intake, IntakeEnd::Exhausted, "{report}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn case_22_on_cancel_and_on_overload_closures_whose_drop_panics_break_nothing() {
+    common::quiet_planned_panics();
+    let (cancel_bomb, overload_bomb) = (PanicsOnDrop, PanicsOnDrop);
+    let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+        .capacity(1)
+        .on_cancel(move |_: u64| {
+            let _captured = &cancel_bomb;
+        })
+        .on_overload(move |_| {
+            let _captured = &overload_bomb;
+        });
+    let (results, handle) =
+        endless(0..4u64).bounded_fan_out_with(config, |_| std::future::pending::<()>());
+    sleep(ms(1)).await;
+    handle.abort();
+    // Dropping `results` last drops the state that owns `on_cancel`.
+    let report = within(DEADLOCK, "join", handle.join()).await;
+    drop(results);
+    assert_eq!(item_counts(&report), (4, 0, 3, 0, 1));
+    assert_eq!(workers(&report), (0, 1));
+    assert_eq!(report.intake, IntakeEnd::Stopped);
+}
+
+// ===== CASE-23: a cancelled parent token stops pulling exactly like `shutdown()` =====
+
+/// An endless input of ready ids that counts its pulls.
+fn counted(pulls: &Arc<AtomicU64>) -> impl Stream<Item = u64> + Send + 'static {
+    let pulls = Arc::clone(pulls);
+    stream::repeat(()).map(move |()| pulls.fetch_add(1, SeqCst))
+}
+
+#[tokio::test(start_paused = true)]
+async fn case_23a_no_pull_after_the_parents_cancel_returns_at_any_phase() {
+    for k in 0..=8u64 {
+        let parent = CancellationToken::new();
+        let pulls = Arc::new(AtomicU64::new(0));
+        let config = FanOutConfig::new(1, ShedPolicy::Backpressure)
+            .capacity(1)
+            .cancel_token(parent.clone());
+        let (results, handle) = counted(&pulls).bounded_fan_out_with(config, |id| async move {
+            sleep(ms(1)).await;
+            id
+        });
+        // A controller task cancels the parent at phase k of the intake's
+        // rhythm (one pull per handler, 1 ms each).
+        let (token, seen) = (parent.clone(), Arc::clone(&pulls));
+        let controller = tokio::spawn(async move {
+            sleep(ms(20 + k)).await;
+            for _ in 0..k {
+                tokio::task::yield_now().await;
+            }
+            token.cancel();
+            seen.load(SeqCst)
+        });
+        let at_cancel = within(DEADLOCK, "controller", controller).await.unwrap();
+        let (_, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
+        assert_eq!(
+            pulls.load(SeqCst) - at_cancel,
+            0,
+            "phase {k}: pulled after the parent's cancel() returned"
+        );
+        assert_eq!(report.produced, at_cancel, "phase {k}");
+        assert_eq!(report.intake, IntakeEnd::Stopped);
+        assert_eq!(report.dropped, 0, "Backpressure sheds nothing");
+    }
+}
+
+#[test]
+fn case_23b_at_most_one_pull_after_the_parents_cancel_returns_on_multi_thread() {
+    let rt = common::multi_thread_runtime();
+    rt.block_on(async {
+        for trial in 0..50 {
+            let parent = CancellationToken::new();
+            let pulls = Arc::new(AtomicU64::new(0));
+            let config = FanOutConfig::new(1, ShedPolicy::DropOldest)
+                .capacity(4)
+                .cancel_token(parent.clone());
+            // One busy worker; intake runs flat out, shedding.
+            let (results, handle) = counted(&pulls).bounded_fan_out_with(config, |id| async move {
+                sleep(ms(1)).await;
+                id
+            });
+            let mut spins = 0u64;
+            while pulls.load(SeqCst) < 2_000 + trial * 100 {
+                spins += 1;
+                assert!(spins < 50_000_000, "trial {trial}: intake never ran");
+                tokio::task::yield_now().await;
+            }
+            parent.cancel();
+            let at_cancel = pulls.load(SeqCst);
+            let (_, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
+            let late = pulls.load(SeqCst) - at_cancel;
+            assert!(
+                late <= 1,
+                "trial {trial}: {late} pulls after cancel() returned"
+            );
+            assert!(report.is_conserved(), "trial {trial}: {report}");
+            assert_eq!(report.intake, IntakeEnd::Stopped);
+        }
+    });
+}
