@@ -286,6 +286,25 @@ async fn handler_timeout_cancels_slow_handlers_and_counts_them() {
     assert_eq!(start.elapsed(), ms(109));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_zero_handler_timeout_times_out_every_handler_pending_on_its_first_poll() {
+    let config = FanOutConfig::new(2, ShedPolicy::DropNewest).handler_timeout(Duration::ZERO);
+    let (results, shutdown) =
+        futures::stream::iter(0..10u64).bounded_fan_out_with(config, |x| async move {
+            if x % 2 == 0 {
+                // Pending once, without any timer: still past a zero deadline.
+                tokio::task::yield_now().await;
+            }
+            x
+        });
+    let (mut out, report) = finish(results, shutdown).await;
+    out.sort();
+    // Odd ids are ready on their first poll and complete; even ones time out.
+    assert_eq!(out, [1, 3, 5, 7, 9]);
+    assert_eq!((report.processed, report.timed_out), (5, 5));
+    assert!(report.is_conserved());
+}
+
 // ===== Backpressure =====
 
 #[tokio::test(start_paused = true)]

@@ -439,6 +439,48 @@ async fn results_is_fused_and_its_size_hint_is_honest() {
     assert!(report.is_conserved());
 }
 
+// ===== what `join` guarantees on a multi-thread runtime =====
+
+/// The guarantee without a race: when `join` returns, every future the
+/// pipeline spawned has been dropped with what it owned, so the handler,
+/// the hooks and the input are gone. (`num_alive_tasks` may lag by the
+/// moment tokio takes to release a finished task: PITFALLS 11.)
+#[test]
+fn when_join_returns_everything_the_pipeline_owned_is_dropped_on_multi_thread() {
+    let rt = multi_thread_runtime();
+    rt.block_on(async {
+        for round in 0..200u32 {
+            let (handler_owned, hook_owned) = (Arc::new(()), Arc::new(()));
+            let input_dropped = Arc::new(AtomicBool::new(false));
+            let (h, k) = (Arc::clone(&handler_owned), Arc::clone(&hook_owned));
+            let config = FanOutConfig::new(3, DropOldest)
+                .capacity(4)
+                .on_shed(move |_| drop(Arc::clone(&k)));
+            let input = with_drop_flag(futures::stream::iter(0..50u32), &input_dropped);
+            let (results, handle) = input.bounded_fan_out_with(config, move |id| {
+                let _owned = Arc::clone(&h);
+                async move {
+                    tokio::task::yield_now().await;
+                    id
+                }
+            });
+            let (out, report) = tokio::join!(results.collect::<Vec<_>>(), handle.join());
+            assert_eq!(out.len() as u64, report.delivered, "round {round}");
+            assert_eq!(
+                Arc::strong_count(&handler_owned),
+                1,
+                "round {round}: handler alive"
+            );
+            assert_eq!(
+                Arc::strong_count(&hook_owned),
+                1,
+                "round {round}: on_shed alive"
+            );
+            assert!(input_dropped.load(SeqCst), "round {round}: input alive");
+        }
+    });
+}
+
 // ===== dropping both halves under parallelism =====
 
 #[test]
