@@ -35,6 +35,8 @@ fn main() -> ExitCode {
         }
     }
 
+    println!("  (buffer = the queue's `capacity`: FanOutConfig::new(1, policy).capacity(4))");
+
     println!();
     println!("== overload stress: 4000-item burst, buffer=16, 4 slow workers ==");
     println!("policy        produced  processed  dropped   joined  aborted");
@@ -55,7 +57,9 @@ fn main() -> ExitCode {
         check(&mut failures, policy, &report, received, leaked);
     }
     println!("{}", "-".repeat(60));
-    println!("(processed is about 16 queued + 4 already taken: the burst outruns the");
+    println!("(produced/processed/dropped count items; joined/aborted count workers:");
+    println!(" 4 workers ended on their own, none was cut off mid-item. buffer = capacity.");
+    println!(" processed is about 16 queued + 4 already taken: the burst outruns the");
     println!(" workers, and the exact count varies with thread scheduling)");
 
     if failures.is_empty() {

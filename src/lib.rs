@@ -33,7 +33,14 @@
 //! `cancelled`: accepted but abandoned or cut off by a shutdown. With a
 //! [`FanOutConfig::handler_timeout`], items whose handler ran too long are
 //! counted in a fifth outcome, `timed_out`. Every worker is counted once
-//! too: `workers_joined + aborted == workers`.
+//! too: `workers_joined + aborted == workers`; and so is every result:
+//!
+//! ```text
+//! processed == delivered + discarded
+//! ```
+//!
+//! `delivered`: yielded by `results`; `discarded`: never read, because
+//! `results` was dropped or an abort threw it away.
 //!
 //! # Shutdown and lifetime
 //!
@@ -46,7 +53,11 @@
 //!   [`FanOutConfig::cancel_token`] shuts the pipeline down when cancelled.
 //! * Dropping `results` discards results; dropping the handle detaches the
 //!   pipeline; dropping both aborts it.
-//! * After `join` returns, no task the pipeline spawned is alive.
+//! * An abort (by `abort()`, the drain deadline, or dropping both halves)
+//!   does not wait for the reader: unread results are discarded, so a
+//!   stalled consumer cannot hold a stop.
+//! * After `join` returns, every future the pipeline spawned has been
+//!   dropped, with everything it owned.
 //! * `join` waits for results to be read or dropped: drain and join together
 //!   with `tokio::join!`, as below.
 //!
@@ -58,20 +69,21 @@
 //!
 //! | promise | proved by |
 //! |---|---|
-//! | the conservation law holds in every report, under any sizes, pacing, handler behaviour and intervention | `conservation.rs` (property-based), `cases.rs` |
+//! | both laws (items and results) hold in every report, under any sizes, pacing, handler behaviour and intervention | `conservation.rs` (property-based), `cases.rs`, `stalled.rs` |
 //! | an evicted or shed item is never also processed; no item is handled twice | `stress.rs`, `conservation.rs`, `cases.rs` (CASE-07) |
 //! | `DropNewest` / `DropOldest` keep exactly the documented items; capacity is exact | `policy.rs`, `cases.rs` (CASE-08, CASE-13) |
 //! | at most `workers` handlers run at once | `cases.rs` (CASE-09), `lifecycle.rs` |
 //! | the input is driven while nobody reads results; a full output never wedges intake | `lifecycle.rs`, `cases.rs` (CASE-01, CASE-03) |
 //! | memory is bounded: queue ≤ capacity, in flight ≤ workers, undelivered ≤ output capacity | `lifecycle.rs`, `extensions.rs` (ordered window) |
-//! | no item is pulled after `shutdown()` / `abort()` returns; the drain deadline counts from the request | `shutdown.rs`, `cases.rs` (CASE-19, CASE-21) |
+//! | no item is pulled after `shutdown()` / `abort()` / a parent's `cancel()` returns; the drain deadline counts from the request | `shutdown.rs`, `cases.rs` (CASE-19, CASE-21, CASE-23) |
 //! | a handler that never completes cannot hang shutdown; aborted work is classified, never a panic | `shutdown.rs`, `cases.rs` (CASE-10, CASE-11) |
-//! | after `join`, no task the pipeline spawned is alive; dropping both halves ends every task | `lifecycle.rs`, `cases.rs` (CASE-05, CASE-11, CASE-12) |
+//! | a consumer that never reads cannot hang an abort or an expired drain; its unread results count `discarded` | `stalled.rs` |
+//! | after `join`, every future the pipeline spawned has been dropped with what it owned; dropping both halves ends every task | `lifecycle.rs`, `cases.rs` (CASE-05, CASE-11, CASE-12) |
 //! | the token tree points one way: a parent cancels the pipeline, never the reverse | `shutdown.rs`, `cases.rs` (CASE-20) |
-//! | a finished result is never thrown away while `results` lives | `cases.rs` (CASE-21), `conservation.rs` |
-//! | panics in the handler, the input, `on_shed`, `on_cancel` or an item's `Drop` are caught and counted | `panics.rs`, `misuse.rs`, `extensions.rs` |
-//! | bad sizes and a missing runtime panic at the call, naming the argument | `misuse.rs`, `edges.rs`, `cases.rs` (CASE-02) |
-//! | extreme durations and sizes, a runtime without a time driver or torn down mid-flight keep the law | `edges.rs` |
+//! | a finished result is never thrown away while `results` lives, unless an abort begins | `cases.rs` (CASE-21), `conservation.rs`, `stalled.rs` |
+//! | panics in the handler, the input, `on_shed`, `on_cancel`, an item's `Drop` or a closure's `Drop` are caught and counted | `panics.rs`, `misuse.rs`, `extensions.rs`, `cases.rs` (CASE-22) |
+//! | bad sizes, a missing runtime and a missing time driver panic at the call, naming the fix | `misuse.rs`, `edges.rs`, `cases.rs` (CASE-02) |
+//! | extreme durations and sizes, a runtime torn down mid-flight keep the law | `edges.rs` |
 //! | every public type is `Send`, `Sync` and `Unpin` | `auto_traits.rs` (compile-time) |
 //! | ordered output, hand-back, overload alarm, handler timeout and `Backpressure` behave as documented | `extensions.rs`, `tracing.rs` |
 //!
