@@ -122,6 +122,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
+mod controller;
 mod ext;
 mod fan_out;
 mod handoff;
@@ -138,12 +139,16 @@ mod trace;
 mod worker;
 
 pub use config::FanOutConfig;
+pub use controller::Controller;
 pub use ext::FanOutExt;
 pub use fan_out::BoundedFanOut;
 pub use overload::OverloadEvent;
 pub use policy::ShedPolicy;
 pub use report::{IntakeEnd, Report, Stats};
 pub use shutdown::{Join, ShutdownHandle};
+/// The token type [`FanOutConfig::cancel_token`] takes, re-exported from
+/// `tokio-util` so that callers need no direct dependency to use it.
+pub use tokio_util::sync::CancellationToken;
 
 // The README's quickstart is compiled and run as a doc-test.
 #[cfg(doctest)]

@@ -79,6 +79,10 @@ pub(crate) struct Shared<Item> {
     on_cancel: Quiet<Option<ItemHook<Item>>>,
     /// The results side's books, and its abort switch.
     pub(crate) results: Arc<dyn ResultBooks>,
+    /// The final report, published by the supervisor for every controller.
+    report: std::sync::OnceLock<Report>,
+    /// Cancelled once `report` is published.
+    finished: CancellationToken,
 }
 
 impl<Item> Shared<Item> {
@@ -100,6 +104,8 @@ impl<Item> Shared<Item> {
             ends: AtomicUsize::new(2),
             on_cancel: Quiet::new(on_cancel),
             results,
+            report: std::sync::OnceLock::new(),
+            finished: CancellationToken::new(),
         }
     }
 
@@ -220,6 +226,7 @@ impl<Item> Shared<Item> {
             failed: stats.failed,
             timed_out: stats.timed_out,
             cancelled: stats.cancelled + stats.in_flight as u64,
+            workers: self.workers.len(),
             workers_joined,
             aborted,
             intake,
@@ -248,6 +255,10 @@ pub(crate) trait Control: Send + Sync {
     /// A best-effort report when the supervisor itself did not finish
     /// (its runtime shut down): every worker counts as aborted.
     fn fallback_report(&self) -> Report;
+    /// Cancelled once the pipeline has finished and [`Control::report`] is set.
+    fn finished(&self) -> &CancellationToken;
+    /// The final report, once the pipeline has finished.
+    fn final_report(&self) -> Option<Report>;
 }
 
 impl<Item: Send + 'static> Control for Shared<Item> {
@@ -281,6 +292,14 @@ impl<Item: Send + 'static> Control for Shared<Item> {
         let mut report = self.report(0, self.workers.len(), IntakeEnd::Stopped);
         report.discarded = report.processed.saturating_sub(report.delivered);
         report
+    }
+
+    fn finished(&self) -> &CancellationToken {
+        &self.finished
+    }
+
+    fn final_report(&self) -> Option<Report> {
+        self.report.get().cloned()
     }
 }
 
@@ -359,6 +378,9 @@ pub(crate) async fn supervise<Item: Send + 'static>(
         "results law broken: {report}"
     );
     crate::trace::finished(&report);
+    // Set once, here: `get_or_init` cannot fail.
+    shared.report.get_or_init(|| report.clone());
+    shared.finished.cancel();
     report
 }
 

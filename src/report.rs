@@ -68,6 +68,7 @@ impl fmt::Display for IntakeEnd {
 /// assert_eq!(out.len() as u64, report.processed);
 /// assert_eq!((report.delivered, report.discarded), (report.processed, 0));
 /// assert_eq!((report.workers_joined, report.aborted), (2, 0));
+/// assert_eq!(report.workers_joined + report.aborted, report.workers);
 /// assert!(report.is_conserved());
 /// # }
 /// ```
@@ -99,6 +100,8 @@ pub struct Report {
     /// Items accepted but abandoned by a shutdown before their handler
     /// completed: still queued at an abort, or cut off in flight.
     pub cancelled: u64,
+    /// Workers the pipeline ran: `workers_joined + aborted == workers`.
+    pub workers: usize,
     /// Workers that ended on their own: the queue drained, or idle when the
     /// pipeline was shut down or aborted.
     pub workers_joined: usize,
@@ -113,8 +116,9 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether both laws hold: `produced == processed + dropped + failed +
-    /// timed_out + cancelled` and `processed == delivered + discarded`.
+    /// Whether the books balance: `produced == processed + dropped + failed +
+    /// timed_out + cancelled`, `processed == delivered + discarded` and
+    /// `workers_joined + aborted == workers`.
     ///
     /// This holds in every report the crate returns; the method exists so
     /// that callers and tests can say so.
@@ -140,6 +144,7 @@ impl Report {
             .and_then(|n| n.checked_add(self.cancelled))
             == Some(self.produced)
             && self.delivered.checked_add(self.discarded) == Some(self.processed)
+            && self.workers_joined.checked_add(self.aborted) == Some(self.workers)
     }
 }
 

@@ -5,6 +5,9 @@ use std::task::{Context, Poll};
 
 use tokio::task::JoinHandle;
 
+use std::sync::Arc;
+
+use crate::Controller;
 use crate::pipeline::End;
 use crate::report::{Report, Stats};
 
@@ -212,6 +215,36 @@ impl ShutdownHandle {
     /// ```
     pub fn stats(&self) -> Stats {
         self.end.0.stats()
+    }
+
+    /// A cloneable [`Controller`] for this pipeline: shutdown, abort, stats
+    /// and a wait for the end from any task, without moving this handle.
+    ///
+    /// Take one before [`join`](Self::join) to stop a pipeline while its
+    /// `Join` is pending, e.g. after a timeout:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{FanOutExt, ShedPolicy};
+    ///
+    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+    /// #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// async fn main() {
+    ///     let (results, shutdown) = futures::stream::pending::<u32>()
+    ///         .bounded_fan_out(2, ShedPolicy::DropNewest, |x| async move { x });
+    ///     drop(results);
+    ///     let controller = shutdown.controller();
+    ///     let mut join = shutdown.join();
+    ///     // Polled through `&mut`: the timeout does not drop the `Join`.
+    ///     let early = tokio::time::timeout(Duration::from_secs(1), &mut join).await;
+    ///     assert!(early.is_err(), "an endless input does not end by itself");
+    ///     controller.shutdown();
+    ///     let report = join.await;
+    ///     assert_eq!(report.workers_joined, 2);
+    /// }
+    /// ```
+    pub fn controller(&self) -> Controller {
+        Controller::new(Arc::clone(&self.end.0))
     }
 
     /// Whether a shutdown or abort has been requested (by this handle, a

@@ -13,8 +13,8 @@ use std::marker::PhantomPinned;
 use std::rc::Rc;
 
 use backpressure_pipeline::{
-    BoundedFanOut, FanOutConfig, FanOutExt, IntakeEnd, Join, Report, ShedPolicy, ShutdownHandle,
-    Stats,
+    BoundedFanOut, Controller, FanOutConfig, FanOutExt, IntakeEnd, Join, Report, ShedPolicy,
+    ShutdownHandle, Stats,
 };
 use futures::stream::FusedStream;
 use futures::{Stream, StreamExt};
@@ -82,6 +82,15 @@ const _: fn() = || {
 
     fn is_join<F: std::future::Future<Output = Report> + std::fmt::Debug + 'static>() {}
     is_join::<Join>();
+    // `timeout(d, &mut join)` needs `&mut Join: Future`, i.e. `Join: Unpin`.
+    is_join::<&'static mut Join>();
+
+    // A controller goes anywhere, any number of times.
+    assert_send::<Controller>();
+    assert_sync::<Controller>();
+    assert_unpin::<Controller>();
+    fn is_clone_debug<T: Clone + std::fmt::Debug + 'static>() {}
+    is_clone_debug::<Controller>();
 };
 
 // ===== Report, Stats, IntakeEnd, ShedPolicy =====

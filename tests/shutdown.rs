@@ -546,3 +546,88 @@ async fn debug_output_shows_the_observable_state() {
     assert!(format!("{report:?}").contains("intake: Stopped"));
     drop(tx);
 }
+
+// ===== Controller =====
+
+#[tokio::test(start_paused = true)]
+async fn a_join_polled_through_a_timeout_survives_and_a_controller_stops_it() {
+    // The exact sequence: `timeout(d, &mut join)`, then `shutdown()`, then
+    // `join.await` gives the report.
+    let (results, handle) = endless(0..3).bounded_fan_out(2, DropNewest, |id| work(id, ms(10)));
+    let controller = handle.controller();
+    let mut join = handle.join();
+    let start = Instant::now();
+    assert!(timeout(ms(500), &mut join).await.is_err(), "endless input");
+    assert_eq!(start.elapsed(), ms(500));
+    controller.shutdown();
+    drop(results);
+    let report = timeout(GUARD, join).await.expect("join after the timeout");
+    assert_eq!(start.elapsed(), ms(500), "nothing left to drain");
+    assert_eq!(counts(&report), (3, 3, 0, 0, 0, 2, 0));
+    assert_eq!((report.delivered, report.discarded), (0, 3));
+    assert_eq!(report.intake, IntakeEnd::Stopped);
+    assert_eq!(controller.finished().await, report);
+}
+
+#[tokio::test(start_paused = true)]
+async fn controllers_steer_from_other_tasks_and_see_the_same_report() {
+    let (results, handle) = endless(0..5).bounded_fan_out(1, DropNewest, |id| work(id, ms(10)));
+    let controller = handle.controller();
+    let watchers: Vec<_> = (0..3)
+        .map(|_| {
+            let c = controller.clone();
+            tokio::spawn(async move { c.finished().await })
+        })
+        .collect();
+    let stopper = {
+        let c = controller.clone();
+        tokio::spawn(async move {
+            sleep(ms(25)).await;
+            assert_eq!(c.stats().processed, 2);
+            c.abort();
+        })
+    };
+    let (out, report) = drain_and_join(results, handle, GUARD).await;
+    stopper.await.unwrap();
+    assert_eq!(out, [0, 1]);
+    assert_eq!(counts(&report), (5, 2, 0, 0, 3, 0, 1));
+    for watcher in watchers {
+        assert_eq!(watcher.await.unwrap(), report);
+    }
+    assert!(controller.is_finished());
+    assert!(format!("{controller:?}").contains("finished: true"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_controller_does_not_keep_a_dropped_pipeline_alive() {
+    let baseline = alive_tasks();
+    let (results, handle) = endless(0..3).bounded_fan_out(2, DropNewest, never);
+    let controller = handle.controller();
+    settle().await;
+    drop(results);
+    drop(handle);
+    // Both halves gone: aborted, whatever the controller.
+    let report = timeout(GUARD, controller.finished())
+        .await
+        .expect("aborted");
+    assert_eq!(counts(&report), (3, 0, 0, 0, 3, 0, 2));
+    settle().await;
+    assert_eq!(alive_tasks(), baseline);
+}
+
+#[tokio::test(start_paused = true)]
+async fn select_over_results_and_the_end_reads_everything_then_reports() {
+    let (mut results, handle) =
+        futures::stream::iter(0..6u32).bounded_fan_out(2, DropNewest, |id| work(id, ms(10)));
+    let mut join = handle.join();
+    let mut seen = Vec::new();
+    let report = loop {
+        tokio::select! {
+            Some(id) = results.next() => seen.push(id),
+            report = &mut join => break report,
+        }
+    };
+    seen.sort_unstable();
+    assert_eq!(seen, [0, 1, 2, 3, 4, 5]);
+    assert_eq!((report.delivered, report.discarded), (6, 0));
+}
