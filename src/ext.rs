@@ -4,10 +4,12 @@ use std::sync::Arc;
 use futures_core::Stream;
 use tokio::task::JoinSet;
 
+use crate::config::ItemHook;
 use crate::handoff::HandOff;
 use crate::isolate::{Quiet, has_time_driver};
 use crate::overload::Episodes;
 use crate::pipeline::{End, Shared, supervise};
+use crate::report::IntakeEnd;
 use crate::stop::StopWatch;
 use crate::{BoundedFanOut, FanOutConfig, ShedPolicy, ShutdownHandle, intake, worker};
 use crate::{output, trace};
@@ -171,59 +173,88 @@ pub trait FanOutExt: Stream {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            panic!("bounded_fan_out: must be called from the context of a Tokio runtime");
-        };
-        // Drain deadlines and handler timeouts need a clock: refuse a runtime
-        // without one here, not with a silent immediate abort later.
-        assert!(
-            has_time_driver(),
-            "bounded_fan_out: the Tokio runtime has no time driver; \
-             build it with `enable_time()` or `enable_all()`"
-        );
-        let (sender, receiver, books) =
-            output::channel(config.output_capacity, config.ordered, config.workers);
-        let shared = Arc::new(Shared::new(
-            HandOff::new(config.capacity, config.policy),
-            config.workers,
-            config.cancel_token.as_ref(),
-            config.on_cancel,
-            books,
-        ));
-        // Registered before any task runs, so a parent cancelled from any
-        // thread stops intake before its `cancel()` returns.
-        let mirror = Arc::clone(&shared);
-        let stop = StopWatch::new(&shared.stop, move || mirror.mirror_stop());
-        // The workers own the handler; the last to exit drops it (quietly).
-        let handler = Quiet::new(Arc::new(handler));
-        let span = trace::pipeline_span(config.workers, config.capacity, config.policy);
-        let mut workers = JoinSet::new();
-        for slot in 0..config.workers {
-            let run = worker::run(
-                Arc::clone(&shared),
-                slot,
-                Arc::clone(&*handler),
-                sender.clone(),
-                config.handler_timeout,
-            );
-            workers.spawn_on(trace::in_span(&span, run), &runtime);
-        }
-        // Only the workers hold senders: `results` ends when the last exits.
-        drop(sender);
-        let episodes = Episodes::new(config.on_overload, config.overload_quiet_period);
-        let intake = intake::run(self, Arc::clone(&shared), config.on_shed, episodes);
-        let intake = runtime.spawn(trace::in_span(&span, intake));
-        let supervisor = supervise(
-            Arc::clone(&shared),
-            stop,
-            workers,
-            intake,
-            config.drain_timeout,
-        );
-        let supervisor = runtime.spawn(trace::in_span(&span, supervisor));
-        let results = BoundedFanOut::new(receiver, End(shared.clone()));
-        (results, ShutdownHandle::new(supervisor, End(shared)))
+        let (results, handle, _) = launch(config, handler, |shared, on_shed, episodes| {
+            intake::run(self, shared, on_shed, episodes)
+        });
+        (results, handle)
     }
+}
+
+/// Starts a pipeline whose front (what feeds the queue) is built by
+/// `front`: the stream intake, or the push front of [`crate::feeder`].
+/// Every other part is the same for both. Returns the two halves and the
+/// shared state, for the front's own handles.
+#[track_caller]
+pub(crate) fn launch<Item, F, Fut, Front, FrontFut>(
+    config: FanOutConfig<Item>,
+    handler: F,
+    front: Front,
+) -> (
+    BoundedFanOut<Fut::Output>,
+    ShutdownHandle,
+    Arc<Shared<Item>>,
+)
+where
+    Item: Send + 'static,
+    F: Fn(Item) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+    Front: FnOnce(Arc<Shared<Item>>, Option<ItemHook<Item>>, Episodes) -> FrontFut,
+    FrontFut: Future<Output = IntakeEnd> + Send + 'static,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        panic!("bounded_fan_out: must be called from the context of a Tokio runtime");
+    };
+    // Drain deadlines and handler timeouts need a clock: refuse a runtime
+    // without one here, not with a silent immediate abort later.
+    assert!(
+        has_time_driver(),
+        "bounded_fan_out: the Tokio runtime has no time driver; \
+         build it with `enable_time()` or `enable_all()`"
+    );
+    let (sender, receiver, books) =
+        output::channel(config.output_capacity, config.ordered, config.workers);
+    let shared = Arc::new(Shared::new(
+        HandOff::new(config.capacity, config.policy),
+        config.workers,
+        config.cancel_token.as_ref(),
+        config.on_cancel,
+        books,
+    ));
+    // Registered before any task runs, so a parent cancelled from any
+    // thread stops intake before its `cancel()` returns.
+    let mirror = Arc::clone(&shared);
+    let stop = StopWatch::new(&shared.stop, move || mirror.mirror_stop());
+    // The workers own the handler; the last to exit drops it (quietly).
+    let handler = Quiet::new(Arc::new(handler));
+    let span = trace::pipeline_span(config.workers, config.capacity, config.policy);
+    let mut workers = JoinSet::new();
+    for slot in 0..config.workers {
+        let run = worker::run(
+            Arc::clone(&shared),
+            slot,
+            Arc::clone(&*handler),
+            sender.clone(),
+            config.handler_timeout,
+        );
+        workers.spawn_on(trace::in_span(&span, run), &runtime);
+    }
+    // Only the workers hold senders: `results` ends when the last exits.
+    drop(sender);
+    let episodes = Episodes::new(config.on_overload, config.overload_quiet_period);
+    let intake = front(Arc::clone(&shared), config.on_shed, episodes);
+    let intake = runtime.spawn(trace::in_span(&span, intake));
+    let supervisor = supervise(
+        Arc::clone(&shared),
+        stop,
+        workers,
+        intake,
+        config.drain_timeout,
+    );
+    let supervisor = runtime.spawn(trace::in_span(&span, supervisor));
+    let results = BoundedFanOut::new(receiver, End(shared.clone()));
+    let handle = ShutdownHandle::new(supervisor, End(Arc::clone(&shared) as _));
+    (results, handle, shared)
 }
 
 impl<S: Stream + ?Sized> FanOutExt for S {}

@@ -67,13 +67,23 @@ struct State<T> {
     next_take: u64,
 }
 
+/// Why [`HandOff::reserve_one`] found no room.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Full {
+    /// The queue is full (`Backpressure`, not waiting).
+    NoRoom,
+    /// The queue was abandoned.
+    Closed,
+}
+
 /// What happened to a batch offered with [`HandOff::push_batch`].
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Pushed {
     /// Every item was queued or shed; the shed ones are in the `shed` vector.
     /// `woke_idle`: the push handed items to workers that were parked.
     Accepted { woke_idle: bool },
-    /// The queue was abandoned: the batch is left untouched for the caller.
+    /// The queue was abandoned or closed: the batch is left untouched for
+    /// the caller.
     Refused,
 }
 
@@ -110,12 +120,27 @@ impl<T> HandOff<T> {
     /// On `Accepted`, `batch` is empty afterwards. Shed items are appended to
     /// `shed` for the caller to count and dispose of outside the lock.
     pub(crate) fn push_batch(&self, batch: &mut Vec<T>, shed: &mut Vec<T>) -> Pushed {
+        self.push_counted(batch, shed, |_, _| {})
+    }
+
+    /// [`push_batch`](Self::push_batch), calling `count(offered, shed)`
+    /// under the lock once the batch is accepted. The push front counts
+    /// there: a worker can only see the queue closed (and let the report be
+    /// built) after taking the lock, so no accepted item can be missing from
+    /// the counts. A closed queue refuses pushes (the push front closes it
+    /// at a stop, while producers may still be offering).
+    pub(crate) fn push_counted(
+        &self,
+        batch: &mut Vec<T>,
+        shed: &mut Vec<T>,
+        count: impl FnOnce(usize, usize),
+    ) -> Pushed {
         let added = {
             let mut state = self.lock();
-            if state.abandoned {
+            if state.abandoned || state.closed {
                 return Pushed::Refused;
             }
-            debug_assert!(!state.closed, "HandOff: push after close");
+            let (offered, shed_before) = (batch.len(), shed.len());
             let before = state.items.len();
             // In bulk, with the same outcome as offering the items one by
             // one: what fits is queued; past that, DropNewest sheds the
@@ -144,6 +169,7 @@ impl<T> HandOff<T> {
             let len = state.items.len();
             debug_assert!(len <= self.capacity, "HandOff: queue over capacity");
             state.high_water_mark = state.high_water_mark.max(len);
+            count(offered, shed.len() - shed_before);
             debug_assert!(
                 self.ready.available_permits() <= before,
                 "HandOff: more permits ({}) than queued items ({before})",
@@ -245,6 +271,46 @@ impl<T> HandOff<T> {
         1
     }
 
+    /// Reserves one slot for one producer of the push front, without
+    /// waiting. Only `Backpressure` reserves; other policies always succeed.
+    pub(crate) fn try_reserve_one(&self) -> Result<(), Full> {
+        if self.policy != ShedPolicy::Backpressure {
+            return Ok(());
+        }
+        match self.room.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                Ok(())
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => Err(Full::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => Err(Full::NoRoom),
+        }
+    }
+
+    /// [`try_reserve_one`](Self::try_reserve_one), waiting for room under
+    /// `Backpressure` (producers wait in line, fairly: tokio's semaphore is
+    /// FIFO). `Err` once the queue is closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a permit is forgotten only once acquired.
+    pub(crate) async fn reserve_one(&self) -> Result<(), Full> {
+        if self.policy != ShedPolicy::Backpressure {
+            return Ok(());
+        }
+        match self.room.acquire().await {
+            Ok(permit) => {
+                permit.forget();
+                Ok(())
+            }
+            Err(_) => Err(Full::Closed),
+        }
+    }
+
+    pub(crate) fn policy(&self) -> ShedPolicy {
+        self.policy
+    }
+
     /// Returns `n` reserved but unused slots (under `Backpressure`).
     pub(crate) fn unreserve(&self, n: usize) {
         if self.policy == ShedPolicy::Backpressure && n > 0 {
@@ -256,6 +322,8 @@ impl<T> HandOff<T> {
     pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.ready.close();
+        // Producers of the push front waiting for room are refused too.
+        self.room.close();
     }
 
     /// Closes the queue and returns every queued item; later pushes are

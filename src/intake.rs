@@ -30,7 +30,7 @@ enum Step {
 
 /// Closes the queue when the intake ends in any way, including a panic
 /// or an abort of this task, so workers always drain and exit.
-struct CloseOnDrop<'a, Item>(&'a HandOff<Item>);
+pub(crate) struct CloseOnDrop<'a, Item>(pub(crate) &'a HandOff<Item>);
 
 impl<Item> Drop for CloseOnDrop<'_, Item> {
     fn drop(&mut self) {

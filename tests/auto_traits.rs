@@ -85,6 +85,14 @@ const _: fn() = || {
     // `timeout(d, &mut join)` needs `&mut Join: Future`, i.e. `Join: Unpin`.
     is_join::<&'static mut Join>();
 
+    // A feeder goes to any task or thread, any number of times.
+    assert_send::<backpressure_pipeline::Feeder<u64>>();
+    assert_sync::<backpressure_pipeline::Feeder<u64>>();
+    assert_unpin::<backpressure_pipeline::Feeder<u64>>();
+    is_clone_debug::<backpressure_pipeline::Feeder<u64>>();
+    assert_send::<backpressure_pipeline::Offer<u64>>();
+    assert_sync::<backpressure_pipeline::Offer<u64>>();
+
     // A controller goes anywhere, any number of times.
     assert_send::<Controller>();
     assert_sync::<Controller>();
