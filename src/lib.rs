@@ -49,7 +49,7 @@
 //! * [`ShutdownHandle::shutdown`]: stop pulling input, drain for up to
 //!   [`FanOutConfig::drain_timeout`], then abort the rest.
 //!   [`ShutdownHandle::abort`]: stop now. A parent
-//!   [`CancellationToken`](tokio_util::sync::CancellationToken) given with
+//!   [`CancellationToken`] given with
 //!   [`FanOutConfig::cancel_token`] shuts the pipeline down when cancelled.
 //! * Dropping `results` discards results; dropping the handle detaches the
 //!   pipeline; dropping both aborts it.
