@@ -28,6 +28,7 @@ pub(crate) type ItemHook<Item> = Arc<dyn Fn(Item) + Send + Sync>;
 /// | [`on_overload`](Self::on_overload) | none |
 /// | [`overload_quiet_period`](Self::overload_quiet_period) | [`DEFAULT_OVERLOAD_QUIET_PERIOD`](Self::DEFAULT_OVERLOAD_QUIET_PERIOD) = 1 s |
 /// | [`handler_timeout`](Self::handler_timeout) | none: a handler may run as long as it likes |
+/// | [`latest_only`](Self::latest_only) | `false`: results wait in a FIFO buffer |
 ///
 /// # Examples
 ///
@@ -66,6 +67,7 @@ pub struct FanOutConfig<Item> {
     pub(crate) on_overload: Option<OverloadHook>,
     pub(crate) overload_quiet_period: Duration,
     pub(crate) handler_timeout: Option<Duration>,
+    pub(crate) latest_only: bool,
 }
 
 impl<Item> FanOutConfig<Item> {
@@ -137,6 +139,7 @@ impl<Item> FanOutConfig<Item> {
             on_overload: None,
             overload_quiet_period: Self::DEFAULT_OVERLOAD_QUIET_PERIOD,
             handler_timeout: None,
+            latest_only: false,
         }
     }
 
@@ -466,6 +469,58 @@ impl<Item> FanOutConfig<Item> {
         self.handler_timeout = Some(timeout);
         self
     }
+
+    /// Latest-only output for state streams (positions, sensor readings,
+    /// prices): `results` holds one undelivered result, and a newer one
+    /// replaces it. The replaced result counts
+    /// [`discarded`](crate::Report::discarded); workers never wait for the
+    /// reader, so a slow consumer always reads the freshest result, as with
+    /// tokio's `watch`, Rx's `onBackpressureLatest` or Akka's `conflate`.
+    /// [`output_capacity`](Self::output_capacity) is unused in this mode.
+    ///
+    /// **Freshness end to end.** With the default FIFO output a result can
+    /// wait behind `output_capacity` others, so under
+    /// [`ShedPolicy::DropOldest`] and a consumer that takes `P` per result
+    /// the result it reads may be up to about `output_capacity × P` older
+    /// than its handler's end (plus the queue's wait; see
+    /// [`DEFAULT_CAPACITY`](Self::DEFAULT_CAPACITY)): the policy alone does
+    /// not keep results fresh. With `latest_only` the result read was
+    /// produced at most one consumer period `P` earlier, plus the handler's
+    /// own time and the item's wait in the queue (small while workers keep
+    /// up). `BENCHMARKS.md` has the measured ages.
+    ///
+    /// # Panics
+    ///
+    /// Starting a pipeline with both `latest_only` and
+    /// [`ordered`](Self::ordered) panics at the call
+    /// (`"bounded_fan_out: `ordered` and `latest_only` cannot be combined"`):
+    /// a replaced result leaves no order to keep.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
+    /// use futures::StreamExt;
+    ///
+    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+    /// #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// async fn main() {
+    ///     let config = FanOutConfig::new(1, ShedPolicy::DropOldest).latest_only(true);
+    ///     let (mut results, shutdown) =
+    ///         futures::stream::iter(0..5u32).bounded_fan_out_with(config, |x| async move { x });
+    ///     // A slow reader: by the time it looks, only the newest result is left.
+    ///     tokio::time::sleep(Duration::from_millis(10)).await;
+    ///     assert_eq!(results.next().await, Some(4));
+    ///     assert_eq!(results.next().await, None);
+    ///     let report = shutdown.join().await;
+    ///     assert_eq!((report.processed, report.delivered, report.discarded), (5, 1, 4));
+    /// }
+    /// ```
+    pub fn latest_only(mut self, latest_only: bool) -> Self {
+        self.latest_only = latest_only;
+        self
+    }
 }
 
 impl<Item> Clone for FanOutConfig<Item> {
@@ -483,6 +538,7 @@ impl<Item> Clone for FanOutConfig<Item> {
             on_overload: self.on_overload.clone(),
             overload_quiet_period: self.overload_quiet_period,
             handler_timeout: self.handler_timeout,
+            latest_only: self.latest_only,
         }
     }
 }
@@ -502,6 +558,7 @@ impl<Item> fmt::Debug for FanOutConfig<Item> {
             .field("on_overload", &self.on_overload.is_some())
             .field("overload_quiet_period", &self.overload_quiet_period)
             .field("handler_timeout", &self.handler_timeout)
+            .field("latest_only", &self.latest_only)
             .finish()
     }
 }

@@ -212,8 +212,16 @@ where
         "bounded_fan_out: the Tokio runtime has no time driver; \
          build it with `enable_time()` or `enable_all()`"
     );
-    let (sender, receiver, books) =
-        output::channel(config.output_capacity, config.ordered, config.workers);
+    assert!(
+        !(config.ordered && config.latest_only),
+        "bounded_fan_out: `ordered` and `latest_only` cannot be combined"
+    );
+    let mode = match (config.ordered, config.latest_only) {
+        (_, true) => output::Mode::Latest,
+        (true, false) => output::Mode::Ordered,
+        (false, false) => output::Mode::Unordered,
+    };
+    let (sender, receiver, books) = output::channel(config.output_capacity, mode, config.workers);
     let shared = Arc::new(Shared::new(
         HandOff::new(config.capacity, config.policy),
         config.workers,

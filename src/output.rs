@@ -32,9 +32,9 @@
 //! item's turn is delivered or skipped.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::AcqRel, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -66,6 +66,19 @@ pub(crate) struct Outlet<T> {
     /// Written by workers, the consumer's drop and an abort: rare paths.
     discarded: AtomicU64,
     settled: CancellationToken,
+    /// Live senders in latest-only mode, where no channel counts them.
+    latest_senders: AtomicUsize,
+}
+
+/// How results reach the consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// A FIFO buffer, in completion order.
+    Unordered,
+    /// A FIFO buffer, reordered into input order.
+    Ordered,
+    /// One slot; a newer result replaces an unread one (discarded).
+    Latest,
 }
 
 struct Inner<T> {
@@ -85,6 +98,12 @@ enum Rx<T> {
         /// Arrived out of turn; `None` marks an item without a result.
         early: BTreeMap<u64, Option<T>>,
     },
+    Latest {
+        slot: Option<T>,
+        waker: Option<Waker>,
+        /// Every worker has exited: the stream ends once the slot is empty.
+        ended: bool,
+    },
 }
 
 /// The workers' side.
@@ -99,6 +118,7 @@ enum Tx<T> {
         tx: mpsc::Sender<(u64, Option<T>)>,
         window: Arc<Semaphore>,
     },
+    Latest,
 }
 
 /// The consumer's side, owned by `BoundedFanOut`. Dropping it discards
@@ -111,10 +131,17 @@ pub(crate) struct Receiver<T> {
 /// reorder window is `workers + capacity`.
 pub(crate) fn channel<T: Send + 'static>(
     capacity: usize,
-    ordered: bool,
+    mode: Mode,
     workers: usize,
 ) -> (Sender<T>, Receiver<T>, Arc<dyn ResultBooks>) {
-    let (tx, rx) = if ordered {
+    let (tx, rx) = if mode == Mode::Latest {
+        let rx = Rx::Latest {
+            slot: None,
+            waker: None,
+            ended: false,
+        };
+        (Tx::Latest, rx)
+    } else if mode == Mode::Ordered {
         let window = workers.saturating_add(capacity).min(Semaphore::MAX_PERMITS);
         let window = Arc::new(Semaphore::new(window));
         let (tx, rx) = mpsc::channel(capacity);
@@ -141,6 +168,7 @@ pub(crate) fn channel<T: Send + 'static>(
         delivered: AtomicU64::new(0),
         discarded: AtomicU64::new(0),
         settled: CancellationToken::new(),
+        latest_senders: AtomicUsize::new(1),
     });
     let sender = Sender {
         tx,
@@ -233,6 +261,7 @@ impl<T> Rx<T> {
                 }
                 out.extend(std::mem::take(early).into_values().flatten());
             }
+            Rx::Latest { slot, .. } => out.extend(slot.take()),
         }
         out
     }
@@ -240,6 +269,14 @@ impl<T> Rx<T> {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
         match self {
             Rx::Unordered(rx) => rx.poll_recv(cx),
+            Rx::Latest { slot, waker, ended } => match slot.take() {
+                Some(result) => Poll::Ready(Some(result)),
+                None if *ended => Poll::Ready(None),
+                None => {
+                    *waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            },
             Rx::Ordered {
                 rx,
                 window,
@@ -277,6 +314,7 @@ impl<T> Rx<T> {
     fn ready_len(&self) -> usize {
         match self {
             Rx::Unordered(rx) => rx.len(),
+            Rx::Latest { slot, .. } => usize::from(slot.is_some()),
             // Results queued out of turn may wait on a slow item: only the
             // in-turn run counts.
             Rx::Ordered { next, early, .. } => early
@@ -299,6 +337,10 @@ impl<T> Clone for Sender<T> {
                 tx: tx.clone(),
                 window: Arc::clone(window),
             },
+            Tx::Latest => {
+                self.outlet.latest_senders.fetch_add(1, Relaxed);
+                Tx::Latest
+            }
         };
         Sender {
             tx,
@@ -334,9 +376,54 @@ impl<T> Sender<T> {
                 None => None,
             },
             Tx::Ordered { tx, .. } => tx.send((seq, result)).await.err().and_then(|e| e.0.1),
+            // Never waits: a newer result replaces an unread one.
+            Tx::Latest => result.and_then(|result| self.put_latest(result)),
         };
         if let Some(unsent) = unsent {
             self.outlet.discard(vec![unsent]);
+        }
+    }
+}
+
+impl<T> Sender<T> {
+    /// Latest-only: puts `result` in the slot, waking the consumer; returns
+    /// what must be discarded (the replaced result, or this one after an
+    /// abort).
+    fn put_latest(&self, result: T) -> Option<T> {
+        let (unread, waker) = {
+            let mut inner = self.outlet.lock();
+            if inner.discarding {
+                return Some(result);
+            }
+            match &mut inner.rx {
+                Rx::Latest { slot, waker, .. } => (slot.replace(result), waker.take()),
+                _ => (None, None),
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        unread
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        // A channel knows when its last sender is gone; the slot is told.
+        if matches!(self.tx, Tx::Latest) && self.outlet.latest_senders.fetch_sub(1, AcqRel) == 1 {
+            let waker = {
+                let mut inner = self.outlet.lock();
+                match &mut inner.rx {
+                    Rx::Latest { ended, waker, .. } => {
+                        *ended = true;
+                        waker.take()
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
         }
     }
 }

@@ -364,3 +364,63 @@ async fn backpressure_shutdown_and_abort_keep_the_books() {
 fn backpressure_displays_its_name() {
     assert_eq!(ShedPolicy::Backpressure.to_string(), "Backpressure");
 }
+
+// ===== latest-only output =====
+
+#[tokio::test(start_paused = true)]
+async fn latest_only_gives_a_slow_reader_the_freshest_result_and_counts_the_rest() {
+    let start = Instant::now();
+    // Item i is ready at 2i ms and takes 1 ms: its result exists from 2i + 1 ms.
+    let input = futures::stream::iter(0..50u64).then(move |i| async move {
+        tokio::time::sleep_until(start + ms(2 * i)).await;
+        i
+    });
+    let config = FanOutConfig::new(1, ShedPolicy::DropOldest).latest_only(true);
+    let (mut results, shutdown) = input.bounded_fan_out_with(config, |i| async move {
+        sleep(ms(1)).await;
+        i
+    });
+    // A reader that looks every 20 ms (at 20k ms + 0.5 ms).
+    let mut read = Vec::new();
+    for k in 1..=5u64 {
+        tokio::time::sleep_until(start + ms(20 * k) + Duration::from_micros(500)).await;
+        read.push(results.next().await.expect("a result is waiting"));
+    }
+    assert_eq!(
+        read,
+        [9, 19, 29, 39, 49],
+        "always the newest finished result"
+    );
+    assert_eq!(results.next().await, None);
+    let report = shutdown.join().await;
+    assert_eq!(
+        (report.processed, report.delivered, report.discarded),
+        (50, 5, 45)
+    );
+    assert!(report.is_conserved(), "{report}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn latest_only_never_holds_a_worker_and_an_abort_discards_the_slot() {
+    let config = FanOutConfig::new(2, ShedPolicy::DropNewest).latest_only(true);
+    let (results, shutdown) =
+        futures::stream::iter(0..100u64).bounded_fan_out_with(config, |i| async move { i });
+    // Nobody reads: workers still finish everything (no buffer to fill).
+    sleep(ms(1)).await;
+    let stats = shutdown.stats();
+    assert_eq!((stats.processed, stats.results_waiting), (100, 1));
+    assert_eq!(stats.discarded, 99);
+    shutdown.abort();
+    let report = shutdown.join().await;
+    assert_eq!((report.delivered, report.discarded), (0, 100));
+    drop(results);
+}
+
+#[tokio::test]
+#[should_panic(expected = "bounded_fan_out: `ordered` and `latest_only` cannot be combined")]
+async fn ordered_and_latest_only_together_panic_at_the_call() {
+    let config = FanOutConfig::new(1, ShedPolicy::DropOldest)
+        .ordered(true)
+        .latest_only(true);
+    let _ = futures::stream::iter(0..1u64).bounded_fan_out_with(config, |i| async move { i });
+}
