@@ -103,13 +103,23 @@ impl Controller {
 
 impl fmt::Debug for Controller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let stats = self.stats();
-        f.debug_struct("Controller")
-            .field("queue_depth", &stats.queue_depth)
-            .field("in_flight", &stats.in_flight)
-            .field("results_waiting", &stats.results_waiting)
-            .field("shutting_down", &self.is_shutting_down())
-            .field("finished", &self.is_finished())
-            .finish()
+        fmt_state(f, "Controller", &*self.control, self.is_finished())
     }
+}
+
+/// The observable state both handles print: what a stuck pipeline shows.
+pub(crate) fn fmt_state(
+    f: &mut fmt::Formatter<'_>,
+    name: &str,
+    control: &dyn Control,
+    finished: bool,
+) -> fmt::Result {
+    let stats = control.stats();
+    f.debug_struct(name)
+        .field("queue_depth", &stats.queue_depth)
+        .field("in_flight", &stats.in_flight)
+        .field("results_waiting", &stats.results_waiting)
+        .field("shutting_down", &control.is_shutting_down())
+        .field("finished", &finished)
+        .finish()
 }

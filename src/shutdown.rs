@@ -290,14 +290,7 @@ impl ShutdownHandle {
 
 impl fmt::Debug for ShutdownHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let stats = self.stats();
-        f.debug_struct("ShutdownHandle")
-            .field("queue_depth", &stats.queue_depth)
-            .field("in_flight", &stats.in_flight)
-            .field("results_waiting", &stats.results_waiting)
-            .field("shutting_down", &self.is_shutting_down())
-            .field("finished", &self.is_finished())
-            .finish()
+        crate::controller::fmt_state(f, "ShutdownHandle", &*self.end.0, self.is_finished())
     }
 }
 
