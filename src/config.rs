@@ -29,6 +29,8 @@ pub(crate) type ItemHook<Item> = Arc<dyn Fn(Item) + Send + Sync>;
 /// | [`overload_quiet_period`](Self::overload_quiet_period) | [`DEFAULT_OVERLOAD_QUIET_PERIOD`](Self::DEFAULT_OVERLOAD_QUIET_PERIOD) = 1 s |
 /// | [`handler_timeout`](Self::handler_timeout) | none: a handler may run as long as it likes |
 /// | [`latest_only`](Self::latest_only) | `false`: results wait in a FIFO buffer |
+/// | [`max_queue_age`](Self::max_queue_age) | none: an item may wait in the queue as long as it takes |
+/// | [`settle_capacity`](Self::settle_capacity) | [`DEFAULT_SETTLE_CAPACITY`](Self::DEFAULT_SETTLE_CAPACITY) = 1024 unsettled items (settlement only) |
 ///
 /// # Examples
 ///
@@ -68,6 +70,8 @@ pub struct FanOutConfig<Item> {
     pub(crate) overload_quiet_period: Duration,
     pub(crate) handler_timeout: Option<Duration>,
     pub(crate) latest_only: bool,
+    pub(crate) max_queue_age: Option<Duration>,
+    pub(crate) settle_capacity: usize,
 }
 
 impl<Item> FanOutConfig<Item> {
@@ -102,6 +106,11 @@ impl<Item> FanOutConfig<Item> {
     /// common one, leaving the other half for the report and everything the
     /// service does after it. Set a longer one when the grace period allows.
     pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// Default [`settle_capacity`](Self::settle_capacity): 1024 unsettled
+    /// items, room for a full default queue, the workers and several
+    /// hundred records on their way to the broker.
+    pub const DEFAULT_SETTLE_CAPACITY: usize = 1024;
 
     /// Default [`overload_quiet_period`](Self::overload_quiet_period): 1
     /// second without shedding ends an overload episode.
@@ -140,6 +149,8 @@ impl<Item> FanOutConfig<Item> {
             overload_quiet_period: Self::DEFAULT_OVERLOAD_QUIET_PERIOD,
             handler_timeout: None,
             latest_only: false,
+            max_queue_age: None,
+            settle_capacity: Self::DEFAULT_SETTLE_CAPACITY,
         }
     }
 
@@ -521,6 +532,86 @@ impl<Item> FanOutConfig<Item> {
         self.latest_only = latest_only;
         self
     }
+
+    /// Sheds an item that has waited in the queue longer than `age` when a
+    /// worker would take it: the handler is never called, and the item
+    /// counts [`expired`](crate::Report::expired), its own outcome in the
+    /// conservation law (`produced == processed + dropped + failed +
+    /// timed_out + expired + cancelled`). The worker takes the next item at
+    /// once. With settlement, an expired item is settled as
+    /// [`Outcome::Expired`](crate::Outcome::Expired).
+    ///
+    /// For a broker consumer, set it below the broker's claim threshold
+    /// (Redis `XAUTOCLAIM` min-idle time, JetStream `ack_wait`), minus the
+    /// handler's worst time: a message that waited longer would be claimed
+    /// by a peer and handled twice. The age is measured from the moment the
+    /// item was queued, once per batch the intake queues.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
+    /// use futures::StreamExt;
+    ///
+    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+    /// #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// async fn main() {
+    ///     // One worker, 100 ms per item, 4 items queued at once: the fourth
+    ///     // would start after 300 ms in the queue, past its 250 ms limit.
+    ///     let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+    ///         .max_queue_age(Duration::from_millis(250));
+    ///     let (results, shutdown) = futures::stream::iter(0..4u32)
+    ///         .bounded_fan_out_with(config, |x| async move {
+    ///             tokio::time::sleep(Duration::from_millis(100)).await;
+    ///             x
+    ///         });
+    ///     let (out, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
+    ///     assert_eq!(out, [0, 1, 2]);
+    ///     assert_eq!((report.processed, report.expired), (3, 1));
+    ///     assert!(report.is_conserved());
+    /// }
+    /// ```
+    pub fn max_queue_age(mut self, age: Duration) -> Self {
+        self.max_queue_age = Some(age);
+        self
+    }
+
+    /// With [`bounded_fan_out_settled`](crate::FanOutExt::bounded_fan_out_settled):
+    /// the most items that may be unsettled at once (queued, in flight, or
+    /// with a settlement record not yet read). This bounds the records'
+    /// memory; once that many are unsettled, intake waits for the settler
+    /// before it pulls more (the input keeps its items). Keep it well above
+    /// `capacity + workers`, or the queue cannot fill and shedding starts
+    /// late. Unused without settlement.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `settle_capacity` is 0
+    /// (`"FanOutConfig::settle_capacity: settle_capacity must be at least 1"`)
+    /// or above [`MAX_CAPACITY`](Self::MAX_CAPACITY).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
+    ///
+    /// let config = FanOutConfig::<u64>::new(4, ShedPolicy::DropNewest).settle_capacity(4096);
+    /// assert!(format!("{config:?}").contains("settle_capacity: 4096"));
+    /// ```
+    #[track_caller]
+    pub fn settle_capacity(mut self, settle_capacity: usize) -> Self {
+        assert!(
+            settle_capacity > 0,
+            "FanOutConfig::settle_capacity: settle_capacity must be at least 1"
+        );
+        assert!(
+            settle_capacity <= Self::MAX_CAPACITY,
+            "FanOutConfig::settle_capacity: settle_capacity must be at most FanOutConfig::MAX_CAPACITY"
+        );
+        self.settle_capacity = settle_capacity;
+        self
+    }
 }
 
 impl<Item> Clone for FanOutConfig<Item> {
@@ -539,6 +630,8 @@ impl<Item> Clone for FanOutConfig<Item> {
             overload_quiet_period: self.overload_quiet_period,
             handler_timeout: self.handler_timeout,
             latest_only: self.latest_only,
+            max_queue_age: self.max_queue_age,
+            settle_capacity: self.settle_capacity,
         }
     }
 }
@@ -559,6 +652,8 @@ impl<Item> fmt::Debug for FanOutConfig<Item> {
             .field("overload_quiet_period", &self.overload_quiet_period)
             .field("handler_timeout", &self.handler_timeout)
             .field("latest_only", &self.latest_only)
+            .field("max_queue_age", &self.max_queue_age)
+            .field("settle_capacity", &self.settle_capacity)
             .finish()
     }
 }

@@ -6,13 +6,15 @@ use tokio::task::JoinSet;
 
 use crate::config::ItemHook;
 use crate::handoff::HandOff;
-use crate::isolate::{Quiet, has_time_driver};
+use crate::isolate::{Quiet, drop_quietly, has_time_driver};
 use crate::overload::Episodes;
 use crate::pipeline::{End, Shared, supervise};
 use crate::report::IntakeEnd;
+use crate::settle::{self, InputBack, Settle, Settled};
 use crate::stop::StopWatch;
 use crate::{BoundedFanOut, FanOutConfig, ShedPolicy, ShutdownHandle, intake, worker};
 use crate::{output, trace};
+use std::pin::Pin;
 
 /// Adds [`bounded_fan_out`](FanOutExt::bounded_fan_out) to every [`Stream`].
 pub trait FanOutExt: Stream {
@@ -173,10 +175,166 @@ pub trait FanOutExt: Stream {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        let (results, handle, _) = launch(config, handler, |shared, on_shed, episodes| {
-            intake::run(self, shared, on_shed, episodes)
-        });
+        let (results, handle, _) =
+            launch(config, handler, None, None, |shared, on_shed, episodes| {
+                intake::run(self, shared, on_shed, episodes, intake::drop_input)
+            });
         (results, handle)
+    }
+
+    /// [`bounded_fan_out_with`](FanOutExt::bounded_fan_out_with) for
+    /// handlers that return a `Result`: the [`Report`](crate::Report)
+    /// also counts the `Err` outputs, in
+    /// [`errored`](crate::Report::errored). An `Err` is still a completed
+    /// handler: it counts `processed` and is delivered like an `Ok`, so the
+    /// laws are unchanged and `processed - errored` outputs were `Ok`. (A
+    /// panic is `failed`, not `errored`.) Named after futures'
+    /// `TryStreamExt::try_buffer_unordered`, which also works on `Result`s.
+    ///
+    /// # Panics
+    ///
+    /// As [`bounded_fan_out_with`](FanOutExt::bounded_fan_out_with).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
+    /// use futures::StreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let config = FanOutConfig::new(2, ShedPolicy::DropNewest);
+    /// let (results, shutdown) = futures::stream::iter(0..10u32)
+    ///     .try_bounded_fan_out_with(config, |x| async move {
+    ///         if x % 3 == 0 { Err(format!("{x} is a multiple of 3")) } else { Ok(x) }
+    ///     });
+    /// let (out, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
+    /// assert_eq!(out.iter().filter(|r| r.is_err()).count(), 4); // 0, 3, 6, 9
+    /// assert_eq!((report.processed, report.errored), (10, 4));
+    /// # }
+    /// ```
+    #[track_caller]
+    fn try_bounded_fan_out_with<F, Fut, T, E>(
+        self,
+        config: FanOutConfig<Self::Item>,
+        handler: F,
+    ) -> (BoundedFanOut<Result<T, E>>, ShutdownHandle)
+    where
+        Self: Sized + Send + 'static,
+        Self::Item: Send + 'static,
+        F: Fn(Self::Item) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let is_err: fn(&Result<T, E>) -> bool = Result::is_err;
+        let (results, handle, _) = launch(
+            config,
+            handler,
+            Some(is_err),
+            None,
+            |shared, on_shed, episodes| {
+                intake::run(self, shared, on_shed, episodes, intake::drop_input)
+            },
+        );
+        (results, handle)
+    }
+
+    /// [`bounded_fan_out_with`](FanOutExt::bounded_fan_out_with) for inputs
+    /// whose items must be acknowledged, such as a broker's consumer group:
+    /// every item's outcome comes back as a [`Settlement`](crate::Settlement) holding the key
+    /// `key` took from the item (a message id, say), and the input stream
+    /// comes back after a shutdown or abort, so items not yet pulled stay
+    /// the caller's.
+    ///
+    /// Exactly one record per item taken from the input, whose
+    /// [`Outcome`](crate::Outcome) matches the [`Report`](crate::Report)
+    /// counter the item is in: `Processed`, `Dropped` (with the policy's
+    /// reason), `Failed`, `TimedOut`, `Expired` or `Cancelled` (queued or in
+    /// flight). `key` is called once per item, before the handler gets it
+    /// (so a handler that consumes the item still lets its key be
+    /// reported), outside every lock; a panic in it is caught and leaves
+    /// that item without a record. Records are never sent under a lock and
+    /// never wait; at most
+    /// [`settle_capacity`](FanOutConfig::settle_capacity) items are
+    /// unsettled at once, and a settler that falls that far behind
+    /// throttles intake (see [`Settlements`](crate::Settlements)).
+    ///
+    /// # Panics
+    ///
+    /// As [`bounded_fan_out_with`](FanOutExt::bounded_fan_out_with).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, Outcome, ShedPolicy, ShedReason};
+    /// use futures::StreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // Messages with ids; one worker, room for 2: a burst of 5 sheds 3.
+    /// let messages = futures::stream::iter((0..5u32).map(|id| (id, format!("payload {id}"))));
+    /// let config = FanOutConfig::new(1, ShedPolicy::DropNewest).capacity(2);
+    /// let settled = messages.bounded_fan_out_settled(config, |(id, _)| *id, |(_, body)| async move {
+    ///     body.len()
+    /// });
+    /// let (_, mut records, report) = tokio::join!(
+    ///     settled.results.collect::<Vec<_>>(),
+    ///     settled.settlements.collect::<Vec<_>>(),
+    ///     settled.shutdown.join(),
+    /// );
+    /// records.sort_by_key(|r| r.key);
+    /// let outcomes: Vec<_> = records.iter().map(|r| r.outcome).collect();
+    /// let shed = Outcome::Dropped(ShedReason::QueueFull);
+    /// assert_eq!(outcomes, [Outcome::Processed, Outcome::Processed, shed, shed, shed]);
+    /// assert_eq!((report.processed, report.dropped), (2, 3));
+    /// assert!(settled.input.await.is_none(), "the input was exhausted");
+    /// # }
+    /// ```
+    #[track_caller]
+    fn bounded_fan_out_settled<K, KeyFn, F, Fut>(
+        self,
+        config: FanOutConfig<Self::Item>,
+        key: KeyFn,
+        handler: F,
+    ) -> Settled<Self, Fut::Output, K>
+    where
+        Self: Sized + Send + 'static,
+        Self::Item: Send + 'static,
+        K: Send + 'static,
+        KeyFn: Fn(&Self::Item) -> K + Send + Sync + 'static,
+        F: Fn(Self::Item) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        let (sink, settlements) = settle::channel(key, config.settle_capacity);
+        let (back, input) = tokio::sync::oneshot::channel();
+        // Boxed and pinned, so it can be moved out and handed back.
+        let stream = Box::pin(self);
+        let hand_back = move |input: Pin<&mut Option<Pin<Box<Self>>>>, end: IntakeEnd| {
+            if end == IntakeEnd::Stopped {
+                if let Some(stream) = input.get_mut().take() {
+                    if let Err(stream) = back.send(stream) {
+                        drop_quietly(stream);
+                    }
+                }
+            }
+        };
+        let (results, shutdown, _) = launch(
+            config,
+            handler,
+            None,
+            Some(sink),
+            move |shared, on_shed, episodes| {
+                intake::run(stream, shared, on_shed, episodes, hand_back)
+            },
+        );
+        Settled {
+            results,
+            settlements,
+            shutdown,
+            input: InputBack::new(input),
+        }
     }
 }
 
@@ -188,6 +346,8 @@ pub trait FanOutExt: Stream {
 pub(crate) fn launch<Item, F, Fut, Front, FrontFut>(
     config: FanOutConfig<Item>,
     handler: F,
+    is_err: Option<fn(&Fut::Output) -> bool>,
+    settle: Option<Box<dyn Settle<Item>>>,
     front: Front,
 ) -> (
     BoundedFanOut<Fut::Output>,
@@ -223,11 +383,12 @@ where
     };
     let (sender, receiver, books) = output::channel(config.output_capacity, mode, config.workers);
     let shared = Arc::new(Shared::new(
-        HandOff::new(config.capacity, config.policy),
+        HandOff::new(config.capacity, config.policy, config.max_queue_age),
         config.workers,
         config.cancel_token.as_ref(),
         config.on_cancel,
         books,
+        settle,
     ));
     // Registered before any task runs, so a parent cancelled from any
     // thread stops intake before its `cancel()` returns.
@@ -244,6 +405,7 @@ where
             Arc::clone(&*handler),
             sender.clone(),
             config.handler_timeout,
+            is_err,
         );
         workers.spawn_on(trace::in_span(&span, run), &runtime);
     }

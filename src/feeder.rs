@@ -88,9 +88,13 @@ where
 {
     let producers_gone = CancellationToken::new();
     let gone = producers_gone.clone();
-    let (results, handle, shared) = launch(config, handler, move |shared, on_shed, episodes| {
-        front(shared, gone, on_shed, episodes)
-    });
+    let (results, handle, shared) = launch(
+        config,
+        handler,
+        None,
+        None,
+        move |shared, on_shed, episodes| front(shared, gone, on_shed, episodes),
+    );
     let feeder = Feeder {
         inner: Arc::new(Producers {
             shared,

@@ -33,6 +33,9 @@
 //! * **Take order is numbered.** Each pop gets the next sequence number
 //!   under the lock, so taken items are numbered densely in queue order;
 //!   ordered output reorders by it.
+//! * **Stamps follow items.** With a maximum queue age, `stamps` holds one
+//!   queue instant per item of `items`, pushed, evicted and popped in step,
+//!   so an item's age is read when it is popped; without one it stays empty.
 //! * **No user code under the lock.** Shed, rejected and abandoned items are
 //!   moved out under the lock and dropped (or given to a hook) by the caller
 //!   after it is released, so a panicking `Drop` or hook cannot poison the
@@ -42,11 +45,17 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use std::time::Duration;
+
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use crate::ShedPolicy;
 
 pub(crate) struct HandOff<T> {
+    /// The maximum queue age, if any: items carry the instant they were
+    /// queued, and one that waited longer is expired when taken.
+    max_age: Option<Duration>,
     /// One permit per queued item while open (see `# Invariants`).
     ready: Semaphore,
     /// Free slots, only under `Backpressure` (see `# Invariants`).
@@ -60,6 +69,9 @@ pub(crate) struct HandOff<T> {
 
 struct State<T> {
     items: VecDeque<T>,
+    /// When each item of `items` was queued, in step with it; empty unless
+    /// a maximum queue age is set.
+    stamps: VecDeque<Instant>,
     closed: bool,
     abandoned: bool,
     high_water_mark: usize,
@@ -88,9 +100,10 @@ pub(crate) enum Pushed {
 }
 
 impl<T> HandOff<T> {
-    pub(crate) fn new(capacity: usize, policy: ShedPolicy) -> Self {
+    pub(crate) fn new(capacity: usize, policy: ShedPolicy, max_age: Option<Duration>) -> Self {
         debug_assert!(capacity > 0, "HandOff: capacity must be at least 1");
         HandOff {
+            max_age,
             ready: Semaphore::new(0),
             parked: AtomicUsize::new(0),
             room: Semaphore::new(if policy == ShedPolicy::Backpressure {
@@ -101,6 +114,7 @@ impl<T> HandOff<T> {
             state: Mutex::new(State {
                 // Grows on demand: a huge capacity is a bound, not a reservation.
                 items: VecDeque::with_capacity(capacity.min(1024)),
+                stamps: VecDeque::new(),
                 closed: false,
                 abandoned: false,
                 high_water_mark: 0,
@@ -162,9 +176,18 @@ impl<T> HandOff<T> {
                     let overflow = batch.len().saturating_sub(free);
                     let evicted = overflow.min(before);
                     shed.extend(state.items.drain(..evicted));
+                    if self.max_age.is_some() {
+                        state.stamps.drain(..evicted);
+                    }
                     shed.extend(batch.drain(..overflow - evicted));
                     state.items.extend(batch.drain(..));
                 }
+            }
+            if self.max_age.is_some() {
+                // One clock read per batch: its items were queued together.
+                let now = Instant::now();
+                let unstamped = state.items.len() - state.stamps.len();
+                state.stamps.extend(std::iter::repeat_n(now, unstamped));
             }
             let len = state.items.len();
             debug_assert!(len <= self.capacity, "HandOff: queue over capacity");
@@ -188,12 +211,13 @@ impl<T> HandOff<T> {
     }
 
     /// Waits for an item and takes it; `None` once the queue is closed and
-    /// empty, or abandoned.
+    /// empty, or abandoned. The flag says the item waited longer than the
+    /// maximum queue age: the worker must not start it.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: a permit is forgotten only together with a pop.
-    pub(crate) async fn take(&self) -> Option<(u64, T)> {
+    pub(crate) async fn take(&self) -> Option<(u64, T, bool)> {
         loop {
             // Fast path first: a busy queue rarely needs to park the worker.
             let permit = match self.ready.try_acquire() {
@@ -219,20 +243,24 @@ impl<T> HandOff<T> {
         }
     }
 
-    fn pop(&self) -> Option<(u64, T)> {
+    fn pop(&self) -> Option<(u64, T, bool)> {
         let taken = {
             let mut state = self.lock();
             if state.abandoned {
                 return None;
             }
             let item = state.items.pop_front();
+            let expired = match (self.max_age, state.stamps.pop_front()) {
+                (Some(max_age), Some(queued_at)) => queued_at.elapsed() > max_age,
+                _ => false,
+            };
             debug_assert!(
                 item.is_some() || state.closed,
                 "HandOff: a permit was granted for an empty open queue"
             );
             let seq = state.next_take;
             state.next_take += u64::from(item.is_some());
-            item.map(|item| (seq, item))
+            item.map(|item| (seq, item, expired))
         };
         if taken.is_some() && self.policy == ShedPolicy::Backpressure {
             self.room.add_permits(1);
@@ -335,6 +363,7 @@ impl<T> HandOff<T> {
             let mut state = self.lock();
             state.closed = true;
             state.abandoned = true;
+            state.stamps.clear();
             let items: Vec<T> = state.items.drain(..).collect();
             count(items.len());
             items

@@ -8,12 +8,15 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use tokio::time::{Instant, Sleep};
 
+use crate::ShedPolicy;
+use crate::books::bump;
 use crate::config::ItemHook;
 use crate::handoff::{HandOff, Pushed};
 use crate::isolate::{Quiet, catching, drop_quietly, timer_at};
 use crate::overload::Episodes;
-use crate::pipeline::{Shared, bump};
+use crate::pipeline::Shared;
 use crate::report::IntakeEnd;
+use crate::settle::{self, Outcome, ShedReason};
 
 /// Most items pulled before they are queued under one lock. Bounds the items
 /// held outside the queue, and amortises the lock and `add_permits` call.
@@ -38,11 +41,18 @@ impl<Item> Drop for CloseOnDrop<'_, Item> {
     }
 }
 
+/// What becomes of the input when intake ends, unless it is handed back to
+/// the caller (see `settle::InputBack`): dropped, quietly (user code).
+pub(crate) fn drop_input<S>(mut input: Pin<&mut Option<S>>, _: IntakeEnd) {
+    catching(|| input.set(None));
+}
+
 pub(crate) async fn run<S>(
     input: S,
     shared: Arc<Shared<S::Item>>,
     on_shed: Option<ItemHook<S::Item>>,
     mut episodes: Episodes,
+    finish: impl FnOnce(Pin<&mut Option<S>>, IntakeEnd),
 ) -> IntakeEnd
 where
     S: Stream,
@@ -65,6 +75,20 @@ where
         if limit == 0 {
             break IntakeEnd::Stopped; // abandoned while waiting for room
         }
+        // With settlement, one credit per item pulled (see `settle`).
+        let limit = match &shared.settle {
+            None => limit,
+            Some(settle) => match settle::reserve(settle.credits(), limit, stop.as_mut()).await {
+                Some(credits) => {
+                    shared.queue.unreserve(limit - credits);
+                    credits
+                }
+                None => {
+                    shared.queue.unreserve(limit);
+                    break IntakeEnd::Stopped;
+                }
+            },
+        };
         let Some(mut stream) = input.as_mut().as_pin_mut() else {
             break IntakeEnd::Exhausted; // unreachable: dropped only below
         };
@@ -84,6 +108,9 @@ where
         })
         .await;
         shared.queue.unreserve(limit - batch.len());
+        if let Some(settle) = &shared.settle {
+            settle.credits().add_permits(limit - batch.len());
+        }
         bump(&shared.intake.produced, batch.len() as u64);
         let woke_idle = match shared.queue.push_batch(&mut batch, &mut shed) {
             Pushed::Accepted { woke_idle } => woke_idle,
@@ -96,6 +123,15 @@ where
         let shed_now = shed.len();
         if shed_now > 0 {
             bump(&shared.intake.dropped, shed_now as u64);
+            let reason = match shared.queue.policy() {
+                ShedPolicy::DropOldest => ShedReason::Evicted,
+                _ => ShedReason::QueueFull,
+            };
+            if shared.settle.is_some() {
+                for item in &shed {
+                    shared.settle(item, Outcome::Dropped(reason));
+                }
+            }
             dispose(&mut shed, (*on_shed).as_deref());
         }
         episodes.record(shed_now);
@@ -124,6 +160,8 @@ where
             tokio::task::coop::consume_budget().await;
         }
     };
+    finish(input.as_mut(), end);
+    // Whatever `finish` left is dropped quietly, before the queue is closed.
     catching(|| input.set(None));
     episodes.finish();
     end

@@ -121,6 +121,7 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod books;
 mod config;
 mod controller;
 mod ext;
@@ -134,6 +135,7 @@ mod overload;
 mod pipeline;
 mod policy;
 mod report;
+mod settle;
 mod shutdown;
 mod stop;
 mod trace;
@@ -147,6 +149,7 @@ pub use feeder::{Feeder, Offer, feeder};
 pub use overload::OverloadEvent;
 pub use policy::ShedPolicy;
 pub use report::{IntakeEnd, Report, Stats};
+pub use settle::{InputBack, Outcome, Settled, Settlement, Settlements, ShedReason, Stage};
 pub use shutdown::{Join, ShutdownHandle};
 /// The token type [`FanOutConfig::cancel_token`] takes, re-exported from
 /// `tokio-util` so that callers need no direct dependency to use it.

@@ -39,8 +39,8 @@ use std::task::{Context, Poll, Waker, ready};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::books::bump;
 use crate::isolate::drop_quietly;
-use crate::pipeline::bump;
 
 /// What the pipeline, whatever its result type, needs of the results side.
 pub(crate) trait ResultBooks: Send + Sync {

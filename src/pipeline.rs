@@ -18,43 +18,18 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::books::{Exit, Fate, IntakeCounters, Tally, WorkerCounters};
 use crate::config::ItemHook;
 use crate::handoff::HandOff;
 use crate::isolate::{Quiet, catching, drop_quietly, timer_at};
 use crate::output::ResultBooks;
 use crate::report::{IntakeEnd, Report, Stats};
+use crate::settle::{Outcome, Settle, Stage};
 use crate::stop::StopWatch;
-use crate::worker::Exit;
 
 const RUNNING: u8 = 0;
 const DRAINING: u8 = 1;
 const ABORTING: u8 = 2;
-
-/// Counters written by the intake task only (PITFALLS 4: one writer per
-/// cache line, summed when read).
-#[derive(Default)]
-#[repr(align(128))]
-pub(crate) struct IntakeCounters {
-    pub(crate) produced: AtomicU64,
-    pub(crate) dropped: AtomicU64,
-}
-
-/// Counters written by one worker task only.
-#[derive(Default)]
-#[repr(align(128))]
-pub(crate) struct WorkerCounters {
-    pub(crate) taken: AtomicU64,
-    pub(crate) processed: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) timed_out: AtomicU64,
-    pub(crate) cancelled: AtomicU64,
-}
-
-/// Adds `n` to a counter that only the calling task writes: a plain
-/// load and store, no read-modify-write on the hot path.
-pub(crate) fn bump(counter: &AtomicU64, n: u64) {
-    counter.store(counter.load(Relaxed) + n, Relaxed);
-}
 
 pub(crate) struct Shared<Item> {
     pub(crate) queue: HandOff<Item>,
@@ -79,6 +54,8 @@ pub(crate) struct Shared<Item> {
     on_cancel: Quiet<Option<ItemHook<Item>>>,
     /// The results side's books, and its abort switch.
     pub(crate) results: Arc<dyn ResultBooks>,
+    /// Where every item's outcome goes, if the caller settles.
+    pub(crate) settle: Option<Box<dyn Settle<Item>>>,
     /// The final report, published by the supervisor for every controller.
     report: std::sync::OnceLock<Report>,
     /// Cancelled once `report` is published.
@@ -92,6 +69,7 @@ impl<Item> Shared<Item> {
         parent: Option<&CancellationToken>,
         on_cancel: Option<ItemHook<Item>>,
         results: Arc<dyn ResultBooks>,
+        settle: Option<Box<dyn Settle<Item>>>,
     ) -> Self {
         Shared {
             queue,
@@ -104,6 +82,7 @@ impl<Item> Shared<Item> {
             ends: AtomicUsize::new(2),
             on_cancel: Quiet::new(on_cancel),
             results,
+            settle,
             report: std::sync::OnceLock::new(),
             finished: CancellationToken::new(),
         }
@@ -147,6 +126,13 @@ impl<Item> Shared<Item> {
         self.hand_back(abandoned);
     }
 
+    /// Sends `item`'s settlement record, if the caller settles.
+    pub(crate) fn settle(&self, item: &Item, outcome: Outcome) {
+        if let Some(settle) = &self.settle {
+            settle.settle(item, outcome);
+        }
+    }
+
     fn count_unqueued(&self, n: usize) {
         self.unqueued_cancelled.fetch_add(n as u64, Relaxed);
     }
@@ -160,6 +146,7 @@ impl<Item> Shared<Item> {
 
     fn hand_back(&self, items: impl IntoIterator<Item = Item>) {
         for item in items {
+            self.settle(&item, Outcome::Cancelled(Stage::Queued));
             match &*self.on_cancel {
                 Some(hook) => {
                     catching(|| hook(item));
@@ -169,33 +156,14 @@ impl<Item> Shared<Item> {
         }
     }
 
-    fn worker_totals(&self) -> WorkerTotals {
-        let mut sums = WorkerTotals::default();
-        for w in self.workers.iter() {
-            // Outcomes before `taken`: `taken` only grows, so the difference
-            // is never negative. It may count items the worker took after
-            // the outcomes were read, so it is capped at the one item a
-            // worker can hold.
-            let finished = [&w.processed, &w.failed, &w.timed_out, &w.cancelled]
-                .map(|counter| counter.load(Relaxed));
-            let taken = w.taken.load(Relaxed);
-            sums.processed += finished[0];
-            sums.failed += finished[1];
-            sums.timed_out += finished[2];
-            sums.cancelled += finished[3];
-            sums.in_flight += usize::from(taken > finished.iter().sum::<u64>());
-        }
-        sums
-    }
-
     fn snapshot(&self) -> Stats {
         // The results side first: a result is delivered or discarded only
         // after its item was counted processed, so reading `processed` last
         // keeps a live snapshot from showing more results than completions.
         let (delivered, discarded) = (self.results.delivered(), self.results.discarded());
-        let totals = self.worker_totals();
+        let tally = Tally::sum(&self.workers);
         let (queue_depth, high_water_mark) = self.queue.depth();
-        let processed = totals.processed;
+        let processed = tally.of(Fate::Processed);
         Stats {
             produced: self.intake.produced.load(Relaxed),
             processed,
@@ -203,11 +171,13 @@ impl<Item> Shared<Item> {
             discarded,
             results_waiting: processed.saturating_sub(delivered + discarded),
             dropped: self.intake.dropped.load(Relaxed),
-            failed: totals.failed,
-            timed_out: totals.timed_out,
-            cancelled: totals.cancelled + self.unqueued_cancelled.load(Relaxed),
+            errored: tally.errored,
+            failed: tally.of(Fate::Failed),
+            timed_out: tally.of(Fate::TimedOut),
+            expired: tally.of(Fate::Expired),
+            cancelled: tally.of(Fate::Cancelled) + self.unqueued_cancelled.load(Relaxed),
             queue_depth,
-            in_flight: totals.in_flight,
+            in_flight: tally.in_flight,
             high_water_mark,
         }
     }
@@ -223,8 +193,10 @@ impl<Item> Shared<Item> {
             delivered: stats.delivered,
             discarded: stats.discarded,
             dropped: stats.dropped,
+            errored: stats.errored,
             failed: stats.failed,
             timed_out: stats.timed_out,
+            expired: stats.expired,
             cancelled: stats.cancelled + stats.in_flight as u64,
             workers: self.workers.len(),
             workers_joined,
@@ -233,15 +205,6 @@ impl<Item> Shared<Item> {
             high_water_mark: stats.high_water_mark,
         }
     }
-}
-
-#[derive(Default)]
-struct WorkerTotals {
-    processed: u64,
-    failed: u64,
-    timed_out: u64,
-    cancelled: u64,
-    in_flight: usize,
 }
 
 /// What the user-facing halves may do to a pipeline, whatever its item type.
@@ -291,6 +254,10 @@ impl<Item: Send + 'static> Control for Shared<Item> {
         self.begin_abort();
         let mut report = self.report(0, self.workers.len(), IntakeEnd::Stopped);
         report.discarded = report.processed.saturating_sub(report.delivered);
+        if let Some(settle) = &self.settle {
+            // Items lost with their tasks have no record: end when drained.
+            settle.finish(None);
+        }
         report
     }
 
@@ -378,6 +345,9 @@ pub(crate) async fn supervise<Item: Send + 'static>(
         "results law broken: {report}"
     );
     crate::trace::finished(&report);
+    if let Some(settle) = &shared.settle {
+        settle.finish(Some(report.produced));
+    }
     // Set once, here: `get_or_init` cannot fail.
     shared.report.get_or_init(|| report.clone());
     shared.finished.cancel();

@@ -45,7 +45,7 @@ impl fmt::Display for IntakeEnd {
 ///
 /// Every item taken from the input is counted exactly once, in one of
 /// `processed`, `dropped`, `failed`, `timed_out` or `cancelled`, so
-/// `produced == processed + dropped + failed + timed_out + cancelled` (the
+/// `produced == processed + dropped + failed + timed_out + expired + cancelled` (the
 /// conservation law; `timed_out` is 0 unless a
 /// [`handler_timeout`](crate::FanOutConfig::handler_timeout) is set). Every
 /// result is counted once too, `processed == delivered + discarded` (the
@@ -97,6 +97,15 @@ pub struct Report {
     /// [`handler_timeout`](crate::FanOutConfig::handler_timeout) and was
     /// cancelled; the worker went on with the next item.
     pub timed_out: u64,
+    /// Items that waited in the queue longer than the
+    /// [`max_queue_age`](crate::FanOutConfig::max_queue_age): shed when a
+    /// worker would have taken them, without calling the handler.
+    pub expired: u64,
+    /// Processed items whose output was an `Err`: counted only by
+    /// [`try_bounded_fan_out_with`](crate::FanOutExt::try_bounded_fan_out_with),
+    /// 0 otherwise. A part of `processed` (`errored <= processed`; the `Ok`
+    /// outputs are `processed - errored`), not a separate outcome.
+    pub errored: u64,
     /// Items accepted but abandoned by a shutdown before their handler
     /// completed: still queued at an abort, or cut off in flight.
     pub cancelled: u64,
@@ -117,7 +126,7 @@ pub struct Report {
 
 impl Report {
     /// Whether the books balance: `produced == processed + dropped + failed +
-    /// timed_out + cancelled`, `processed == delivered + discarded` and
+    /// timed_out + expired + cancelled`, `processed == delivered + discarded` and
     /// `workers_joined + aborted == workers`.
     ///
     /// This holds in every report the crate returns; the method exists so
@@ -141,10 +150,12 @@ impl Report {
             .checked_add(self.dropped)
             .and_then(|n| n.checked_add(self.failed))
             .and_then(|n| n.checked_add(self.timed_out))
+            .and_then(|n| n.checked_add(self.expired))
             .and_then(|n| n.checked_add(self.cancelled))
             == Some(self.produced)
             && self.delivered.checked_add(self.discarded) == Some(self.processed)
             && self.workers_joined.checked_add(self.aborted) == Some(self.workers)
+            && self.errored <= self.processed
     }
 }
 
@@ -166,7 +177,15 @@ impl fmt::Display for Report {
             self.aborted,
             self.high_water_mark,
             self.intake
-        )
+        )?;
+        // The opt-in counts, only where they say something.
+        if self.expired > 0 {
+            write!(f, "; expired {}", self.expired)?;
+        }
+        if self.errored > 0 {
+            write!(f, "; errored {} of the processed", self.errored)?;
+        }
+        Ok(())
     }
 }
 
@@ -217,6 +236,10 @@ pub struct Stats {
     pub failed: u64,
     /// Items whose handler ran past the handler timeout so far.
     pub timed_out: u64,
+    /// Items shed for waiting longer than the maximum queue age so far.
+    pub expired: u64,
+    /// Processed items whose output was an `Err` so far (see [`Report::errored`]).
+    pub errored: u64,
     /// Items cancelled by a shutdown so far.
     pub cancelled: u64,
     /// Items queued now, waiting for a worker (at most the capacity).

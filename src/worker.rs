@@ -9,19 +9,10 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::isolate::{Quiet, catching, timer_at};
+use crate::books::{Exit, Fate};
+use crate::isolate::{Quiet, catching, drop_quietly, timer_at};
 use crate::output::Sender;
-use crate::pipeline::{Shared, bump};
-
-/// Why a worker stopped: the report's `workers_joined` vs `aborted` split
-/// needs the worker's own word for it (PITFALLS 5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Exit {
-    /// The queue was closed and empty, or abandoned while this worker was idle.
-    Joined,
-    /// An abort cut off this worker's in-flight handler.
-    Aborted,
-}
+use crate::pipeline::Shared;
 
 enum Outcome<T> {
     Done(T),
@@ -36,6 +27,7 @@ pub(crate) async fn run<Item, F, Fut>(
     handler: Arc<F>,
     results: Sender<Fut::Output>,
     timeout: Option<Duration>,
+    is_err: Option<fn(&Fut::Output) -> bool>,
 ) -> Exit
 where
     F: Fn(Item) -> Fut,
@@ -51,9 +43,18 @@ where
         if results.is_ordered() {
             results.reserve_turn().await;
         }
-        let Some((seq, item)) = shared.queue.take().await else {
+        let Some((seq, item, expired)) = shared.queue.take().await else {
             return Exit::Joined;
         };
+        if expired {
+            // Too old to start: shed at the last moment, never handled.
+            counters.took();
+            counters.ended(Fate::Expired);
+            shared.settle(&item, Fate::Expired.outcome());
+            drop_quietly(item);
+            results.deliver(seq, None).await;
+            continue;
+        }
         if shared.is_aborting() {
             // Taken just before an abort emptied the queue: the handler has
             // not started, so the item goes back like a queued one. This
@@ -63,20 +64,30 @@ where
             results.deliver(seq, None).await;
             return Exit::Joined;
         }
-        bump(&counters.taken, 1);
+        counters.took();
+        // The handler consumes the item: take its key first.
+        let key = shared.settle.as_ref().map(|settle| settle.key(&item));
         let outcome = run_one(&**handler, item, killed.as_mut(), timeout).await;
         let cut_off = matches!(outcome, Outcome::Cancelled);
         // Counted before the hand-over: `processed` means the handler
         // completed. The hand-over waits for the consumer until an abort
         // begins; then the result is discarded (and counted so), so
         // `processed == delivered + discarded`.
-        let (counter, result) = match outcome {
-            Outcome::Done(output) => (&counters.processed, Some(output)),
-            Outcome::Panicked => (&counters.failed, None),
-            Outcome::TimedOut => (&counters.timed_out, None),
-            Outcome::Cancelled => (&counters.cancelled, None),
+        let (fate, result) = match outcome {
+            Outcome::Done(output) => (Fate::Processed, Some(output)),
+            Outcome::Panicked => (Fate::Failed, None),
+            Outcome::TimedOut => (Fate::TimedOut, None),
+            Outcome::Cancelled => (Fate::Cancelled, None),
         };
-        bump(counter, 1);
+        if let (Some(output), Some(is_err)) = (&result, is_err) {
+            if is_err(output) {
+                counters.errored();
+            }
+        }
+        counters.ended(fate);
+        if let (Some(settle), Some(key)) = (&shared.settle, key) {
+            settle.settle_key(key, fate.outcome());
+        }
         results.deliver(seq, result).await;
         if cut_off {
             return Exit::Aborted;
