@@ -53,7 +53,8 @@ pub const CLAIM_AFTER: Duration = Duration::from_millis(1000);
 /// peer may already have claimed it.
 pub const MAX_QUEUE_AGE: Duration = Duration::from_millis(500);
 pub const HANDLER_TIMEOUT: Duration = Duration::from_millis(300);
-/// Every message whose sequence number is a multiple of this fails.
+/// In the scenario, one message in this many is made to fail (its `fail`
+/// field is 1): its handler panics on every delivery.
 pub const FAIL_EVERY: u64 = 500;
 
 /// Acks `ARGV[2]` and records it in the set `KEYS[2]`, in one step, only if
@@ -71,6 +72,8 @@ return 0
 pub struct Message {
     pub id: String,
     pub seq: u64,
+    /// Made to fail on every delivery.
+    pub fail: bool,
     pub deliveries: u64,
 }
 
@@ -79,8 +82,13 @@ pub async fn connect(port: u16) -> redis::RedisResult<MultiplexedConnection> {
     client.get_multiplexed_async_connection().await
 }
 
-/// Creates the group and writes `n` messages, `seq` 0..n.
-pub async fn produce(con: &mut MultiplexedConnection, n: u64) -> redis::RedisResult<()> {
+/// Creates the group and writes `n` messages, `seq` 0..n; with
+/// `fail_every`, every that-many-th message is made to fail.
+pub async fn produce(
+    con: &mut MultiplexedConnection,
+    n: u64,
+    fail_every: Option<u64>,
+) -> redis::RedisResult<()> {
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(STREAM)
@@ -92,11 +100,14 @@ pub async fn produce(con: &mut MultiplexedConnection, n: u64) -> redis::RedisRes
     for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
         let mut pipe = redis::pipe();
         for seq in chunk {
+            let fail = fail_every.is_some_and(|every| seq % every == every - 1);
             pipe.cmd("XADD")
                 .arg(STREAM)
                 .arg("*")
                 .arg("seq")
                 .arg(*seq)
+                .arg("fail")
+                .arg(u8::from(fail))
                 .ignore();
         }
         let _: () = pipe.query_async(con).await?;
@@ -167,8 +178,8 @@ pub async fn books(con: &mut MultiplexedConnection) -> redis::RedisResult<Books>
     let mut dead_but_healthy = 0;
     for id in dead_ids {
         let entries: redis::streams::StreamRangeReply = con.xrange(STREAM, &id, &id).await?;
-        let seq: Option<u64> = entries.ids.first().and_then(|entry| entry.get("seq"));
-        dead_but_healthy += u64::from(seq.is_none_or(|seq| seq % FAIL_EVERY != FAIL_EVERY - 1));
+        let fail: Option<u8> = entries.ids.first().and_then(|entry| entry.get("fail"));
+        dead_but_healthy += u64::from(fail != Some(1));
     }
     Ok(Books {
         dead_but_healthy,
@@ -186,6 +197,7 @@ fn message(entry: &StreamId, deliveries: u64) -> Option<Message> {
     Some(Message {
         id: entry.id.clone(),
         seq: entry.get("seq")?,
+        fail: entry.get::<u8>("fail")? == 1,
         deliveries,
     })
 }
@@ -352,7 +364,7 @@ pub async fn consume(
         |message| message.id.clone(),
         |message| async move {
             tokio::time::sleep(Duration::from_millis(1)).await;
-            if message.seq % FAIL_EVERY == FAIL_EVERY - 1 {
+            if message.fail {
                 panic!("message {} cannot be handled", message.seq);
             }
             message.seq
@@ -361,24 +373,31 @@ pub async fn consume(
     drop(results);
     let settler = {
         let mut con = con.clone();
-        let record = redis::Script::new(ACK_AND_RECORD);
-        let mut settlements = settlements;
+        let settlements = settlements;
         tokio::spawn(async move {
-            while let Some(settled) = settlements.next().await {
-                let set = match settled.outcome {
-                    Outcome::Processed => PROCESSED,
-                    Outcome::Dropped(_) | Outcome::Expired => SHED,
-                    // Failed, timed out, cancelled: left pending, claimed again later.
-                    _ => continue,
-                };
-                let _: i64 = record
-                    .key(STREAM)
-                    .key(set)
-                    .arg(GROUP)
-                    .arg(&settled.key)
-                    .invoke_async(&mut con)
-                    .await
-                    .expect("ack");
+            // Whatever records are ready, acked in one round trip.
+            let mut batches = settlements.ready_chunks(64);
+            while let Some(batch) = batches.next().await {
+                let mut pipe = redis::pipe();
+                for settled in batch {
+                    let set = match settled.outcome {
+                        Outcome::Processed => PROCESSED,
+                        Outcome::Dropped(_) | Outcome::Expired => SHED,
+                        // Failed, timed out, cancelled: left pending, claimed again later.
+                        _ => continue,
+                    };
+                    pipe.cmd("EVAL")
+                        .arg(ACK_AND_RECORD)
+                        .arg(2)
+                        .arg(STREAM)
+                        .arg(set)
+                        .arg(GROUP)
+                        .arg(&settled.key)
+                        .ignore();
+                }
+                if !pipe.is_empty() {
+                    let _: () = pipe.query_async(&mut con).await.expect("ack");
+                }
             }
         })
     };
@@ -477,14 +496,21 @@ pub struct Run {
 /// Runs `consumers` consumer processes made by `spawn(port, name)` over `n`
 /// messages. With `chaos`, the second is killed with SIGKILL once a third
 /// is settled and the third is sent SIGTERM at two thirds.
-pub fn scenario(n: u64, consumers: usize, chaos: bool, spawn: &dyn Fn(u16, &str) -> Child) -> Run {
+pub fn scenario(
+    n: u64,
+    consumers: usize,
+    chaos: bool,
+    fail_every: Option<u64>,
+    spawn: &dyn Fn(u16, &str) -> Child,
+) -> Run {
     let server = Server::start();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let mut con = rt.block_on(connect(server.port)).expect("connect");
-    rt.block_on(produce(&mut con, n)).expect("produce");
+    rt.block_on(produce(&mut con, n, fail_every))
+        .expect("produce");
     let start = Instant::now();
     let mut children = Children(
         (1..=consumers)
@@ -603,7 +629,7 @@ fn main() {
         Some("bench") => {
             let (k, n) = (n_of(2, 1) as usize, n_of(3, 20_000));
             let spawn = |port: u16, name: &str| spawn_self(&exe, port, name, n, "lossless");
-            let run = scenario(n, k, false, &spawn);
+            let run = scenario(n, k, false, None, &spawn);
             assert_eq!(run.books.settled(), n);
             println!(
                 "{k} consumer process(es), {n} messages: {:.2} s, {:.0} messages/s end to end",
@@ -614,7 +640,7 @@ fn main() {
         _ => {
             let n = 3000;
             let spawn = |port: u16, name: &str| spawn_self(&exe, port, name, n, "shedding");
-            let run = scenario(n, 3, true, &spawn);
+            let run = scenario(n, 3, true, Some(FAIL_EVERY), &spawn);
             for report in &run.reports {
                 println!("{report}");
             }

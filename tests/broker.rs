@@ -69,7 +69,9 @@ fn assert_books_close(books: &scenario::Books) {
 
 #[test]
 fn shedding_consumers_one_killed_one_stopped_settle_every_message_exactly_once() {
-    let run = scenario::scenario(N, 3, true, &|port, name| spawn_consumer(port, name, false));
+    let run = scenario::scenario(N, 3, true, Some(scenario::FAIL_EVERY), &|port, name| {
+        spawn_consumer(port, name, false)
+    });
     for report in &run.reports {
         println!("{report}");
     }
@@ -90,7 +92,9 @@ fn shedding_consumers_one_killed_one_stopped_settle_every_message_exactly_once()
 
 #[test]
 fn lossless_consumers_one_killed_one_stopped_dead_letter_exactly_the_failing_messages() {
-    let run = scenario::scenario(N, 3, true, &|port, name| spawn_consumer(port, name, true));
+    let run = scenario::scenario(N, 3, true, Some(scenario::FAIL_EVERY), &|port, name| {
+        spawn_consumer(port, name, true)
+    });
     for report in &run.reports {
         println!("{report}");
     }
