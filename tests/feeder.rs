@@ -266,3 +266,172 @@ fn offers_from_many_threads_keep_every_item_exactly_once() {
         }
     }
 }
+
+// ===== property: the push front keeps both laws, whatever the mix =====
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    struct Case {
+        multi_thread: bool,
+        workers: usize,
+        capacity: usize,
+        policy: ShedPolicy,
+        latest_only: bool,
+        /// Offers per producer task (two producers).
+        offers: u64,
+        /// `send` instead of `offer` for every third item.
+        mix_send: bool,
+        work_ms: u64,
+        /// Stop after this many ms: (abort?, when).
+        stop: Option<(bool, u64)>,
+    }
+
+    fn cases() -> impl Strategy<Value = Case> {
+        (
+            any::<bool>(),
+            1usize..4,
+            1usize..6,
+            prop_oneof![
+                Just(ShedPolicy::DropNewest),
+                Just(ShedPolicy::DropOldest),
+                Just(ShedPolicy::Backpressure)
+            ],
+            any::<bool>(),
+            0u64..80,
+            any::<bool>(),
+            0u64..3,
+            proptest::option::of((any::<bool>(), 0u64..6)),
+        )
+            .prop_map(
+                |(
+                    multi_thread,
+                    workers,
+                    capacity,
+                    policy,
+                    latest_only,
+                    offers,
+                    mix_send,
+                    work_ms,
+                    stop,
+                )| {
+                    Case {
+                        multi_thread,
+                        workers,
+                        capacity,
+                        policy,
+                        latest_only,
+                        offers,
+                        mix_send,
+                        work_ms,
+                        stop,
+                    }
+                },
+            )
+    }
+
+    async fn run_case(case: Case) -> Result<(), TestCaseError> {
+        let config = FanOutConfig::new(case.workers, case.policy)
+            .capacity(case.capacity)
+            .latest_only(case.latest_only);
+        let work = case.work_ms;
+        let (feeder, results, handle) = feeder(config, move |id: u64| async move {
+            if work > 0 {
+                sleep(ms(work)).await;
+            } else {
+                tokio::task::yield_now().await;
+            }
+            id
+        });
+        let producers: Vec<_> = (0..2u64)
+            .map(|p| {
+                let feeder = feeder.clone();
+                let (offers, mix_send) = (case.offers, case.mix_send);
+                tokio::spawn(async move {
+                    // (accepted, handed back by value, refused uncounted)
+                    let (mut accepted, mut back, mut refused) = (0u64, Vec::new(), 0u64);
+                    for i in 0..offers {
+                        let id = p * 1000 + i;
+                        let answer = if mix_send && i % 3 == 0 {
+                            feeder.send(id).await
+                        } else {
+                            feeder.offer(id)
+                        };
+                        match answer {
+                            Offer::Queued => accepted += 1,
+                            Offer::Shed(item) | Offer::Evicted(item) => {
+                                accepted += 1;
+                                back.push(item);
+                            }
+                            Offer::Full(_) | Offer::Closed(_) => refused += 1,
+                            _ => {}
+                        }
+                        if i % 4 == 3 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    (accepted, back, refused)
+                })
+            })
+            .collect();
+        drop(feeder);
+        let controller = handle.controller();
+        let stop = async move {
+            if let Some((abort, at)) = case.stop {
+                sleep(ms(at)).await;
+                if abort {
+                    controller.abort();
+                } else {
+                    controller.shutdown();
+                }
+            }
+        };
+        let limit = Duration::from_secs(if case.multi_thread { 30 } else { 3600 });
+        let ((out, ()), report) = timeout(limit, async {
+            tokio::join!(
+                async { tokio::join!(results.collect::<Vec<_>>(), stop) },
+                handle.join()
+            )
+        })
+        .await
+        .map_err(|_| TestCaseError::fail("did not finish"))?;
+        let (mut accepted, mut back, mut refused) = (0, Vec::new(), 0);
+        for producer in producers {
+            let (a, b, r) = producer.await.expect("producer");
+            accepted += a;
+            back.extend(b);
+            refused += r;
+        }
+        prop_assert!(report.is_conserved(), "{}", report);
+        prop_assert_eq!(accepted + refused, 2 * case.offers);
+        prop_assert_eq!(report.produced, accepted, "produced counts accepted offers");
+        prop_assert_eq!(report.dropped, back.len() as u64, "dropped = handed back");
+        prop_assert_eq!(report.delivered, out.len() as u64);
+        let mut seen = BTreeSet::new();
+        for id in back.iter().chain(&out) {
+            prop_assert!(seen.insert(*id), "id {} twice", id);
+        }
+        if case.policy == ShedPolicy::Backpressure {
+            prop_assert_eq!(report.dropped, 0);
+        }
+        if !case.latest_only && case.stop.is_none() {
+            prop_assert_eq!(report.discarded, 0, "nothing discarded without a stop");
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+        #[test]
+        fn the_push_front_keeps_both_laws(case in cases()) {
+            let runtime = if case.multi_thread {
+                common::multi_thread_runtime()
+            } else {
+                common::paused_runtime()
+            };
+            runtime.block_on(run_case(case))?;
+        }
+    }
+}
