@@ -157,6 +157,14 @@ impl<Item> FanOutConfig<Item> {
     /// Sets how many items may wait in the queue for a worker; past it the
     /// policy sheds. An item a worker has taken no longer occupies a slot.
     ///
+    /// A burst of ready items is queued in batches of up to 32 under one
+    /// lock, before any worker takes one, so idle workers do not widen what
+    /// a burst can fit into: with `capacity(4)`, 4 workers parked and 6
+    /// items ready at once, 4 are queued and 2 shed (`DropNewest`), whatever
+    /// the worker count. Paced input (items arriving while workers are free)
+    /// is taken as it comes. For bursts, size the capacity to the burst, or
+    /// use [`ShedPolicy::Backpressure`].
+    ///
     /// # Panics
     ///
     /// Panics if `capacity` is 0, with the message
@@ -306,7 +314,10 @@ impl<Item> FanOutConfig<Item> {
     /// taken after it, and so do workers: at most `workers + output_capacity`
     /// items are between being taken and being delivered, so the reorder
     /// memory stays bounded by that many results; past it, workers wait
-    /// (and intake goes on shedding by policy).
+    /// (and intake goes on shedding by policy). An abort (or a drain
+    /// deadline running out) cuts off the item holding the line, and the
+    /// finished results waiting behind it are discarded like any unread
+    /// result.
     ///
     /// # Examples
     ///

@@ -25,14 +25,16 @@
 //! [`Report`] that [`ShutdownHandle::join`] returns:
 //!
 //! ```text
-//! produced == processed + dropped + failed + cancelled
+//! produced == processed + dropped + failed + cancelled (+ timed_out + expired)
 //! ```
 //!
 //! `processed`: its handler completed; `dropped`: shed by the policy;
 //! `failed`: its handler panicked (caught; the worker lives on);
 //! `cancelled`: accepted but abandoned or cut off by a shutdown. With a
 //! [`FanOutConfig::handler_timeout`], items whose handler ran too long are
-//! counted in a fifth outcome, `timed_out`. Every worker is counted once
+//! counted in a fifth outcome, `timed_out`; with a
+//! [`FanOutConfig::max_queue_age`], items that waited too long in a sixth,
+//! `expired`. Every worker is counted once
 //! too: `workers_joined + aborted == workers`; and so is every result:
 //!
 //! ```text
@@ -60,6 +62,16 @@
 //!   dropped, with everything it owned.
 //! * `join` waits for results to be read or dropped: drain and join together
 //!   with `tokio::join!`, as below.
+//!
+//! # Testing with paused time
+//!
+//! The examples and the test suite run timing logic on a paused
+//! current-thread runtime (`start_paused = true`, tokio's `test-util`), where
+//! virtual time jumps to the next timer once every task is idle. An input
+//! that is always ready (`stream::iter(0..)` with nothing that waits) keeps
+//! the intake task runnable, so the runtime never idles and virtual time
+//! never advances: `sleep` and `timeout` then never fire. Give such an input
+//! an end, a pacing timer, or run it on a real-time runtime.
 //!
 //! # Guarantees
 //!

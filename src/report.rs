@@ -35,7 +35,7 @@ impl fmt::Display for IntakeEnd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(match self {
             IntakeEnd::Exhausted => "input exhausted",
-            IntakeEnd::Stopped => "intake stopped by shutdown",
+            IntakeEnd::Stopped => "intake stopped (shutdown, abort or cancelled token)",
             IntakeEnd::InputPanicked => "input panicked",
         })
     }
@@ -44,7 +44,7 @@ impl fmt::Display for IntakeEnd {
 /// The final accounting of a pipeline, returned by [`ShutdownHandle::join`].
 ///
 /// Every item taken from the input is counted exactly once, in one of
-/// `processed`, `dropped`, `failed`, `timed_out` or `cancelled`, so
+/// `processed`, `dropped`, `failed`, `timed_out`, `expired` or `cancelled`, so
 /// `produced == processed + dropped + failed + timed_out + expired + cancelled` (the
 /// conservation law; `timed_out` is 0 unless a
 /// [`handler_timeout`](crate::FanOutConfig::handler_timeout) is set). Every

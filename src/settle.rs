@@ -228,6 +228,11 @@ pub(crate) async fn reserve(
 /// Dropping it stops settlement: later records are dropped and intake is no
 /// longer limited by credits.
 ///
+/// **Hazard:** read this stream together with `results` and
+/// [`join`](crate::ShutdownHandle::join) (one `tokio::join!` of the three):
+/// once `settle_capacity` items are unsettled, intake waits for the reader,
+/// and a pipeline whose records nobody reads never finishes.
+///
 /// Exactly once: every item counted in the [`Report`](crate::Report) gets
 /// one record whose outcome matches the counter it is in, with one
 /// exception: an item whose key function panicked, or that a worker task
@@ -318,11 +323,38 @@ impl<K> fmt::Debug for Settlements<K> {
 /// A future that resolves to the input stream once intake has stopped,
 /// from [`Settled::input`].
 ///
-/// Resolves to `Some(input)` when a shutdown, an abort or a cancelled
-/// parent token stopped intake before the input ended: items not yet pulled
-/// are still the caller's (to nak to the broker, say). Resolves to `None`
-/// when the input was exhausted or panicked, or the pipeline was dropped.
-/// The stream comes back boxed and pinned, so it is `Unpin` whatever its type.
+/// Resolves to `Some(input)` when a shutdown, an abort (also the one that
+/// dropping both halves begins) or a cancelled parent token stopped intake
+/// before the input ended: items not yet pulled are still the caller's (to
+/// nak to the broker, say). Resolves to `None` when the input was exhausted
+/// or panicked, or the pipeline's tasks died with their runtime. The stream
+/// comes back boxed and pinned, so it is `Unpin` whatever its type.
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::{FanOutConfig, FanOutExt, Settled, ShedPolicy};
+/// use futures::StreamExt;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // Backpressure: intake pulls only what fits (1 queued, 1 in flight).
+/// let config = FanOutConfig::new(1, ShedPolicy::Backpressure).capacity(1);
+/// let Settled { results, settlements, shutdown, input, .. } = futures::stream::iter(0..10u32)
+///     .bounded_fan_out_settled(config, |id| *id, |id| std::future::pending::<u32>());
+/// tokio::task::yield_now().await;
+/// shutdown.abort();
+/// let (_, records, report) = tokio::join!(
+///     results.collect::<Vec<_>>(),
+///     settlements.collect::<Vec<_>>(),
+///     shutdown.join(),
+/// );
+/// assert_eq!(records.len() as u64, report.produced);
+/// // What the pipeline never pulled is handed back, starting at the next item.
+/// let rest: Vec<u32> = input.await.expect("stopped early").collect().await;
+/// assert_eq!(rest.first().copied(), Some(report.produced as u32));
+/// # }
+/// ```
 ///
 /// # Cancel safety
 ///

@@ -76,7 +76,8 @@ impl ShutdownHandle {
     /// back to 1 when `join` returns), or poll `num_alive_tasks` with a
     /// bounded wait.
     ///
-    /// **Hazard:** results wait for the reader. A caller that awaits `join`
+    /// **Hazard:** results (and, with settlement, settlement records) wait
+    /// for the reader. A caller that awaits `join`
     /// while neither reading nor dropping `results` waits until they are
     /// read, or until a shutdown's drain deadline or an abort discards them.
     /// Drain and join together, or drop `results` first:
