@@ -294,11 +294,7 @@ mod property {
             any::<bool>(),
             1usize..4,
             1usize..6,
-            prop_oneof![
-                Just(ShedPolicy::DropNewest),
-                Just(ShedPolicy::DropOldest),
-                Just(ShedPolicy::Backpressure)
-            ],
+            common::any_policy(),
             any::<bool>(),
             0u64..80,
             any::<bool>(),

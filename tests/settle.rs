@@ -342,11 +342,7 @@ fn cases() -> impl Strategy<Value = Case> {
         any::<bool>(),
         1usize..4,
         1usize..6,
-        prop_oneof![
-            Just(ShedPolicy::DropNewest),
-            Just(ShedPolicy::DropOldest),
-            Just(ShedPolicy::Backpressure)
-        ],
+        common::any_policy(),
         0u64..60,
         0u64..4,
         any::<bool>(),

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
-use backpressure_pipeline::{BoundedFanOut, Report, ShutdownHandle};
+use backpressure_pipeline::{BoundedFanOut, Report, ShedPolicy, ShutdownHandle};
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
 use tokio::time::{Instant, sleep, timeout};
@@ -221,4 +221,16 @@ pub fn quiet_planned_panics() {
 /// Panics with a [`PlannedPanic`] payload.
 pub fn planned_panic() -> ! {
     std::panic::panic_any(PlannedPanic)
+}
+
+// ===== property tests =====
+
+/// Any of the three shed policies, for property tests.
+pub fn any_policy() -> impl proptest::strategy::Strategy<Value = ShedPolicy> {
+    use proptest::strategy::Just;
+    proptest::prop_oneof![
+        Just(ShedPolicy::DropNewest),
+        Just(ShedPolicy::DropOldest),
+        Just(ShedPolicy::Backpressure)
+    ]
 }
