@@ -177,7 +177,7 @@ pub trait FanOutExt: Stream {
     {
         let (results, handle, _) =
             launch(config, handler, None, None, |shared, on_shed, episodes| {
-                intake::run(self, shared, on_shed, episodes, intake::drop_input)
+                intake::run(self, shared, on_shed, episodes, intake::keep_nothing)
             });
         (results, handle)
     }
@@ -234,7 +234,7 @@ pub trait FanOutExt: Stream {
             Some(is_err),
             None,
             |shared, on_shed, episodes| {
-                intake::run(self, shared, on_shed, episodes, intake::drop_input)
+                intake::run(self, shared, on_shed, episodes, intake::keep_nothing)
             },
         );
         (results, handle)

@@ -41,17 +41,16 @@ impl<Item> Drop for CloseOnDrop<'_, Item> {
     }
 }
 
-/// What becomes of the input when intake ends, unless it is handed back to
-/// the caller (see `settle::InputBack`): dropped, quietly (user code).
-pub(crate) fn drop_input<S>(mut input: Pin<&mut Option<S>>, _: IntakeEnd) {
-    catching(|| input.set(None));
-}
+/// The `finish` of a pipeline that does not hand its input back: nothing
+/// to do, `run` drops the input itself.
+pub(crate) fn keep_nothing<S>(_: Pin<&mut Option<S>>, _: IntakeEnd) {}
 
 pub(crate) async fn run<S>(
     input: S,
     shared: Arc<Shared<S::Item>>,
     on_shed: Option<ItemHook<S::Item>>,
     mut episodes: Episodes,
+    // May take the input out to hand it back (see `settle::InputBack`).
     finish: impl FnOnce(Pin<&mut Option<S>>, IntakeEnd),
 ) -> IntakeEnd
 where

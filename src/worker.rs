@@ -14,7 +14,8 @@ use crate::isolate::{Quiet, catching, drop_quietly, timer_at};
 use crate::output::Sender;
 use crate::pipeline::Shared;
 
-enum Outcome<T> {
+/// How one handler run ended, with its output.
+enum Ran<T> {
     Done(T),
     Panicked,
     TimedOut,
@@ -68,16 +69,16 @@ where
         // The handler consumes the item: take its key first.
         let key = shared.settle.as_ref().map(|settle| settle.key(&item));
         let outcome = run_one(&**handler, item, killed.as_mut(), timeout).await;
-        let cut_off = matches!(outcome, Outcome::Cancelled);
+        let cut_off = matches!(outcome, Ran::Cancelled);
         // Counted before the hand-over: `processed` means the handler
         // completed. The hand-over waits for the consumer until an abort
         // begins; then the result is discarded (and counted so), so
         // `processed == delivered + discarded`.
         let (fate, result) = match outcome {
-            Outcome::Done(output) => (Fate::Processed, Some(output)),
-            Outcome::Panicked => (Fate::Failed, None),
-            Outcome::TimedOut => (Fate::TimedOut, None),
-            Outcome::Cancelled => (Fate::Cancelled, None),
+            Ran::Done(output) => (Fate::Processed, Some(output)),
+            Ran::Panicked => (Fate::Failed, None),
+            Ran::TimedOut => (Fate::TimedOut, None),
+            Ran::Cancelled => (Fate::Cancelled, None),
         };
         if let (Some(output), Some(is_err)) = (&result, is_err) {
             if is_err(output) {
@@ -103,7 +104,7 @@ async fn run_one<Item, F, Fut>(
     item: Item,
     mut killed: Pin<&mut impl Future<Output = ()>>,
     timeout: Option<Duration>,
-) -> Outcome<Fut::Output>
+) -> Ran<Fut::Output>
 where
     F: Fn(Item) -> Fut,
     Fut: Future,
@@ -112,7 +113,7 @@ where
     // A timeout past the clock's range never fires.
     let mut deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
     let Some(future) = catching(|| handler(item)) else {
-        return Outcome::Panicked;
+        return Ran::Panicked;
     };
     // In an `Option` so the future (and the item it owns) is dropped in
     // place under `catching`: its `Drop` is user code too.
@@ -121,17 +122,17 @@ where
     let mut timer = pin!(None::<Sleep>);
     let outcome = poll_fn(|cx| {
         let Some(running) = future.as_mut().as_pin_mut() else {
-            return Poll::Ready(Outcome::Panicked);
+            return Poll::Ready(Ran::Panicked);
         };
         match catching(|| running.poll(cx)) {
-            Some(Poll::Ready(output)) => return Poll::Ready(Outcome::Done(output)),
-            None => return Poll::Ready(Outcome::Panicked),
+            Some(Poll::Ready(output)) => return Poll::Ready(Ran::Done(output)),
+            None => return Poll::Ready(Ran::Panicked),
             Some(Poll::Pending) => {}
         }
         // Only a pending handler looks at the kill token, so an instant
         // handler never touches the token's lock (PITFALLS 3).
         if killed.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Outcome::Cancelled);
+            return Poll::Ready(Ran::Cancelled);
         }
         if let Some(at) = deadline {
             if timer.is_none() {
@@ -139,7 +140,7 @@ where
                 // handler now: a timer would round up to the next tick and
                 // let a handler that only yields finish first.
                 if Instant::now() >= at {
-                    return Poll::Ready(Outcome::TimedOut);
+                    return Poll::Ready(Ran::TimedOut);
                 }
                 match timer_at(at) {
                     Some(armed) => timer.set(Some(armed)),
@@ -149,7 +150,7 @@ where
             }
             if let Some(timer) = timer.as_mut().as_pin_mut() {
                 if timer.poll(cx).is_ready() {
-                    return Poll::Ready(Outcome::TimedOut);
+                    return Poll::Ready(Ran::TimedOut);
                 }
             }
         }

@@ -373,17 +373,7 @@ mod property {
             })
             .collect();
         drop(feeder);
-        let controller = handle.controller();
-        let stop = async move {
-            if let Some((abort, at)) = case.stop {
-                sleep(ms(at)).await;
-                if abort {
-                    controller.abort();
-                } else {
-                    controller.shutdown();
-                }
-            }
-        };
+        let stop = common::stop_later(handle.controller(), case.stop);
         let limit = Duration::from_secs(if case.multi_thread { 30 } else { 3600 });
         let ((out, ()), report) = timeout(limit, async {
             tokio::join!(

@@ -410,17 +410,7 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
             id
         },
     );
-    let controller = shutdown.controller();
-    let stop = async move {
-        if let Some((abort, at)) = case.stop {
-            sleep(ms(at)).await;
-            if abort {
-                controller.abort();
-            } else {
-                controller.shutdown();
-            }
-        }
-    };
+    let stop = common::stop_later(shutdown.controller(), case.stop);
     let limit = Duration::from_secs(if case.multi_thread { 30 } else { 3600 });
     let ((out, records), report) = tokio::time::timeout(limit, async {
         let drain =

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
-use backpressure_pipeline::{BoundedFanOut, Report, ShedPolicy, ShutdownHandle};
+use backpressure_pipeline::{BoundedFanOut, Controller, Report, ShedPolicy, ShutdownHandle};
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
 use tokio::time::{Instant, sleep, timeout};
@@ -233,4 +233,17 @@ pub fn any_policy() -> impl proptest::strategy::Strategy<Value = ShedPolicy> {
         Just(ShedPolicy::DropOldest),
         Just(ShedPolicy::Backpressure)
     ]
+}
+
+/// A property case's intervention: after `at` ms, `abort()` (if `abort`) or
+/// `shutdown()`; nothing for `None`.
+pub async fn stop_later(controller: Controller, stop: Option<(bool, u64)>) {
+    if let Some((abort, at)) = stop {
+        sleep(ms(at)).await;
+        if abort {
+            controller.abort();
+        } else {
+            controller.shutdown();
+        }
+    }
 }
