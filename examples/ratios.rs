@@ -9,19 +9,37 @@
 //! ```text
 //! cargo run --release --example ratios                  # every target, 15 rounds
 //! cargo run --release --example ratios -- --rounds 7 goodput intake-ct
+//! cargo run --release --example ratios -- --rounds 5 floor   # cheapest hand-offs
 //! cargo run --release --example ratios -- --quiet        # re-run contended rounds
 //! cargo run --release --example ratios -- profile crate-goodput 200000
 //! ```
 //!
-//! Targets: goodput, goodput-bare, goodput-backpressure, speedup, speedup-cap16, intake-mt,
-//! intake-ct, crossover, freshness. `profile CONTENDER N` runs one contender
-//! once, for `valgrind --tool=callgrind` (see BENCHMARKS.md).
+//! Targets: floor, goodput, goodput-bare, goodput-backpressure, speedup, speedup-cap16,
+//! intake-mt, intake-ct, crossover, freshness. `profile CONTENDER N` runs one
+//! contender once, for `valgrind --tool=callgrind` (see BENCHMARKS.md).
+//!
+//! `floor` measures the cheapest cross-thread hand-off on this machine: two
+//! OS threads spinning on a `ConcurrentQueue::bounded(16)` (no parking, no
+//! notification), then tokio's mpsc and async-channel between two tasks on
+//! the 2-thread runtime, each quoted against that spin ring.
+//!
+//! Under each row, `context switches per 1000 items` counts the voluntary and
+//! involuntary switches of all of the process's threads during a run
+//! (`/proc/self/task/*/status`), per 1000 items processed (taken, for the
+//! intake targets). Threads that exit during a run are not counted; the
+//! runtime's threads and the floor's spinning threads live for the whole
+//! process.
 
 #[path = "../benches/common/mod.rs"]
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::hint::{black_box, spin_loop};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, mpsc as std_mpsc};
+use std::thread;
 use std::time::{Duration, Instant};
+
+use concurrent_queue::{ConcurrentQueue, PushError};
 
 use backpressure_pipeline::ShedPolicy;
 use tokio::runtime::Runtime;
@@ -41,7 +59,15 @@ const FRESHNESS_ITEMS: u64 = 1_000_000;
 const FRESHNESS_CHANNEL_ITEMS: u64 = 50_000;
 const FRESHNESS_HANDLER_NS: u64 = 5_000;
 
-const ALL: [&str; 9] = [
+/// Items per spin-ring round (two spinning OS threads: tens of ns each).
+const FLOOR_SPIN_ITEMS: u64 = 2_000_000;
+/// Items per round through tokio's mpsc and async-channel between two tasks.
+const FLOOR_TASK_ITEMS: u64 = 1_000_000;
+/// The floor's channel bound.
+const FLOOR_CAPACITY: usize = 16;
+
+const ALL: [&str; 10] = [
+    "floor",
     "goodput",
     "goodput-bare",
     "goodput-backpressure",
@@ -103,6 +129,7 @@ fn main() {
     let started = Instant::now();
     for target in targets {
         match target {
+            "floor" => floor(&env),
             "goodput" => goodput(&env, "channel"),
             "goodput-bare" => goodput(&env, "bare"),
             "goodput-backpressure" => goodput(&env, "backpressure"),
@@ -137,31 +164,63 @@ fn spread(values: &[f64]) -> (f64, f64, f64) {
     (v[0], v[v.len() / 2], v[v.len() - 1])
 }
 
-/// CPU time and run-queue wait of all of this process's threads so far, in
-/// ns, from `/proc/self/task/*/schedstat` (zeros where it is unavailable).
-fn schedstat() -> (u64, u64) {
+/// Scheduler counters summed over all of this process's threads so far.
+#[derive(Clone, Copy, Default)]
+struct Sched {
+    /// CPU time, ns (`schedstat` field 1).
+    cpu: u64,
+    /// Run-queue wait, ns (`schedstat` field 2).
+    wait: u64,
+    /// Times a thread was put on a CPU (`schedstat` field 3).
+    slices: u64,
+    /// `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` (`status`).
+    switches: u64,
+}
+
+/// [`Sched`] from `/proc/self/task/*/{schedstat,status}` (zeros where they
+/// are unavailable).
+fn schedstat() -> Sched {
+    let mut total = Sched::default();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return (0, 0);
+        return total;
     };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .map(|line| {
+    for task in tasks.flatten() {
+        if let Ok(line) = std::fs::read_to_string(task.path().join("schedstat")) {
             let mut fields = line
                 .split_whitespace()
                 .map(|f| f.parse::<u64>().unwrap_or(0));
-            (fields.next().unwrap_or(0), fields.next().unwrap_or(0))
-        })
-        .fold((0, 0), |(c, w), (dc, dw)| (c + dc, w + dw))
+            total.cpu += fields.next().unwrap_or(0);
+            total.wait += fields.next().unwrap_or(0);
+            total.slices += fields.next().unwrap_or(0);
+        }
+        if let Ok(status) = std::fs::read_to_string(task.path().join("status")) {
+            total.switches += status
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                })
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    total
 }
 
-/// `one()`, with the CPU time and run-queue wait it caused filled in.
+/// `one()`, with the CPU time, run-queue wait and context switches it caused
+/// filled in (switches from `status`, or `schedstat`'s count of times on a
+/// CPU where `status` has none).
 fn measured(one: &mut impl FnMut() -> Run) -> Run {
-    let (cpu0, wait0) = schedstat();
+    let before = schedstat();
     let mut run = one();
-    let (cpu1, wait1) = schedstat();
-    run.cpu = Duration::from_nanos(cpu1.saturating_sub(cpu0));
-    run.waited = Duration::from_nanos(wait1.saturating_sub(wait0));
+    let after = schedstat();
+    run.cpu = Duration::from_nanos(after.cpu.saturating_sub(before.cpu));
+    run.waited = Duration::from_nanos(after.wait.saturating_sub(before.wait));
+    run.switches = if after.switches > 0 {
+        after.switches.saturating_sub(before.switches)
+    } else {
+        after.slices.saturating_sub(before.slices)
+    };
     run
 }
 
@@ -262,6 +321,24 @@ fn median_of(runs: &[Run], metric: impl Fn(&Run) -> f64) -> f64 {
     spread(&runs.iter().map(metric).collect::<Vec<_>>()).1
 }
 
+/// The sub-row under a target's row: context switches per 1000 `items`.
+fn switches_row(a: &[Run], b: &[Run], items: impl Fn(&Run) -> u64) {
+    let per_1000 = |r: &Run| 1000.0 * r.switches as f64 / items(r).max(1) as f64;
+    println!(
+        "|  ↳ context switches per 1000 items (median) | {:.2} | {:.2} | | | | | | | |",
+        median_of(a, per_1000),
+        median_of(b, per_1000)
+    );
+}
+
+fn processed(run: &Run) -> u64 {
+    run.processed
+}
+
+fn taken(run: &Run) -> u64 {
+    run.taken
+}
+
 // ===== targets =====
 
 /// Bench 1: goodput under saturation, trivial handler, against the
@@ -301,6 +378,7 @@ fn goodput(env: &Env, anchor: &str) {
         ),
     };
     row(target, goal, "items/s", &runs_a, &runs_b, Run::goodput);
+    switches_row(&runs_a, &runs_b, processed);
     println!(
         "|  ↳ processed per run (median) | {:.0} of {n} | {:.0} of {n} | | | | | | | |",
         median_of(&runs_a, |r| r.processed as f64),
@@ -335,6 +413,7 @@ fn speedup(env: &Env, cap16: bool) {
         )
     };
     row(target, goal, "items/s", &runs_a, &runs_b, Run::goodput);
+    switches_row(&runs_a, &runs_b, processed);
     if cap16 {
         println!(
             "|  ↳ processed per run (median) | {:.0} of {n} | {n} of {n} | | | | | | | |",
@@ -369,6 +448,7 @@ fn intake(env: &Env, runtime: &Runtime, flavor: &str) {
         &runs_b,
         Run::intake_rate,
     );
+    switches_row(&runs_a, &runs_b, taken);
     let ns_a = spread(&runs_a.iter().map(Run::ns_per_shed).collect::<Vec<_>>());
     let ns_b = spread(&runs_b.iter().map(Run::ns_per_shed).collect::<Vec<_>>());
     println!(
@@ -403,6 +483,7 @@ fn crossover(env: &Env) {
             &runs_b,
             Run::goodput,
         );
+        switches_row(&runs_a, &runs_b, processed);
         points.push((cost, ratio));
     }
     let crossing = points.windows(2).find_map(|w| {
@@ -448,6 +529,206 @@ fn freshness(env: &Env) {
         describe(&b),
         quantile(&a, 0.99) as f64 / bound as f64
     );
+}
+
+// ===== floor: the cheapest hand-offs =====
+
+/// Bench 0: what a cross-thread hand-off costs on this machine with no
+/// runtime at all (a spin ring between two OS threads), and through tokio's
+/// mpsc and async-channel between two tasks; ratio = contender ÷ spin ring.
+fn floor(env: &Env) {
+    let spinners = Spinners::new();
+    let ring = || spinners.ring(FLOOR_SPIN_ITEMS);
+    let n = FLOOR_TASK_ITEMS;
+    let (tokio_runs, mut spin_runs) =
+        interleave(env.rounds, || run_on(&env.mt, mpsc_floor(n)), ring);
+    let (channel_runs, more_spin) =
+        interleave(env.rounds, || run_on(&env.mt, async_channel_floor(n)), ring);
+    spin_runs.extend(more_spin);
+
+    let (lo, med, hi) = spread(&spin_runs.iter().map(Run::goodput).collect::<Vec<_>>());
+    let quiet = spin_runs.iter().filter(|r| r.contention() <= QUIET).count();
+    println!(
+        "| 0a. floor: spin ring, 2 OS threads, ConcurrentQueue::bounded({FLOOR_CAPACITY}), no parking, {FLOOR_SPIN_ITEMS} items | {} items/s | — | — | {} | {} | ({quiet} of {}) | {:.2} | {:.0}% | floor |",
+        human(med),
+        human(lo),
+        human(hi),
+        spin_runs.len(),
+        median_of(&spin_runs, Run::cores),
+        100.0 * median_of(&spin_runs, Run::contention),
+    );
+    let ns = spread(&spin_runs.iter().map(ns_per_item).collect::<Vec<_>>());
+    println!(
+        "|  ↳ ns per item, median (min–max) | {:.1} ({:.1}–{:.1}) ns | — | | | | | | | |",
+        ns.1, ns.0, ns.2
+    );
+    println!(
+        "|  ↳ context switches per 1000 items (median) | {:.2} | — | | | | | | | |",
+        median_of(&spin_runs, |r| 1000.0 * r.switches as f64
+            / r.processed.max(1) as f64)
+    );
+
+    for (target, runs, spin) in [
+        (
+            "0b. floor: tokio mpsc::channel(16), producer task → consumer task, vs spin ring",
+            &tokio_runs,
+            &spin_runs[..env.rounds],
+        ),
+        (
+            "0c. floor: async_channel::bounded(16), producer task → consumer task, vs spin ring",
+            &channel_runs,
+            &spin_runs[env.rounds..],
+        ),
+    ] {
+        row(
+            &format!("{target} ({n} items)"),
+            "info",
+            "items/s",
+            runs,
+            spin,
+            Run::goodput,
+        );
+        let a = spread(&runs.iter().map(ns_per_item).collect::<Vec<_>>());
+        let b = spread(&spin.iter().map(ns_per_item).collect::<Vec<_>>());
+        println!(
+            "|  ↳ ns per item, median (min–max) | {:.1} ({:.1}–{:.1}) ns | {:.1} ({:.1}–{:.1}) ns | | | | | | | |",
+            a.1, a.0, a.2, b.1, b.0, b.2
+        );
+        switches_row(runs, spin, processed);
+    }
+}
+
+fn ns_per_item(run: &Run) -> f64 {
+    run.wall.as_nanos() as f64 / run.processed.max(1) as f64
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Two long-lived OS threads that run one job each per round, so that
+/// [`measured`] sees their CPU time and switches (a thread that exits
+/// before the second read of `/proc/self/task` is not counted).
+struct Spinners {
+    jobs: [std_mpsc::Sender<Job>; 2],
+    done: std_mpsc::Receiver<()>,
+}
+
+impl Spinners {
+    fn new() -> Self {
+        let (done_tx, done) = std_mpsc::channel();
+        let jobs = [0, 1].map(|i| {
+            let (tx, rx) = std_mpsc::channel::<Job>();
+            let done_tx = done_tx.clone();
+            thread::Builder::new()
+                .name(format!("floor-{i}"))
+                .spawn(move || {
+                    for job in rx {
+                        job();
+                        let _ = done_tx.send(());
+                    }
+                })
+                .expect("spawn a floor thread");
+            tx
+        });
+        Spinners { jobs, done }
+    }
+
+    /// `0..n` from one thread to the other through a bounded ring, both
+    /// sides spinning when it is full or empty.
+    fn ring(&self, n: u64) -> Run {
+        let queue = Arc::new(ConcurrentQueue::<u64>::bounded(FLOOR_CAPACITY));
+        let sum = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let producer = {
+            let queue = queue.clone();
+            move || {
+                for item in 0..n {
+                    let mut item = item;
+                    while let Err(PushError::Full(back)) = queue.push(item) {
+                        item = back;
+                        spin_loop();
+                    }
+                }
+            }
+        };
+        let consumer = {
+            let sum = sum.clone();
+            move || {
+                let (mut received, mut total) = (0u64, 0u64);
+                while received < n {
+                    match queue.pop() {
+                        Ok(item) => {
+                            total = total.wrapping_add(black_box(item));
+                            received += 1;
+                        }
+                        Err(_) => spin_loop(),
+                    }
+                }
+                sum.store(total, Relaxed);
+            }
+        };
+        self.jobs[0].send(Box::new(producer)).expect("floor thread");
+        self.jobs[1].send(Box::new(consumer)).expect("floor thread");
+        self.done.recv().expect("floor thread");
+        self.done.recv().expect("floor thread");
+        let wall = start.elapsed();
+        assert_eq!(
+            sum.load(Relaxed),
+            n * n.saturating_sub(1) / 2,
+            "every item once"
+        );
+        floor_run(wall, n)
+    }
+}
+
+fn floor_run(wall: Duration, n: u64) -> Run {
+    Run {
+        wall,
+        intake: wall,
+        taken: n,
+        processed: n,
+        ..Run::default()
+    }
+}
+
+/// `0..n` from a producer task to the scenario's task through
+/// `tokio::sync::mpsc::channel(16)`.
+async fn mpsc_floor(n: u64) -> Run {
+    let start = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(FLOOR_CAPACITY);
+    let producer = tokio::spawn(async move {
+        for item in 0..n {
+            tx.send(item).await.expect("consumer alive");
+        }
+    });
+    let (mut received, mut total) = (0u64, 0u64);
+    while let Some(item) = rx.recv().await {
+        total = total.wrapping_add(black_box(item));
+        received += 1;
+    }
+    producer.await.expect("producer");
+    let wall = start.elapsed();
+    assert_eq!((received, total), (n, n * n.saturating_sub(1) / 2));
+    floor_run(wall, n)
+}
+
+/// The same through `async_channel::bounded(16)`.
+async fn async_channel_floor(n: u64) -> Run {
+    let start = Instant::now();
+    let (tx, rx) = async_channel::bounded::<u64>(FLOOR_CAPACITY);
+    let producer = tokio::spawn(async move {
+        for item in 0..n {
+            tx.send(item).await.expect("consumer alive");
+        }
+    });
+    let (mut received, mut total) = (0u64, 0u64);
+    while let Ok(item) = rx.recv().await {
+        total = total.wrapping_add(black_box(item));
+        received += 1;
+    }
+    producer.await.expect("producer");
+    let wall = start.elapsed();
+    assert_eq!((received, total), (n, n * n.saturating_sub(1) / 2));
+    floor_run(wall, n)
 }
 
 // ===== profiling =====

@@ -7,7 +7,8 @@
 //! blur every number.
 //!
 //! The scenarios (issue 4): W = 4 workers, capacity 16, a 2-thread
-//! multi-thread runtime unless a function says otherwise.
+//! multi-thread runtime unless a function says otherwise. The `*_workers`
+//! variants take W as a parameter (`examples/scaling.rs`).
 
 // Each of the two targets that include this module uses a different subset.
 #![allow(dead_code)]
@@ -53,6 +54,9 @@ pub struct Run {
     /// Time the process's threads were runnable but waiting for a core
     /// (the kernel's run-queue wait; filled in by the driver only).
     pub waited: Duration,
+    /// Context switches of the process's threads during the run (voluntary +
+    /// involuntary; filled in by the driver only).
+    pub switches: u64,
 }
 
 impl Run {
@@ -151,15 +155,30 @@ pub fn iterations_for(ns: u64, per_ns: f64) -> u64 {
 
 // ===== this crate =====
 
-/// This crate: `0..n` through `workers` workers and a queue of `capacity`.
+/// This crate: `0..n` through [`WORKERS`] workers and a queue of `capacity`.
 pub async fn crate_run<F, Fut>(n: u64, capacity: usize, policy: ShedPolicy, handler: F) -> Run
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = u64> + Send + 'static,
+{
+    crate_run_workers(WORKERS, n, capacity, policy, handler).await
+}
+
+/// This crate: `0..n` through `workers` workers and a queue of `capacity`.
+pub async fn crate_run_workers<F, Fut>(
+    workers: usize,
+    n: u64,
+    capacity: usize,
+    policy: ShedPolicy,
+    handler: F,
+) -> Run
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = u64> + Send + 'static,
 {
     let done = Arc::new(OnceLock::new());
     let start = Instant::now();
-    let config = FanOutConfig::new(WORKERS, policy).capacity(capacity);
+    let config = FanOutConfig::new(workers, policy).capacity(capacity);
     let (results, shutdown) = timed_source(n, done.clone()).bounded_fan_out_with(config, handler);
     let consume = results.fold(0u64, |count, output| {
         black_box(output);
@@ -182,9 +201,18 @@ where
 // ===== anchor: async-channel fan-out (lossless, backpressured) =====
 
 /// A hand-rolled fan-out: a producer task sends `0..n` into
-/// `async_channel::bounded(capacity)`, `WORKERS` worker tasks receive, run the
-/// handler and send results through a bounded tokio mpsc to the consumer.
+/// `async_channel::bounded(capacity)`, [`WORKERS`] worker tasks receive, run
+/// the handler and send results through a bounded tokio mpsc to the consumer.
 pub async fn channel_run<F, Fut>(n: u64, capacity: usize, handler: F) -> Run
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = u64> + Send + 'static,
+{
+    channel_run_workers(WORKERS, n, capacity, handler).await
+}
+
+/// [`channel_run`] with `workers` worker tasks.
+pub async fn channel_run_workers<F, Fut>(workers: usize, n: u64, capacity: usize, handler: F) -> Run
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = u64> + Send + 'static,
@@ -194,7 +222,7 @@ where
     let (to_workers, from_producer) = async_channel::bounded::<u64>(capacity);
     let (to_consumer, mut results) = mpsc::channel::<u64>(OUTPUT_CAPACITY);
     let handler = Arc::new(handler);
-    let workers: Vec<_> = (0..WORKERS)
+    let tasks: Vec<_> = (0..workers)
         .map(|_| {
             let input = from_producer.clone();
             let output = to_consumer.clone();
@@ -220,7 +248,7 @@ where
         processed += 1;
     }
     producer.await.expect("producer");
-    for worker in workers {
+    for worker in tasks {
         worker.await.expect("worker");
     }
     let wall = start.elapsed();
