@@ -1,5 +1,5 @@
-//! The results side: the channel from the workers to `results`, in
-//! completion order or in input order, and its books.
+//! The results side: a bounded buffer from the workers to `results`, in
+//! completion order, in input order or latest-only, and its books.
 //!
 //! # The results law
 //!
@@ -11,32 +11,58 @@
 //! discarded what was left. The supervisor waits for that before it builds
 //! the report, so the law holds in every report.
 //!
-//! # Why the receiver sits behind a lock
+//! # One lock for the buffer, its wakers and its books
 //!
 //! An abort must be able to empty the buffer without the consumer's help (a
 //! stalled consumer never polls), and a result must not be counted both
-//! delivered and discarded. So the channel's receiver lives in [`Outlet`],
-//! shared by the consumer and the pipeline: the consumer takes the lock for
-//! each poll (uncontended except at an abort), and an abort takes it once to
-//! close and empty the channel. A closed tokio channel still accepts a send
-//! whose permit was taken before the close, so the supervisor empties it
-//! once more after every worker has exited ([`ResultBooks::settle`]).
+//! delivered and discarded. So the buffer, the consumer's waker and the
+//! waiting senders live under one mutex shared by the workers, the consumer
+//! and an abort, and a result is counted delivered under it. A hand-over is
+//! one push and a delivery one pop under that lock, nothing else: tokio's
+//! bounded `mpsc` (used here before) also takes a semaphore permit per send
+//! and returns it per receive under the semaphore's own mutex, which
+//! measured about 490 instructions per result (BENCHMARKS.md).
+//!
+//! # Invariants
+//!
+//! * **Bounded.** In unordered mode the buffer holds at most `capacity`
+//!   results; in latest-only mode at most one; in ordered mode the reorder
+//!   window bounds it (below).
+//! * **No lost sender wake-up.** A sender that finds the buffer full
+//!   registers in `waiting` and returns `Pending`, under the lock. Every pop
+//!   removes the oldest waiting sender and wakes it after unlocking; a woken
+//!   sender pushes or registers again. A hand-over dropped after its wake-up
+//!   but before it pushed passes the wake-up on ([`Handover`]'s `Drop`). So
+//!   while there is room and a sender waits, some waiting sender has a
+//!   wake-up coming.
+//! * **No lost consumer wake-up.** The consumer registers its waker under
+//!   the lock when it finds nothing to take; every change that lets it
+//!   progress (a push, the next turn in ordered mode, the last sender's drop,
+//!   an abort) takes that waker under the same lock and wakes it after
+//!   unlocking.
+//! * **Discarding is final.** Once `discarding` is set (under the lock) no
+//!   result enters the buffer; every waiting sender is woken, sees it, and
+//!   discards its result.
+//! * **No user code under the lock.** Results are dropped (their `Drop` is
+//!   user code) and wakers woken after unlocking.
 //!
 //! # Ordered mode
 //!
 //! Items are numbered as workers take them (densely, in queue order; see
 //! `handoff`) and reordered on the consumer's side. A window of `workers +
 //! output_capacity` permits bounds how far taking may run ahead of delivery,
-//! so the reorder buffer holds at most that many results: a worker takes a
+//! so the reorder buffer holds at most that many entries: a worker takes a
 //! permit before taking an item, and the consumer returns it when that
-//! item's turn is delivered or skipped.
+//! item's turn is delivered or skipped. A hand-over never waits for room.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::AcqRel, Ordering::Relaxed};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
+use tokio::task::coop;
 use tokio_util::sync::CancellationToken;
 
 use crate::books::bump;
@@ -53,9 +79,19 @@ pub(crate) trait ResultBooks: Send + Sync {
     /// Cancelled once nothing more will be delivered: the consumer read the
     /// end or is gone, or an abort discarded the rest.
     fn settled(&self) -> &CancellationToken;
-    /// Every worker has exited: discard what a closed channel still took in,
-    /// so the books are final.
+    /// Every worker has exited: discard anything left, so the books are final.
     fn settle(&self);
+}
+
+/// How results reach the consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// A FIFO buffer, in completion order.
+    Unordered,
+    /// Reordered into input order.
+    Ordered,
+    /// One slot; a newer result replaces an unread one (discarded).
+    Latest,
 }
 
 /// The state the workers' side and the consumer's side share.
@@ -66,59 +102,44 @@ pub(crate) struct Outlet<T> {
     /// Written by workers, the consumer's drop and an abort: rare paths.
     discarded: AtomicU64,
     settled: CancellationToken,
-    /// Live senders in latest-only mode, where no channel counts them.
-    latest_senders: AtomicUsize,
-}
-
-/// How results reach the consumer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Mode {
-    /// A FIFO buffer, in completion order.
-    Unordered,
-    /// A FIFO buffer, reordered into input order.
-    Ordered,
-    /// One slot; a newer result replaces an unread one (discarded).
-    Latest,
 }
 
 struct Inner<T> {
-    rx: Rx<T>,
-    /// The consumer is gone, or an abort discarded the buffer: the channel is
-    /// closed and whatever still arrives is discarded, never delivered.
+    buf: Buf<T>,
+    /// The consumer's waker while it waits for a result.
+    consumer: Option<Waker>,
+    /// Unordered mode: senders waiting for room, oldest first, by ticket.
+    waiting: VecDeque<(u64, Waker)>,
+    next_ticket: u64,
+    /// Live senders; the stream ends once the last is gone and the buffer
+    /// is empty.
+    senders: usize,
+    /// The consumer is gone, or an abort discarded the buffer: whatever
+    /// still arrives is discarded, never delivered.
     discarding: bool,
 }
 
-enum Rx<T> {
-    Unordered(mpsc::Receiver<T>),
+enum Buf<T> {
+    Fifo {
+        results: VecDeque<T>,
+        capacity: usize,
+    },
     Ordered {
-        rx: mpsc::Receiver<(u64, Option<T>)>,
         window: Arc<Semaphore>,
         /// Sequence number of the next item to deliver or skip.
         next: u64,
-        /// Arrived out of turn; `None` marks an item without a result.
+        /// Arrived, by sequence number; `None` marks an item without a result.
         early: BTreeMap<u64, Option<T>>,
     },
-    Latest {
-        slot: Option<T>,
-        waker: Option<Waker>,
-        /// Every worker has exited: the stream ends once the slot is empty.
-        ended: bool,
-    },
+    Latest(Option<T>),
 }
 
 /// The workers' side.
 pub(crate) struct Sender<T> {
-    tx: Tx<T>,
     outlet: Arc<Outlet<T>>,
-}
-
-enum Tx<T> {
-    Unordered(mpsc::Sender<T>),
-    Ordered {
-        tx: mpsc::Sender<(u64, Option<T>)>,
-        window: Arc<Semaphore>,
-    },
-    Latest,
+    /// Ordered mode's reorder window.
+    window: Option<Arc<Semaphore>>,
+    mode: Mode,
 }
 
 /// The consumer's side, owned by `BoundedFanOut`. Dropping it discards
@@ -127,57 +148,60 @@ pub(crate) struct Receiver<T> {
     outlet: Arc<Outlet<T>>,
 }
 
-/// A results channel of `capacity` undelivered results; in ordered mode the
+/// A results buffer of `capacity` undelivered results; in ordered mode the
 /// reorder window is `workers + capacity`.
 pub(crate) fn channel<T: Send + 'static>(
     capacity: usize,
     mode: Mode,
     workers: usize,
 ) -> (Sender<T>, Receiver<T>, Arc<dyn ResultBooks>) {
-    let (tx, rx) = if mode == Mode::Latest {
-        let rx = Rx::Latest {
-            slot: None,
-            waker: None,
-            ended: false,
-        };
-        (Tx::Latest, rx)
-    } else if mode == Mode::Ordered {
-        let window = workers.saturating_add(capacity).min(Semaphore::MAX_PERMITS);
-        let window = Arc::new(Semaphore::new(window));
-        let (tx, rx) = mpsc::channel(capacity);
-        let tx = Tx::Ordered {
-            tx,
-            window: Arc::clone(&window),
-        };
-        let rx = Rx::Ordered {
-            rx,
-            window,
-            next: 0,
-            early: BTreeMap::new(),
-        };
-        (tx, rx)
-    } else {
-        let (tx, rx) = mpsc::channel(capacity);
-        (Tx::Unordered(tx), Rx::Unordered(rx))
+    let mut window = None;
+    let buf = match mode {
+        Mode::Unordered => Buf::Fifo {
+            // Grows on demand: a huge capacity is a bound, not a reservation.
+            results: VecDeque::with_capacity(capacity.min(1024)),
+            capacity,
+        },
+        Mode::Ordered => {
+            let permits = workers.saturating_add(capacity).min(Semaphore::MAX_PERMITS);
+            let semaphore = Arc::new(Semaphore::new(permits));
+            window = Some(Arc::clone(&semaphore));
+            Buf::Ordered {
+                window: semaphore,
+                next: 0,
+                early: BTreeMap::new(),
+            }
+        }
+        Mode::Latest => Buf::Latest(None),
     };
     let outlet = Arc::new(Outlet {
         inner: Mutex::new(Inner {
-            rx,
+            buf,
+            consumer: None,
+            waiting: VecDeque::new(),
+            next_ticket: 0,
+            senders: 1,
             discarding: false,
         }),
         delivered: AtomicU64::new(0),
         discarded: AtomicU64::new(0),
         settled: CancellationToken::new(),
-        latest_senders: AtomicUsize::new(1),
     });
     let sender = Sender {
-        tx,
         outlet: Arc::clone(&outlet),
+        window,
+        mode,
     };
     let receiver = Receiver {
         outlet: Arc::clone(&outlet),
     };
     (sender, receiver, outlet)
+}
+
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
+    }
 }
 
 // ===== impl Outlet =====
@@ -188,14 +212,18 @@ impl<T> Outlet<T> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Closes the channel and discards everything buffered; later arrivals
-    /// are discarded too. Result drops (user code) run after unlocking.
+    /// Discards everything buffered, and everything that arrives later.
+    /// Waiting senders and the consumer are woken; result drops (user code)
+    /// run after unlocking.
     fn discard_all(&self) {
-        let buffered = {
+        let (buffered, senders, consumer) = {
             let mut inner = self.lock();
             inner.discarding = true;
-            inner.rx.close_and_drain()
+            let senders: Vec<Waker> = inner.waiting.drain(..).map(|(_, w)| w).collect();
+            (inner.buf.drain(), senders, inner.consumer.take())
         };
+        senders.into_iter().for_each(Waker::wake);
+        wake(consumer);
         self.discard(buffered);
         self.settled.cancel();
     }
@@ -205,6 +233,11 @@ impl<T> Outlet<T> {
             self.discarded.fetch_add(results.len() as u64, Relaxed);
             results.into_iter().for_each(drop_quietly);
         }
+    }
+
+    fn discard_one(&self, result: T) {
+        self.discarded.fetch_add(1, Relaxed);
+        drop_quietly(result);
     }
 }
 
@@ -226,10 +259,11 @@ impl<T: Send> ResultBooks for Outlet<T> {
     }
 
     fn settle(&self) {
+        // Nothing enters a discarding buffer; this only makes sure.
         let late = {
             let mut inner = self.lock();
             if inner.discarding {
-                inner.rx.close_and_drain()
+                inner.buf.drain()
             } else {
                 Vec::new()
             }
@@ -238,86 +272,27 @@ impl<T: Send> ResultBooks for Outlet<T> {
     }
 }
 
-impl<T> Rx<T> {
-    /// Closes the channel (pending sends fail and hand their result back)
-    /// and takes out every buffered result.
-    fn close_and_drain(&mut self) -> Vec<T> {
-        let mut out = Vec::new();
+impl<T> Buf<T> {
+    /// Takes out every buffered result; ordered mode closes its window, so
+    /// no worker waits for a turn that no one will deliver.
+    fn drain(&mut self) -> Vec<T> {
         match self {
-            Rx::Unordered(rx) => {
-                rx.close();
-                while let Ok(result) = rx.try_recv() {
-                    out.push(result);
-                }
-            }
-            Rx::Ordered {
-                rx, window, early, ..
-            } => {
-                // Workers must never wait for a turn that no one will deliver.
+            Buf::Fifo { results, .. } => results.drain(..).collect(),
+            Buf::Ordered { window, early, .. } => {
                 window.close();
-                rx.close();
-                while let Ok((_, result)) = rx.try_recv() {
-                    out.extend(result);
-                }
-                out.extend(std::mem::take(early).into_values().flatten());
+                std::mem::take(early).into_values().flatten().collect()
             }
-            Rx::Latest { slot, .. } => out.extend(slot.take()),
-        }
-        out
-    }
-
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        match self {
-            Rx::Unordered(rx) => rx.poll_recv(cx),
-            Rx::Latest { slot, waker, ended } => match slot.take() {
-                Some(result) => Poll::Ready(Some(result)),
-                None if *ended => Poll::Ready(None),
-                None => {
-                    *waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            },
-            Rx::Ordered {
-                rx,
-                window,
-                next,
-                early,
-            } => loop {
-                if let Some(turn) = early.remove(next) {
-                    *next += 1;
-                    window.add_permits(1);
-                    match turn {
-                        Some(result) => return Poll::Ready(Some(result)),
-                        None => continue,
-                    }
-                }
-                match ready!(rx.poll_recv(cx)) {
-                    Some((seq, turn)) => {
-                        early.insert(seq, turn);
-                    }
-                    // Every worker has exited. A gap can only be an item whose
-                    // worker died outside its panic isolation: skip it.
-                    None => match early.pop_first() {
-                        Some((seq, turn)) => {
-                            *next = seq + 1;
-                            if let Some(result) = turn {
-                                return Poll::Ready(Some(result));
-                            }
-                        }
-                        None => return Poll::Ready(None),
-                    },
-                }
-            },
+            Buf::Latest(slot) => slot.take().into_iter().collect(),
         }
     }
 
     fn ready_len(&self) -> usize {
         match self {
-            Rx::Unordered(rx) => rx.len(),
-            Rx::Latest { slot, .. } => usize::from(slot.is_some()),
-            // Results queued out of turn may wait on a slow item: only the
-            // in-turn run counts.
-            Rx::Ordered { next, early, .. } => early
+            Buf::Fifo { results, .. } => results.len(),
+            Buf::Latest(slot) => usize::from(slot.is_some()),
+            // Results that arrived out of turn may wait on a slow item: only
+            // the in-turn run counts.
+            Buf::Ordered { next, early, .. } => early
                 .range(*next..)
                 .zip(*next..)
                 .take_while(|((seq, _), expected)| *seq == expected)
@@ -327,37 +302,91 @@ impl<T> Rx<T> {
     }
 }
 
+impl<T> Inner<T> {
+    /// The consumer's next result, registering its waker if there is none.
+    /// Also returns a waiting sender to wake, once a pop made room.
+    fn take_next(&mut self, cx: &mut Context<'_>) -> (Poll<Option<T>>, Option<Waker>) {
+        let Inner {
+            buf,
+            consumer,
+            waiting,
+            senders,
+            ..
+        } = self;
+        let next = match buf {
+            Buf::Fifo { results, .. } => match results.pop_front() {
+                Some(result) => {
+                    let sender = waiting.pop_front().map(|(_, waker)| waker);
+                    return (Poll::Ready(Some(result)), sender);
+                }
+                None => None,
+            },
+            Buf::Latest(slot) => slot.take(),
+            Buf::Ordered {
+                window,
+                next,
+                early,
+            } => loop {
+                if let Some(turn) = early.remove(next) {
+                    *next += 1;
+                    window.add_permits(1);
+                    match turn {
+                        Some(result) => break Some(result),
+                        None => continue,
+                    }
+                }
+                if *senders > 0 {
+                    break None;
+                }
+                // Every worker has exited. A gap can only be an item whose
+                // worker died outside its panic isolation: skip it.
+                match early.pop_first() {
+                    Some((seq, turn)) => {
+                        *next = seq + 1;
+                        if turn.is_some() {
+                            break turn;
+                        }
+                    }
+                    None => break None,
+                }
+            },
+        };
+        if next.is_some() {
+            return (Poll::Ready(next), None);
+        }
+        if *senders == 0 {
+            return (Poll::Ready(None), None);
+        }
+        match consumer {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => *consumer = Some(cx.waker().clone()),
+        }
+        (Poll::Pending, None)
+    }
+}
+
 // ===== impl Sender =====
 
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
-        let tx = match &self.tx {
-            Tx::Unordered(tx) => Tx::Unordered(tx.clone()),
-            Tx::Ordered { tx, window } => Tx::Ordered {
-                tx: tx.clone(),
-                window: Arc::clone(window),
-            },
-            Tx::Latest => {
-                self.outlet.latest_senders.fetch_add(1, Relaxed);
-                Tx::Latest
-            }
-        };
+        self.outlet.lock().senders += 1;
         Sender {
-            tx,
             outlet: Arc::clone(&self.outlet),
+            window: self.window.clone(),
+            mode: self.mode,
         }
     }
 }
 
 impl<T> Sender<T> {
     pub(crate) fn is_ordered(&self) -> bool {
-        matches!(self.tx, Tx::Ordered { .. })
+        self.window.is_some()
     }
 
     /// Ordered mode: waits until the item about to be taken fits in the
     /// reorder window. Returns at once if the results side is closed.
     pub(crate) async fn reserve_turn(&self) {
-        if let Tx::Ordered { window, .. } = &self.tx {
+        if let Some(window) = &self.window {
             if let Ok(permit) = window.acquire().await {
                 permit.forget();
             }
@@ -365,65 +394,152 @@ impl<T> Sender<T> {
     }
 
     /// Hands over the outcome of the item taken as number `seq`; `None` if
-    /// it produced no result. Waits for room while the consumer lives and no
-    /// abort has begun; otherwise the result is discarded and counted so.
+    /// it produced no result. In unordered mode it waits for room while the
+    /// consumer lives and no abort has begun; otherwise the result is
+    /// discarded and counted so.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future discards its result (counted) and passes on a
+    /// wake-up it was given, so no other sender misses room.
     pub(crate) async fn deliver(&self, seq: u64, result: Option<T>) {
-        // A send error means the channel was closed (consumer gone, or an
-        // abort). The result comes back in the error; its `Drop` is user code.
-        let unsent = match &self.tx {
-            Tx::Unordered(tx) => match result {
-                Some(result) => tx.send(result).await.err().map(|e| e.0),
-                None => None,
-            },
-            Tx::Ordered { tx, .. } => tx.send((seq, result)).await.err().and_then(|e| e.0.1),
-            // Never waits: a newer result replaces an unread one.
-            Tx::Latest => result.and_then(|result| self.put_latest(result)),
-        };
-        if let Some(unsent) = unsent {
-            self.outlet.discard(vec![unsent]);
+        match self.mode {
+            Mode::Unordered => {
+                if let Some(result) = result {
+                    let mut handover = Handover {
+                        outlet: &self.outlet,
+                        result: Some(result),
+                        ticket: None,
+                    };
+                    poll_fn(|cx| handover.poll(cx)).await;
+                }
+            }
+            Mode::Ordered | Mode::Latest => {
+                // These never wait; the budget still makes a worker that
+                // always finds work yield now and then (PITFALLS 8).
+                coop::consume_budget().await;
+                let unsent = self.put(seq, result);
+                if let Some(unsent) = unsent {
+                    self.outlet.discard_one(unsent);
+                }
+            }
         }
     }
-}
 
-impl<T> Sender<T> {
-    /// Latest-only: puts `result` in the slot, waking the consumer; returns
-    /// what must be discarded (the replaced result, or this one after an
-    /// abort).
-    fn put_latest(&self, result: T) -> Option<T> {
-        let (unread, waker) = {
+    /// Ordered and latest-only modes: puts the outcome in place, waking the
+    /// consumer if it can progress; returns what must be discarded (a
+    /// replaced unread result, or this one once discarding).
+    fn put(&self, seq: u64, result: Option<T>) -> Option<T> {
+        let (unsent, consumer) = {
             let mut inner = self.outlet.lock();
             if inner.discarding {
-                return Some(result);
+                return result;
             }
-            match &mut inner.rx {
-                Rx::Latest { slot, waker, .. } => (slot.replace(result), waker.take()),
-                _ => (None, None),
+            let Inner { buf, consumer, .. } = &mut *inner;
+            match buf {
+                Buf::Ordered { next, early, .. } => {
+                    early.insert(seq, result);
+                    (None, if seq == *next { consumer.take() } else { None })
+                }
+                Buf::Latest(slot) => match result {
+                    Some(result) => (slot.replace(result), consumer.take()),
+                    None => (None, None),
+                },
+                Buf::Fifo { .. } => (result, None), // unreachable: unordered hands over
             }
         };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-        unread
+        wake(consumer);
+        unsent
     }
 }
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        // A channel knows when its last sender is gone; the slot is told.
-        if matches!(self.tx, Tx::Latest) && self.outlet.latest_senders.fetch_sub(1, AcqRel) == 1 {
-            let waker = {
-                let mut inner = self.outlet.lock();
-                match &mut inner.rx {
-                    Rx::Latest { ended, waker, .. } => {
-                        *ended = true;
-                        waker.take()
-                    }
-                    _ => None,
-                }
-            };
-            if let Some(waker) = waker {
-                waker.wake();
+        let consumer = {
+            let mut inner = self.outlet.lock();
+            inner.senders -= 1;
+            if inner.senders == 0 {
+                inner.consumer.take()
+            } else {
+                None
             }
+        };
+        wake(consumer);
+    }
+}
+
+/// One unordered hand-over in progress (see `# Invariants`).
+struct Handover<'a, T> {
+    outlet: &'a Outlet<T>,
+    /// `None` once handed over or discarded.
+    result: Option<T>,
+    /// Registered in `waiting` under this ticket, or woken from it.
+    ticket: Option<u64>,
+}
+
+impl<T> Handover<'_, T> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // A task that always finds room still yields now and then (PITFALLS 8).
+        let coop = ready!(coop::poll_proceed(cx));
+        let Some(result) = self.result.take() else {
+            return Poll::Ready(());
+        };
+        let mut inner = self.outlet.lock();
+        if let Some(ticket) = self.ticket.take() {
+            // Woken (the entry is gone) or polled again while registered.
+            inner.waiting.retain(|(t, _)| *t != ticket);
+        }
+        if inner.discarding {
+            drop(inner);
+            self.outlet.discard_one(result);
+            return Poll::Ready(());
+        }
+        let Inner {
+            buf,
+            consumer,
+            waiting,
+            next_ticket,
+            ..
+        } = &mut *inner;
+        let Buf::Fifo { results, capacity } = buf else {
+            unreachable!("Handover: only unordered mode waits for room")
+        };
+        if results.len() < *capacity {
+            results.push_back(result);
+            let consumer = consumer.take();
+            drop(inner);
+            wake(consumer);
+            coop.made_progress();
+            return Poll::Ready(());
+        }
+        let ticket = *next_ticket;
+        *next_ticket += 1;
+        waiting.push_back((ticket, cx.waker().clone()));
+        self.ticket = Some(ticket);
+        self.result = Some(result);
+        Poll::Pending
+    }
+}
+
+impl<T> Drop for Handover<'_, T> {
+    fn drop(&mut self) {
+        let Some(ticket) = self.ticket else {
+            return;
+        };
+        let next = {
+            let mut inner = self.outlet.lock();
+            let before = inner.waiting.len();
+            inner.waiting.retain(|(t, _)| *t != ticket);
+            if inner.waiting.len() < before {
+                None // never woken: nothing to pass on
+            } else {
+                inner.waiting.pop_front().map(|(_, waker)| waker)
+            }
+        };
+        wake(next);
+        // A result dropped with its hand-over was never delivered.
+        if let Some(result) = self.result.take() {
+            self.outlet.discard_one(result);
         }
     }
 }
@@ -432,20 +548,26 @@ impl<T> Drop for Sender<T> {
 
 impl<T> Receiver<T> {
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        // An always-ready buffer must not starve the consumer's runtime.
+        let coop = ready!(coop::poll_proceed(cx));
         let outlet = &*self.outlet;
         let mut inner = outlet.lock();
         if inner.discarding {
-            // An abort emptied the channel: the stream ends, and anything a
-            // closed channel still took in is discarded, never delivered.
-            let late = inner.rx.close_and_drain();
+            // An abort emptied the buffer: the stream ends.
+            let late = inner.buf.drain();
             drop(inner);
             outlet.discard(late);
             return Poll::Ready(None);
         }
-        let next = inner.rx.poll_recv(cx);
-        match &next {
+        let (next, sender) = inner.take_next(cx);
+        if let Poll::Ready(Some(_)) = next {
             // Counted under the lock, so an abort cannot discard it too.
-            Poll::Ready(Some(_)) => bump(&outlet.delivered, 1),
+            bump(&outlet.delivered, 1);
+        }
+        drop(inner);
+        wake(sender);
+        match next {
+            Poll::Ready(Some(_)) => coop.made_progress(),
             Poll::Ready(None) => outlet.settled.cancel(),
             Poll::Pending => {}
         }
@@ -459,7 +581,7 @@ impl<T> Receiver<T> {
         if inner.discarding {
             0
         } else {
-            inner.rx.ready_len()
+            inner.buf.ready_len()
         }
     }
 }
