@@ -87,8 +87,9 @@ impl<Item> FanOutConfig<Item> {
 
     /// The largest [`capacity`](Self::capacity) and
     /// [`output_capacity`](Self::output_capacity): `usize::MAX >> 3`, the
-    /// most permits a `tokio::sync::Semaphore` holds. Either is a bound, not
-    /// a reservation: memory grows with what is actually queued.
+    /// most permits a `tokio::sync::Semaphore` holds (the push front waits
+    /// for room, and ordered output for its window, on one). Either is a
+    /// bound, not a reservation: memory grows with what is actually queued.
     pub const MAX_CAPACITY: usize = tokio::sync::Semaphore::MAX_PERMITS;
 
     /// Default [`output_capacity`](Self::output_capacity): 64 undelivered results.
@@ -157,13 +158,16 @@ impl<Item> FanOutConfig<Item> {
     /// Sets how many items may wait in the queue for a worker; past it the
     /// policy sheds. An item a worker has taken no longer occupies a slot.
     ///
-    /// A burst of ready items is queued in batches of up to 32 under one
-    /// lock, before any worker takes one, so idle workers do not widen what
-    /// a burst can fit into: with `capacity(4)`, 4 workers parked and 6
-    /// items ready at once, 4 are queued and 2 shed (`DropNewest`), whatever
-    /// the worker count. Paced input (items arriving while workers are free)
-    /// is taken as it comes. For bursts, size the capacity to the burst, or
-    /// use [`ShedPolicy::Backpressure`].
+    /// While the queue has room, the intake pulls no more than fits, and
+    /// before it pulls into a full queue it yields once to the workers it
+    /// woke, so idle workers widen what a ready burst fits into: with
+    /// `capacity(4)`, 4 idle workers and 6 items ready at once, 4 are
+    /// queued, the workers take them, and the other 2 take their slots;
+    /// nothing is shed. A burst is shed only when it meets a full queue
+    /// while the workers are busy (on a multi-thread runtime, or a
+    /// current-thread one once the woken workers have run). To absorb
+    /// bursts larger than the workers can take, size the capacity to the
+    /// burst, or use [`ShedPolicy::Backpressure`].
     ///
     /// # Panics
     ///
@@ -414,14 +418,17 @@ impl<Item> FanOutConfig<Item> {
     ///     let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
     ///         .capacity(1)
     ///         .on_overload(move |event| log.lock().unwrap().push(event));
-    ///     // A burst of 10: one is queued, nine are shed in one episode.
-    ///     let (results, shutdown) =
-    ///         futures::stream::iter(0..10u32).bounded_fan_out_with(config, |x| async move { x });
+    ///     // A burst of 10 against a worker busy 1 ms per item: it takes one,
+    ///     // one is queued, eight are shed in one episode.
+    ///     let (results, shutdown) = futures::stream::iter(0..10u32).bounded_fan_out_with(config, |x| async move {
+    ///         tokio::time::sleep(Duration::from_millis(1)).await;
+    ///         x
+    ///     });
     ///     let (_, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
-    ///     assert_eq!(report.dropped, 9);
+    ///     assert_eq!(report.dropped, 8);
     ///     assert_eq!(
     ///         *events.lock().unwrap(),
-    ///         [OverloadEvent::Started, OverloadEvent::Ended { shed: 9, duration: Duration::ZERO }]
+    ///         [OverloadEvent::Started, OverloadEvent::Ended { shed: 8, duration: Duration::ZERO }]
     ///     );
     /// }
     /// ```

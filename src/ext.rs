@@ -5,7 +5,7 @@ use futures_core::Stream;
 use tokio::task::JoinSet;
 
 use crate::config::ItemHook;
-use crate::handoff::HandOff;
+use crate::handoff::{HandOff, Producer};
 use crate::isolate::{Quiet, drop_quietly, has_time_driver};
 use crate::overload::Episodes;
 use crate::pipeline::{End, Shared, supervise};
@@ -40,12 +40,13 @@ pub trait FanOutExt: Stream {
     ///   holds `capacity` items it never waits: it sheds by `policy`, counts
     ///   the shed item `dropped` and hands it to
     ///   [`on_shed`](FanOutConfig::on_shed) if set. It pulls ready items in
-    ///   batches of up to 32 and queues each batch under one lock. After a
-    ///   batch that woke parked workers it yields, so idle workers take
-    ///   items before more are pulled (and shed); otherwise it spends one
-    ///   unit of tokio's cooperative budget per batch, yielding at the
-    ///   latest every 128 batches, so an always-ready input cannot starve a
-    ///   current-thread runtime.
+    ///   batches of up to 32 (no more than the queue has room for, while it
+    ///   has room) and queues each batch under one lock. Before pulling into
+    ///   a full queue it yields once, if workers were woken or took items
+    ///   since its last such yield, so idle workers take items before more
+    ///   are shed; otherwise it spends one unit of tokio's cooperative
+    ///   budget per batch, yielding at the latest every 128 batches, so an
+    ///   always-ready input cannot starve a current-thread runtime.
     /// * Each **worker** takes the oldest queued item, calls `handler` with
     ///   it and awaits the future, so at most `workers` handlers run at once,
     ///   each on its own task (in parallel on a multi-thread runtime). A
@@ -146,20 +147,24 @@ pub trait FanOutExt: Stream {
     /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
     /// use futures::StreamExt;
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
+    /// // Paused time (tokio feature `test-util`): timings are exact.
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
     /// let shed = Arc::new(Mutex::new(Vec::new()));
     /// let log = Arc::clone(&shed);
     /// let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
     ///     .capacity(2)
     ///     .on_shed(move |item| log.lock().unwrap().push(item));
-    /// // One burst of 6 ready items: the queue keeps 2, the rest are shed.
-    /// let (results, shutdown) =
-    ///     futures::stream::iter(0..6u32).bounded_fan_out_with(config, |x| async move { x });
+    /// // One burst of 6 ready items against a worker busy 1 ms per item: it
+    /// // takes 0, the queue keeps 1 and 2, the rest meet a full queue.
+    /// let (results, shutdown) = futures::stream::iter(0..6u32).bounded_fan_out_with(config, |x| async move {
+    ///     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    ///     x
+    /// });
     /// let (out, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
-    /// assert_eq!(out, [0, 1]);
-    /// assert_eq!(*shed.lock().unwrap(), [2, 3, 4, 5]);
-    /// assert_eq!((report.processed, report.dropped), (2, 4));
+    /// assert_eq!(out, [0, 1, 2]);
+    /// assert_eq!(*shed.lock().unwrap(), [3, 4, 5]);
+    /// assert_eq!((report.processed, report.dropped), (3, 3));
     /// # }
     /// ```
     #[track_caller]
@@ -175,10 +180,16 @@ pub trait FanOutExt: Stream {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        let (results, handle, _) =
-            launch(config, handler, None, None, |shared, on_shed, episodes| {
+        let (results, handle, _) = launch(
+            config,
+            handler,
+            None,
+            None,
+            Producer::Stream,
+            |shared, on_shed, episodes| {
                 intake::run(self, shared, on_shed, episodes, intake::keep_nothing)
-            });
+            },
+        );
         (results, handle)
     }
 
@@ -233,6 +244,7 @@ pub trait FanOutExt: Stream {
             handler,
             Some(is_err),
             None,
+            Producer::Stream,
             |shared, on_shed, episodes| {
                 intake::run(self, shared, on_shed, episodes, intake::keep_nothing)
             },
@@ -270,12 +282,15 @@ pub trait FanOutExt: Stream {
     /// use backpressure_pipeline::{FanOutConfig, FanOutExt, Outcome, ShedPolicy, ShedReason};
     /// use futures::StreamExt;
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
+    /// // Paused time (tokio feature `test-util`): timings are exact.
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
-    /// // Messages with ids; one worker, room for 2: a burst of 5 sheds 3.
+    /// // Messages with ids; one worker busy 1 ms each, room for 2: of a
+    /// // burst of 5, the worker takes one, two wait and two are shed.
     /// let messages = futures::stream::iter((0..5u32).map(|id| (id, format!("payload {id}"))));
     /// let config = FanOutConfig::new(1, ShedPolicy::DropNewest).capacity(2);
     /// let settled = messages.bounded_fan_out_settled(config, |(id, _)| *id, |(_, body)| async move {
+    ///     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     ///     body.len()
     /// });
     /// let (_, mut records, report) = tokio::join!(
@@ -286,8 +301,9 @@ pub trait FanOutExt: Stream {
     /// records.sort_by_key(|r| r.key);
     /// let outcomes: Vec<_> = records.iter().map(|r| r.outcome).collect();
     /// let shed = Outcome::Dropped(ShedReason::QueueFull);
-    /// assert_eq!(outcomes, [Outcome::Processed, Outcome::Processed, shed, shed, shed]);
-    /// assert_eq!((report.processed, report.dropped), (2, 3));
+    /// use Outcome::Processed;
+    /// assert_eq!(outcomes, [Processed, Processed, Processed, shed, shed]);
+    /// assert_eq!((report.processed, report.dropped), (3, 2));
     /// assert!(settled.input.await.is_none(), "the input was exhausted");
     /// # }
     /// ```
@@ -325,6 +341,7 @@ pub trait FanOutExt: Stream {
             handler,
             None,
             Some(sink),
+            Producer::Stream,
             move |shared, on_shed, episodes| {
                 intake::run(stream, shared, on_shed, episodes, hand_back)
             },
@@ -348,6 +365,7 @@ pub(crate) fn launch<Item, F, Fut, Front, FrontFut>(
     handler: F,
     is_err: Option<fn(&Fut::Output) -> bool>,
     settle: Option<Box<dyn Settle<Item>>>,
+    producer: Producer,
     front: Front,
 ) -> (
     BoundedFanOut<Fut::Output>,
@@ -383,7 +401,12 @@ where
     };
     let (sender, receiver, books) = output::channel(config.output_capacity, mode, config.workers);
     let shared = Arc::new(Shared::new(
-        HandOff::new(config.capacity, config.policy, config.max_queue_age),
+        HandOff::new(
+            config.capacity,
+            config.policy,
+            config.max_queue_age,
+            producer,
+        ),
         config.workers,
         config.cancel_token.as_ref(),
         config.on_cancel,

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ItemHook;
 use crate::ext::launch;
-use crate::handoff::{Full, Pushed};
+use crate::handoff::{Full, Producer, Pushed};
 use crate::intake::CloseOnDrop;
 use crate::isolate::Quiet;
 use crate::overload::Episodes;
@@ -93,6 +93,7 @@ where
         handler,
         None,
         None,
+        Producer::Feeder,
         move |shared, on_shed, episodes| front(shared, gone, on_shed, episodes),
     );
     let feeder = Feeder {

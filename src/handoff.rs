@@ -1,70 +1,89 @@
 //! The bounded MPMC hand-off queue between the intake and the workers.
 //!
+//! One `Mutex<VecDeque>` holds the items, and with them the workers that
+//! wait for one: a worker takes the lock once per item and, finding none,
+//! registers its waker under that same lock. A push wakes one registered
+//! worker per item it adds, after unlocking. Earlier versions put a tokio
+//! `Semaphore` of "ready" permits in front of the lock; it made wake-ups
+//! exact too, but cost a second shared atomic (and its waiter lock) per
+//! item. BENCHMARKS.md has the measurements.
+//!
 //! # Invariants
 //!
-//! * **Permits never exceed queued items.** While the queue is open, every
-//!   available permit of `ready` stands for one item in `items`. The intake
-//!   pushes under the lock and adds the permits *after* unlocking; a worker
-//!   takes a permit *before* locking to pop. So at every instant
-//!   `ready.available_permits() <= items.len()`, and a worker holding a permit
-//!   finds an item when it pops (checked with `debug_assert!` under the lock).
+//! * **No lost wake-up.** A worker registers in `idle` only under the lock,
+//!   after finding `items` empty and the queue open. Every push that adds
+//!   `n` items removes up to `n` registered workers under the same lock and
+//!   wakes them after unlocking; `close` and `abandon` wake every one. A
+//!   woken worker takes an item or registers again. A worker whose take is
+//!   dropped after its wake-up passes it on ([`WaitList::leave`]). So while
+//!   an item is queued and a worker is registered, some registered worker
+//!   has a wake-up coming.
 //! * **Eviction keeps the count.** Under [`ShedPolicy::DropOldest`] a batch
 //!   that overflows the queue evicts the oldest queued items and appends the
-//!   newest arrivals under the same lock, so the length grows by exactly the
-//!   permits added afterwards: every evicted item's permit passes to an
-//!   arrival, and an evicted item can never also be handed to a worker
-//!   (openclaw#103246). An item leaves `items` exactly once: popped by a
-//!   worker, evicted, or abandoned.
-//! * **Parked workers are counted.** `parked` counts workers waiting in
-//!   `take`, so the intake knows when a push woke idle workers and should
-//!   yield to them rather than pull (and shed) more.
-//! * **Closing is not emptiness.** Tokio's `Semaphore::close` makes `acquire`
-//!   fail even while permits remain, so after [`HandOff::close`] workers stop
-//!   counting permits and pop directly until `items` is empty. Closing never
-//!   discards an item; only [`HandOff::abandon`] does, and it hands every
-//!   abandoned item back to the caller to be counted.
-//! * **Room is reserved, never taken back (`Backpressure`).** Under
-//!   [`ShedPolicy::Backpressure`] the intake first takes one `room` permit
-//!   per item (waiting while the queue is full), then pushes; a worker
-//!   returns one permit per pop. So `items.len() + room.available_permits()
-//!   <= capacity`, a push never finds the queue full, and nothing is shed.
-//!   Abandoning closes `room`, so an intake waiting for room wakes and is
-//!   refused.
-//! * **Take order is numbered.** Each pop gets the next sequence number
+//!   newest arrivals under the same lock, so an evicted item can never also
+//!   be handed to a worker (openclaw#103246). An item leaves `items` exactly
+//!   once: taken by a worker, evicted, or abandoned.
+//! * **Closing is not emptiness.** After [`HandOff::close`] workers keep
+//!   taking until `items` is empty, then see `None`. Closing never discards
+//!   an item; only [`HandOff::abandon`] does, and it hands every abandoned
+//!   item back to the caller to be counted.
+//! * **Room is reserved, never taken back (`Backpressure`).** The stream
+//!   intake reserves room under the lock (`reserved`) before it pulls, and
+//!   its push turns reservations into items, so `items.len() + reserved <=
+//!   capacity`, a push never finds the queue full, and nothing is shed. An
+//!   intake that finds no room registers its waker under the lock; the next
+//!   take, `close` or `abandon` wakes it. The push front's producers instead
+//!   wait in line for `room` permits (tokio's semaphore is FIFO), one
+//!   returned per take.
+//! * **Take order is numbered.** Each take gets the next sequence number
 //!   under the lock, so taken items are numbered densely in queue order;
 //!   ordered output reorders by it.
 //! * **Stamps follow items.** With a maximum queue age, `stamps` holds one
-//!   queue instant per item of `items`, pushed, evicted and popped in step,
-//!   so an item's age is read when it is popped; without one it stays empty.
+//!   queue instant per item of `items`, pushed, evicted and taken in step,
+//!   so an item's age is read when it is taken; without one it stays empty.
 //! * **No user code under the lock.** Shed, rejected and abandoned items are
 //!   moved out under the lock and dropped (or given to a hook) by the caller
 //!   after it is released, so a panicking `Drop` or hook cannot poison the
-//!   mutex. The lock is taken with poison recovery anyway.
+//!   mutex; wakers are woken after unlocking too. The lock is taken with
+//!   poison recovery anyway.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tokio::task::coop;
 use tokio::time::Instant;
 
 use crate::ShedPolicy;
+use crate::waitlist::WaitList;
+
+/// Who pushes into the queue: it decides how `Backpressure` waits for room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Producer {
+    /// The intake task, the only pusher: reserves room under the lock.
+    Stream,
+    /// The push front's producers, any number: wait in line for permits.
+    Feeder,
+}
 
 pub(crate) struct HandOff<T> {
     /// The maximum queue age, if any: items carry the instant they were
     /// queued, and one that waited longer is expired when taken.
     max_age: Option<Duration>,
-    /// One permit per queued item while open (see `# Invariants`).
-    ready: Semaphore,
-    /// Free slots, only under `Backpressure` (see `# Invariants`).
-    room: Semaphore,
-    /// Workers parked in `take`, waiting for an item.
-    parked: AtomicUsize,
+    /// Free slots, only for the push front under `Backpressure`.
+    room: Option<Semaphore>,
+    /// `items.len()`, written under the lock, read without it by the intake
+    /// to size its next pull.
+    len: AtomicUsize,
     state: Mutex<State<T>>,
     capacity: usize,
     policy: ShedPolicy,
+    /// The stream intake reserves room under the lock (`Backpressure`).
+    reserves: bool,
 }
 
 struct State<T> {
@@ -75,11 +94,17 @@ struct State<T> {
     closed: bool,
     abandoned: bool,
     high_water_mark: usize,
-    /// Sequence number of the next pop.
+    /// Sequence number of the next take.
     next_take: u64,
+    /// Workers waiting for an item.
+    idle: WaitList,
+    /// Room the stream intake reserved and has not filled yet.
+    reserved: usize,
+    /// The stream intake, waiting for room.
+    intake: Option<Waker>,
 }
 
-/// Why [`HandOff::reserve_one`] found no room.
+/// Why [`HandOff::try_reserve_one`] found no room.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Full {
     /// The queue is full (`Backpressure`, not waiting).
@@ -92,25 +117,46 @@ pub(crate) enum Full {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Pushed {
     /// Every item was queued or shed; the shed ones are in the `shed` vector.
-    /// `woke_idle`: the push handed items to workers that were parked.
-    Accepted { woke_idle: bool },
+    Accepted {
+        /// The push woke workers that were waiting for items.
+        woke_idle: bool,
+        /// The queue is full after this push.
+        full: bool,
+        /// Items taken by workers so far, read under the lock.
+        taken: u64,
+    },
     /// The queue was abandoned or closed: the batch is left untouched for
     /// the caller.
     Refused,
 }
 
+/// One item as a worker takes it.
+#[derive(Debug)]
+pub(crate) struct Taken<T> {
+    /// Its place in take order.
+    pub(crate) seq: u64,
+    pub(crate) item: T,
+    /// It waited longer than the maximum queue age: it must not be started.
+    pub(crate) expired: bool,
+}
+
+fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
+    wakers.into_iter().for_each(Waker::wake);
+}
+
 impl<T> HandOff<T> {
-    pub(crate) fn new(capacity: usize, policy: ShedPolicy, max_age: Option<Duration>) -> Self {
+    pub(crate) fn new(
+        capacity: usize,
+        policy: ShedPolicy,
+        max_age: Option<Duration>,
+        producer: Producer,
+    ) -> Self {
         debug_assert!(capacity > 0, "HandOff: capacity must be at least 1");
+        let backpressure = policy == ShedPolicy::Backpressure;
         HandOff {
             max_age,
-            ready: Semaphore::new(0),
-            parked: AtomicUsize::new(0),
-            room: Semaphore::new(if policy == ShedPolicy::Backpressure {
-                capacity
-            } else {
-                0
-            }),
+            room: (backpressure && producer == Producer::Feeder).then(|| Semaphore::new(capacity)),
+            len: AtomicUsize::new(0),
             state: Mutex::new(State {
                 // Grows on demand: a huge capacity is a bound, not a reservation.
                 items: VecDeque::with_capacity(capacity.min(1024)),
@@ -119,9 +165,13 @@ impl<T> HandOff<T> {
                 abandoned: false,
                 high_water_mark: 0,
                 next_take: 0,
+                idle: WaitList::default(),
+                reserved: 0,
+                intake: None,
             }),
             capacity,
             policy,
+            reserves: backpressure && producer == Producer::Stream,
         }
     }
 
@@ -149,13 +199,17 @@ impl<T> HandOff<T> {
         shed: &mut Vec<T>,
         count: impl FnOnce(usize, usize),
     ) -> Pushed {
-        let added = {
+        let (woken, pushed) = {
             let mut state = self.lock();
             if state.abandoned || state.closed {
                 return Pushed::Refused;
             }
             let (offered, shed_before) = (batch.len(), shed.len());
             let before = state.items.len();
+            if self.reserves {
+                // The reservation becomes items (see `# Invariants`).
+                state.reserved -= offered.min(state.reserved);
+            }
             // In bulk, with the same outcome as offering the items one by
             // one: what fits is queued; past that, DropNewest sheds the
             // arrivals in order, and DropOldest evicts the oldest queued items
@@ -191,121 +245,123 @@ impl<T> HandOff<T> {
             }
             let len = state.items.len();
             debug_assert!(len <= self.capacity, "HandOff: queue over capacity");
+            self.len.store(len, Relaxed);
             state.high_water_mark = state.high_water_mark.max(len);
             count(offered, shed.len() - shed_before);
-            debug_assert!(
-                self.ready.available_permits() <= before,
-                "HandOff: more permits ({}) than queued items ({before})",
-                self.ready.available_permits()
-            );
-            len - before
+            // An evicting push adds no item, but the queue was not empty:
+            // nobody waits then.
+            let woken = state.idle.wake(len - before);
+            let pushed = Pushed::Accepted {
+                woke_idle: !woken.is_empty(),
+                full: len == self.capacity,
+                taken: state.next_take,
+            };
+            (woken, pushed)
         };
-        // Under `Backpressure` the intake waits for room anyway, which lets
-        // the workers run; a yield per batch on top only costs.
-        let woke_idle =
-            added > 0 && self.policy != ShedPolicy::Backpressure && self.parked.load(Relaxed) > 0;
-        if added > 0 {
-            self.ready.add_permits(added);
-        }
-        Pushed::Accepted { woke_idle }
+        wake_all(woken);
+        pushed
     }
 
     /// Waits for an item and takes it; `None` once the queue is closed and
-    /// empty, or abandoned. The flag says the item waited longer than the
-    /// maximum queue age: the worker must not start it.
+    /// empty, or abandoned.
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: a permit is forgotten only together with a pop.
-    pub(crate) async fn take(&self) -> Option<(u64, T, bool)> {
-        loop {
-            // Fast path first: a busy queue rarely needs to park the worker.
-            let permit = match self.ready.try_acquire() {
-                Ok(permit) => Ok(permit),
-                Err(tokio::sync::TryAcquireError::Closed) => return self.pop(),
-                Err(tokio::sync::TryAcquireError::NoPermits) => {
-                    let _parked = Parked::new(&self.parked);
-                    self.ready.acquire().await
-                }
-            };
-            match permit {
-                Ok(permit) => {
-                    permit.forget();
-                    if let Some(item) = self.pop() {
-                        return Some(item);
-                    }
-                    // Only reachable after close: another worker drained our
-                    // item without a permit. Go round and see the close.
-                }
-                // Closed: permits no longer mean anything; drain directly.
-                Err(_) => return self.pop(),
-            }
-        }
+    /// Cancel safe: an item is taken only when the future completes, and a
+    /// wake-up it received is passed on.
+    pub(crate) async fn take(&self) -> Option<Taken<T>> {
+        let mut waiter = Waiter {
+            queue: self,
+            ticket: None,
+        };
+        poll_fn(|cx| waiter.poll_take(cx)).await
     }
 
-    fn pop(&self) -> Option<(u64, T, bool)> {
-        let taken = {
+    /// One attempt of [`take`](Self::take), registering `ticket` to wait.
+    fn try_take(&self, cx: &mut Context<'_>, ticket: &mut Option<u64>) -> Poll<Option<Taken<T>>> {
+        let (taken, intake) = {
             let mut state = self.lock();
+            state.idle.forget(ticket.take());
             if state.abandoned {
-                return None;
+                return Poll::Ready(None);
             }
-            let item = state.items.pop_front();
+            let Some(item) = state.items.pop_front() else {
+                if state.closed {
+                    return Poll::Ready(None);
+                }
+                state.idle.register(ticket, cx.waker());
+                return Poll::Pending;
+            };
+            self.len.store(state.items.len(), Relaxed);
             let expired = match (self.max_age, state.stamps.pop_front()) {
                 (Some(max_age), Some(queued_at)) => queued_at.elapsed() > max_age,
                 _ => false,
             };
-            debug_assert!(
-                item.is_some() || state.closed,
-                "HandOff: a permit was granted for an empty open queue"
-            );
             let seq = state.next_take;
-            state.next_take += u64::from(item.is_some());
-            item.map(|item| (seq, item, expired))
+            state.next_take += 1;
+            // The intake waits only on a full queue: this take made room.
+            (Taken { seq, item, expired }, state.intake.take())
         };
-        if taken.is_some() && self.policy == ShedPolicy::Backpressure {
-            self.room.add_permits(1);
+        if let Some(intake) = intake {
+            intake.wake();
         }
-        taken
+        if let Some(room) = &self.room {
+            room.add_permits(1);
+        }
+        Poll::Ready(Some(taken))
     }
 
-    /// How many items the intake may pull now, at most `max`.
+    /// How many items the stream intake may pull now, at most `max`.
     ///
     /// Under `Backpressure` this waits until at least one slot is free and
-    /// reserves every free slot it returns (0 once the queue is abandoned),
-    /// so intake never pulls an item it cannot queue; the unused part goes
-    /// back with [`HandOff::unreserve`]. Other policies never wait.
+    /// reserves every free slot it returns (0 once the queue is closed), so
+    /// intake never pulls an item it cannot queue; the unused part goes back
+    /// with [`HandOff::unreserve`].
+    ///
+    /// Other policies never wait. While the queue has free room they pull
+    /// no more than fits, so a batch that wakes idle workers sheds nothing
+    /// they could have taken; with no room they pull `max` and shed in bulk.
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe under `Backpressure`: a reservation would be lost.
-    /// The intake awaits it to completion.
+    /// Cancel safe: room is reserved only when the future completes.
     pub(crate) async fn reserve(&self, max: usize) -> usize {
-        if self.policy != ShedPolicy::Backpressure {
-            return max;
+        if !self.reserves {
+            let room = self.capacity - self.len.load(Relaxed);
+            return if room == 0 { max } else { room.min(max) };
         }
-        match self.room.acquire().await {
-            Ok(first) => first.forget(),
-            Err(_) => return 0,
+        poll_fn(|cx| {
+            let mut state = self.lock();
+            if state.closed {
+                return Poll::Ready(0);
+            }
+            let free = self.capacity - state.items.len() - state.reserved;
+            if free == 0 {
+                state.intake = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let n = free.min(max);
+            state.reserved += n;
+            Poll::Ready(n)
+        })
+        .await
+    }
+
+    /// Returns `n` reserved but unused slots (stream intake, `Backpressure`).
+    pub(crate) fn unreserve(&self, n: usize) {
+        if self.reserves && n > 0 {
+            let mut state = self.lock();
+            state.reserved -= n.min(state.reserved);
         }
-        // Only the intake takes room, so what is available stays available.
-        let more = self.room.available_permits().min(max.saturating_sub(1));
-        if let Ok(permits) = self
-            .room
-            .try_acquire_many(u32::try_from(more).unwrap_or(u32::MAX))
-        {
-            permits.forget();
-            return 1 + more;
-        }
-        1
     }
 
     /// Reserves one slot for one producer of the push front, without
     /// waiting. Only `Backpressure` reserves; other policies always succeed.
     pub(crate) fn try_reserve_one(&self) -> Result<(), Full> {
-        if self.policy != ShedPolicy::Backpressure {
+        let Some(room) = &self.room else {
             return Ok(());
-        }
-        match self.room.try_acquire() {
+        };
+        match room.try_acquire() {
             Ok(permit) => {
                 permit.forget();
                 Ok(())
@@ -323,10 +379,10 @@ impl<T> HandOff<T> {
     ///
     /// Cancel safe: a permit is forgotten only once acquired.
     pub(crate) async fn reserve_one(&self) -> Result<(), Full> {
-        if self.policy != ShedPolicy::Backpressure {
+        let Some(room) = &self.room else {
             return Ok(());
-        }
-        match self.room.acquire().await {
+        };
+        match room.acquire().await {
             Ok(permit) => {
                 permit.forget();
                 Ok(())
@@ -339,19 +395,19 @@ impl<T> HandOff<T> {
         self.policy
     }
 
-    /// Returns `n` reserved but unused slots (under `Backpressure`).
-    pub(crate) fn unreserve(&self, n: usize) {
-        if self.policy == ShedPolicy::Backpressure && n > 0 {
-            self.room.add_permits(n);
-        }
-    }
-
     /// No more pushes; workers drain what is queued, then see `None`.
     pub(crate) fn close(&self) {
-        self.lock().closed = true;
-        self.ready.close();
+        let (idle, intake) = {
+            let mut state = self.lock();
+            state.closed = true;
+            let waiting = state.idle.len();
+            (state.idle.wake(waiting), state.intake.take())
+        };
+        wake_all(idle.into_iter().chain(intake));
         // Producers of the push front waiting for room are refused too.
-        self.room.close();
+        if let Some(room) = &self.room {
+            room.close();
+        }
     }
 
     /// Closes the queue and returns every queued item; later pushes are
@@ -359,17 +415,21 @@ impl<T> HandOff<T> {
     /// any worker can see the queue abandoned, exit and let the report be
     /// built without them.
     pub(crate) fn abandon(&self, count: impl FnOnce(usize)) -> Vec<T> {
-        let items: Vec<T> = {
+        let (items, idle, intake) = {
             let mut state = self.lock();
             state.closed = true;
             state.abandoned = true;
             state.stamps.clear();
             let items: Vec<T> = state.items.drain(..).collect();
+            self.len.store(0, Relaxed);
             count(items.len());
-            items
+            let waiting = state.idle.len();
+            (items, state.idle.wake(waiting), state.intake.take())
         };
-        self.ready.close();
-        self.room.close();
+        wake_all(idle.into_iter().chain(intake));
+        if let Some(room) = &self.room {
+            room.close();
+        }
         items
     }
 
@@ -380,19 +440,144 @@ impl<T> HandOff<T> {
     }
 }
 
-/// Counts a worker as parked for as long as it waits (also if its `take`
-/// future is dropped mid-wait).
-struct Parked<'a>(&'a AtomicUsize);
+/// A worker's [`HandOff::take`] in progress.
+struct Waiter<'a, T> {
+    queue: &'a HandOff<T>,
+    /// Registered in `idle` under this ticket, or woken from it.
+    ticket: Option<u64>,
+}
 
-impl<'a> Parked<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Relaxed);
-        Parked(count)
+impl<T> Waiter<'_, T> {
+    fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<Option<Taken<T>>> {
+        // A worker that always finds an item still yields now and then
+        // (PITFALLS 8): one unit of tokio's budget per item taken.
+        let coop = ready!(coop::poll_proceed(cx));
+        let taken = ready!(self.queue.try_take(cx, &mut self.ticket));
+        coop.made_progress();
+        Poll::Ready(taken)
     }
 }
 
-impl Drop for Parked<'_> {
+impl<T> Drop for Waiter<'_, T> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        if let Some(ticket) = self.ticket {
+            let next = self.queue.lock().idle.leave(ticket);
+            if let Some(next) = next {
+                next.wake();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_test::{assert_pending, assert_ready, task};
+
+    fn queue(capacity: usize, policy: ShedPolicy) -> HandOff<u32> {
+        HandOff::new(capacity, policy, None, Producer::Stream)
+    }
+
+    fn push(queue: &HandOff<u32>, items: &[u32]) -> Pushed {
+        queue.push_batch(&mut items.to_vec(), &mut Vec::new())
+    }
+
+    #[test]
+    fn a_push_wakes_one_waiting_worker_per_item_oldest_first() {
+        let q = queue(4, ShedPolicy::DropNewest);
+        let (mut a, mut b, mut c) = (
+            task::spawn(q.take()),
+            task::spawn(q.take()),
+            task::spawn(q.take()),
+        );
+        assert_pending!(a.poll());
+        assert_pending!(b.poll());
+        assert_pending!(c.poll());
+        let pushed = push(&q, &[7, 8]);
+        assert_eq!(
+            pushed,
+            Pushed::Accepted {
+                woke_idle: true,
+                full: false,
+                taken: 0
+            }
+        );
+        assert!(a.is_woken() && b.is_woken() && !c.is_woken());
+        assert_eq!(
+            assert_ready!(a.poll()).map(|t| (t.seq, t.item)),
+            Some((0, 7))
+        );
+        assert_eq!(
+            assert_ready!(b.poll()).map(|t| (t.seq, t.item)),
+            Some((1, 8))
+        );
+        assert_pending!(c.poll());
+        q.close();
+        assert!(c.is_woken());
+        assert!(assert_ready!(c.poll()).is_none());
+    }
+
+    #[test]
+    fn a_take_dropped_after_its_wake_up_passes_it_on() {
+        let q = queue(4, ShedPolicy::DropNewest);
+        let (mut a, mut b) = (task::spawn(q.take()), task::spawn(q.take()));
+        assert_pending!(a.poll());
+        assert_pending!(b.poll());
+        push(&q, &[1]);
+        assert!(a.is_woken() && !b.is_woken());
+        drop(a); // woken, never used the wake-up
+        assert!(b.is_woken(), "the wake-up was lost with the dropped take");
+        assert_eq!(assert_ready!(b.poll()).map(|t| t.item), Some(1));
+    }
+
+    #[test]
+    fn a_take_dropped_before_any_wake_up_leaves_no_trace() {
+        let q = queue(4, ShedPolicy::DropNewest);
+        let (mut a, mut b) = (task::spawn(q.take()), task::spawn(q.take()));
+        assert_pending!(a.poll());
+        assert_pending!(b.poll());
+        drop(a);
+        assert!(!b.is_woken());
+        push(&q, &[1]);
+        assert!(b.is_woken(), "the push went to the dropped take");
+        assert_eq!(assert_ready!(b.poll()).map(|t| t.item), Some(1));
+    }
+
+    #[test]
+    fn backpressure_reserves_room_and_a_take_wakes_the_waiting_intake() {
+        let q = queue(2, ShedPolicy::Backpressure);
+        let mut reserve = task::spawn(q.reserve(32));
+        assert_eq!(assert_ready!(reserve.poll()), 2);
+        drop(reserve);
+        assert!(matches!(
+            push(&q, &[1, 2]),
+            Pushed::Accepted { full: true, .. }
+        ));
+        let mut reserve = task::spawn(q.reserve(32));
+        assert_pending!(reserve.poll());
+        let mut take = task::spawn(q.take());
+        assert_eq!(assert_ready!(take.poll()).map(|t| t.item), Some(1));
+        assert!(reserve.is_woken());
+        assert_eq!(assert_ready!(reserve.poll()), 1);
+        // Unused room goes back: a reservation of 1 returned leaves 1 free.
+        q.unreserve(1);
+        let mut again = task::spawn(q.reserve(32));
+        assert_eq!(assert_ready!(again.poll()), 1);
+    }
+
+    #[test]
+    fn abandon_wakes_the_intake_waiting_for_room_and_every_worker() {
+        let q = queue(1, ShedPolicy::Backpressure);
+        let mut first = task::spawn(q.reserve(1));
+        assert_eq!(assert_ready!(first.poll()), 1);
+        drop(first);
+        push(&q, &[5]);
+        let mut reserve = task::spawn(q.reserve(1));
+        assert_pending!(reserve.poll());
+        assert_eq!(q.abandon(|n| assert_eq!(n, 1)), [5]);
+        assert!(reserve.is_woken());
+        assert_eq!(assert_ready!(reserve.poll()), 0, "refused once abandoned");
+        let mut take = task::spawn(q.take());
+        assert!(assert_ready!(take.poll()).is_none());
     }
 }

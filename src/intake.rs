@@ -68,6 +68,8 @@ where
     let mut timers = true;
     let mut batch = Vec::with_capacity(BATCH);
     let mut shed = Vec::new();
+    // Items taken by workers at the last yield before shedding.
+    let mut last_yield = u64::MAX;
     let end = loop {
         // `Backpressure` waits for room before it pulls; the others never wait.
         let limit = shared.queue.reserve(BATCH).await;
@@ -111,12 +113,16 @@ where
             settle.credits().add_permits(limit - batch.len());
         }
         bump(&shared.intake.produced, batch.len() as u64);
-        let woke_idle = match shared.queue.push_batch(&mut batch, &mut shed) {
-            Pushed::Accepted { woke_idle } => woke_idle,
+        let (woke_idle, full, taken) = match shared.queue.push_batch(&mut batch, &mut shed) {
+            Pushed::Accepted {
+                woke_idle,
+                full,
+                taken,
+            } => (woke_idle, full, taken),
             Pushed::Refused => {
                 // Aborted between pull and push: accepted, then cancelled.
                 shared.cancel_unqueued(batch.drain(..));
-                false
+                (false, false, 0)
             }
         };
         let shed_now = shed.len();
@@ -146,12 +152,18 @@ where
         if let Step::End(end) = step {
             break end;
         }
-        if woke_idle {
-            // Workers were parked for want of items: let them take these
-            // before pulling more, or an always-ready input sheds what idle
-            // workers could have handled. Their wake-ups land in this
-            // thread's run queue (tokio's LIFO slot cannot be stolen), so
-            // they run only once this task yields. Busy workers cost no yield.
+        // Before pulling into a full queue (which sheds), give the workers
+        // this push woke, or that made progress since the last such yield,
+        // a turn: their wake-ups land in this thread's run queue (tokio's
+        // LIFO slot cannot be stolen), so they run only once this task
+        // yields. Workers stuck in slow handlers make no progress, and then
+        // the intake sheds in bulk without yielding. `Backpressure` waits
+        // for room instead.
+        let before_shedding = full
+            && shared.queue.policy() != ShedPolicy::Backpressure
+            && (woke_idle || taken != last_yield);
+        if before_shedding {
+            last_yield = taken;
             tokio::task::yield_now().await;
         } else {
             // An always-ready input never returns `Pending`; without this a

@@ -151,6 +151,7 @@ mod settle;
 mod shutdown;
 mod stop;
 mod trace;
+mod waitlist;
 mod worker;
 
 pub use config::FanOutConfig;

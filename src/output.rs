@@ -67,6 +67,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::books::bump;
 use crate::isolate::drop_quietly;
+use crate::waitlist::WaitList;
 
 /// What the pipeline, whatever its result type, needs of the results side.
 pub(crate) trait ResultBooks: Send + Sync {
@@ -108,9 +109,8 @@ struct Inner<T> {
     buf: Buf<T>,
     /// The consumer's waker while it waits for a result.
     consumer: Option<Waker>,
-    /// Unordered mode: senders waiting for room, oldest first, by ticket.
-    waiting: VecDeque<(u64, Waker)>,
-    next_ticket: u64,
+    /// Unordered mode: senders waiting for room.
+    waiting: WaitList,
     /// Live senders; the stream ends once the last is gone and the buffer
     /// is empty.
     senders: usize,
@@ -146,7 +146,18 @@ pub(crate) struct Sender<T> {
 /// whatever is still buffered.
 pub(crate) struct Receiver<T> {
     outlet: Arc<Outlet<T>>,
+    /// Results to deliver before the next unit of tokio's budget.
+    unbudgeted: usize,
 }
+
+/// Results the consumer takes per unit of tokio's cooperative budget.
+///
+/// One stream drains what many workers hand over, so a unit per result (as
+/// tokio's own channels take) made it yield every 128 results and fall
+/// behind the workers, which then waited for room: −9 % on the 2 µs speedup
+/// benchmark against 16 per unit, and no better at 64 (BENCHMARKS.md). The
+/// consumer still yields after at most 128 × 16 results in a row.
+const RESULTS_PER_BUDGET_UNIT: usize = 16;
 
 /// A results buffer of `capacity` undelivered results; in ordered mode the
 /// reorder window is `workers + capacity`.
@@ -178,8 +189,7 @@ pub(crate) fn channel<T: Send + 'static>(
         inner: Mutex::new(Inner {
             buf,
             consumer: None,
-            waiting: VecDeque::new(),
-            next_ticket: 0,
+            waiting: WaitList::default(),
             senders: 1,
             discarding: false,
         }),
@@ -194,6 +204,7 @@ pub(crate) fn channel<T: Send + 'static>(
     };
     let receiver = Receiver {
         outlet: Arc::clone(&outlet),
+        unbudgeted: 0,
     };
     (sender, receiver, outlet)
 }
@@ -219,7 +230,8 @@ impl<T> Outlet<T> {
         let (buffered, senders, consumer) = {
             let mut inner = self.lock();
             inner.discarding = true;
-            let senders: Vec<Waker> = inner.waiting.drain(..).map(|(_, w)| w).collect();
+            let waiting = inner.waiting.len();
+            let senders = inner.waiting.wake(waiting);
             (inner.buf.drain(), senders, inner.consumer.take())
         };
         senders.into_iter().for_each(Waker::wake);
@@ -316,7 +328,7 @@ impl<T> Inner<T> {
         let next = match buf {
             Buf::Fifo { results, .. } => match results.pop_front() {
                 Some(result) => {
-                    let sender = waiting.pop_front().map(|(_, waker)| waker);
+                    let sender = waiting.wake_one();
                     return (Poll::Ready(Some(result)), sender);
                 }
                 None => None,
@@ -485,10 +497,8 @@ impl<T> Handover<'_, T> {
             return Poll::Ready(());
         };
         let mut inner = self.outlet.lock();
-        if let Some(ticket) = self.ticket.take() {
-            // Woken (the entry is gone) or polled again while registered.
-            inner.waiting.retain(|(t, _)| *t != ticket);
-        }
+        // Woken (the entry is gone) or polled again while registered.
+        inner.waiting.forget(self.ticket.take());
         if inner.discarding {
             drop(inner);
             self.outlet.discard_one(result);
@@ -498,7 +508,6 @@ impl<T> Handover<'_, T> {
             buf,
             consumer,
             waiting,
-            next_ticket,
             ..
         } = &mut *inner;
         let Buf::Fifo { results, capacity } = buf else {
@@ -512,10 +521,7 @@ impl<T> Handover<'_, T> {
             coop.made_progress();
             return Poll::Ready(());
         }
-        let ticket = *next_ticket;
-        *next_ticket += 1;
-        waiting.push_back((ticket, cx.waker().clone()));
-        self.ticket = Some(ticket);
+        waiting.register(&mut self.ticket, cx.waker());
         self.result = Some(result);
         Poll::Pending
     }
@@ -526,16 +532,7 @@ impl<T> Drop for Handover<'_, T> {
         let Some(ticket) = self.ticket else {
             return;
         };
-        let next = {
-            let mut inner = self.outlet.lock();
-            let before = inner.waiting.len();
-            inner.waiting.retain(|(t, _)| *t != ticket);
-            if inner.waiting.len() < before {
-                None // never woken: nothing to pass on
-            } else {
-                inner.waiting.pop_front().map(|(_, waker)| waker)
-            }
-        };
+        let next = self.outlet.lock().waiting.leave(ticket);
         wake(next);
         // A result dropped with its hand-over was never delivered.
         if let Some(result) = self.result.take() {
@@ -548,8 +545,13 @@ impl<T> Drop for Handover<'_, T> {
 
 impl<T> Receiver<T> {
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        // An always-ready buffer must not starve the consumer's runtime.
-        let coop = ready!(coop::poll_proceed(cx));
+        // An always-ready buffer must not starve the consumer's runtime:
+        // one unit of tokio's budget per `RESULTS_PER_BUDGET_UNIT` results.
+        let coop = if self.unbudgeted == 0 {
+            Some(ready!(coop::poll_proceed(cx)))
+        } else {
+            None
+        };
         let outlet = &*self.outlet;
         let mut inner = outlet.lock();
         if inner.discarding {
@@ -567,7 +569,13 @@ impl<T> Receiver<T> {
         drop(inner);
         wake(sender);
         match next {
-            Poll::Ready(Some(_)) => coop.made_progress(),
+            Poll::Ready(Some(_)) => match coop {
+                Some(coop) => {
+                    coop.made_progress();
+                    self.unbudgeted = RESULTS_PER_BUDGET_UNIT - 1;
+                }
+                None => self.unbudgeted -= 1,
+            },
             Poll::Ready(None) => outlet.settled.cancel(),
             Poll::Pending => {}
         }
@@ -589,5 +597,88 @@ impl<T> Receiver<T> {
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         self.outlet.discard_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_test::{assert_pending, assert_ready, task};
+
+    fn recv<T>(rx: &mut Receiver<T>) -> Option<T> {
+        let mut next = task::spawn(poll_fn(|cx| rx.poll_recv(cx)));
+        assert_ready!(next.poll())
+    }
+
+    #[test]
+    fn senders_wait_in_line_for_room_and_are_woken_one_per_result_taken() {
+        let (tx, mut rx, books) = channel::<u32>(1, Mode::Unordered, 2);
+        let tx2 = tx.clone();
+        assert_ready!(task::spawn(tx.deliver(0, Some(10))).poll());
+        let (mut a, mut b) = (
+            task::spawn(tx.deliver(1, Some(11))),
+            task::spawn(tx2.deliver(2, Some(12))),
+        );
+        assert_pending!(a.poll());
+        assert_pending!(b.poll());
+        assert_eq!(recv(&mut rx), Some(10));
+        assert!(a.is_woken() && !b.is_woken());
+        assert_ready!(a.poll());
+        assert_pending!(b.poll());
+        assert_eq!(recv(&mut rx), Some(11));
+        assert_ready!(b.poll());
+        assert_eq!(recv(&mut rx), Some(12));
+        assert_eq!((books.delivered(), books.discarded()), (3, 0));
+    }
+
+    #[test]
+    fn a_hand_over_dropped_after_its_wake_up_passes_it_on_and_discards_its_result() {
+        let (tx, mut rx, books) = channel::<u32>(1, Mode::Unordered, 2);
+        let tx2 = tx.clone();
+        assert_ready!(task::spawn(tx.deliver(0, Some(10))).poll());
+        let (mut a, mut b) = (
+            task::spawn(tx.deliver(1, Some(11))),
+            task::spawn(tx2.deliver(2, Some(12))),
+        );
+        assert_pending!(a.poll());
+        assert_pending!(b.poll());
+        assert_eq!(recv(&mut rx), Some(10));
+        assert!(a.is_woken() && !b.is_woken());
+        drop(a); // woken, never pushed
+        assert!(
+            b.is_woken(),
+            "the wake-up was lost with the dropped hand-over"
+        );
+        assert_eq!(books.discarded(), 1, "its result is discarded, counted");
+        assert_ready!(b.poll());
+        assert_eq!(recv(&mut rx), Some(12));
+    }
+
+    #[test]
+    fn an_abort_wakes_waiting_senders_and_the_consumer_and_discards_everything() {
+        let (tx, mut rx, books) = channel::<u32>(1, Mode::Unordered, 1);
+        assert_ready!(task::spawn(tx.deliver(0, Some(10))).poll());
+        let mut waiting = task::spawn(tx.deliver(1, Some(11)));
+        assert_pending!(waiting.poll());
+        books.discard_undelivered();
+        assert!(waiting.is_woken());
+        assert_ready!(waiting.poll());
+        assert_eq!(recv(&mut rx), None);
+        assert_eq!((books.delivered(), books.discarded()), (0, 2));
+        assert!(books.settled().is_cancelled());
+    }
+
+    #[test]
+    fn the_last_sender_gone_ends_the_stream_after_the_buffer() {
+        let (tx, mut rx, _) = channel::<u32>(4, Mode::Unordered, 2);
+        let tx2 = tx.clone();
+        assert_ready!(task::spawn(tx.deliver(0, Some(1))).poll());
+        drop(tx);
+        let mut next = task::spawn(poll_fn(|cx| rx.poll_recv(cx)));
+        assert_eq!(assert_ready!(next.poll()), Some(1));
+        assert_pending!(next.poll());
+        drop(tx2);
+        assert!(next.is_woken());
+        assert_eq!(assert_ready!(next.poll()), None);
     }
 }

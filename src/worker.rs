@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use crate::books::{Exit, Fate};
+use crate::handoff::Taken;
 use crate::isolate::{Quiet, catching, drop_quietly, timer_at};
 use crate::output::Sender;
 use crate::pipeline::Shared;
@@ -44,7 +45,7 @@ where
         if results.is_ordered() {
             results.reserve_turn().await;
         }
-        let Some((seq, item, expired)) = shared.queue.take().await else {
+        let Some(Taken { seq, item, expired }) = shared.queue.take().await else {
             return Exit::Joined;
         };
         if expired {
