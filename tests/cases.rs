@@ -625,10 +625,10 @@ async fn case_10_drain_timeout_classifies_stuck_handlers() {
     let baseline = alive_tasks();
     let start = Instant::now();
     let pulls = Trace::default();
-    // One item per ms, so that each reaches a free worker or a free slot: six
-    // items pushed in one batch into C = 4 would shed two before any worker
-    // could take one.
-    let input = paced(&pulls, |i| (i < 6).then(|| ms(i)));
+    // The case as written: six items ready at once. The intake queues the
+    // four that fit and yields to the workers it woke before pulling into
+    // a full queue, so all six reach a worker or a slot and none is shed.
+    let input = paced(&pulls, |i| (i < 6).then_some(Duration::ZERO));
     let config = FanOutConfig::new(4, ShedPolicy::DropNewest)
         .capacity(4)
         .drain_timeout(ms(50));
@@ -773,12 +773,13 @@ async fn case_13(input: impl Stream<Item = u64> + Send + 'static) -> Vec<u64> {
 
 #[tokio::test(start_paused = true)]
 async fn case_13_shedding_never_ends_output_early() {
-    // The case's input: one ready burst. The intake queues it in batches of
-    // 32; after the first it yields to the idle worker, which takes the
-    // freshest of those (31). While that worker is busy the rest of the
+    // The case's input: one ready burst. While the queue has room the
+    // intake pulls no more than fits: it queues 0, and before pulling into a
+    // full queue it yields to the worker it woke, which takes 0. It queues
+    // 1, yields again, and finds the worker busy (1 ms): the rest of the
     // burst goes through the one slot, so DropOldest leaves only 999.
     let out = case_13(stream::iter(0..1000u64)).await;
-    assert_eq!(out, [31, 999]);
+    assert_eq!(out, [0, 999]);
 }
 
 /// The same kind with shedding, delivery and a full output interleaved:
@@ -1246,11 +1247,15 @@ async fn case_22b_an_on_shed_closure_whose_drop_panics_is_not_an_input_panic() {
         .on_shed(move |_: u64| {
             let _captured = &bomb;
         });
-    let (results, handle) =
-        stream::iter(0..4u64).bounded_fan_out_with(config, |id| async move { id });
+    // A busy worker, so that the burst is shed: it takes 0, 1 waits in the
+    // one slot, and 2 and 3 meet a full queue while the worker sleeps.
+    let (results, handle) = stream::iter(0..4u64).bounded_fan_out_with(config, |id| async move {
+        sleep(ms(1)).await;
+        id
+    });
     let (out, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
-    assert_eq!(out, [0]);
-    assert_eq!(item_counts(&report), (4, 1, 3, 0, 0));
+    assert_eq!(out, [0, 1]);
+    assert_eq!(item_counts(&report), (4, 2, 2, 0, 0));
     assert_eq!(report.intake, IntakeEnd::Exhausted, "{report}");
 }
 
@@ -1273,7 +1278,8 @@ async fn case_22_on_cancel_and_on_overload_closures_whose_drop_panics_break_noth
     // Dropping `results` last drops the state that owns `on_cancel`.
     let report = within(DEADLOCK, "join", handle.join()).await;
     drop(results);
-    assert_eq!(item_counts(&report), (4, 0, 3, 0, 1));
+    // 0 in flight and 1 queued are cancelled; 2 and 3 met a full queue.
+    assert_eq!(item_counts(&report), (4, 0, 2, 0, 2));
     assert_eq!(workers(&report), (0, 1));
     assert_eq!(report.intake, IntakeEnd::Stopped);
 }

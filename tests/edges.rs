@@ -76,8 +76,9 @@ async fn a_huge_capacity_is_a_bound_not_an_allocation() {
         stream::iter(0..1000u32).bounded_fan_out_with(config, |x| async move { x });
     let (out, report) = drain_and_join(results, handle, GUARD).await;
     assert_eq!(out, (0..1000).collect::<Vec<_>>());
-    // One batch of 32 at a time, each taken by the woken worker before the next.
-    assert_eq!((report.dropped, report.high_water_mark), (0, 32));
+    // The burst fits: the intake queues all of it before its first yield
+    // (it yields to woken workers only before pulling into a full queue).
+    assert_eq!((report.dropped, report.high_water_mark), (0, 1000));
 }
 
 #[test]
@@ -167,7 +168,8 @@ fn a_runtime_torn_down_under_a_live_pipeline_still_yields_a_conserved_report() {
     // Whatever was queued or in flight when the tasks were dropped is
     // cancelled; nothing completed, nothing is unaccounted for.
     assert!(report.is_conserved(), "{report}");
-    assert!(report.produced >= 12, "{report}");
+    // At least a full queue was pulled before the runtime went down.
+    assert!(report.produced >= 8, "{report}");
     assert_eq!(report.processed, 0);
     assert_eq!(report.cancelled, report.produced - report.dropped);
     assert_eq!((report.workers_joined, report.aborted), (0, 4));

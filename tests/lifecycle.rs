@@ -234,17 +234,19 @@ async fn the_input_is_driven_while_nobody_reads_results() {
 
     send(&tx, 0..10);
     settle().await;
-    // Queue of 4 kept 0..=3; the worker handed 0 over and holds 1 (output full).
-    assert_eq!(row(handle.stats()), (10, 2, 6, 2, 0));
+    // 0..=3 filled the queue; the worker handed 0 over and holds 1 (output
+    // full). 4 and 5 took the freed slots, and the intake, finding the
+    // queue full and the worker stuck, pulled 6..=9 in full and shed them.
+    assert_eq!(row(handle.stats()), (10, 2, 4, 4, 0));
 
     send(&tx, 10..20);
     settle().await;
-    // Still pulled in full: 2 free slots took 10 and 11, the rest shed.
+    // Still pulled in full, all shed: the queue is full.
     assert_eq!(row(handle.stats()), (20, 2, 14, 4, 0));
     drop(tx);
 
     let (out, report) = drain_and_join(results, handle, GUARD).await;
-    assert_eq!(out, [0, 1, 2, 3, 10, 11], "FIFO with one worker");
+    assert_eq!(out, [0, 1, 2, 3, 4, 5], "FIFO with one worker");
     assert_eq!(counts(&report), (20, 6, 14, 0, 0, 1, 0));
 }
 

@@ -287,8 +287,10 @@ async fn panic_in_poll_next_after_a_gap_still_drains_the_queue() {
 async fn panic_in_on_shed_keeps_the_item_dropped_and_intake_going() {
     quiet_planned_panics();
     let baseline = alive_tasks();
-    // Burst 0..6 into a queue of 2 (DropNewest): 0, 1 queued, 2..6 shed;
-    // the hook panics on 3 and 5. Then 6, 7 after a gap, into an empty queue.
+    // Burst 0..6 into a queue of 2 (DropNewest) and a worker busy 1 ms per
+    // item: it takes 0, 1 and 2 fill the queue, 3..6 meet it full and are
+    // shed; the hook panics on 3 and 5. Then 6, 7 after a gap, into an
+    // empty queue.
     let steps = items(0..6, &[])
         .chain([Step::Gap(ms(5))])
         .chain(items(6..8, &[]));
@@ -303,12 +305,12 @@ async fn panic_in_on_shed_keeps_the_item_dropped_and_intake_going() {
                 planned_panic();
             }
         });
-    let (results, handle) = input.bounded_fan_out_with(config, |item: Item| async move { item.id });
+    let (results, handle) = input.bounded_fan_out_with(config, busy_1ms);
     let (out, report) = tokio::join!(results.collect::<Vec<_>>(), handle.join());
 
-    assert_eq!(*shed.lock().unwrap(), [2, 3, 4, 5]);
-    assert_eq!(out, [0, 1, 6, 7]);
-    assert_eq!(item_counts(&report), (8, 4, 4, 0, 0));
+    assert_eq!(*shed.lock().unwrap(), [3, 4, 5]);
+    assert_eq!(out, [0, 1, 2, 6, 7]);
+    assert_eq!(item_counts(&report), (8, 5, 3, 0, 0));
     assert_eq!(ends(&report), (1, 0, IntakeEnd::Exhausted));
     assert_eq!(drops.sorted(), (0..8).collect::<Vec<_>>());
     assert_tasks_back_to(baseline, 8).await;
@@ -316,9 +318,16 @@ async fn panic_in_on_shed_keeps_the_item_dropped_and_intake_going() {
 
 // ===== an item's Drop, when the crate sheds it =====
 
-/// Queue of 2, one worker: a burst of 0..10 (the ids in `panicky` panic when
-/// dropped), then 10, 11 after a gap; the results must be `expected`.
-async fn shed_with_panicking_drops(policy: ShedPolicy, panicky: &[u64], expected: [u64; 4]) {
+/// A handler that takes 1 ms, so that a ready burst meets a full queue.
+async fn busy_1ms(item: Item) -> u64 {
+    tokio::time::sleep(ms(1)).await;
+    item.id
+}
+
+/// Queue of 2, one worker busy 1 ms per item: a burst of 0..10 (the ids in
+/// `panicky` panic when dropped), then 10, 11 after a gap; the results must
+/// be `expected`.
+async fn shed_with_panicking_drops(policy: ShedPolicy, panicky: &[u64], expected: [u64; 5]) {
     quiet_planned_panics();
     let baseline = alive_tasks();
     let steps = items(0..10, panicky)
@@ -326,11 +335,11 @@ async fn shed_with_panicking_drops(policy: ShedPolicy, panicky: &[u64], expected
         .chain(items(10..12, &[]));
     let (input, drops, _) = Script::new(steps);
     let config = FanOutConfig::new(1, policy).capacity(2);
-    let (results, handle) = input.bounded_fan_out_with(config, |item: Item| async move { item.id });
+    let (results, handle) = input.bounded_fan_out_with(config, busy_1ms);
     let (out, report) = tokio::join!(results.collect::<Vec<_>>(), handle.join());
 
     assert_eq!(out, expected, "{policy}");
-    assert_eq!(item_counts(&report), (12, 4, 8, 0, 0));
+    assert_eq!(item_counts(&report), (12, 5, 7, 0, 0));
     assert_eq!(ends(&report), (1, 0, IntakeEnd::Exhausted));
     assert_eq!(drops.sorted(), (0..12).collect::<Vec<_>>());
     assert_tasks_back_to(baseline, 8).await;
@@ -338,15 +347,16 @@ async fn shed_with_panicking_drops(policy: ShedPolicy, panicky: &[u64], expected
 
 #[tokio::test(start_paused = true)]
 async fn panic_in_drop_of_an_item_shed_by_drop_newest() {
-    // 0, 1 queued, 2..10 shed (4 and 5 panic when dropped); then 10, 11.
-    shed_with_panicking_drops(ShedPolicy::DropNewest, &[4, 5], [0, 1, 10, 11]).await;
+    // 0 taken, 1 and 2 queued, 3..10 shed (4 and 5 panic when dropped);
+    // then 10, 11.
+    shed_with_panicking_drops(ShedPolicy::DropNewest, &[4, 5], [0, 1, 2, 10, 11]).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn panic_in_drop_of_an_item_shed_by_drop_oldest() {
-    // 0..8 evicted in turn (1 and 5 panic when dropped), 8, 9 stay; then
-    // 10, 11.
-    shed_with_panicking_drops(ShedPolicy::DropOldest, &[1, 5], [8, 9, 10, 11]).await;
+    // 0 taken, 1..8 evicted in turn (1 and 5 panic when dropped), 8, 9
+    // stay; then 10, 11.
+    shed_with_panicking_drops(ShedPolicy::DropOldest, &[1, 5], [0, 8, 9, 10, 11]).await;
 }
 
 // ===== an item's Drop, when the crate abandons it on abort =====

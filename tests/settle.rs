@@ -72,9 +72,10 @@ fn report_tally(r: &Report) -> (u64, u64, u64, u64, u64, u64) {
 #[tokio::test(start_paused = true)]
 async fn every_outcome_is_settled_once_under_its_own_name() {
     common::quiet_planned_panics();
-    // One worker, room for 3, handler timeout 150 ms. A burst of 8 meets the
-    // parked worker: 0, 1, 2 are queued and 3..8 shed. Then 0 is handled
-    // (t 0–100), 1 panics (t 100), 2 runs from t 100 and is cut at t 250.
+    // One worker, room for 3, handler timeout 150 ms. A burst of 8: 0, 1, 2
+    // fill the queue, the worker takes 0, 3 takes its slot, and 4..8 meet
+    // a full queue and are shed. Then 0 is handled (t 0–100), 1 panics
+    // (t 100), 2 runs from t 100 and is cut at t 250, 3 runs to t 350.
     let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
         .capacity(3)
         .handler_timeout(ms(150));
@@ -92,14 +93,14 @@ async fn every_outcome_is_settled_once_under_its_own_name() {
         },
     );
     let (out, records, report) = finish(settled).await;
-    assert_eq!(start.elapsed(), ms(250));
+    assert_eq!(start.elapsed(), ms(350));
     use Outcome::*;
     let shed = Dropped(ShedReason::QueueFull);
     let expected: BTreeMap<u64, Outcome> = [
         (0, Processed),
         (1, Failed),
         (2, TimedOut),
-        (3, shed),
+        (3, Processed),
         (4, shed),
         (5, shed),
         (6, shed),
@@ -107,7 +108,7 @@ async fn every_outcome_is_settled_once_under_its_own_name() {
     ]
     .into();
     assert_eq!(by_key(&records), expected);
-    assert_eq!(out, [0]);
+    assert_eq!(out, [0, 3]);
     assert_eq!(tally(&records), report_tally(&report));
     assert!(report.is_conserved(), "{report}");
 }
@@ -155,14 +156,15 @@ async fn drop_oldest_settles_evicted_items_with_their_reason() {
         },
     );
     let (out, records, _) = finish(settled).await;
-    // The burst: the newest two stay queued, the rest are evicted.
-    assert_eq!(out, [3, 4]);
+    // The burst: the worker takes 0, the newest two stay queued, 1 and 2
+    // are evicted.
+    assert_eq!(out, [0, 3, 4]);
     let evicted: Vec<u64> = records
         .iter()
         .filter(|r| r.outcome == Outcome::Dropped(ShedReason::Evicted))
         .map(|r| r.key)
         .collect();
-    assert_eq!(evicted, [0, 1, 2]);
+    assert_eq!(evicted, [1, 2]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -188,16 +190,16 @@ async fn abort_settles_queued_and_in_flight_items_as_cancelled() {
     })
     .await;
     assert!(out.is_empty());
-    // The burst of 6 met 2 parked workers: 4 queued, 2 shed; then the
-    // workers took 0 and 1.
-    use Outcome::{Cancelled, Dropped};
+    // The burst of 6: 0..4 fill the queue, the workers take 0 and 1, and 4
+    // and 5 take the freed slots; nothing met a full queue.
+    use Outcome::Cancelled;
     let expected: BTreeMap<u64, Outcome> = [
         (0, Cancelled(Stage::InFlight)),
         (1, Cancelled(Stage::InFlight)),
         (2, Cancelled(Stage::Queued)),
         (3, Cancelled(Stage::Queued)),
-        (4, Dropped(ShedReason::QueueFull)),
-        (5, Dropped(ShedReason::QueueFull)),
+        (4, Cancelled(Stage::Queued)),
+        (5, Cancelled(Stage::Queued)),
     ]
     .into();
     assert_eq!(by_key(&records), expected);

@@ -470,30 +470,36 @@ async fn stats_are_exact_at_chosen_instants() {
     };
     assert_eq!(row(s), zero);
 
-    // t = 0: a burst of 10 into a queue of 4; 2 workers take 2.
+    // t = 0: a burst of 10 into a queue of 4: 0..4 fill it, the 2 workers
+    // take 0 and 1, 4 and 5 take their slots, 6..10 meet a full queue.
     send(&tx, 0..10);
     settle().await;
-    assert_eq!(row(handle.stats()), (10, 0, 6, 0, 0, 2, 2, 4));
+    assert_eq!(row(handle.stats()), (10, 0, 4, 0, 0, 4, 2, 4));
 
-    // t = 100 ms: the first two are done; the last two queued are in flight.
+    // t = 100 ms: the first two are done; 2 and 3 are in flight.
     sleep(ms(100)).await;
     settle().await;
-    assert_eq!(row(handle.stats()), (10, 2, 6, 0, 0, 0, 2, 4));
+    assert_eq!(row(handle.stats()), (10, 2, 4, 0, 0, 2, 2, 4));
 
-    // t = 200 ms: idle.
+    // t = 200 ms: 4 and 5 are in flight.
     sleep(ms(100)).await;
     settle().await;
-    assert_eq!(row(handle.stats()), (10, 4, 6, 0, 0, 0, 0, 4));
+    assert_eq!(row(handle.stats()), (10, 4, 4, 0, 0, 0, 2, 4));
+
+    // t = 300 ms: idle.
+    sleep(ms(100)).await;
+    settle().await;
+    assert_eq!(row(handle.stats()), (10, 6, 4, 0, 0, 0, 0, 4));
 
     // Three more: two taken, one queued; the high-water mark stays 4.
     send(&tx, 10..13);
     settle().await;
-    assert_eq!(row(handle.stats()), (13, 4, 6, 0, 0, 1, 2, 4));
+    assert_eq!(row(handle.stats()), (13, 6, 4, 0, 0, 1, 2, 4));
 
     handle.shutdown();
     let (out, report) = drain_sorted(results, handle).await;
-    assert_eq!(out, [0, 1, 2, 3, 10, 11, 12]);
-    assert_eq!(counts(&report), (13, 7, 6, 0, 0, 2, 0));
+    assert_eq!(out, [0, 1, 2, 3, 4, 5, 10, 11, 12]);
+    assert_eq!(counts(&report), (13, 9, 4, 0, 0, 2, 0));
     drop(tx);
 }
 

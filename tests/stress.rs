@@ -79,6 +79,21 @@ impl Rng {
     }
 }
 
+/// Where the items come from, and how many results may wait.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    /// An always-ready input (`stream::iter`) instead of a producer task:
+    /// the intake never parks, and yields only before shedding.
+    ready: bool,
+    /// The results buffer: 1 makes workers wait in line to hand over.
+    output: usize,
+}
+
+const CHANNEL: Shape = Shape {
+    ready: false,
+    output: 4,
+};
+
 /// One pipeline over ids `0..ids`, drained by this task; `stop` requests a
 /// shutdown or abort once `after` results have been received.
 async fn round(
@@ -87,6 +102,7 @@ async fn round(
     capacity: usize,
     ids: u64,
     stop: Option<(Stop, usize)>,
+    shape: Shape,
 ) {
     let baseline = alive_tasks();
     let tally = Tally::new(ids);
@@ -95,6 +111,9 @@ async fn round(
     let (sender, receiver) = async_channel::bounded(16);
     let source = Arc::clone(&tally);
     let producer = tokio::spawn(async move {
+        if shape.ready {
+            return;
+        }
         for id in 0..ids {
             source.created.fetch_add(1, SeqCst);
             let item = Item {
@@ -110,14 +129,26 @@ async fn round(
         }
     });
     let pulled = Arc::clone(&tally);
-    let input = receiver.map(move |item: Item| {
-        pulled.pulled.fetch_add(1, SeqCst);
-        item
-    });
+    let input: std::pin::Pin<Box<dyn futures::Stream<Item = Item> + Send>> = if shape.ready {
+        // Made as it is pulled: created == pulled.
+        Box::pin(futures::stream::iter(0..ids).map(move |id| {
+            pulled.created.fetch_add(1, SeqCst);
+            pulled.pulled.fetch_add(1, SeqCst);
+            Item {
+                id,
+                tally: Arc::clone(&pulled),
+            }
+        }))
+    } else {
+        Box::pin(receiver.map(move |item: Item| {
+            pulled.pulled.fetch_add(1, SeqCst);
+            item
+        }))
+    };
     let hook = Arc::clone(&tally);
     let config = FanOutConfig::new(workers, policy)
         .capacity(capacity)
-        .output_capacity(4)
+        .output_capacity(shape.output)
         .on_shed(move |item: Item| {
             hook.shed[item.id as usize].fetch_add(1, SeqCst);
         });
@@ -168,6 +199,9 @@ async fn round(
     assert_tasks_back_to(baseline, 1_000_000).await;
 
     check(&tally, ids, workers, stop, &mut received, &report);
+    if policy == ShedPolicy::Backpressure {
+        assert_eq!(report.dropped, 0, "Backpressure shed: {report}");
+    }
 }
 
 fn check(
@@ -266,7 +300,30 @@ const ROUNDS: usize = 20;
 /// [`ROUNDS`] rounds of `policy` at `capacity`, 1 to 4 workers, no stop.
 async fn rounds_to_the_end(policy: ShedPolicy, capacity: usize) {
     for r in 0..ROUNDS {
-        round(policy, 1 + r % 4, capacity, IDS, None).await;
+        round(policy, 1 + r % 4, capacity, IDS, None, CHANNEL).await;
+    }
+}
+
+/// [`ROUNDS`] rounds of an always-ready input, every policy, capacities 1
+/// and 8, 1 to 4 workers handing over through a results buffer of 1, and
+/// every fourth round aborted after a few results: the paths where the
+/// intake yields before shedding, waits for reserved room (`Backpressure`),
+/// and workers wait in line for the buffer or are cut off while waiting.
+async fn ready_rounds(seed: u64) {
+    let mut rng = Rng(seed);
+    for r in 0..ROUNDS {
+        let policy = [
+            ShedPolicy::DropNewest,
+            ShedPolicy::DropOldest,
+            ShedPolicy::Backpressure,
+        ][r % 3];
+        let capacity = [1, 8][r / 3 % 2];
+        let stop = (r % 4 == 3).then(|| (Stop::Abort, rng.below(50) as usize));
+        let shape = Shape {
+            ready: true,
+            output: 1,
+        };
+        round(policy, 1 + r % 4, capacity, IDS, stop, shape).await;
     }
 }
 
@@ -279,7 +336,15 @@ async fn rounds_stopped_at_random(how: Stop, seed: u64) {
         let policy = [ShedPolicy::DropNewest, ShedPolicy::DropOldest][r % 2];
         let capacity = [1, 8][r / 2 % 2];
         let after = rng.below(100) as usize;
-        round(policy, 1 + r % 3, capacity, IDS, Some((how, after))).await;
+        round(
+            policy,
+            1 + r % 3,
+            capacity,
+            IDS,
+            Some((how, after)),
+            CHANNEL,
+        )
+        .await;
     }
 }
 
@@ -311,4 +376,15 @@ async fn shutdown_at_a_random_point_counts_every_item_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_at_a_random_point_counts_every_item_once() {
     rounds_stopped_at_random(Stop::Abort, 0x2545_f491_4f6c_dd1d).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_capacity_1_and_8_sheds_nothing() {
+    rounds_to_the_end(ShedPolicy::Backpressure, 1).await;
+    rounds_to_the_end(ShedPolicy::Backpressure, 8).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_input_and_a_one_slot_output_count_every_item_once() {
+    ready_rounds(0x1234_5678_9abc_def1).await;
 }
