@@ -31,8 +31,10 @@
 //!   intake reserves room under the lock (`reserved`) before it pulls, and
 //!   its push turns reservations into items, so `items.len() + reserved <=
 //!   capacity`, a push never finds the queue full, and nothing is shed. An
-//!   intake that finds no room registers its waker under the lock; the next
-//!   take, `close` or `abandon` wakes it. The push front's producers instead
+//!   intake that finds no room registers its waker under the lock; the take
+//!   that drains the queue to its low-water mark (half the capacity), or
+//!   `close` or `abandon`, wakes it. The workers drain to that mark
+//!   whatever the intake does, so the wake-up comes. The push front's producers instead
 //!   wait in line for `room` permits (tokio's semaphore is FIFO), one
 //!   returned per take.
 //! * **Take order is numbered.** Each take gets the next sequence number
@@ -138,6 +140,14 @@ pub(crate) struct Taken<T> {
     pub(crate) item: T,
     /// It waited longer than the maximum queue age: it must not be started.
     pub(crate) expired: bool,
+}
+
+/// Queued items at or below which a take wakes the stream intake waiting for
+/// room under `Backpressure`: half the capacity. Waking it at the first free
+/// slot made it pull one item per wake-up; at half, it refills half the
+/// queue per wake-up while the workers still have the other half to take.
+fn low_water(capacity: usize) -> usize {
+    capacity / 2
 }
 
 fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
@@ -299,8 +309,16 @@ impl<T> HandOff<T> {
             };
             let seq = state.next_take;
             state.next_take += 1;
-            // The intake waits only on a full queue: this take made room.
-            (Taken { seq, item, expired }, state.intake.take())
+            // The intake waits only on a full queue; it is woken once the
+            // queue has drained to its low-water mark (see `LOW_WATER`).
+            let intake = if state.intake.is_some()
+                && state.items.len() + state.reserved <= low_water(self.capacity)
+            {
+                state.intake.take()
+            } else {
+                None
+            };
+            (Taken { seq, item, expired }, intake)
         };
         if let Some(intake) = intake {
             intake.wake();

@@ -49,6 +49,13 @@ use std::fmt;
 /// input that cannot wait (a UDP socket, a broadcast receiver) loses items
 /// upstream instead, where nothing counts them.
 ///
+/// Once the queue has filled, a stream's intake resumes pulling when the
+/// queue has drained to half its capacity (a low-water mark, as Netty's
+/// `WriteBufferWaterMark` keeps its low mark at half the high one), then
+/// fills it again in batches: one wake-up per half a queue instead of one
+/// per item. The push front ([`feeder`](crate::feeder)) instead lets each
+/// waiting producer in as soon as a slot frees, in arrival order.
+///
 /// # Names elsewhere
 ///
 /// | here | Akka Streams | Reactor, RxJava, Kotlin | .NET `BoundedChannelFullMode` |

@@ -55,21 +55,40 @@ fn stall_stats(s: &Stats) -> (u64, u64, u64, usize, usize) {
 }
 
 /// Reads `read` results, then stops reading; returns once the pipeline has
-/// stalled, and checks that `Stats` explains the stall.
+/// stalled, checks that `Stats` explains the stall, and returns the number
+/// of queued items then. The shedding policies keep the queue full;
+/// `Backpressure` refills it only once it has drained to half (its
+/// low-water mark), so it holds more than half and exactly what was pulled
+/// but not taken.
 async fn stall<S: futures::Stream + Unpin>(
     results: &mut S,
     read: u64,
+    policy: ShedPolicy,
     handle_stats: impl Fn() -> Stats,
-) {
+) -> u64 {
     for _ in 0..read {
         assert!(results.next().await.is_some());
     }
     sleep(ms(1)).await;
+    let stats = handle_stats();
+    let queued = stats.queue_depth;
     assert_eq!(
-        stall_stats(&handle_stats()),
-        (read + HELD, read, HELD, CAPACITY, 0),
-        "stalled: every worker holds a result, buffer and queue are full"
+        stall_stats(&stats),
+        (read + HELD, read, HELD, queued, 0),
+        "stalled: every worker holds a result, the buffer is full"
     );
+    assert_stall_queue(&stats, policy);
+    queued as u64
+}
+
+fn assert_stall_queue(stats: &Stats, policy: ShedPolicy) {
+    let queued = stats.queue_depth;
+    if policy == ShedPolicy::Backpressure {
+        assert!(queued > CAPACITY / 2 && queued <= CAPACITY, "{stats:?}");
+        assert_eq!(stats.produced, stats.processed + queued as u64, "{stats:?}");
+    } else {
+        assert_eq!(queued, CAPACITY, "the queue is full: {stats:?}");
+    }
 }
 
 // ===== current-thread, paused: exact values =====
@@ -80,7 +99,10 @@ async fn abort_ends_a_pipeline_whose_consumer_never_reads() {
         let baseline = alive_tasks();
         let (mut results, handle) = endless(0..300u64)
             .bounded_fan_out_with(config(ShedPolicy::DropNewest), |x| async move { x });
-        stall(&mut results, read, || handle.stats()).await;
+        stall(&mut results, read, ShedPolicy::DropNewest, || {
+            handle.stats()
+        })
+        .await;
         let start = Instant::now();
         handle.abort();
         // `results` is alive and never read again.
@@ -108,16 +130,13 @@ async fn abort_ends_a_pipeline_whose_consumer_never_reads() {
 async fn abort_ends_a_pipeline_whose_results_were_forgotten() {
     let (mut results, handle) = endless(0..300u64)
         .bounded_fan_out_with(config(ShedPolicy::Backpressure), |x| async move { x });
-    stall(&mut results, 0, || handle.stats()).await;
+    let queued = stall(&mut results, 0, ShedPolicy::Backpressure, || handle.stats()).await;
     std::mem::forget(results);
     handle.abort();
     let report = within(GUARD, "join after abort", handle.join()).await;
     // Backpressure pulled only what fits: buffer, workers and queue.
-    let produced = HELD + CAPACITY as u64;
-    assert_eq!(
-        books(&report),
-        (produced, HELD, 0, CAPACITY as u64, 0, HELD)
-    );
+    let produced = HELD + queued;
+    assert_eq!(books(&report), (produced, HELD, 0, queued, 0, HELD));
     assert!(report.is_conserved(), "{report}");
 }
 
@@ -126,7 +145,7 @@ async fn the_drain_deadline_ends_a_pipeline_whose_consumer_stopped_reading() {
     for policy in [ShedPolicy::DropNewest, ShedPolicy::Backpressure] {
         let (mut results, handle) = endless(0..300u64)
             .bounded_fan_out_with(config(policy).drain_timeout(ms(250)), |x| async move { x });
-        stall(&mut results, 10, || handle.stats()).await;
+        let queued = stall(&mut results, 10, policy, || handle.stats()).await;
         let start = Instant::now();
         handle.shutdown();
         let report = within(GUARD, "join after the deadline", handle.join()).await;
@@ -142,7 +161,7 @@ async fn the_drain_deadline_ends_a_pipeline_whose_consumer_stopped_reading() {
                 report.discarded,
                 report.cancelled
             ),
-            (10 + HELD, 10, HELD, CAPACITY as u64),
+            (10 + HELD, 10, HELD, queued),
             "{policy}"
         );
         assert_eq!((report.workers_joined, report.aborted), (WORKERS, 0));
@@ -159,7 +178,7 @@ async fn a_cancelled_parent_token_ends_a_stalled_pipeline_at_its_deadline() {
         .cancel_token(parent.clone());
     let (mut results, handle) =
         endless(0..300u64).bounded_fan_out_with(config, |x| async move { x });
-    stall(&mut results, 3, || handle.stats()).await;
+    stall(&mut results, 3, ShedPolicy::DropOldest, || handle.stats()).await;
     let start = Instant::now();
     parent.cancel();
     let report = within(GUARD, "join after the parent's deadline", handle.join()).await;
@@ -191,7 +210,7 @@ async fn dropping_both_halves_of_a_stalled_pipeline_ends_every_task() {
         let _held = Arc::clone(&witness);
         async move { x }
     });
-    stall(&mut results, 5, || handle.stats()).await;
+    stall(&mut results, 5, ShedPolicy::DropNewest, || handle.stats()).await;
     drop(handle);
     drop(results);
     assert_eq!(
@@ -209,7 +228,7 @@ async fn a_shutdown_without_a_deadline_hit_still_waits_for_the_reader() {
         config(ShedPolicy::DropNewest).drain_timeout(ms(500)),
         |x| async move { x },
     );
-    stall(&mut results, 0, || handle.stats()).await;
+    stall(&mut results, 0, ShedPolicy::DropNewest, || handle.stats()).await;
     handle.shutdown();
     // The reader is back before the deadline: nothing is discarded.
     sleep(ms(400)).await;
@@ -248,15 +267,24 @@ async fn join_waits_for_unread_results_and_an_abort_releases_it() {
 
 // ===== multi-thread: bounded loops =====
 
-/// Waits (bounded) until the pipeline is stalled with `read` results read.
-/// Under `Backpressure` the stall is exact on any runtime: intake waits for
-/// room, so buffer, workers and queue are all full.
-async fn stalled_on_multi_thread(stats: impl Fn() -> Stats, read: u64, run: usize) {
-    let expected = (read + HELD, read, HELD, CAPACITY, 0);
+/// Waits (bounded) until the pipeline is stalled with `read` results read,
+/// and returns the number of queued items then. Under `Backpressure` the
+/// stall is exact on any runtime: intake waits for room, workers and the
+/// buffer are full, and the queue holds what was pulled and not taken.
+async fn stalled_on_multi_thread(stats: impl Fn() -> Stats, read: u64, run: usize) -> u64 {
+    let expected = (read + HELD, read, HELD, 0);
     for _ in 0..2_000_000u32 {
-        if stall_stats(&stats()) == expected {
-            assert_eq!(stats().produced, read + HELD + CAPACITY as u64, "run {run}");
-            return;
+        let s = stats();
+        let (processed, delivered, waiting, _, in_flight) = stall_stats(&s);
+        let queued = s.queue_depth;
+        // Quiet: the intake waits (queue above its low-water mark, and
+        // everything pulled is queued or processed).
+        if (processed, delivered, waiting, in_flight) == expected
+            && queued > CAPACITY / 2
+            && s.produced == processed + queued as u64
+        {
+            assert_stall_queue(&s, ShedPolicy::Backpressure);
+            return queued as u64;
         }
         tokio::task::yield_now().await;
     }
@@ -278,7 +306,7 @@ fn every_way_an_abort_begins_ends_a_stalled_pipeline_on_multi_thread() {
             for _ in 0..read {
                 assert!(results.next().await.is_some());
             }
-            stalled_on_multi_thread(|| handle.stats(), read, run).await;
+            let queued = stalled_on_multi_thread(|| handle.stats(), read, run).await;
             match run % 3 {
                 0 => handle.abort(),
                 1 => handle.shutdown(),
@@ -290,7 +318,7 @@ fn every_way_an_abort_begins_ends_a_stalled_pipeline_on_multi_thread() {
                 (read + HELD, read, HELD),
                 "run {run}: {report}"
             );
-            assert_eq!(report.cancelled, CAPACITY as u64, "run {run}");
+            assert_eq!(report.cancelled, queued, "run {run}");
             assert_eq!((report.workers_joined, report.aborted), (WORKERS, 0));
             assert!(report.is_conserved(), "run {run}: {report}");
             assert_eq!(results.next().await, None, "run {run}");
