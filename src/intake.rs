@@ -164,7 +164,14 @@ where
             && (woke_idle || taken != last_yield);
         if before_shedding {
             last_yield = taken;
-            tokio::task::yield_now().await;
+            if woke_idle {
+                yield_in_turn().await;
+            } else {
+                // Busy workers: wait until this thread has nothing else to
+                // run (tokio's deferred yield), rather than spin against a
+                // queue they are still draining.
+                tokio::task::yield_now().await;
+            }
         } else {
             // An always-ready input never returns `Pending`; without this a
             // current-thread runtime would run nothing else (PITFALLS 8).
@@ -253,4 +260,29 @@ fn gather<S: Stream, F: Future<Output = ()>>(
         }
     }
     Poll::Ready(Step::More)
+}
+
+/// Lets every task already queued on this thread run once, then resumes:
+/// the intake's yield after waking idle workers.
+///
+/// Waking itself puts the task at the back of the thread's run queue, as
+/// tokio does for any task woken while it runs, and tells an idle thread
+/// there is work to steal. `tokio::task::yield_now` instead defers the task
+/// until the thread finds no other work at all, stealing included: behind
+/// the workers it had just woken, the intake then ran only once they had
+/// all drained the queue and parked again, a lock-step that left the
+/// second thread idle. Measured on the goodput benchmark: 1.01–1.03× of
+/// async-channel with the deferred yield after a wake, 1.11–1.64× with
+/// this one (BENCHMARKS.md).
+async fn yield_in_turn() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
 }
