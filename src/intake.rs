@@ -11,7 +11,7 @@ use tokio::time::{Instant, Sleep};
 use crate::ShedPolicy;
 use crate::books::bump;
 use crate::config::ItemHook;
-use crate::handoff::{HandOff, Pushed};
+use crate::handoff::{HandOff, Pushed, yield_in_turn};
 use crate::isolate::{Quiet, catching, drop_quietly, timer_at};
 use crate::overload::Episodes;
 use crate::pipeline::Shared;
@@ -165,6 +165,11 @@ where
         if before_shedding {
             last_yield = taken;
             if woke_idle {
+                // Behind the workers it woke, not after them: a deferred
+                // yield ran the intake only once they had drained the queue
+                // and parked again, a lock-step that left the other thread
+                // idle (goodput vs async-channel 1.01–1.03× deferred,
+                // 1.11–1.64× in turn; BENCHMARKS.md).
                 yield_in_turn().await;
             } else {
                 // Busy workers: wait until this thread has nothing else to
@@ -260,29 +265,4 @@ fn gather<S: Stream, F: Future<Output = ()>>(
         }
     }
     Poll::Ready(Step::More)
-}
-
-/// Lets every task already queued on this thread run once, then resumes:
-/// the intake's yield after waking idle workers.
-///
-/// Waking itself puts the task at the back of the thread's run queue, as
-/// tokio does for any task woken while it runs, and tells an idle thread
-/// there is work to steal. `tokio::task::yield_now` instead defers the task
-/// until the thread finds no other work at all, stealing included: behind
-/// the workers it had just woken, the intake then ran only once they had
-/// all drained the queue and parked again, a lock-step that left the
-/// second thread idle. Measured on the goodput benchmark: 1.01–1.03× of
-/// async-channel with the deferred yield after a wake, 1.11–1.64× with
-/// this one (BENCHMARKS.md).
-async fn yield_in_turn() {
-    let mut yielded = false;
-    poll_fn(|cx| {
-        if yielded {
-            return Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-    .await;
 }

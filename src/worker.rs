@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use crate::books::{Exit, Fate};
-use crate::handoff::Taken;
+use crate::handoff::{Taken, yield_in_turn};
 use crate::isolate::{Quiet, catching, drop_quietly, timer_at};
 use crate::output::Sender;
 use crate::pipeline::Shared;
@@ -45,9 +45,19 @@ where
         if results.is_ordered() {
             results.reserve_turn().await;
         }
-        let Some(Taken { seq, item, expired }) = shared.queue.take().await else {
+        let Some(Taken {
+            seq,
+            item,
+            expired,
+            woke_intake,
+        }) = shared.queue.take().await
+        else {
             return Exit::Joined;
         };
+        if woke_intake {
+            // Let the intake refill before this handler runs (see `Taken`).
+            yield_in_turn().await;
+        }
         if expired {
             // Too old to start: shed at the last moment, never handled.
             counters.took();
