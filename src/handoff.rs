@@ -315,6 +315,19 @@ impl<T> HandOff<T> {
         poll_fn(|cx| waiter.poll_take(cx)).await
     }
 
+    /// [`take`](Self::take) without waiting: `None` if nothing is queued.
+    /// For the lock-hold microbenchmark ([`crate::QueueProbe`]).
+    pub(crate) fn take_now(&self) -> Option<Taken<T>> {
+        let mut ticket = None;
+        match self.try_take(&mut Context::from_waker(Waker::noop()), &mut ticket) {
+            Poll::Ready(taken) => taken,
+            Poll::Pending => {
+                self.lock().idle.forget(ticket);
+                None
+            }
+        }
+    }
+
     /// One attempt of [`take`](Self::take), registering `ticket` to wait.
     fn try_take(&self, cx: &mut Context<'_>, ticket: &mut Option<u64>) -> Poll<Option<Taken<T>>> {
         let (taken, intake) = {

@@ -146,6 +146,7 @@ mod output;
 mod overload;
 mod pipeline;
 mod policy;
+mod probe;
 mod report;
 mod settle;
 mod shutdown;
@@ -161,6 +162,8 @@ pub use fan_out::BoundedFanOut;
 pub use feeder::{Feeder, Offer, feeder};
 pub use overload::OverloadEvent;
 pub use policy::ShedPolicy;
+#[doc(hidden)]
+pub use probe::QueueProbe;
 pub use report::{IntakeEnd, Report, Stats};
 pub use settle::{InputBack, Outcome, Settled, Settlement, Settlements, ShedReason, Stage};
 pub use shutdown::{Join, ShutdownHandle};

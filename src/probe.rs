@@ -1,0 +1,39 @@
+//! Not part of the API: the crate's hand-off queue, exposed (hidden) so
+//! that `examples/ratios.rs` (target `lock`) can measure how long its lock
+//! is held. It may change or go away in any release.
+
+use crate::ShedPolicy;
+use crate::handoff::{HandOff, Producer};
+
+/// The hand-off queue of a stream pipeline, driven by hand.
+#[doc(hidden)]
+pub struct QueueProbe {
+    queue: HandOff<u64>,
+}
+
+impl std::fmt::Debug for QueueProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueProbe").finish_non_exhaustive()
+    }
+}
+
+impl QueueProbe {
+    /// A queue of `capacity` under `policy`, as `bounded_fan_out` builds it.
+    pub fn new(capacity: usize, policy: ShedPolicy) -> Self {
+        QueueProbe {
+            queue: HandOff::new(capacity, policy, None, Producer::Stream),
+        }
+    }
+
+    /// Queues `batch` under one lock, as the intake does; shed items go to
+    /// `shed`.
+    pub fn push(&self, batch: &mut Vec<u64>, shed: &mut Vec<u64>) {
+        let _ = self.queue.push_batch(batch, shed);
+    }
+
+    /// Takes the oldest item under one lock, as a worker does, or `None`
+    /// without waiting if the queue is empty.
+    pub fn take_now(&self) -> Option<u64> {
+        self.queue.take_now().map(|taken| taken.item)
+    }
+}
