@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use backpressure_pipeline::{QueueProbe, ShedPolicy};
 use concurrent_queue::ConcurrentQueue;
@@ -233,8 +233,5 @@ fn main() {
         &d,
         "lock-free ConcurrentQueue",
     );
-    println!(
-        "\n# took {:.0} s",
-        Duration::from(started.elapsed()).as_secs_f64()
-    );
+    println!("\n# took {:.0} s", started.elapsed().as_secs_f64());
 }
