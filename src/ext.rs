@@ -406,6 +406,8 @@ where
             config.policy,
             config.max_queue_age,
             producer,
+            // Shed items are needed only by a hook or settlement.
+            config.on_shed.is_some() || settle.is_some(),
         ),
         config.workers,
         config.cancel_token.as_ref(),

@@ -86,6 +86,11 @@ pub(crate) struct HandOff<T> {
     policy: ShedPolicy,
     /// The stream intake reserves room under the lock (`Backpressure`).
     reserves: bool,
+    /// Shed items go to the caller (for a hook, settlement, the push
+    /// front's hand-back, or a `Drop` that must run unlocked). Otherwise
+    /// they are counted and forgotten under the lock: for items without
+    /// drop glue, no code runs and nothing moves.
+    keep_shed: bool,
 }
 
 struct State<T> {
@@ -120,6 +125,8 @@ pub(crate) enum Full {
 pub(crate) enum Pushed {
     /// Every item was queued or shed; the shed ones are in the `shed` vector.
     Accepted {
+        /// Items shed (appended to `shed` if the queue keeps them).
+        shed: usize,
         /// The push woke workers that were waiting for items.
         woke_idle: bool,
         /// The queue is full after this push.
@@ -188,6 +195,7 @@ impl<T> HandOff<T> {
         policy: ShedPolicy,
         max_age: Option<Duration>,
         producer: Producer,
+        keep_shed: bool,
     ) -> Self {
         debug_assert!(capacity > 0, "HandOff: capacity must be at least 1");
         let backpressure = policy == ShedPolicy::Backpressure;
@@ -210,6 +218,7 @@ impl<T> HandOff<T> {
             capacity,
             policy,
             reserves: backpressure && producer == Producer::Stream,
+            keep_shed: keep_shed || producer == Producer::Feeder || std::mem::needs_drop::<T>(),
         }
     }
 
@@ -253,26 +262,36 @@ impl<T> HandOff<T> {
             // arrivals in order, and DropOldest evicts the oldest queued items
             // first, then the oldest arrivals, so the newest `capacity` stay.
             let free = self.capacity - before;
+            let overflow = offered.saturating_sub(free);
             match self.policy {
                 ShedPolicy::DropNewest | ShedPolicy::Backpressure => {
                     debug_assert!(
-                        self.policy != ShedPolicy::Backpressure || batch.len() <= free,
+                        self.policy != ShedPolicy::Backpressure || overflow == 0,
                         "HandOff: Backpressure push without room"
                     );
-                    if batch.len() > free {
-                        shed.extend(batch.drain(free..));
+                    if self.keep_shed {
+                        shed.extend(batch.drain(free.min(offered)..));
+                    } else {
+                        batch.truncate(free);
                     }
                     state.items.extend(batch.drain(..));
                 }
                 ShedPolicy::DropOldest => {
-                    let overflow = batch.len().saturating_sub(free);
                     let evicted = overflow.min(before);
-                    shed.extend(state.items.drain(..evicted));
+                    let arrivals = overflow - evicted;
+                    if self.keep_shed {
+                        shed.extend(state.items.drain(..evicted));
+                        shed.extend(batch.drain(..arrivals));
+                    } else {
+                        state.items.drain(..evicted);
+                    }
                     if self.max_age.is_some() {
                         state.stamps.drain(..evicted);
                     }
-                    shed.extend(batch.drain(..overflow - evicted));
-                    state.items.extend(batch.drain(..));
+                    // With `keep_shed` the first `arrivals` are gone already.
+                    let skip = if self.keep_shed { 0 } else { arrivals };
+                    state.items.extend(batch.drain(skip..));
+                    batch.clear();
                 }
             }
             if self.max_age.is_some() {
@@ -285,11 +304,13 @@ impl<T> HandOff<T> {
             debug_assert!(len <= self.capacity, "HandOff: queue over capacity");
             self.len.store(len, Relaxed);
             state.high_water_mark = state.high_water_mark.max(len);
-            count(offered, shed.len() - shed_before);
+            debug_assert!(!self.keep_shed || shed.len() - shed_before == overflow);
+            count(offered, overflow);
             // An evicting push adds no item, but the queue was not empty:
             // nobody waits then.
             let woken = state.idle.wake(len - before);
             let pushed = Pushed::Accepted {
+                shed: overflow,
                 woke_idle: !woken.is_empty(),
                 full: len == self.capacity,
                 taken: state.next_take,
@@ -544,7 +565,7 @@ mod tests {
     use tokio_test::{assert_pending, assert_ready, task};
 
     fn queue(capacity: usize, policy: ShedPolicy) -> HandOff<u32> {
-        HandOff::new(capacity, policy, None, Producer::Stream)
+        HandOff::new(capacity, policy, None, Producer::Stream, false)
     }
 
     fn push(queue: &HandOff<u32>, items: &[u32]) -> Pushed {
@@ -566,6 +587,7 @@ mod tests {
         assert_eq!(
             pushed,
             Pushed::Accepted {
+                shed: 0,
                 woke_idle: true,
                 full: false,
                 taken: 0
@@ -648,5 +670,31 @@ mod tests {
         assert_eq!(assert_ready!(reserve.poll()), 0, "refused once abandoned");
         let mut take = task::spawn(q.take());
         assert!(assert_ready!(take.poll()).is_none());
+    }
+
+    #[test]
+    fn shed_items_nobody_needs_are_counted_in_place_and_the_newest_stay() {
+        for (policy, queued) in [
+            (ShedPolicy::DropNewest, [0, 1, 2]),
+            (ShedPolicy::DropOldest, [5, 6, 7]),
+        ] {
+            for keep in [false, true] {
+                let q = HandOff::new(3, policy, None, Producer::Stream, keep);
+                let (mut batch, mut shed) = ((0..8).collect::<Vec<u32>>(), Vec::new());
+                let pushed = q.push_batch(&mut batch, &mut shed);
+                assert!(matches!(
+                    pushed,
+                    Pushed::Accepted {
+                        shed: 5,
+                        full: true,
+                        ..
+                    }
+                ));
+                assert!(batch.is_empty());
+                assert_eq!(shed.len(), if keep { 5 } else { 0 }, "{policy} keep {keep}");
+                let taken: Vec<u32> = std::iter::from_fn(|| q.take_now().map(|t| t.item)).collect();
+                assert_eq!(taken, queued, "{policy} keep {keep}");
+            }
+        }
     }
 }

@@ -113,19 +113,22 @@ where
             settle.credits().add_permits(limit - batch.len());
         }
         bump(&shared.intake.produced, batch.len() as u64);
-        let (woke_idle, full, taken) = match shared.queue.push_batch(&mut batch, &mut shed) {
-            Pushed::Accepted {
-                woke_idle,
-                full,
-                taken,
-            } => (woke_idle, full, taken),
-            Pushed::Refused => {
-                // Aborted between pull and push: accepted, then cancelled.
-                shared.cancel_unqueued(batch.drain(..));
-                (false, false, 0)
-            }
-        };
-        let shed_now = shed.len();
+        // Shed items come back in `shed` only if a hook, settlement or their
+        // `Drop` needs them; the count always comes back.
+        let (shed_now, woke_idle, full, taken) =
+            match shared.queue.push_batch(&mut batch, &mut shed) {
+                Pushed::Accepted {
+                    shed,
+                    woke_idle,
+                    full,
+                    taken,
+                } => (shed, woke_idle, full, taken),
+                Pushed::Refused => {
+                    // Aborted between pull and push: accepted, then cancelled.
+                    shared.cancel_unqueued(batch.drain(..));
+                    (0, false, false, 0)
+                }
+            };
         if shed_now > 0 {
             bump(&shared.intake.dropped, shed_now as u64);
             let reason = match shared.queue.policy() {

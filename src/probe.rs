@@ -21,7 +21,7 @@ impl QueueProbe {
     /// A queue of `capacity` under `policy`, as `bounded_fan_out` builds it.
     pub fn new(capacity: usize, policy: ShedPolicy) -> Self {
         QueueProbe {
-            queue: HandOff::new(capacity, policy, None, Producer::Stream),
+            queue: HandOff::new(capacity, policy, None, Producer::Stream, false),
         }
     }
 
