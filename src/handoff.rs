@@ -432,6 +432,8 @@ impl<T> HandOff<T> {
             }
             let n = free.min(max);
             state.reserved += n;
+            // A waker left from an earlier wait would wake it for nothing.
+            state.intake = None;
             Poll::Ready(n)
         })
         .await

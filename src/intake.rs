@@ -71,10 +71,21 @@ where
     // Items taken by workers at the last yield before shedding.
     let mut last_yield = u64::MAX;
     let end = loop {
-        // `Backpressure` waits for room before it pulls; the others never wait.
-        let limit = shared.queue.reserve(BATCH).await;
+        // `Backpressure` waits for room before it pulls; the others never
+        // wait. A stop ends the wait at once (the reservation is cancel
+        // safe): otherwise the intake would notice it only at the queue's
+        // low-water mark.
+        let limit = {
+            let mut room = pin!(shared.queue.reserve(BATCH));
+            poll_fn(|cx| match room.as_mut().poll(cx) {
+                Poll::Ready(n) => Poll::Ready(n),
+                Poll::Pending if stop.as_mut().poll(cx).is_ready() => Poll::Ready(0),
+                Poll::Pending => Poll::Pending,
+            })
+            .await
+        };
         if limit == 0 {
-            break IntakeEnd::Stopped; // abandoned while waiting for room
+            break IntakeEnd::Stopped; // stopped or abandoned while waiting for room
         }
         // With settlement, one credit per item pulled (see `settle`).
         let limit = match &shared.settle {

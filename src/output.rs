@@ -44,7 +44,10 @@
 //!   result enters the buffer; every waiting sender is woken, sees it, and
 //!   discards its result.
 //! * **No user code under the lock.** Results are dropped (their `Drop` is
-//!   user code) and wakers woken after unlocking.
+//!   user code) and the consumer's and senders' wakers woken after
+//!   unlocking. Ordered mode's window semaphore wakes the workers waiting
+//!   for a turn itself, under the lock: tokio task wakers, never the
+//!   consumer's.
 //!
 //! # Ordered mode
 //!
@@ -529,11 +532,10 @@ impl<T> Handover<'_, T> {
 
 impl<T> Drop for Handover<'_, T> {
     fn drop(&mut self) {
-        let Some(ticket) = self.ticket else {
-            return;
-        };
-        let next = self.outlet.lock().waiting.leave(ticket);
-        wake(next);
+        if let Some(ticket) = self.ticket {
+            let next = self.outlet.lock().waiting.leave(ticket);
+            wake(next);
+        }
         // A result dropped with its hand-over was never delivered.
         if let Some(result) = self.result.take() {
             self.outlet.discard_one(result);

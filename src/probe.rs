@@ -19,7 +19,17 @@ impl std::fmt::Debug for QueueProbe {
 
 impl QueueProbe {
     /// A queue of `capacity` under `policy`, as `bounded_fan_out` builds it.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `capacity` is 0 or `policy` is `Backpressure` (whose pushes
+    /// need a reservation the probe does not make).
     pub fn new(capacity: usize, policy: ShedPolicy) -> Self {
+        assert!(capacity > 0, "QueueProbe::new: capacity must be at least 1");
+        assert!(
+            policy != ShedPolicy::Backpressure,
+            "QueueProbe::new: Backpressure needs a reservation per push"
+        );
         QueueProbe {
             queue: HandOff::new(capacity, policy, None, Producer::Stream, false),
         }

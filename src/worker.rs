@@ -54,10 +54,6 @@ where
         else {
             return Exit::Joined;
         };
-        if woke_intake {
-            // Let the intake refill before this handler runs (see `Taken`).
-            yield_in_turn().await;
-        }
         if expired {
             // Too old to start: shed at the last moment, never handled.
             counters.took();
@@ -77,6 +73,12 @@ where
             return Exit::Joined;
         }
         counters.took();
+        if woke_intake {
+            // Let the intake refill before this handler runs (see `Taken`).
+            // Counted in flight first: should the task be dropped here, the
+            // report still finds the item (cancelled).
+            yield_in_turn().await;
+        }
         // The handler consumes the item: take its key first.
         let key = shared.settle.as_ref().map(|settle| settle.key(&item));
         let outcome = run_one(&**handler, item, killed.as_mut(), timeout).await;
