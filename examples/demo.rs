@@ -16,9 +16,10 @@ fn main() -> ExitCode {
     let mut failures = Vec::new();
 
     println!("== policy illustration: buffer=4, push ids 0..8, then drain ==");
-    // A current-thread runtime runs the single worker only once the intake
-    // yields, and the 8 ready ids arrive in one burst: the queue sees all 8
-    // before the worker takes one, so what it keeps is the policy's choice alone.
+    // The 8 ids are offered through the push front on a current-thread
+    // runtime, back to back: the worker cannot run between two offers, so
+    // the queue sees all 8 before it takes one, and what the queue keeps is
+    // the policy's choice alone.
     let runtime = build(&mut Builder::new_current_thread());
     for policy in POLICIES {
         let kept = runtime.block_on(illustrate(policy));
@@ -83,11 +84,14 @@ fn build(builder: &mut Builder) -> Runtime {
     }
 }
 
-/// Pushes ids 0..8 through a real pipeline with a 4-slot queue and one worker.
+/// Offers ids 0..8 to a real pipeline with a 4-slot queue and one worker.
 async fn illustrate(policy: ShedPolicy) -> Vec<u32> {
     let config = FanOutConfig::new(1, policy).capacity(4);
-    let (results, shutdown) =
-        futures::stream::iter(0..8u32).bounded_fan_out_with(config, |id| async move { id });
+    let (feeder, results, shutdown) = backpressure_pipeline::feeder(config, |id| async move { id });
+    for id in 0..8u32 {
+        let _ = feeder.offer(id);
+    }
+    drop(feeder); // the last feeder gone: intake ends, the queue drains
     let (kept, _report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
     kept
 }
