@@ -612,10 +612,15 @@ mod tests {
         assert_ready!(next.poll())
     }
 
-    #[test]
-    fn senders_wait_in_line_for_room_and_are_woken_one_per_result_taken() {
-        let (tx, mut rx, books) = channel::<u32>(1, Mode::Unordered, 2);
-        let tx2 = tx.clone();
+    /// A one-slot buffer holding 10, and two senders waiting in line with 11
+    /// (`a`, first) and 12 (`b`).
+    fn two_waiting<'a>(
+        tx: &'a Sender<u32>,
+        tx2: &'a Sender<u32>,
+    ) -> (
+        task::Spawn<impl Future<Output = ()> + 'a>,
+        task::Spawn<impl Future<Output = ()> + 'a>,
+    ) {
         assert_ready!(task::spawn(tx.deliver(0, Some(10))).poll());
         let (mut a, mut b) = (
             task::spawn(tx.deliver(1, Some(11))),
@@ -623,6 +628,14 @@ mod tests {
         );
         assert_pending!(a.poll());
         assert_pending!(b.poll());
+        (a, b)
+    }
+
+    #[test]
+    fn senders_wait_in_line_for_room_and_are_woken_one_per_result_taken() {
+        let (tx, mut rx, books) = channel::<u32>(1, Mode::Unordered, 2);
+        let tx2 = tx.clone();
+        let (mut a, mut b) = two_waiting(&tx, &tx2);
         assert_eq!(recv(&mut rx), Some(10));
         assert!(a.is_woken() && !b.is_woken());
         assert_ready!(a.poll());
@@ -637,13 +650,7 @@ mod tests {
     fn a_hand_over_dropped_after_its_wake_up_passes_it_on_and_discards_its_result() {
         let (tx, mut rx, books) = channel::<u32>(1, Mode::Unordered, 2);
         let tx2 = tx.clone();
-        assert_ready!(task::spawn(tx.deliver(0, Some(10))).poll());
-        let (mut a, mut b) = (
-            task::spawn(tx.deliver(1, Some(11))),
-            task::spawn(tx2.deliver(2, Some(12))),
-        );
-        assert_pending!(a.poll());
-        assert_pending!(b.poll());
+        let (a, mut b) = two_waiting(&tx, &tx2);
         assert_eq!(recv(&mut rx), Some(10));
         assert!(a.is_woken() && !b.is_woken());
         drop(a); // woken, never pushed
