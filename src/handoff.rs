@@ -372,7 +372,7 @@ impl<T> HandOff<T> {
             let seq = state.next_take;
             state.next_take += 1;
             // The intake waits only on a full queue; it is woken once the
-            // queue has drained to its low-water mark (see `LOW_WATER`).
+            // queue has drained to its low-water mark (see `low_water`).
             let intake = if state.intake.is_some()
                 && state.items.len() + state.reserved <= low_water(self.capacity)
             {
