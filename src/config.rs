@@ -92,6 +92,16 @@ impl<Item> FanOutConfig<Item> {
     /// bound, not a reservation: memory grows with what is actually queued.
     pub const MAX_CAPACITY: usize = tokio::sync::Semaphore::MAX_PERMITS;
 
+    /// The largest worker count: 65,536.
+    ///
+    /// Every worker is a task spawned at the call, with its own counters
+    /// (128 bytes, padded to a cache line pair so workers never share one)
+    /// and its future (a few hundred bytes plus the handler's); at this
+    /// bound that is tens of MiB before any item arrives. Past it, the
+    /// wanted concurrency is better met by fewer workers whose handlers
+    /// each drive many I/O operations.
+    pub const MAX_WORKERS: usize = 1 << 16;
+
     /// Default [`output_capacity`](Self::output_capacity): 64 undelivered results.
     pub const DEFAULT_OUTPUT_CAPACITY: usize = 64;
 
@@ -123,7 +133,9 @@ impl<Item> FanOutConfig<Item> {
     /// # Panics
     ///
     /// Panics if `workers` is 0, with the message
-    /// `"FanOutConfig::new: workers must be at least 1"`.
+    /// `"FanOutConfig::new: workers must be at least 1"`, or above
+    /// [`MAX_WORKERS`](Self::MAX_WORKERS), with the message
+    /// `"FanOutConfig::new: workers must be at most FanOutConfig::MAX_WORKERS (65536)"`.
     ///
     /// # Examples
     ///
@@ -136,6 +148,10 @@ impl<Item> FanOutConfig<Item> {
     #[track_caller]
     pub fn new(workers: usize, policy: ShedPolicy) -> Self {
         assert!(workers > 0, "FanOutConfig::new: workers must be at least 1");
+        assert!(
+            workers <= Self::MAX_WORKERS,
+            "FanOutConfig::new: workers must be at most FanOutConfig::MAX_WORKERS (65536)"
+        );
         FanOutConfig {
             workers,
             policy,
@@ -240,17 +256,40 @@ impl<Item> FanOutConfig<Item> {
     /// ended. `Duration::ZERO` aborts at once what is not already finished;
     /// a timeout past the clock's range (`Duration::MAX`) never aborts.
     ///
+    /// The deadline holds whatever the handlers do: each worker checks it
+    /// before it starts an item, so no queued item is started once it has
+    /// passed, even while handlers block every runtime thread and the
+    /// pipeline's timer cannot run; the items not started are counted
+    /// `cancelled` and handed to [`on_cancel`](Self::on_cancel). A handler
+    /// that blocks its thread (a synchronous call, CPU-bound work) cannot
+    /// be cut off mid-run, so it delays the stop by at most its own run.
+    /// Run such work with [`tokio::task::spawn_blocking`] inside the
+    /// handler, as below: the handler then awaits it, an abort cancels that
+    /// await at once (the blocking closure runs on to its end on tokio's
+    /// blocking pool and its output is dropped), and the runtime's threads
+    /// stay free for the intake, the timers and the reader.
+    ///
     /// [`shutdown`]: crate::ShutdownHandle::shutdown
     ///
     /// # Examples
     ///
     /// ```
     /// use std::time::Duration;
-    /// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
+    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
     ///
-    /// let config = FanOutConfig::<u64>::new(1, ShedPolicy::DropNewest)
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// let config = FanOutConfig::new(2, ShedPolicy::DropNewest)
     ///     .drain_timeout(Duration::from_millis(250));
-    /// # let _ = config;
+    /// let (results, shutdown) = futures::stream::iter(0..4u64).bounded_fan_out_with(config, |n| async move {
+    ///     // Blocking work off the runtime's threads: an abort need not wait for it.
+    ///     tokio::task::spawn_blocking(move || n * n).await.expect("no panic")
+    /// });
+    /// let (mut squares, report) = shutdown.join_collect(results).await;
+    /// squares.sort();
+    /// assert_eq!(squares, [0, 1, 4, 9]);
+    /// assert!(report.is_conserved());
+    /// # }
     /// ```
     pub fn drain_timeout(mut self, drain_timeout: Duration) -> Self {
         self.drain_timeout = drain_timeout;
@@ -330,7 +369,7 @@ impl<Item> FanOutConfig<Item> {
     /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
     /// use futures::StreamExt;
     ///
-    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+    /// // Needs tokio's `test-util` feature: paused time, so timers fire at once and timings are exact.
     /// #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// async fn main() {
     ///     let config = FanOutConfig::new(3, ShedPolicy::DropNewest).ordered(true);
@@ -369,7 +408,7 @@ impl<Item> FanOutConfig<Item> {
     /// use std::sync::{Arc, Mutex};
     /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
     ///
-    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+    /// // Needs tokio's `test-util` feature: paused time, so timers fire at once and timings are exact.
     /// #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// async fn main() {
     ///     let returned = Arc::new(Mutex::new(Vec::new()));
@@ -410,7 +449,7 @@ impl<Item> FanOutConfig<Item> {
     /// use backpressure_pipeline::{FanOutConfig, FanOutExt, OverloadEvent, ShedPolicy};
     /// use futures::StreamExt;
     ///
-    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+    /// // Needs tokio's `test-util` feature: paused time, so timers fire at once and timings are exact.
     /// #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// async fn main() {
     ///     let events = Arc::new(Mutex::new(Vec::new()));
@@ -477,7 +516,7 @@ impl<Item> FanOutConfig<Item> {
     /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
     /// use futures::StreamExt;
     ///
-    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+    /// // Needs tokio's `test-util` feature: paused time, so timers fire at once and timings are exact.
     /// #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// async fn main() {
     ///     let config = FanOutConfig::new(2, ShedPolicy::DropNewest)
@@ -532,7 +571,7 @@ impl<Item> FanOutConfig<Item> {
     /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
     /// use futures::StreamExt;
     ///
-    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+    /// // Needs tokio's `test-util` feature: paused time, so timers fire at once and timings are exact.
     /// #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// async fn main() {
     ///     let config = FanOutConfig::new(1, ShedPolicy::DropOldest).latest_only(true);
@@ -572,7 +611,7 @@ impl<Item> FanOutConfig<Item> {
     /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
     /// use futures::StreamExt;
     ///
-    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+    /// // Needs tokio's `test-util` feature: paused time, so timers fire at once and timings are exact.
     /// #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// async fn main() {
     ///     // One worker, 100 ms per item, 4 items queued at once: the fourth

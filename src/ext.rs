@@ -5,10 +5,10 @@ use futures_core::Stream;
 use tokio::task::JoinSet;
 
 use crate::config::ItemHook;
-use crate::handoff::{HandOff, Producer};
+use crate::handoff::{HandOff, Producer, Yielder};
 use crate::isolate::{Quiet, drop_quietly, has_time_driver};
 use crate::overload::Episodes;
-use crate::pipeline::{End, Shared, supervise};
+use crate::pipeline::{End, Late, Shared, supervise};
 use crate::report::IntakeEnd;
 use crate::settle::{self, InputBack, Settle, Settled};
 use crate::stop::StopWatch;
@@ -76,7 +76,9 @@ pub trait FanOutExt: Stream {
     ///
     /// Panics at the call, before anything is spawned:
     ///
-    /// * if `workers` is 0 (`"bounded_fan_out: workers must be at least 1"`);
+    /// * if `workers` is 0 (`"bounded_fan_out: workers must be at least 1"`)
+    ///   or above [`FanOutConfig::MAX_WORKERS`]
+    ///   (`"bounded_fan_out: workers must be at most FanOutConfig::MAX_WORKERS (65536)"`);
     /// * if called outside a Tokio runtime
     ///   (`"bounded_fan_out: must be called from the context of a Tokio runtime"`);
     /// * if the runtime has no time driver, which drain deadlines and handler
@@ -93,19 +95,18 @@ pub trait FanOutExt: Stream {
     /// use backpressure_pipeline::{FanOutExt, ShedPolicy};
     /// use futures::StreamExt;
     ///
-    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
-    /// #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// #[tokio::main]
     /// async fn main() {
     ///     let source = futures::stream::iter(0..8u64);
     ///     let (results, shutdown) = source.bounded_fan_out(4, ShedPolicy::DropOldest, |x| async move {
-    ///         tokio::time::sleep(Duration::from_millis(100)).await;
+    ///         tokio::time::sleep(Duration::from_millis(10)).await; // slow work per item
     ///         x * x
     ///     });
-    ///     let start = tokio::time::Instant::now();
+    ///     // Read the results and join the pipeline together (see `join`).
     ///     let (mut squares, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
     ///     squares.sort();
     ///     assert_eq!(squares, [0, 1, 4, 9, 16, 25, 36, 49]);
-    ///     assert_eq!(start.elapsed(), Duration::from_millis(200)); // 8 items, 4 at a time
+    ///     // 8 items fit in the default queue of 64: nothing was shed.
     ///     assert_eq!((report.produced, report.processed, report.dropped), (8, 8, 0));
     /// }
     /// ```
@@ -126,6 +127,10 @@ pub trait FanOutExt: Stream {
         Fut::Output: Send + 'static,
     {
         assert!(workers > 0, "bounded_fan_out: workers must be at least 1");
+        assert!(
+            workers <= FanOutConfig::<Self::Item>::MAX_WORKERS,
+            "bounded_fan_out: workers must be at most FanOutConfig::MAX_WORKERS (65536)"
+        );
         self.bounded_fan_out_with(FanOutConfig::new(workers, policy), handler)
     }
 
@@ -147,7 +152,7 @@ pub trait FanOutExt: Stream {
     /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
     /// use futures::StreamExt;
     ///
-    /// // Paused time (tokio feature `test-util`): timings are exact.
+    /// // Needs tokio's `test-util` feature: paused time, so timings are exact.
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
     /// let shed = Arc::new(Mutex::new(Vec::new()));
@@ -265,8 +270,12 @@ pub trait FanOutExt: Stream {
     /// reason), `Failed`, `TimedOut`, `Expired` or `Cancelled` (queued or in
     /// flight). `key` is called once per item, before the handler gets it
     /// (so a handler that consumes the item still lets its key be
-    /// reported), outside every lock; a panic in it is caught and leaves
-    /// that item without a record. Records are never sent under a lock and
+    /// reported), outside every lock. No record can exist without a key, so
+    /// a panic in `key` is caught and leaves that item without a record;
+    /// the item is then never started (a broker would redeliver an item it
+    /// never heard of, and it would be handled twice): it counts `failed`
+    /// if a worker took it, or stays `dropped` / `cancelled` if it was shed
+    /// or abandoned. Records are never sent under a lock and
     /// never wait; at most
     /// [`settle_capacity`](FanOutConfig::settle_capacity) items are
     /// unsettled at once, and a settler that falls that far behind
@@ -282,7 +291,7 @@ pub trait FanOutExt: Stream {
     /// use backpressure_pipeline::{FanOutConfig, FanOutExt, Outcome, ShedPolicy, ShedReason};
     /// use futures::StreamExt;
     ///
-    /// // Paused time (tokio feature `test-util`): timings are exact.
+    /// // Needs tokio's `test-util` feature: paused time, so timings are exact.
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
     /// // Messages with ids; one worker busy 1 ms each, room for 2: of a
@@ -411,9 +420,13 @@ where
         ),
         config.workers,
         config.cancel_token.as_ref(),
-        config.on_cancel,
+        Late {
+            on_cancel: config.on_cancel,
+            settle,
+        },
         books,
-        settle,
+        config.drain_timeout,
+        Yielder::for_runtime(&runtime),
     ));
     // Registered before any task runs, so a parent cancelled from any
     // thread stops intake before its `cancel()` returns.
@@ -439,13 +452,7 @@ where
     let episodes = Episodes::new(config.on_overload, config.overload_quiet_period);
     let intake = front(Arc::clone(&shared), config.on_shed, episodes);
     let intake = runtime.spawn(trace::in_span(&span, intake));
-    let supervisor = supervise(
-        Arc::clone(&shared),
-        stop,
-        workers,
-        intake,
-        config.drain_timeout,
-    );
+    let supervisor = supervise(Arc::clone(&shared), stop, workers, intake);
     let supervisor = runtime.spawn(trace::in_span(&span, supervisor));
     let results = BoundedFanOut::new(receiver, End(shared.clone()));
     let handle = ShutdownHandle::new(supervisor, End(Arc::clone(&shared) as _));

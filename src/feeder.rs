@@ -240,12 +240,18 @@ impl<Item> Offer<Item> {
 }
 
 impl<Item> Feeder<Item> {
-    /// Offers `item` without waiting, and says at once what happened.
+    /// Offers `item` without waiting for room, and says at once what
+    /// happened.
     ///
-    /// Never blocks and never awaits: safe to call from synchronous code,
-    /// a callback or a request handler. Under [`ShedPolicy::Backpressure`]
-    /// a full queue answers [`Offer::Full`]; use [`send`](Self::send) to
-    /// wait for room instead.
+    /// Never awaits and never waits for a worker or the consumer: safe to
+    /// call from synchronous code, a callback or a request handler. It does
+    /// take the queue's lock (a `std::sync::Mutex`) for one push, held for
+    /// a few hundred nanoseconds by whoever holds it (a producer, a worker
+    /// taking an item, the intake of a stop); under heavy contention on a
+    /// loaded machine the wait for that lock can reach milliseconds when
+    /// the holder's thread is preempted. No user code ever runs under it.
+    /// Under [`ShedPolicy::Backpressure`] a full queue answers
+    /// [`Offer::Full`]; use [`send`](Self::send) to wait for room instead.
     ///
     /// # Examples
     ///
@@ -277,6 +283,11 @@ impl<Item> Feeder<Item> {
 
     /// Offers `item`, waiting for room under [`ShedPolicy::Backpressure`];
     /// under the other policies it is [`offer`](Self::offer) and never waits.
+    ///
+    /// Once a stop (a shutdown, an abort, a cancelled parent token) has
+    /// returned, every `send` answers [`Offer::Closed`], also one that was
+    /// waiting for room and was granted it just as the stop came: the push
+    /// front closes the queue inside the stop, under the queue's lock.
     ///
     /// # Cancel safety
     ///

@@ -86,6 +86,7 @@ pub(crate) struct HandOff<T> {
     policy: ShedPolicy,
     /// The stream intake reserves room under the lock (`Backpressure`).
     reserves: bool,
+    producer: Producer,
     /// Shed items go to the caller (for a hook, settlement, the push
     /// front's hand-back, or a `Drop` that must run unlocked). Otherwise
     /// they are counted and forgotten under the lock: for items without
@@ -158,13 +159,63 @@ pub(crate) struct Taken<T> {
     pub(crate) woke_intake: bool,
 }
 
+/// How a task gives tasks it woke a turn, by runtime flavor.
+///
+/// On a multi-thread runtime a task woken by another task on the same
+/// thread goes into that thread's LIFO slot, which no other thread can
+/// steal, and then to its local run queue; waking itself puts the waker
+/// behind them (`yield_in_turn`) and tells an idle thread there is work to
+/// steal. `tokio::task::yield_now` instead defers the task until its thread
+/// finds nothing else to run, which there made the intake and the workers
+/// take turns in lock-step while the other thread idled.
+///
+/// On a current-thread runtime there is no LIFO slot and no thief, and the
+/// self-wake costs fairness instead: a task that keeps waking itself keeps
+/// the run queue from ever emptying, so every task that yields with
+/// `yield_now` (and the `block_on` future, often the consumer) runs only
+/// when the scheduler next polls its driver, every 61 ticks (tokio's
+/// `event_interval`). A heartbeat beside a 100,000-item burst beat 49 times
+/// and the unread results made the intake shed 98 %; with the deferred
+/// yield it beats like any other task (BENCHMARKS.md, "Fairness on one
+/// thread"). So one thread yields with `yield_now`, and only there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Yielder {
+    /// A multi-thread runtime: yield in turn.
+    InTurn,
+    /// A current-thread runtime: yield until the thread is idle.
+    Deferred,
+}
+
+impl Yielder {
+    pub(crate) fn for_runtime(runtime: &tokio::runtime::Handle) -> Yielder {
+        match runtime.runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => Yielder::Deferred,
+            _ => Yielder::InTurn,
+        }
+    }
+
+    /// Lets the tasks this one woke run before it goes on.
+    pub(crate) async fn let_woken_run(self) {
+        match self {
+            Yielder::InTurn => yield_in_turn().await,
+            Yielder::Deferred => tokio::task::yield_now().await,
+        }
+    }
+
+    /// Whether a wake-up this task gave can be stuck behind it (in the
+    /// thread's LIFO slot) until it yields.
+    pub(crate) fn has_lifo_slot(self) -> bool {
+        self == Yielder::InTurn
+    }
+}
+
 /// Lets every task already queued on this thread run once, then resumes.
 ///
 /// Waking itself puts the task at the back of the thread's run queue, as
 /// tokio does for any task woken while it runs, and tells an idle thread
 /// there is work to steal. `tokio::task::yield_now` instead defers the task
 /// until the thread finds no other work at all, stealing included.
-pub(crate) async fn yield_in_turn() {
+async fn yield_in_turn() {
     let mut yielded = false;
     poll_fn(|cx| {
         if yielded {
@@ -217,6 +268,7 @@ impl<T> HandOff<T> {
             }),
             capacity,
             policy,
+            producer,
             reserves: backpressure && producer == Producer::Stream,
             keep_shed: keep_shed || producer == Producer::Feeder || std::mem::needs_drop::<T>(),
         }
@@ -485,6 +537,11 @@ impl<T> HandOff<T> {
 
     pub(crate) fn policy(&self) -> ShedPolicy {
         self.policy
+    }
+
+    /// Who pushes into this queue.
+    pub(crate) fn producer(&self) -> Producer {
+        self.producer
     }
 
     /// No more pushes; workers drain what is queued, then see `None`.

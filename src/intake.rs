@@ -11,7 +11,7 @@ use tokio::time::{Instant, Sleep};
 use crate::ShedPolicy;
 use crate::books::bump;
 use crate::config::ItemHook;
-use crate::handoff::{HandOff, Pushed, yield_in_turn};
+use crate::handoff::{HandOff, Pushed};
 use crate::isolate::{Quiet, catching, drop_quietly, timer_at};
 use crate::overload::Episodes;
 use crate::pipeline::Shared;
@@ -57,6 +57,8 @@ where
     S: Stream,
 {
     let _close = CloseOnDrop(&shared.queue);
+    let late = shared.late.lease();
+    let settle = late.as_ref().and_then(|late| late.settle.as_deref());
     // The hook's `Drop` is user code too (CASE-22).
     let on_shed = Quiet::new(on_shed);
     // In an `Option` so that it is dropped under `catching` (its `Drop` is
@@ -88,7 +90,7 @@ where
             break IntakeEnd::Stopped; // stopped or abandoned while waiting for room
         }
         // With settlement, one credit per item pulled (see `settle`).
-        let limit = match &shared.settle {
+        let limit = match settle {
             None => limit,
             Some(settle) => match settle::reserve(settle.credits(), limit, stop.as_mut()).await {
                 Some(credits) => {
@@ -120,7 +122,7 @@ where
         })
         .await;
         shared.queue.unreserve(limit - batch.len());
-        if let Some(settle) = &shared.settle {
+        if let Some(settle) = settle {
             settle.credits().add_permits(limit - batch.len());
         }
         bump(&shared.intake.produced, batch.len() as u64);
@@ -146,9 +148,9 @@ where
                 ShedPolicy::DropOldest => ShedReason::Evicted,
                 _ => ShedReason::QueueFull,
             };
-            if shared.settle.is_some() {
+            if let Some(settle) = settle {
                 for item in &shed {
-                    shared.settle(item, Outcome::Dropped(reason));
+                    settle.settle(item, Outcome::Dropped(reason));
                 }
             }
             dispose(&mut shed, (*on_shed).as_deref());
@@ -184,7 +186,7 @@ where
                 // and parked again, a lock-step that left the other thread
                 // idle (goodput vs async-channel 1.01–1.03× deferred,
                 // 1.11–1.64× in turn; BENCHMARKS.md).
-                yield_in_turn().await;
+                shared.yielder.let_woken_run().await;
             } else {
                 // Busy workers: wait until this thread has nothing else to
                 // run (tokio's deferred yield), rather than spin against a

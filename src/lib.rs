@@ -106,13 +106,12 @@
 //! use backpressure_pipeline::{FanOutExt, ShedPolicy};
 //! use futures::StreamExt;
 //!
-//! // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
-//! #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! #[tokio::main]
 //! async fn main() {
-//!     // A burst of 1000 readings; each takes a worker 10 ms to handle.
+//!     // A burst of 1000 readings; each takes a worker 1 ms to handle.
 //!     let readings = futures::stream::iter(0..1000u32);
 //!     let (results, shutdown) = readings.bounded_fan_out(4, ShedPolicy::DropOldest, |reading| async move {
-//!         tokio::time::sleep(Duration::from_millis(10)).await;
+//!         tokio::time::sleep(Duration::from_millis(1)).await;
 //!         reading
 //!     });
 //!     let (handled, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
@@ -142,6 +141,7 @@ mod feeder;
 mod handoff;
 mod intake;
 mod isolate;
+mod lease;
 mod output;
 mod overload;
 mod pipeline;

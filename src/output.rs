@@ -7,9 +7,11 @@
 //! **delivered** (yielded by `results`) or **discarded** (the consumer was
 //! gone, or an abort cut off its hand-over or threw it out of the buffer).
 //! So `processed == delivered + discarded` once the results side is
-//! *settled*: the consumer read the end, dropped `results`, or an abort
-//! discarded what was left. The supervisor waits for that before it builds
-//! the report, so the law holds in every report.
+//! *settled*: every sender is gone and no result is left in the buffer
+//! (read, whether or not the consumer then polled to the end), the consumer
+//! read the end or dropped `results`, or an abort discarded what was left.
+//! The supervisor waits for that before it builds the report, so the law
+//! holds in every report, and `join` waits only for results that exist.
 //!
 //! # One lock for the buffer, its wakers and its books
 //!
@@ -80,8 +82,9 @@ pub(crate) trait ResultBooks: Send + Sync {
     fn discarded(&self) -> u64;
     /// An abort began: stop every hand-over and discard what is buffered.
     fn discard_undelivered(&self);
-    /// Cancelled once nothing more will be delivered: the consumer read the
-    /// end or is gone, or an abort discarded the rest.
+    /// Cancelled once nothing more will be delivered: every sender is gone
+    /// and nothing is buffered, the consumer read the end or is gone, or an
+    /// abort discarded the rest.
     fn settled(&self) -> &CancellationToken;
     /// Every worker has exited: discard anything left, so the books are final.
     fn settle(&self);
@@ -235,19 +238,23 @@ impl<T> Outlet<T> {
             inner.discarding = true;
             let waiting = inner.waiting.len();
             let senders = inner.waiting.wake(waiting);
-            (inner.buf.drain(), senders, inner.consumer.take())
+            (self.take_out(&mut inner), senders, inner.consumer.take())
         };
         senders.into_iter().for_each(Waker::wake);
         wake(consumer);
-        self.discard(buffered);
+        buffered.into_iter().for_each(drop_quietly);
         self.settled.cancel();
     }
 
-    fn discard(&self, results: Vec<T>) {
-        if !results.is_empty() {
-            self.discarded.fetch_add(results.len() as u64, Relaxed);
-            results.into_iter().for_each(drop_quietly);
-        }
+    /// Empties the buffer, counting what it held discarded under the lock:
+    /// a result leaves the buffer and is counted in one critical section, so
+    /// whoever next takes the lock (the last sender deciding the results
+    /// side is done, say) sees it counted. The caller drops the results
+    /// after unlocking (their `Drop` is user code).
+    fn take_out(&self, inner: &mut Inner<T>) -> Vec<T> {
+        let results = inner.buf.drain();
+        self.discarded.fetch_add(results.len() as u64, Relaxed);
+        results
     }
 
     fn discard_one(&self, result: T) {
@@ -278,12 +285,12 @@ impl<T: Send> ResultBooks for Outlet<T> {
         let late = {
             let mut inner = self.lock();
             if inner.discarding {
-                inner.buf.drain()
+                self.take_out(&mut inner)
             } else {
                 Vec::new()
             }
         };
-        self.discard(late);
+        late.into_iter().for_each(drop_quietly);
     }
 }
 
@@ -298,6 +305,16 @@ impl<T> Buf<T> {
                 std::mem::take(early).into_values().flatten().collect()
             }
             Buf::Latest(slot) => slot.take().into_iter().collect(),
+        }
+    }
+
+    /// Whether no result is held, delivered or not yet in turn. Once every
+    /// sender is gone this means nothing is left for the consumer.
+    fn holds_no_result(&self) -> bool {
+        match self {
+            Buf::Fifo { results, .. } => results.is_empty(),
+            Buf::Latest(slot) => slot.is_none(),
+            Buf::Ordered { early, .. } => early.values().all(Option::is_none),
         }
     }
 
@@ -433,53 +450,73 @@ impl<T> Sender<T> {
                 // These never wait; the budget still makes a worker that
                 // always finds work yield now and then (PITFALLS 8).
                 coop::consume_budget().await;
-                let unsent = self.put(seq, result);
-                if let Some(unsent) = unsent {
-                    self.outlet.discard_one(unsent);
-                }
+                // Counted discarded under the lock; dropped unlocked.
+                drop_quietly(self.put(seq, result));
             }
         }
     }
 
     /// Ordered and latest-only modes: puts the outcome in place, waking the
-    /// consumer if it can progress; returns what must be discarded (a
-    /// replaced unread result, or this one once discarding).
+    /// consumer if it can progress; returns what must be dropped, already
+    /// counted discarded (a replaced unread result, or this one once
+    /// discarding).
     fn put(&self, seq: u64, result: Option<T>) -> Option<T> {
         let (unsent, consumer) = {
             let mut inner = self.outlet.lock();
-            if inner.discarding {
-                return result;
+            let (unsent, consumer) = if inner.discarding {
+                (result, None)
+            } else {
+                let Inner { buf, consumer, .. } = &mut *inner;
+                Self::place(buf, consumer, seq, result)
+            };
+            if unsent.is_some() {
+                self.outlet.discarded.fetch_add(1, Relaxed);
             }
-            let Inner { buf, consumer, .. } = &mut *inner;
-            match buf {
-                Buf::Ordered { next, early, .. } => {
-                    early.insert(seq, result);
-                    (None, if seq == *next { consumer.take() } else { None })
-                }
-                Buf::Latest(slot) => match result {
-                    Some(result) => (slot.replace(result), consumer.take()),
-                    None => (None, None),
-                },
-                Buf::Fifo { .. } => (result, None), // unreachable: unordered hands over
-            }
+            (unsent, consumer)
         };
         wake(consumer);
         unsent
+    }
+
+    /// Puts `result` in its place in an ordered or latest-only buffer.
+    /// Returns what it replaced and the consumer to wake.
+    fn place(
+        buf: &mut Buf<T>,
+        consumer: &mut Option<Waker>,
+        seq: u64,
+        result: Option<T>,
+    ) -> (Option<T>, Option<Waker>) {
+        match buf {
+            Buf::Ordered { next, early, .. } => {
+                early.insert(seq, result);
+                (None, if seq == *next { consumer.take() } else { None })
+            }
+            Buf::Latest(slot) => match result {
+                Some(result) => (slot.replace(result), consumer.take()),
+                None => (None, None),
+            },
+            Buf::Fifo { .. } => (result, None), // unreachable: unordered hands over
+        }
     }
 }
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        let consumer = {
+        let (consumer, nothing_left) = {
             let mut inner = self.outlet.lock();
             inner.senders -= 1;
             if inner.senders == 0 {
-                inner.consumer.take()
+                (inner.consumer.take(), inner.buf.holds_no_result())
             } else {
-                None
+                (None, false)
             }
         };
         wake(consumer);
+        if nothing_left {
+            // No result exists for the consumer to read: the results side is
+            // done whether or not it ever polls to the end.
+            self.outlet.settled.cancel();
+        }
     }
 }
 
@@ -558,17 +595,24 @@ impl<T> Receiver<T> {
         let mut inner = outlet.lock();
         if inner.discarding {
             // An abort emptied the buffer: the stream ends.
-            let late = inner.buf.drain();
+            let late = outlet.take_out(&mut inner);
             drop(inner);
-            outlet.discard(late);
+            late.into_iter().for_each(drop_quietly);
             return Poll::Ready(None);
         }
         let (next, sender) = inner.take_next(cx);
+        // The last result was taken and no sender is left: nothing more
+        // exists to deliver, so `join` need not wait for the `None`.
+        let mut took_last = false;
         if let Poll::Ready(Some(_)) = next {
             // Counted under the lock, so an abort cannot discard it too.
             bump(&outlet.delivered, 1);
+            took_last = inner.senders == 0 && inner.buf.holds_no_result();
         }
         drop(inner);
+        if took_last {
+            outlet.settled.cancel();
+        }
         wake(sender);
         match next {
             Poll::Ready(Some(_)) => match coop {

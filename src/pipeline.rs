@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::books::{Exit, Fate, IntakeCounters, Tally, WorkerCounters};
 use crate::config::ItemHook;
-use crate::handoff::HandOff;
-use crate::isolate::{Quiet, catching, drop_quietly, timer_at};
+use crate::handoff::{HandOff, Producer, Yielder};
+use crate::isolate::{catching, drop_quietly, timer_at};
+use crate::lease::Shelf;
 use crate::output::ResultBooks;
 use crate::report::{IntakeEnd, Report, Stats};
 use crate::settle::{Outcome, Settle, Stage};
@@ -48,18 +49,55 @@ pub(crate) struct Shared<Item> {
     pub(crate) unqueued_cancelled: AtomicU64,
     /// Live user-facing halves (results stream, shutdown handle).
     ends: AtomicUsize,
-    /// Receives accepted items that a shutdown abandoned unprocessed. Its
-    /// `Drop` is user code, and this state is dropped wherever its last
-    /// owner lets go: quietly.
-    on_cancel: Quiet<Option<ItemHook<Item>>>,
+    /// The hooks an accepted item may still meet, lent to whoever needs
+    /// them and released before the report is published.
+    pub(crate) late: Shelf<Late<Item>>,
     /// The results side's books, and its abort switch.
     pub(crate) results: Arc<dyn ResultBooks>,
-    /// Where every item's outcome goes, if the caller settles.
-    pub(crate) settle: Option<Box<dyn Settle<Item>>>,
     /// The final report, published by the supervisor for every controller.
     report: std::sync::OnceLock<Report>,
     /// Cancelled once `report` is published.
     finished: CancellationToken,
+    /// The drain deadline, in nanoseconds after `epoch`; `NO_DEADLINE` until
+    /// a stop is requested (and for a deadline past the clock's range).
+    /// Workers read it before starting an item, so the deadline holds even
+    /// while handlers block every runtime thread and the supervisor's timer
+    /// cannot run.
+    drain_deadline: AtomicU64,
+    epoch: Instant,
+    drain_timeout: Duration,
+    /// The runtime runs every task on one thread (see `handoff::Yielder`).
+    pub(crate) yielder: Yielder,
+}
+
+const NO_DEADLINE: u64 = u64::MAX;
+
+/// Whether a worker may start an item it took ([`Shared::may_start`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Start {
+    Go,
+    /// An abort has begun.
+    Refused,
+    /// The drain deadline has passed: the worker must begin the abort.
+    RefusedAbort,
+}
+
+/// The user code an item may meet after it was accepted: settlement of its
+/// outcome, and the hand-back of an item a shutdown abandoned.
+pub(crate) struct Late<Item> {
+    /// Receives accepted items that a shutdown abandoned unprocessed.
+    pub(crate) on_cancel: Option<ItemHook<Item>>,
+    /// Where every item's outcome goes, if the caller settles.
+    pub(crate) settle: Option<Box<dyn Settle<Item>>>,
+}
+
+impl<Item> Late<Item> {
+    /// Sends `item`'s settlement record, if the caller settles.
+    pub(crate) fn settle(&self, item: &Item, outcome: Outcome) {
+        if let Some(settle) = &self.settle {
+            settle.settle(item, outcome);
+        }
+    }
 }
 
 impl<Item> Shared<Item> {
@@ -67,9 +105,10 @@ impl<Item> Shared<Item> {
         queue: HandOff<Item>,
         workers: usize,
         parent: Option<&CancellationToken>,
-        on_cancel: Option<ItemHook<Item>>,
+        late: Late<Item>,
         results: Arc<dyn ResultBooks>,
-        settle: Option<Box<dyn Settle<Item>>>,
+        drain_timeout: Duration,
+        yielder: Yielder,
     ) -> Self {
         Shared {
             queue,
@@ -80,11 +119,14 @@ impl<Item> Shared<Item> {
             workers: (0..workers).map(|_| WorkerCounters::default()).collect(),
             unqueued_cancelled: AtomicU64::new(0),
             ends: AtomicUsize::new(2),
-            on_cancel: Quiet::new(on_cancel),
+            late: Shelf::new(late),
             results,
-            settle,
             report: std::sync::OnceLock::new(),
             finished: CancellationToken::new(),
+            drain_deadline: AtomicU64::new(NO_DEADLINE),
+            epoch: Instant::now(),
+            drain_timeout,
+            yielder,
         }
     }
 
@@ -99,14 +141,58 @@ impl<Item> Shared<Item> {
     }
 
     /// The stop token was cancelled (by us or by a parent): intake stops at
-    /// its next pull. Called from inside the token's `cancel()`.
+    /// its next pull, and the drain deadline is set, counted from now. Called
+    /// from inside the token's `cancel()`.
     pub(crate) fn mirror_stop(&self) {
+        if let Some(deadline) = Instant::now().checked_add(self.drain_timeout) {
+            let nanos = deadline.duration_since(self.epoch).as_nanos();
+            let nanos = u64::try_from(nanos).unwrap_or(NO_DEADLINE);
+            // The first request sets it; a later one does not move it.
+            let _ = self
+                .drain_deadline
+                .compare_exchange(NO_DEADLINE, nanos, Release, Relaxed);
+        }
         self.phase.fetch_max(DRAINING, Release);
+        if self.queue.producer() == Producer::Feeder {
+            // Producers push under the queue's lock and a closed queue
+            // refuses them, so once the stop returns no offer or send is
+            // accepted, even one that was granted room just before (the bug
+            // of lalinsky/zio PR #709 and odin-lang/Odin PR #5329: a parked
+            // sender admitted after `close()` returned). The
+            // stream intake instead checks the phase before every pull, and
+            // queues what it pulled before the stop.
+            self.queue.close();
+        }
     }
 
-    /// Whether an abort has begun: a worker must not start another handler.
-    pub(crate) fn is_aborting(&self) -> bool {
-        self.phase.load(Acquire) == ABORTING
+    /// When the drain deadline passes, if a stop was requested and the
+    /// deadline is within the clock's range.
+    fn drain_deadline(&self) -> Option<Instant> {
+        match self.drain_deadline.load(Acquire) {
+            NO_DEADLINE => None,
+            nanos => self.epoch.checked_add(Duration::from_nanos(nanos)),
+        }
+    }
+
+    /// Whether a worker may start the item it just took. Not once an abort
+    /// has begun, nor once the drain deadline has passed: the worker that
+    /// sees that first begins the abort itself (after handing its own item
+    /// back, the oldest). One atomic load while the pipeline runs; a clock
+    /// read per item only while it drains.
+    pub(crate) fn may_start(&self) -> Start {
+        match self.phase.load(Acquire) {
+            RUNNING => Start::Go,
+            ABORTING => Start::Refused,
+            _ => match self.drain_deadline() {
+                Some(deadline) if Instant::now() >= deadline => Start::RefusedAbort,
+                _ => Start::Go,
+            },
+        }
+    }
+
+    /// A stop is under way: no more items are handled.
+    pub(crate) fn abort(&self) {
+        self.begin_abort();
     }
 
     fn begin_abort(&self) {
@@ -126,13 +212,6 @@ impl<Item> Shared<Item> {
         self.hand_back(abandoned);
     }
 
-    /// Sends `item`'s settlement record, if the caller settles.
-    pub(crate) fn settle(&self, item: &Item, outcome: Outcome) {
-        if let Some(settle) = &self.settle {
-            settle.settle(item, outcome);
-        }
-    }
-
     fn count_unqueued(&self, n: usize) {
         self.unqueued_cancelled.fetch_add(n as u64, Relaxed);
     }
@@ -145,9 +224,20 @@ impl<Item> Shared<Item> {
     }
 
     fn hand_back(&self, items: impl IntoIterator<Item = Item>) {
+        let mut items = items.into_iter().peekable();
+        if items.peek().is_none() {
+            return; // no lease for nothing: a late abort keeps no hook alive
+        }
+        // Released only once every worker is gone, which needs this queue
+        // empty: a lease is always there while items are handed back.
+        let late = self.late.lease();
         for item in items {
-            self.settle(&item, Outcome::Cancelled(Stage::Queued));
-            match &*self.on_cancel {
+            let Some(late) = &late else {
+                drop_quietly(item);
+                continue;
+            };
+            late.settle(&item, Outcome::Cancelled(Stage::Queued));
+            match &late.on_cancel {
                 Some(hook) => {
                     catching(|| hook(item));
                 }
@@ -254,10 +344,13 @@ impl<Item: Send + 'static> Control for Shared<Item> {
         self.begin_abort();
         let mut report = self.report(0, self.workers.len(), IntakeEnd::Stopped);
         report.discarded = report.processed.saturating_sub(report.delivered);
-        if let Some(settle) = &self.settle {
-            // Items lost with their tasks have no record: end when drained.
-            settle.finish(None);
+        if let Some(late) = self.late.lease() {
+            if let Some(settle) = &late.settle {
+                // Items lost with their tasks have no record: end when drained.
+                settle.finish(None);
+            }
         }
+        self.late.release_now();
         report
     }
 
@@ -278,7 +371,6 @@ pub(crate) async fn supervise<Item: Send + 'static>(
     mut stop: StopWatch,
     mut workers: JoinSet<Exit>,
     intake: JoinHandle<IntakeEnd>,
-    drain_timeout: Duration,
 ) -> Report {
     let (mut joined, mut aborted) = (0usize, 0usize);
     let mut stop_seen = false;
@@ -292,12 +384,9 @@ pub(crate) async fn supervise<Item: Send + 'static>(
                 // already set the phase (see `stop`).
                 stop_seen = true;
                 shared.begin_drain();
-                // The clock starts at the request, even if the input had ended.
-                // A deadline past the clock's range never comes.
-                deadline = Instant::now()
-                    .checked_add(drain_timeout)
-                    .and_then(timer_at)
-                    .map(Box::pin);
+                // Set by the request (`mirror_stop`), even if the input had
+                // ended. A deadline past the clock's range never comes.
+                deadline = shared.drain_deadline().and_then(timer_at).map(Box::pin);
             }
             if let Some(timer) = deadline.as_mut() {
                 if timer.as_mut().poll(cx).is_ready() {
@@ -345,9 +434,15 @@ pub(crate) async fn supervise<Item: Send + 'static>(
         "results law broken: {report}"
     );
     crate::trace::finished(&report);
-    if let Some(settle) = &shared.settle {
-        settle.finish(Some(report.produced));
+    if let Some(late) = shared.late.lease() {
+        if let Some(settle) = &late.settle {
+            settle.finish(Some(report.produced));
+        }
     }
+    // Every closure the caller gave is dropped before anyone sees the
+    // report, whatever handles (a controller, the ended results stream, a
+    // spare feeder) keep this state alive.
+    shared.late.release().await;
     // Set once, here: `get_or_init` cannot fail.
     shared.report.get_or_init(|| report.clone());
     shared.finished.cancel();

@@ -236,7 +236,10 @@ pub(crate) async fn reserve(
 /// Exactly once: every item counted in the [`Report`](crate::Report) gets
 /// one record whose outcome matches the counter it is in, with one
 /// exception: an item whose key function panicked, or that a worker task
-/// lost outside its panic isolation (its runtime shutting down), has none.
+/// lost outside its panic isolation (its runtime shutting down), has none,
+/// since no record can exist without a key. An item whose key function
+/// panicked when a worker took it is never handed to the handler (a broker
+/// would redeliver it and it would run twice): it counts `failed`.
 #[must_use = "streams do nothing unless polled"]
 pub struct Settlements<K> {
     records: mpsc::UnboundedReceiver<Record<K>>,

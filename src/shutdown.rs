@@ -7,9 +7,11 @@ use tokio::task::JoinHandle;
 
 use std::sync::Arc;
 
-use crate::Controller;
+use futures_core::Stream;
+
 use crate::pipeline::End;
 use crate::report::{Report, Stats};
+use crate::{BoundedFanOut, Controller};
 
 /// Controls a pipeline started by [`FanOutExt::bounded_fan_out`] and
 /// collects its [`Report`].
@@ -60,8 +62,12 @@ impl ShutdownHandle {
     /// The pipeline finishes when the input is exhausted, every accepted
     /// item is processed and every result has been read from `results` (or
     /// `results` was dropped); or when a requested [`shutdown`](Self::shutdown)
-    /// or [`abort`](Self::abort) has completed. `join` alone never stops the
-    /// pipeline: on an endless input, request a shutdown first (or pass a
+    /// or [`abort`](Self::abort) has completed. `join` waits only for
+    /// results that exist: once every worker has exited and no result is
+    /// waiting (none was produced, or the reader took the last one), it
+    /// resolves whether or not the reader has polled `results` to its end.
+    /// `join` alone never stops the pipeline: on an endless input, request
+    /// a shutdown first (or pass a
     /// [`cancel_token`](crate::FanOutConfig::cancel_token)).
     ///
     /// When the future resolves, every task the pipeline spawned has run to
@@ -77,10 +83,12 @@ impl ShutdownHandle {
     /// bounded wait.
     ///
     /// **Hazard:** results (and, with settlement, settlement records) wait
-    /// for the reader. A caller that awaits `join`
-    /// while neither reading nor dropping `results` waits until they are
-    /// read, or until a shutdown's drain deadline or an abort discards them.
-    /// Drain and join together, or drop `results` first:
+    /// for the reader. A caller that awaits `join` while results are waiting
+    /// and it neither reads nor drops `results` waits until they are read,
+    /// or until a shutdown's drain deadline or an abort discards them.
+    /// Drain and join together ([`join_collect`](Self::join_collect) and
+    /// [`join_for_each`](Self::join_for_each) do it in one call), or drop
+    /// `results` first:
     ///
     /// ```
     /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
@@ -107,6 +115,90 @@ impl ShutdownHandle {
         Join { handle: Some(self) }
     }
 
+    /// Reads every result into a `Vec` while joining: the one-call form of
+    /// `tokio::join!(results.collect::<Vec<_>>(), shutdown.join())`, for
+    /// callers who want the outputs and the report and nothing in between.
+    ///
+    /// `results` must be this pipeline's results stream (any other stream
+    /// is read to its end too, but then the join may wait on results nobody
+    /// reads). Results come in the stream's order.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`join`](Self::join): dropping the future drops this handle and
+    /// `results`, which aborts the pipeline; the results read so far and
+    /// the report are lost.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutExt, ShedPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (results, shutdown) = futures::stream::iter(1..=4u32)
+    ///     .bounded_fan_out(2, ShedPolicy::DropNewest, |x| async move { x * 10 });
+    /// let (mut outputs, report) = shutdown.join_collect(results).await;
+    /// outputs.sort();
+    /// assert_eq!(outputs, [10, 20, 30, 40]);
+    /// assert_eq!((report.processed, report.delivered), (4, 4));
+    /// # }
+    /// ```
+    pub async fn join_collect<T>(self, results: BoundedFanOut<T>) -> (Vec<T>, Report) {
+        let mut outputs = Vec::new();
+        let report = self
+            .join_for_each(results, |output| outputs.push(output))
+            .await;
+        (outputs, report)
+    }
+
+    /// Hands every result to `each` as it arrives while joining, and
+    /// returns the report: the one-call way to drain and join for callers
+    /// who do not keep the outputs.
+    ///
+    /// `each` runs on the caller's task, between polls of the join; keep it
+    /// short (it holds up reading the next result, and so the workers once
+    /// the results buffer is full). A panic in it unwinds to the caller.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`join_collect`](Self::join_collect).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutExt, ShedPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (results, shutdown) = futures::stream::iter(0..100u64)
+    ///     .bounded_fan_out(4, ShedPolicy::Backpressure, |x| async move { x });
+    /// let mut sum = 0;
+    /// let report = shutdown.join_for_each(results, |x| sum += x).await;
+    /// assert_eq!(sum, (0..100).sum::<u64>());
+    /// assert!(report.is_conserved());
+    /// # }
+    /// ```
+    pub async fn join_for_each<T>(
+        self,
+        results: BoundedFanOut<T>,
+        mut each: impl FnMut(T),
+    ) -> Report {
+        let mut join = self.join();
+        let mut results = Some(results);
+        std::future::poll_fn(|cx| {
+            while let Some(stream) = results.as_mut() {
+                match Pin::new(stream).poll_next(cx) {
+                    Poll::Ready(Some(output)) => each(output),
+                    Poll::Ready(None) => results = None,
+                    Poll::Pending => break,
+                }
+            }
+            Pin::new(&mut join).poll(cx)
+        })
+        .await
+    }
+
     /// Requests a graceful shutdown: intake stops pulling input now; queued
     /// and in-flight items are still processed, and their results wait for
     /// the reader, for up to the
@@ -114,7 +206,12 @@ impl ShutdownHandle {
     /// call. When it runs out the rest is aborted as by [`abort`](Self::abort):
     /// unfinished items are counted `cancelled` and unread results
     /// `discarded`, so a consumer that stopped reading cannot hold the
-    /// shutdown past the deadline. No input item is pulled after this returns.
+    /// shutdown past the deadline. No queued item is started once the
+    /// deadline has passed, even while handlers block every runtime thread:
+    /// a blocking handler delays the stop by at most its own run (see
+    /// [`drain_timeout`](crate::FanOutConfig::drain_timeout) for
+    /// `spawn_blocking`). No input item is pulled after this returns, and
+    /// on the push front no offer or send is accepted after it returns.
     ///
     /// Idempotent; a no-op after the pipeline has finished or been aborted.
     /// A cancelled parent [`cancel_token`](crate::FanOutConfig::cancel_token)
@@ -174,7 +271,7 @@ impl ShutdownHandle {
     /// ```
     /// use backpressure_pipeline::{FanOutExt, ShedPolicy};
     ///
-    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+    /// // Needs tokio's `test-util` feature: paused time, so timers fire at once and timings are exact.
     /// #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// async fn main() {
     ///     let (results, shutdown) = futures::stream::iter(0..4u32)
@@ -228,7 +325,7 @@ impl ShutdownHandle {
     /// use std::time::Duration;
     /// use backpressure_pipeline::{FanOutExt, ShedPolicy};
     ///
-    /// // Paused time (tokio feature `test-util`): timers fire at once, timings are exact.
+    /// // Needs tokio's `test-util` feature: paused time, so timers fire at once and timings are exact.
     /// #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// async fn main() {
     ///     let (results, shutdown) = futures::stream::pending::<u32>()

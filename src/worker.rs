@@ -10,10 +10,10 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use crate::books::{Exit, Fate};
-use crate::handoff::{Taken, yield_in_turn};
+use crate::handoff::Taken;
 use crate::isolate::{Quiet, catching, drop_quietly, timer_at};
 use crate::output::Sender;
-use crate::pipeline::Shared;
+use crate::pipeline::{Shared, Start};
 
 /// How one handler run ended, with its output.
 enum Ran<T> {
@@ -38,6 +38,8 @@ where
     // The last worker out drops the handler: its `Drop` is user code (CASE-22).
     let handler = Quiet::new(handler);
     let counters = &shared.workers[slot];
+    let late = shared.late.lease();
+    let settle = late.as_ref().and_then(|late| late.settle.as_deref());
     // One wait on the kill token per worker, not per item: it stays valid
     // until it fires, and the worker exits when it does.
     let mut killed = pin!(shared.kill.cancelled());
@@ -58,29 +60,49 @@ where
             // Too old to start: shed at the last moment, never handled.
             counters.took();
             counters.ended(Fate::Expired);
-            shared.settle(&item, Fate::Expired.outcome());
+            if let Some(settle) = settle {
+                settle.settle(&item, Fate::Expired.outcome());
+            }
             drop_quietly(item);
             results.deliver(seq, None).await;
             continue;
         }
-        if shared.is_aborting() {
-            // Taken just before an abort emptied the queue: the handler has
-            // not started, so the item goes back like a queued one. This
-            // narrows, but on a multi-thread runtime cannot close, the window
-            // in which a handler starts as `abort()` returns.
+        let start = shared.may_start();
+        if start != Start::Go {
+            // Taken just before an abort emptied the queue, or after the
+            // drain deadline passed (this worker then begins the abort): the
+            // handler has not started, so the item goes back like a queued
+            // one. This narrows, but on a multi-thread runtime cannot close,
+            // the window in which a handler starts as `abort()` returns.
             shared.cancel_unqueued(std::iter::once(item));
+            if start == Start::RefusedAbort {
+                shared.abort();
+            }
             results.deliver(seq, None).await;
             return Exit::Joined;
         }
         counters.took();
-        if woke_intake {
+        if woke_intake && shared.yielder.has_lifo_slot() {
             // Let the intake refill before this handler runs (see `Taken`).
             // Counted in flight first: should the task be dropped here, the
             // report still finds the item (cancelled).
-            yield_in_turn().await;
+            shared.yielder.let_woken_run().await;
         }
         // The handler consumes the item: take its key first.
-        let key = shared.settle.as_ref().map(|settle| settle.key(&item));
+        let key = settle.map(|settle| settle.key(&item));
+        if let Some(None) = key {
+            // The key function panicked: the item could never be settled,
+            // and a broker would redeliver it to be handled twice. It is
+            // not started; it counts `failed` and its place in the
+            // settlement stream is kept without a record.
+            counters.ended(Fate::Failed);
+            if let Some(settle) = settle {
+                settle.settle_key(None, Fate::Failed.outcome());
+            }
+            drop_quietly(item);
+            results.deliver(seq, None).await;
+            continue;
+        }
         let outcome = run_one(&**handler, item, killed.as_mut(), timeout).await;
         let cut_off = matches!(outcome, Ran::Cancelled);
         // Counted before the hand-over: `processed` means the handler
@@ -99,7 +121,7 @@ where
             }
         }
         counters.ended(fate);
-        if let (Some(settle), Some(key)) = (&shared.settle, key) {
+        if let (Some(settle), Some(key)) = (settle, key) {
             settle.settle_key(key, fate.outcome());
         }
         results.deliver(seq, result).await;

@@ -43,6 +43,33 @@ fn zero_workers_via_config_panics() {
 }
 
 #[test]
+#[should_panic(
+    expected = "FanOutConfig::new: workers must be at most FanOutConfig::MAX_WORKERS (65536)"
+)]
+fn too_many_workers_via_config_panics_naming_the_maximum() {
+    let _ = FanOutConfig::<u32>::new(usize::MAX, DropNewest);
+}
+
+#[tokio::test]
+#[should_panic(
+    expected = "bounded_fan_out: workers must be at most FanOutConfig::MAX_WORKERS (65536)"
+)]
+async fn too_many_workers_via_bounded_fan_out_panics_naming_the_maximum() {
+    let _ = futures::stream::iter(0..3u32).bounded_fan_out(usize::MAX, DropNewest, echo);
+}
+
+#[tokio::test]
+async fn the_maximum_worker_count_itself_is_accepted() {
+    let max = FanOutConfig::<u32>::MAX_WORKERS;
+    let (results, shutdown) = futures::stream::iter(0..3u32).bounded_fan_out(max, DropNewest, echo);
+    let (out, report) = shutdown.join_collect(results).await;
+    assert_eq!(
+        (out.len(), report.workers, report.workers_joined),
+        (3, max, max)
+    );
+}
+
+#[test]
 #[should_panic(expected = "FanOutConfig::capacity: capacity must be at least 1")]
 fn zero_capacity_panics() {
     let _ = FanOutConfig::<u32>::new(1, DropNewest).capacity(0);

@@ -281,7 +281,7 @@ async fn an_unread_settlement_stream_throttles_intake_at_its_capacity() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_panicking_key_function_leaves_only_that_item_unsettled() {
+async fn a_panicking_key_function_leaves_that_item_unsettled_unstarted_and_failed() {
     common::quiet_planned_panics();
     let config = FanOutConfig::new(1, ShedPolicy::DropNewest).capacity(8);
     let settled = stream::iter(0..5u64).bounded_fan_out_settled(
@@ -295,10 +295,17 @@ async fn a_panicking_key_function_leaves_only_that_item_unsettled() {
         |id| async move { id },
     );
     let (out, records, report) = finish(settled).await;
-    assert_eq!(out, [0, 1, 2, 3, 4], "the item itself is still handled");
+    // No record can exist without a key, and a broker would redeliver an
+    // item it never heard of: item 2 is never handed to the handler.
+    assert_eq!(out, [0, 1, 3, 4], "the unkeyed item is not handled");
     let keys: Vec<u64> = records.iter().map(|r| r.key).collect();
     assert_eq!(keys, [0, 1, 3, 4]);
-    assert_eq!(report.processed, 5);
+    assert!(records.iter().all(|r| r.outcome == Outcome::Processed));
+    assert_eq!(
+        (report.produced, report.processed, report.failed),
+        (5, 4, 1)
+    );
+    assert!(report.is_conserved(), "{report}");
 }
 
 #[tokio::test(start_paused = true)]
