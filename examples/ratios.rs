@@ -14,8 +14,15 @@
 //! cargo run --release --example ratios -- profile crate-goodput 200000
 //! ```
 //!
-//! Targets: floor, goodput, goodput-bare, goodput-backpressure, speedup, speedup-cap16,
-//! intake-mt, intake-ct, crossover, freshness. `profile CONTENDER N` runs one
+//! Targets: floor, goodput, goodput-bare, goodput-backpressure, goodput-ct,
+//! fairness-ct, speedup, speedup-cap16, intake-mt, intake-ct, crossover,
+//! freshness.
+//!
+//! The `-ct` targets run on a current-thread runtime, which is what
+//! `#[tokio::test]` and many small services use: a change that wins on the
+//! 2-thread runtime and loses there is not a win. `fairness-ct` runs a
+//! heartbeat task (a loop on `yield_now`) beside a 100,000-item burst with
+//! the consumer in the `block_on` future, and counts its beats. `profile CONTENDER N` runs one
 //! contender once, for `valgrind --tool=callgrind` (see BENCHMARKS.md).
 //!
 //! `floor` measures the cheapest cross-thread hand-off on this machine: two
@@ -45,9 +52,9 @@ use backpressure_pipeline::ShedPolicy;
 use tokio::runtime::Runtime;
 
 use common::{
-    CAPACITY, Run, WORKERS, bare_run, buffer_unordered_run, busy, calibrate, channel_run,
-    crate_run, crossover_items, current_thread, double, freshness_channel, freshness_crate,
-    iterations_for, multi_thread, quantile, run_on, sleepy,
+    CAPACITY, Fairness, Run, WORKERS, bare_run, buffer_unordered_run, busy, calibrate, channel_run,
+    crate_run, crossover_items, current_thread, double, fairness_channel, fairness_crate,
+    freshness_channel, freshness_crate, iterations_for, multi_thread, quantile, run_on, sleepy,
 };
 
 const GOODPUT_ITEMS: u64 = 1_000_000;
@@ -66,11 +73,16 @@ const FLOOR_TASK_ITEMS: u64 = 1_000_000;
 /// The floor's channel bound.
 const FLOOR_CAPACITY: usize = 16;
 
-const ALL: [&str; 10] = [
+/// Items per fairness round (the scenario of the fairness issue).
+const FAIRNESS_ITEMS: u64 = 100_000;
+
+const ALL: [&str; 12] = [
     "floor",
     "goodput",
     "goodput-bare",
     "goodput-backpressure",
+    "goodput-ct",
+    "fairness-ct",
     "speedup",
     "speedup-cap16",
     "intake-mt",
@@ -133,6 +145,8 @@ fn main() {
             "goodput" => goodput(&env, "channel"),
             "goodput-bare" => goodput(&env, "bare"),
             "goodput-backpressure" => goodput(&env, "backpressure"),
+            "goodput-ct" => goodput_ct(&env),
+            "fairness-ct" => fairness_ct(&env),
             "speedup" => speedup(&env, false),
             "speedup-cap16" => speedup(&env, true),
             "intake-mt" => intake(&env, &env.mt, "multi-thread"),
@@ -383,6 +397,80 @@ fn goodput(env: &Env, anchor: &str) {
         "|  ↳ processed per run (median) | {:.0} of {n} | {:.0} of {n} | | | | | | | |",
         median_of(&runs_a, |r| r.processed as f64),
         median_of(&runs_b, |r| r.processed as f64)
+    );
+}
+
+/// Goodput on a current-thread runtime, trivial handler, DropNewest, against
+/// the async-channel fan-out on the same runtime.
+fn goodput_ct(env: &Env) {
+    let n = GOODPUT_ITEMS;
+    let (runs_a, runs_b) = interleave(
+        env.rounds,
+        || {
+            run_on(
+                &env.ct,
+                crate_run(n, CAPACITY, ShedPolicy::DropNewest, double),
+            )
+        },
+        || run_on(&env.ct, channel_run(n, CAPACITY, double)),
+    );
+    row(
+        "1d. goodput, current-thread, trivial handler, DropNewest vs async-channel(16)",
+        "≥ 1.0×",
+        "items/s",
+        &runs_a,
+        &runs_b,
+        Run::goodput,
+    );
+    switches_row(&runs_a, &runs_b, processed);
+    println!(
+        "|  ↳ processed per run (median) | {:.0} of {n} | {:.0} of {n} | | | | | | | |",
+        median_of(&runs_a, |r| r.processed as f64),
+        median_of(&runs_b, |r| r.processed as f64)
+    );
+}
+
+/// Fairness on a current-thread runtime: heartbeat beats per 100,000 items
+/// beside this crate (2 workers, capacity 16, DropNewest) and beside the
+/// async-channel fan-out, interleaved.
+fn fairness_ct(env: &Env) {
+    let n = FAIRNESS_ITEMS;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    fairness_crate(&env.ct, n);
+    fairness_channel(&env.ct, n);
+    for round in 0..env.rounds {
+        if round % 2 == 0 {
+            a.push(fairness_crate(&env.ct, n));
+            b.push(fairness_channel(&env.ct, n));
+        } else {
+            b.push(fairness_channel(&env.ct, n));
+            a.push(fairness_crate(&env.ct, n));
+        }
+    }
+    let median = |runs: &[Fairness], f: fn(&Fairness) -> u64| {
+        spread(&runs.iter().map(|r| f(r) as f64).collect::<Vec<_>>()).1
+    };
+    let beats = |r: &Fairness| r.beats;
+    let ratios: Vec<f64> = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| x.beats as f64 / y.beats.max(1) as f64)
+        .collect();
+    let (lo, med, hi) = spread(&ratios);
+    println!(
+        "| 4. fairness, current-thread: heartbeat beats per {n} items vs async-channel fan-out | {:.0} | {:.0} | **{med:.2}×** | {lo:.2}× | {hi:.2}× | | | | ≥ 3,127 beats, gap ≤ 64, processed ≥ 50,000 (at `bc82dc0`) |",
+        median(&a, beats),
+        median(&b, beats),
+    );
+    println!(
+        "|  ↳ most items pulled between two beats (median) | {:.0} | {:.0} | | | | | | | |",
+        median(&a, |r| r.max_gap),
+        median(&b, |r| r.max_gap)
+    );
+    println!(
+        "|  ↳ processed per run (median) | {:.0} of {n} | {:.0} of {n} | | | | | | | |",
+        median(&a, |r| r.processed),
+        median(&b, |r| r.processed)
     );
 }
 

@@ -524,3 +524,110 @@ pub fn quantile(sorted: &[u64], q: f64) -> u64 {
     }
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
+
+// ===== fairness on one thread =====
+
+/// What a heartbeat task saw while a pipeline ran beside it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fairness {
+    /// Times the heartbeat ran (it loops on `yield_now`) until the last
+    /// result was read.
+    pub beats: u64,
+    /// The most items pulled from the input between two beats.
+    pub max_gap: u64,
+    /// Items processed (results read by the consumer).
+    pub processed: u64,
+    /// Wall time from the start to the last result read.
+    pub wall: Duration,
+}
+
+/// A heartbeat that loops on `yield_now`, counting its beats and the largest
+/// number of items `pulled` between two of them, until `stop` is set.
+async fn heartbeat(pulled: Arc<AtomicU64>, stop: Arc<std::sync::atomic::AtomicBool>) -> (u64, u64) {
+    let (mut beats, mut max_gap, mut last) = (0u64, 0u64, 0u64);
+    while !stop.load(Relaxed) {
+        tokio::task::yield_now().await;
+        beats += 1;
+        let now = pulled.load(Relaxed);
+        max_gap = max_gap.max(now - last);
+        last = now;
+    }
+    (beats, max_gap)
+}
+
+/// The fairness scenario on a current-thread runtime, as `#[tokio::test]`
+/// runs it: `0..n` through this crate (2 workers, capacity 16, DropNewest,
+/// trivial handler), the consumer in the `block_on` future, and a heartbeat
+/// task beside it.
+pub fn fairness_crate(runtime: &Runtime, n: u64) -> Fairness {
+    runtime.block_on(async move {
+        let pulled = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let beat = tokio::spawn(heartbeat(pulled.clone(), stop.clone()));
+        let start = Instant::now();
+        let source = counted_source(n, pulled);
+        let config = FanOutConfig::new(2, ShedPolicy::DropNewest).capacity(CAPACITY);
+        let (results, shutdown) = source.bounded_fan_out_with(config, double);
+        let (processed, report) = tokio::join!(results.count(), shutdown.join());
+        let wall = start.elapsed();
+        stop.store(true, Relaxed);
+        let (beats, max_gap) = beat.await.expect("heartbeat");
+        assert!(report.is_conserved(), "{report}");
+        Fairness {
+            beats,
+            max_gap,
+            processed: processed as u64,
+            wall,
+        }
+    })
+}
+
+/// The same scenario through the hand-rolled async-channel fan-out
+/// (lossless: it back-pressures the input instead of shedding).
+pub fn fairness_channel(runtime: &Runtime, n: u64) -> Fairness {
+    runtime.block_on(async move {
+        let pulled = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let beat = tokio::spawn(heartbeat(pulled.clone(), stop.clone()));
+        let start = Instant::now();
+        let (to_workers, from_producer) = async_channel::bounded::<u64>(CAPACITY);
+        let (to_consumer, mut results) = mpsc::channel::<u64>(OUTPUT_CAPACITY);
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let input = from_producer.clone();
+                let output = to_consumer.clone();
+                tokio::spawn(async move {
+                    while let Ok(item) = input.recv().await {
+                        let _ = output.send(double(item).await).await;
+                    }
+                })
+            })
+            .collect();
+        drop((from_producer, to_consumer));
+        let source = counted_source(n, pulled);
+        let producer = tokio::spawn(async move {
+            let mut source = pin!(source);
+            while let Some(item) = source.next().await {
+                to_workers.send(item).await.expect("workers alive");
+            }
+        });
+        let mut processed = 0u64;
+        while let Some(output) = results.recv().await {
+            black_box(output);
+            processed += 1;
+        }
+        let wall = start.elapsed();
+        producer.await.expect("producer");
+        for worker in workers {
+            worker.await.expect("worker");
+        }
+        stop.store(true, Relaxed);
+        let (beats, max_gap) = beat.await.expect("heartbeat");
+        Fairness {
+            beats,
+            max_gap,
+            processed,
+            wall,
+        }
+    })
+}
