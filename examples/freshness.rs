@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
+use backpressure_pipeline::{FanOutConfig, FanOutExt, ResultOrder, ShedPolicy};
 use futures::StreamExt;
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep};
 
@@ -57,7 +57,11 @@ async fn main() {
         "output", "read", "p50 age", "max age"
     );
     for (name, latest) in [("FIFO (defaults 64/64)", false), ("latest_only", true)] {
-        let config = FanOutConfig::new(4, ShedPolicy::DropOldest).latest_only(latest);
+        let config = FanOutConfig::new(4, ShedPolicy::DropOldest).result_order(if latest {
+            ResultOrder::LatestOnly
+        } else {
+            ResultOrder::Completion
+        });
         let ages = ages(config).await;
         let p50 = ages[ages.len() / 2];
         let max = ages[ages.len() - 1];

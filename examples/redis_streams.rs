@@ -12,7 +12,9 @@
 //!
 //! Each consumer process reads the group with `XREADGROUP`, reclaims idle
 //! messages with `XAUTOCLAIM`, and runs them through
-//! `bounded_fan_out_settled`; its settler acks from the settlement records:
+//! `bounded_fan_out_with` on a configuration that settles
+//! (`FanOutConfig::settle_by`), with its input wrapped by `hand_back`; its
+//! settler acks from the settlement records:
 //!
 //! | outcome | on the broker |
 //! |---|---|
@@ -31,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use backpressure_pipeline::{FanOutConfig, FanOutExt, Outcome, Report, Settled, ShedPolicy};
+use backpressure_pipeline::{FanOutConfig, FanOutExt, Outcome, Report, ShedPolicy, hand_back};
 use futures::{Stream, StreamExt};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
@@ -353,23 +355,15 @@ pub async fn consume(
         .capacity(64)
         .max_queue_age(MAX_QUEUE_AGE)
         .handler_timeout(HANDLER_TIMEOUT);
-    let Settled {
-        results,
-        settlements,
-        shutdown,
-        input,
-        ..
-    } = messages(reader, con.clone(), name.to_owned(), n).bounded_fan_out_settled(
-        config,
-        |message| message.id.clone(),
-        |message| async move {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            if message.fail {
-                panic!("message {} cannot be handled", message.seq);
-            }
-            message.seq
-        },
-    );
+    let (config, settlements) = config.settle_by(|message: &Message| message.id.clone());
+    let (input, back) = hand_back(messages(reader, con.clone(), name.to_owned(), n));
+    let (results, shutdown) = input.bounded_fan_out_with(config, |message| async move {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if message.fail {
+            panic!("message {} cannot be handled", message.seq);
+        }
+        message.seq
+    });
     drop(results);
     let settler = {
         let mut con = con.clone();
@@ -382,7 +376,7 @@ pub async fn consume(
                 for settled in batch {
                     let set = match settled.outcome {
                         Outcome::Processed => PROCESSED,
-                        Outcome::Dropped(_) | Outcome::Expired => SHED,
+                        Outcome::Shed(_) | Outcome::Expired => SHED,
                         // Failed, timed out, cancelled: left pending, claimed again later.
                         _ => continue,
                     };
@@ -402,7 +396,7 @@ pub async fn consume(
         })
     };
     let controller = shutdown.controller();
-    // Polled through `&mut`: dropping the `Join` in `select!` would drop the
+    // Polled through `&mut`: dropping the `JoinReport` in `select!` would drop the
     // handle, and with `results` gone that aborts the pipeline.
     let mut join = shutdown.join();
     let report = tokio::select! {
@@ -415,7 +409,7 @@ pub async fn consume(
     settler.await.expect("settler");
     // What the broker stream had prefetched but the pipeline never pulled:
     // still pending on the broker, so a peer claims it.
-    let handed_back = match input.await {
+    let handed_back = match back.await {
         Some(rest) => rest.prefetched().len(),
         None => 0,
     };

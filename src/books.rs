@@ -1,9 +1,29 @@
-//! The counters every part of a pipeline writes, and what an item's end at
-//! a worker can be. Every module that counts reads its outcomes from here,
-//! so a new outcome is one variant of [`Fate`] that the report, the stats
-//! and settlement all see. Imports only the public `Outcome` type.
+//! The books: every counter of both laws, and the one table of outcomes
+//! that the [`Report`](crate::Report), the live [`Stats`](crate::Stats) and
+//! settlement all read. A new outcome is one variant of [`Fate`].
+//!
+//! # Invariants
+//!
+//! 1. **One writer per counter line.** The intake's counters are written by
+//!    the stream intake only (plain load and store), or by push producers
+//!    under the queue's lock (`fetch_add`); each worker's by that worker
+//!    only. Counters written by several tasks would share a cache line per
+//!    item; these are summed when read.
+//! 2. **A snapshot never shows more finished than taken.** A worker counts
+//!    an item taken before it counts its fate, and stores the fate with
+//!    `Release`; [`Books::counts`] loads the fates with `Acquire` before it
+//!    loads `taken`, so every fate it sees has its `taken` visible too, and
+//!    `taken - fates` is never negative.
+//! 3. **Results after outcomes.** A result is delivered or discarded only
+//!    after its item was counted processed, and the results side stores
+//!    those counts with `Release` (see `results`); they are loaded first,
+//!    with `Acquire`, so a snapshot never shows more results than
+//!    completions. Items are counted produced before they are queued, and
+//!    the queue's lock orders that before any worker takes them: `produced`
+//!    is loaded last.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use crate::sync::AtomicU64;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use crate::settle::{Outcome, Stage};
 
@@ -12,7 +32,7 @@ use crate::settle::{Outcome, Stage};
 pub(crate) enum Fate {
     /// Its handler completed.
     Processed,
-    /// Its handler panicked.
+    /// Its handler panicked (or its settlement key could not be taken).
     Failed,
     /// Its handler ran past the handler timeout.
     TimedOut,
@@ -37,8 +57,9 @@ impl Fate {
     }
 }
 
-/// Why a worker stopped: the report's `workers_joined` vs `aborted` split
-/// needs the worker's own word for it (PITFALLS 5).
+/// Why a worker stopped: `workers_joined` vs `aborted` needs the worker's
+/// own word for it (`JoinSet::abort_all` cannot tell an idle worker from
+/// one cut off mid-item).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Exit {
     /// The queue was closed and empty, or abandoned while this worker was idle.
@@ -47,20 +68,32 @@ pub(crate) enum Exit {
     Aborted,
 }
 
-/// Adds `n` to a counter that only the calling task writes: a plain
-/// load and store, no read-modify-write on the hot path.
+/// Adds `n` to a counter that only the calling task writes: a plain load
+/// and store, no read-modify-write on the hot path (invariant 1).
 pub(crate) fn bump(counter: &AtomicU64, n: u64) {
-    counter.store(counter.load(Relaxed) + n, Relaxed);
+    counter.store(counter.load(Relaxed) + n, Release);
 }
 
-/// Counters written by the intake task only (PITFALLS 4: one writer per
-/// cache line, summed when read). The push front writes them with
-/// `fetch_add`, under the queue's lock.
+/// Counters of what the front took and shed (invariant 1).
 #[derive(Default)]
 #[repr(align(128))]
 pub(crate) struct IntakeCounters {
     pub(crate) produced: AtomicU64,
     pub(crate) dropped: AtomicU64,
+}
+
+impl IntakeCounters {
+    /// The single stream intake counts with plain stores.
+    pub(crate) fn count_alone(&self, produced: usize, dropped: usize) {
+        bump(&self.produced, produced as u64);
+        bump(&self.dropped, dropped as u64);
+    }
+
+    /// Push producers count under the queue's lock, several at once.
+    pub(crate) fn count_shared(&self, produced: usize, dropped: usize) {
+        self.produced.fetch_add(produced as u64, Release);
+        self.dropped.fetch_add(dropped as u64, Release);
+    }
 }
 
 /// Counters written by one worker task only.
@@ -79,7 +112,7 @@ impl WorkerCounters {
         bump(&self.taken, 1);
     }
 
-    /// A taken item ended as `fate`.
+    /// A taken item ended as `fate` (after `took`: invariant 2).
     pub(crate) fn ended(&self, fate: Fate) {
         bump(&self.fates[fate as usize], 1);
     }
@@ -90,35 +123,96 @@ impl WorkerCounters {
     }
 }
 
-/// The workers' counters, summed.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct Tally {
-    fates: [u64; Fate::COUNT],
+/// Every counter of a pipeline.
+pub(crate) struct Books {
+    pub(crate) intake: IntakeCounters,
+    workers: Box<[WorkerCounters]>,
+    /// Items accepted but cancelled without reaching a worker: abandoned in
+    /// the queue by an abort, refused by a closed queue after they were
+    /// pulled, or taken but not started once a stop had begun.
+    unqueued_cancelled: AtomicU64,
+}
+
+/// The counters summed at one moment: what a `Report` and `Stats` show.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) produced: u64,
+    pub(crate) processed: u64,
+    pub(crate) delivered: u64,
+    pub(crate) discarded: u64,
+    pub(crate) dropped: u64,
     pub(crate) errored: u64,
+    pub(crate) failed: u64,
+    pub(crate) timed_out: u64,
+    pub(crate) expired: u64,
+    pub(crate) cancelled: u64,
     /// Items a worker holds whose fate is not decided yet.
     pub(crate) in_flight: usize,
 }
 
-impl Tally {
-    pub(crate) fn sum(workers: &[WorkerCounters]) -> Tally {
-        let mut tally = Tally::default();
-        for w in workers {
-            // Fates before `taken`: `taken` only grows, so the difference
-            // is never negative. It may count items the worker took after
-            // the fates were read, so it is capped at the one item a
-            // worker can hold.
-            let fates = w.fates.each_ref().map(|counter| counter.load(Relaxed));
-            let taken = w.taken.load(Relaxed);
-            for (sum, n) in tally.fates.iter_mut().zip(fates) {
-                *sum += n;
-            }
-            tally.errored += w.errored.load(Relaxed);
-            tally.in_flight += usize::from(taken > fates.iter().sum::<u64>());
+/// What the results side has counted (invariant 3).
+pub(crate) trait ResultCounts {
+    /// Results delivered so far, loaded with `Acquire`.
+    fn delivered(&self) -> u64;
+    /// Results discarded so far, loaded with `Acquire`.
+    fn discarded(&self) -> u64;
+}
+
+impl Books {
+    pub(crate) fn new(workers: usize) -> Books {
+        Books {
+            intake: IntakeCounters::default(),
+            workers: (0..workers).map(|_| WorkerCounters::default()).collect(),
+            unqueued_cancelled: AtomicU64::new(0),
         }
-        tally
     }
 
-    pub(crate) fn of(&self, fate: Fate) -> u64 {
-        self.fates[fate as usize]
+    pub(crate) fn worker(&self, slot: usize) -> &WorkerCounters {
+        &self.workers[slot]
+    }
+
+    pub(crate) fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// `n` accepted items will never reach a handler.
+    pub(crate) fn cancel_unqueued(&self, n: usize) {
+        self.unqueued_cancelled.fetch_add(n as u64, Release);
+    }
+
+    /// Sums every counter, in the order invariants 2 and 3 need.
+    pub(crate) fn counts(&self, results: &dyn ResultCounts) -> Counts {
+        let (delivered, discarded) = (results.delivered(), results.discarded());
+        let mut fates = [0u64; Fate::COUNT];
+        let (mut errored, mut in_flight) = (0, 0);
+        for worker in &self.workers {
+            let ended = worker.fates.each_ref().map(|fate| fate.load(Acquire));
+            let taken = worker.taken.load(Acquire);
+            debug_assert!(
+                taken >= ended.iter().sum::<u64>(),
+                "Books: more finished than taken (invariant 2)"
+            );
+            for (sum, n) in fates.iter_mut().zip(ended) {
+                *sum += n;
+            }
+            errored += worker.errored.load(Acquire);
+            // A worker holds at most one item: the difference is 0 or 1
+            // (more only for a `taken` stored after the fates were read).
+            in_flight += usize::from(taken > ended.iter().sum::<u64>());
+        }
+        let of = |fate: Fate| fates[fate as usize];
+        Counts {
+            processed: of(Fate::Processed),
+            delivered,
+            discarded,
+            errored,
+            failed: of(Fate::Failed),
+            timed_out: of(Fate::TimedOut),
+            expired: of(Fate::Expired),
+            cancelled: of(Fate::Cancelled) + self.unqueued_cancelled.load(Acquire),
+            in_flight,
+            produced: self.intake.produced.load(Acquire),
+            dropped: self.intake.dropped.load(Acquire),
+        }
     }
 }

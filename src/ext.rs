@@ -1,20 +1,14 @@
+//! The entry points: [`FanOutExt`] for the stream front, [`feeder`] for
+//! the push front. Both hand everything to the one composition root,
+//! `launch`.
+
 use std::future::Future;
-use std::sync::Arc;
 
 use futures_core::Stream;
-use tokio::task::JoinSet;
 
-use crate::config::ItemHook;
-use crate::handoff::{HandOff, Producer, Yielder};
-use crate::isolate::{Quiet, drop_quietly, has_time_driver};
-use crate::overload::Episodes;
-use crate::pipeline::{End, Late, Shared, supervise};
-use crate::report::IntakeEnd;
-use crate::settle::{self, InputBack, Settle, Settled};
-use crate::stop::StopWatch;
-use crate::{BoundedFanOut, FanOutConfig, ShedPolicy, ShutdownHandle, intake, worker};
-use crate::{output, trace};
-use std::pin::Pin;
+use crate::config::HandlerKind;
+use crate::launch::{Front, NoInput, launch};
+use crate::{BoundedFanOut, FanOutConfig, Feeder, ShedPolicy, ShutdownHandle};
 
 /// Adds [`bounded_fan_out`](FanOutExt::bounded_fan_out) to every [`Stream`].
 pub trait FanOutExt: Stream {
@@ -173,9 +167,9 @@ pub trait FanOutExt: Stream {
     /// # }
     /// ```
     #[track_caller]
-    fn bounded_fan_out_with<F, Fut>(
+    fn bounded_fan_out_with<F, Fut, Kind>(
         self,
-        config: FanOutConfig<Self::Item>,
+        config: FanOutConfig<Self::Item, Kind>,
         handler: F,
     ) -> (BoundedFanOut<Fut::Output>, ShutdownHandle)
     where
@@ -184,279 +178,69 @@ pub trait FanOutExt: Stream {
         F: Fn(Self::Item) -> Fut + Send + Sync + 'static,
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
+        Kind: HandlerKind<Fut::Output>,
     {
-        let (results, handle, _) = launch(
-            config,
-            handler,
-            None,
-            None,
-            Producer::Stream,
-            |shared, on_shed, episodes| {
-                intake::run(self, shared, on_shed, episodes, intake::keep_nothing)
-            },
-        );
-        (results, handle)
-    }
-
-    /// [`bounded_fan_out_with`](FanOutExt::bounded_fan_out_with) for
-    /// handlers that return a `Result`: the [`Report`](crate::Report)
-    /// also counts the `Err` outputs, in
-    /// [`errored`](crate::Report::errored). An `Err` is still a completed
-    /// handler: it counts `processed` and is delivered like an `Ok`, so the
-    /// laws are unchanged and `processed - errored` outputs were `Ok`. (A
-    /// panic is `failed`, not `errored`.) Named after futures'
-    /// `TryStreamExt::try_buffer_unordered`, which also works on `Result`s.
-    ///
-    /// # Panics
-    ///
-    /// As [`bounded_fan_out_with`](FanOutExt::bounded_fan_out_with).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
-    /// use futures::StreamExt;
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let config = FanOutConfig::new(2, ShedPolicy::DropNewest);
-    /// let (results, shutdown) = futures::stream::iter(0..10u32)
-    ///     .try_bounded_fan_out_with(config, |x| async move {
-    ///         if x % 3 == 0 { Err(format!("{x} is a multiple of 3")) } else { Ok(x) }
-    ///     });
-    /// let (out, report) = tokio::join!(results.collect::<Vec<_>>(), shutdown.join());
-    /// assert_eq!(out.iter().filter(|r| r.is_err()).count(), 4); // 0, 3, 6, 9
-    /// assert_eq!((report.processed, report.errored), (10, 4));
-    /// # }
-    /// ```
-    #[track_caller]
-    fn try_bounded_fan_out_with<F, Fut, T, E>(
-        self,
-        config: FanOutConfig<Self::Item>,
-        handler: F,
-    ) -> (BoundedFanOut<Result<T, E>>, ShutdownHandle)
-    where
-        Self: Sized + Send + 'static,
-        Self::Item: Send + 'static,
-        F: Fn(Self::Item) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-        T: Send + 'static,
-        E: Send + 'static,
-    {
-        let is_err: fn(&Result<T, E>) -> bool = Result::is_err;
-        let (results, handle, _) = launch(
-            config,
-            handler,
-            Some(is_err),
-            None,
-            Producer::Stream,
-            |shared, on_shed, episodes| {
-                intake::run(self, shared, on_shed, episodes, intake::keep_nothing)
-            },
-        );
-        (results, handle)
-    }
-
-    /// [`bounded_fan_out_with`](FanOutExt::bounded_fan_out_with) for inputs
-    /// whose items must be acknowledged, such as a broker's consumer group:
-    /// every item's outcome comes back as a [`Settlement`](crate::Settlement) holding the key
-    /// `key` took from the item (a message id, say), and the input stream
-    /// comes back after a shutdown or abort, so items not yet pulled stay
-    /// the caller's.
-    ///
-    /// Exactly one record per item taken from the input, whose
-    /// [`Outcome`](crate::Outcome) matches the [`Report`](crate::Report)
-    /// counter the item is in: `Processed`, `Dropped` (with the policy's
-    /// reason), `Failed`, `TimedOut`, `Expired` or `Cancelled` (queued or in
-    /// flight). `key` is called once per item, before the handler gets it
-    /// (so a handler that consumes the item still lets its key be
-    /// reported), outside every lock. No record can exist without a key, so
-    /// a panic in `key` is caught and leaves that item without a record;
-    /// the item is then never started (a broker would redeliver an item it
-    /// never heard of, and it would be handled twice): it counts `failed`
-    /// if a worker took it, or stays `dropped` / `cancelled` if it was shed
-    /// or abandoned. Records are never sent under a lock and
-    /// never wait; at most
-    /// [`settle_capacity`](FanOutConfig::settle_capacity) items are
-    /// unsettled at once, and a settler that falls that far behind
-    /// throttles intake (see [`Settlements`](crate::Settlements)).
-    ///
-    /// # Panics
-    ///
-    /// As [`bounded_fan_out_with`](FanOutExt::bounded_fan_out_with).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, Outcome, ShedPolicy, ShedReason};
-    /// use futures::StreamExt;
-    ///
-    /// // Needs tokio's `test-util` feature: paused time, so timings are exact.
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// // Messages with ids; one worker busy 1 ms each, room for 2: of a
-    /// // burst of 5, the worker takes one, two wait and two are shed.
-    /// let messages = futures::stream::iter((0..5u32).map(|id| (id, format!("payload {id}"))));
-    /// let config = FanOutConfig::new(1, ShedPolicy::DropNewest).capacity(2);
-    /// let settled = messages.bounded_fan_out_settled(config, |(id, _)| *id, |(_, body)| async move {
-    ///     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    ///     body.len()
-    /// });
-    /// let (_, mut records, report) = tokio::join!(
-    ///     settled.results.collect::<Vec<_>>(),
-    ///     settled.settlements.collect::<Vec<_>>(),
-    ///     settled.shutdown.join(),
-    /// );
-    /// records.sort_by_key(|r| r.key);
-    /// let outcomes: Vec<_> = records.iter().map(|r| r.outcome).collect();
-    /// let shed = Outcome::Dropped(ShedReason::QueueFull);
-    /// use Outcome::Processed;
-    /// assert_eq!(outcomes, [Processed, Processed, Processed, shed, shed]);
-    /// assert_eq!((report.processed, report.dropped), (3, 2));
-    /// assert!(settled.input.await.is_none(), "the input was exhausted");
-    /// # }
-    /// ```
-    #[track_caller]
-    fn bounded_fan_out_settled<K, KeyFn, F, Fut>(
-        self,
-        config: FanOutConfig<Self::Item>,
-        key: KeyFn,
-        handler: F,
-    ) -> Settled<Self, Fut::Output, K>
-    where
-        Self: Sized + Send + 'static,
-        Self::Item: Send + 'static,
-        K: Send + 'static,
-        KeyFn: Fn(&Self::Item) -> K + Send + Sync + 'static,
-        F: Fn(Self::Item) -> Fut + Send + Sync + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: Send + 'static,
-    {
-        let (sink, settlements) = settle::channel(key, config.settle_capacity);
-        let (back, input) = tokio::sync::oneshot::channel();
-        // Boxed and pinned, so it can be moved out and handed back.
-        let stream = Box::pin(self);
-        let hand_back = move |input: Pin<&mut Option<Pin<Box<Self>>>>, end: IntakeEnd| {
-            if end == IntakeEnd::Stopped {
-                if let Some(stream) = input.get_mut().take() {
-                    if let Err(stream) = back.send(stream) {
-                        drop_quietly(stream);
-                    }
-                }
-            }
-        };
-        let (results, shutdown, _) = launch(
-            config,
-            handler,
-            None,
-            Some(sink),
-            Producer::Stream,
-            move |shared, on_shed, episodes| {
-                intake::run(stream, shared, on_shed, episodes, hand_back)
-            },
-        );
-        Settled {
-            results,
-            settlements,
-            shutdown,
-            input: InputBack::new(input),
-        }
+        launch(config, handler, Front::Stream(self))
     }
 }
 
-/// Starts a pipeline whose front (what feeds the queue) is built by
-/// `front`: the stream intake, or the push front of [`crate::feeder`].
-/// Every other part is the same for both. Returns the two halves and the
-/// shared state, for the front's own handles.
+impl<S: Stream + ?Sized> FanOutExt for S {}
+
+/// Starts a pipeline fed by producers instead of a `Stream`: returns a
+/// [`Feeder`] to push items with, the results stream and the
+/// [`ShutdownHandle`].
+///
+/// Everything else is as for
+/// [`bounded_fan_out_with`](crate::FanOutExt::bounded_fan_out_with): the
+/// same queue, policy, workers, results, shutdown, report, and every
+/// setting of the [`FanOutConfig`] (see its table). Intake ends when every
+/// clone of the `Feeder` has been dropped or closed (the report then says
+/// [`IntakeEnd::Exhausted`](crate::IntakeEnd::Exhausted)) or at a shutdown
+/// or abort ([`IntakeEnd::Stopped`](crate::IntakeEnd::Stopped)); then the
+/// queue drains as for an exhausted stream.
+///
+/// # Panics
+///
+/// As [`bounded_fan_out`](crate::FanOutExt::bounded_fan_out): outside a
+/// Tokio runtime, or on one without a time driver.
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::{FanOutConfig, Offer, ShedPolicy};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let config = FanOutConfig::new(1, ShedPolicy::DropNewest).capacity(2);
+/// let (feeder, results, shutdown) =
+///     backpressure_pipeline::feeder(config, |x: u32| async move { x * 10 });
+/// assert!(feeder.offer(1).is_queued());
+/// assert!(feeder.offer(2).is_queued());
+/// // The queue is full and no worker has run yet: the newest is shed, and
+/// // comes back.
+/// assert_eq!(feeder.offer(3), Offer::Shed(3));
+/// drop(feeder); // the last producer is gone: intake ends
+/// let (out, report) = shutdown.join_collect(results).await;
+/// assert_eq!(out, [10, 20]);
+/// assert_eq!((report.produced, report.processed, report.dropped), (3, 2, 1));
+/// # }
+/// ```
 #[track_caller]
-pub(crate) fn launch<Item, F, Fut, Front, FrontFut>(
-    config: FanOutConfig<Item>,
+pub fn feeder<Item, F, Fut, Kind>(
+    config: FanOutConfig<Item, Kind>,
     handler: F,
-    is_err: Option<fn(&Fut::Output) -> bool>,
-    settle: Option<Box<dyn Settle<Item>>>,
-    producer: Producer,
-    front: Front,
-) -> (
-    BoundedFanOut<Fut::Output>,
-    ShutdownHandle,
-    Arc<Shared<Item>>,
-)
+) -> (Feeder<Item>, BoundedFanOut<Fut::Output>, ShutdownHandle)
 where
     Item: Send + 'static,
     F: Fn(Item) -> Fut + Send + Sync + 'static,
     Fut: Future + Send + 'static,
     Fut::Output: Send + 'static,
-    Front: FnOnce(Arc<Shared<Item>>, Option<ItemHook<Item>>, Episodes) -> FrontFut,
-    FrontFut: Future<Output = IntakeEnd> + Send + 'static,
+    Kind: HandlerKind<Fut::Output>,
 {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        panic!("bounded_fan_out: must be called from the context of a Tokio runtime");
+    let mut feeder = None;
+    let (results, shutdown) = launch(config, handler, Front::<NoInput<Item>>::Push(&mut feeder));
+    let Some(feeder) = feeder else {
+        unreachable!("feeder: launch always builds the push front's handle")
     };
-    // Drain deadlines and handler timeouts need a clock: refuse a runtime
-    // without one here, not with a silent immediate abort later.
-    assert!(
-        has_time_driver(),
-        "bounded_fan_out: the Tokio runtime has no time driver; \
-         build it with `enable_time()` or `enable_all()`"
-    );
-    assert!(
-        !(config.ordered && config.latest_only),
-        "bounded_fan_out: `ordered` and `latest_only` cannot be combined"
-    );
-    let mode = match (config.ordered, config.latest_only) {
-        (_, true) => output::Mode::Latest,
-        (true, false) => output::Mode::Ordered,
-        (false, false) => output::Mode::Unordered,
-    };
-    let (sender, receiver, books) = output::channel(config.output_capacity, mode, config.workers);
-    let shared = Arc::new(Shared::new(
-        HandOff::new(
-            config.capacity,
-            config.policy,
-            config.max_queue_age,
-            producer,
-            // Shed items are needed only by a hook or settlement.
-            config.on_shed.is_some() || settle.is_some(),
-        ),
-        config.workers,
-        config.cancel_token.as_ref(),
-        Late {
-            on_cancel: config.on_cancel,
-            settle,
-        },
-        books,
-        config.drain_timeout,
-        Yielder::for_runtime(&runtime),
-    ));
-    // Registered before any task runs, so a parent cancelled from any
-    // thread stops intake before its `cancel()` returns.
-    let mirror = Arc::clone(&shared);
-    let stop = StopWatch::new(&shared.stop, move || mirror.mirror_stop());
-    // The workers own the handler; the last to exit drops it (quietly).
-    let handler = Quiet::new(Arc::new(handler));
-    let span = trace::pipeline_span(config.workers, config.capacity, config.policy);
-    let mut workers = JoinSet::new();
-    for slot in 0..config.workers {
-        let run = worker::run(
-            Arc::clone(&shared),
-            slot,
-            Arc::clone(&*handler),
-            sender.clone(),
-            config.handler_timeout,
-            is_err,
-        );
-        workers.spawn_on(trace::in_span(&span, run), &runtime);
-    }
-    // Only the workers hold senders: `results` ends when the last exits.
-    drop(sender);
-    let episodes = Episodes::new(config.on_overload, config.overload_quiet_period);
-    let intake = front(Arc::clone(&shared), config.on_shed, episodes);
-    let intake = runtime.spawn(trace::in_span(&span, intake));
-    let supervisor = supervise(Arc::clone(&shared), stop, workers, intake);
-    let supervisor = runtime.spawn(trace::in_span(&span, supervisor));
-    let results = BoundedFanOut::new(receiver, End(shared.clone()));
-    let handle = ShutdownHandle::new(supervisor, End(Arc::clone(&shared) as _));
-    (results, handle, shared)
+    (feeder, results, shutdown)
 }
-
-impl<S: Stream + ?Sized> FanOutExt for S {}

@@ -3,7 +3,7 @@
 //! is held. It may change or go away in any release.
 
 use crate::ShedPolicy;
-use crate::handoff::{HandOff, Producer};
+use crate::queue::{HandOff, QueueSettings};
 
 /// The hand-off queue of a stream pipeline, driven by hand.
 #[doc(hidden)]
@@ -18,7 +18,8 @@ impl std::fmt::Debug for QueueProbe {
 }
 
 impl QueueProbe {
-    /// A queue of `capacity` under `policy`, as `bounded_fan_out` builds it.
+    /// A queue of `capacity` under `policy`, as a stream front's pipeline
+    /// builds it.
     ///
     /// # Panics
     ///
@@ -31,14 +32,20 @@ impl QueueProbe {
             "QueueProbe::new: Backpressure needs a reservation per push"
         );
         QueueProbe {
-            queue: HandOff::new(capacity, policy, None, Producer::Stream, false),
+            queue: HandOff::new(QueueSettings {
+                capacity,
+                policy,
+                max_age: None,
+                many_producers: false,
+                keep_shed: false,
+            }),
         }
     }
 
     /// Queues `batch` under one lock, as the intake does; shed items go to
     /// `shed`.
     pub fn push(&self, batch: &mut Vec<u64>, shed: &mut Vec<u64>) {
-        let _ = self.queue.push_batch(batch, shed);
+        let _ = self.queue.push(batch, shed, |_, _| {});
     }
 
     /// Takes the oldest item under one lock, as a worker does, or `None`

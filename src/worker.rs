@@ -1,4 +1,4 @@
-//! The worker loop: take an item, run the handler in isolation, hand over
+//! The worker stage: take an item, run the handler in isolation, hand over
 //! the result.
 
 use std::future::{Future, poll_fn};
@@ -9,11 +9,30 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::books::{Exit, Fate};
-use crate::handoff::Taken;
+use crate::books::{Books, Exit, Fate, WorkerCounters};
+use crate::control::{Hooks, Phase, Start, Stopper};
 use crate::isolate::{Quiet, catching, drop_quietly, timer_at};
-use crate::output::Sender;
-use crate::pipeline::{Shared, Start};
+use crate::queue::{HandOff, Taken};
+use crate::results::Sender;
+use crate::sched::Yielder;
+use crate::settle::PendingKey;
+
+/// What one worker needs of the pipeline.
+pub(crate) struct WorkerParts<Item, O> {
+    pub(crate) queue: Arc<HandOff<Item>>,
+    pub(crate) phase: Arc<Phase>,
+    pub(crate) books: Arc<Books>,
+    /// This worker's counters in `books`.
+    pub(crate) slot: usize,
+    /// To abort at the drain deadline, hand back an unstarted item, and
+    /// lend the settlement recorder.
+    pub(crate) stopper: Stopper<Item>,
+    pub(crate) results: Sender<O>,
+    pub(crate) timeout: Option<Duration>,
+    /// Counts `Err` outputs, for a fallible handler.
+    pub(crate) is_err: Option<fn(&O) -> bool>,
+    pub(crate) yielder: Yielder,
+}
 
 /// How one handler run ended, with its output.
 enum Ran<T> {
@@ -24,82 +43,79 @@ enum Ran<T> {
 }
 
 pub(crate) async fn run<Item, F, Fut>(
-    shared: Arc<Shared<Item>>,
-    slot: usize,
+    parts: WorkerParts<Item, Fut::Output>,
     handler: Arc<F>,
-    results: Sender<Fut::Output>,
-    timeout: Option<Duration>,
-    is_err: Option<fn(&Fut::Output) -> bool>,
 ) -> Exit
 where
     F: Fn(Item) -> Fut,
     Fut: Future,
 {
-    // The last worker out drops the handler: its `Drop` is user code (CASE-22).
+    let WorkerParts {
+        queue,
+        phase,
+        books,
+        slot,
+        stopper,
+        results,
+        timeout,
+        is_err,
+        yielder,
+    } = parts;
+    // The last worker out drops the handler: its `Drop` is user code.
     let handler = Quiet::new(handler);
-    let counters = &shared.workers[slot];
-    let late = shared.late.lease();
-    let settle = late.as_ref().and_then(|late| late.settle.as_deref());
+    let counters = books.worker(slot);
+    let hooks = stopper.hooks();
+    let hooks = hooks.as_deref();
     // One wait on the kill token per worker, not per item: it stays valid
     // until it fires, and the worker exits when it does.
-    let mut killed = pin!(shared.kill.cancelled());
+    let mut killed = pin!(phase.kill.cancelled());
     loop {
-        if results.is_ordered() {
-            results.reserve_turn().await;
-        }
+        results.reserve_turn().await;
         let Some(Taken {
             seq,
             item,
             expired,
-            woke_intake,
-        }) = shared.queue.take().await
+            woke_producer,
+        }) = queue.take().await
         else {
             return Exit::Joined;
         };
         if expired {
             // Too old to start: shed at the last moment, never handled.
             counters.took();
-            counters.ended(Fate::Expired);
-            if let Some(settle) = settle {
-                settle.settle(&item, Fate::Expired.outcome());
-            }
-            drop_quietly(item);
+            unstarted(counters, hooks, item, Fate::Expired, None);
             results.deliver(seq, None).await;
             continue;
         }
-        let start = shared.may_start();
+        let start = phase.may_start();
         if start != Start::Go {
             // Taken just before an abort emptied the queue, or after the
             // drain deadline passed (this worker then begins the abort): the
             // handler has not started, so the item goes back like a queued
             // one. This narrows, but on a multi-thread runtime cannot close,
             // the window in which a handler starts as `abort()` returns.
-            shared.cancel_unqueued(std::iter::once(item));
+            stopper.cancel_unqueued(vec![item]);
             if start == Start::RefusedAbort {
-                shared.abort();
+                stopper.abort();
             }
             results.deliver(seq, None).await;
             return Exit::Joined;
         }
         counters.took();
-        if woke_intake && shared.yielder.has_lifo_slot() {
-            // Let the intake refill before this handler runs (see `Taken`).
-            // Counted in flight first: should the task be dropped here, the
-            // report still finds the item (cancelled).
-            shared.yielder.let_woken_run().await;
+        if woke_producer && yielder.has_lifo_slot() {
+            // Let the producer refill before this handler runs (see
+            // `Taken`). Counted in flight first: should the task be dropped
+            // here, the report still finds the item (cancelled).
+            yielder.let_woken_run().await;
         }
         // The handler consumes the item: take its key first.
-        let key = settle.map(|settle| settle.key(&item));
+        let recorder = hooks.and_then(|hooks| hooks.recorder.as_deref());
+        let key = recorder.map(|recorder| recorder.key(&item));
         if let Some(None) = key {
-            // The key function panicked: the item could never be settled,
-            // and a broker would redeliver it to be handled twice. It is
-            // not started; it counts `failed` and its place in the
-            // settlement stream is kept without a record.
-            counters.ended(Fate::Failed);
-            if let Some(settle) = settle {
-                settle.settle_key(None, Fate::Failed.outcome());
-            }
-            drop_quietly(item);
+            // The key function panicked: no record can exist without a key,
+            // and a broker would redeliver the item to be handled twice. It
+            // is not started, and counts `failed`.
+            unstarted(counters, hooks, item, Fate::Failed, Some(None));
             results.deliver(seq, None).await;
             continue;
         }
@@ -107,8 +123,7 @@ where
         let cut_off = matches!(outcome, Ran::Cancelled);
         // Counted before the hand-over: `processed` means the handler
         // completed. The hand-over waits for the consumer until an abort
-        // begins; then the result is discarded (and counted so), so
-        // `processed == delivered + discarded`.
+        // begins; then the result is discarded (and counted so).
         let (fate, result) = match outcome {
             Ran::Done(output) => (Fate::Processed, Some(output)),
             Ran::Panicked => (Fate::Failed, None),
@@ -121,14 +136,34 @@ where
             }
         }
         counters.ended(fate);
-        if let (Some(settle), Some(key)) = (settle, key) {
-            settle.settle_key(key, fate.outcome());
+        if let (Some(recorder), Some(key)) = (recorder, key) {
+            recorder.record_key(key, fate.outcome());
         }
         results.deliver(seq, result).await;
         if cut_off {
             return Exit::Aborted;
         }
     }
+}
+
+/// An item taken but never started ends as `fate`: counted, settled (by
+/// its key if it was taken: `Some(None)` when the key function panicked),
+/// and dropped.
+fn unstarted<Item>(
+    counters: &WorkerCounters,
+    hooks: Option<&Hooks<Item>>,
+    item: Item,
+    fate: Fate,
+    key: Option<Option<PendingKey>>,
+) {
+    counters.ended(fate);
+    if let Some(recorder) = hooks.and_then(|hooks| hooks.recorder.as_deref()) {
+        match key {
+            Some(key) => recorder.record_key(key, fate.outcome()),
+            None => recorder.record(&item, fate.outcome()),
+        }
+    }
+    drop_quietly(item);
 }
 
 /// Calls and polls the handler with every panic caught. An abort or the
@@ -165,7 +200,7 @@ where
             Some(Poll::Pending) => {}
         }
         // Only a pending handler looks at the kill token, so an instant
-        // handler never touches the token's lock (PITFALLS 3).
+        // handler never touches the token's lock.
         if killed.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Ran::Cancelled);
         }

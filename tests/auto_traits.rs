@@ -13,7 +13,7 @@ use std::marker::PhantomPinned;
 use std::rc::Rc;
 
 use backpressure_pipeline::{
-    BoundedFanOut, Controller, FanOutConfig, FanOutExt, IntakeEnd, Join, Report, ShedPolicy,
+    BoundedFanOut, Controller, FanOutConfig, FanOutExt, IntakeEnd, JoinReport, Report, ShedPolicy,
     ShutdownHandle, Stats,
 };
 use futures::stream::FusedStream;
@@ -68,7 +68,7 @@ const _: fn() = || {
     is_stream::<BoundedFanOut<u64>>();
 };
 
-// ===== ShutdownHandle and Join =====
+// ===== ShutdownHandle and JoinReport =====
 
 const _: fn() = || {
     assert_send::<ShutdownHandle>();
@@ -76,14 +76,14 @@ const _: fn() = || {
     assert_unpin::<ShutdownHandle>();
 
     // `tokio::spawn(handle.join())` must work.
-    assert_send::<Join>();
-    assert_sync::<Join>();
-    assert_unpin::<Join>();
+    assert_send::<JoinReport>();
+    assert_sync::<JoinReport>();
+    assert_unpin::<JoinReport>();
 
     fn is_join<F: std::future::Future<Output = Report> + std::fmt::Debug + 'static>() {}
-    is_join::<Join>();
-    // `timeout(d, &mut join)` needs `&mut Join: Future`, i.e. `Join: Unpin`.
-    is_join::<&'static mut Join>();
+    is_join::<JoinReport>();
+    // `timeout(d, &mut join)` needs `&mut JoinReport: Future`, i.e. `JoinReport: Unpin`.
+    is_join::<&'static mut JoinReport>();
 
     // A feeder goes to any task or thread, any number of times.
     assert_send::<backpressure_pipeline::Feeder<u64>>();

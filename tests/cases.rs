@@ -345,7 +345,7 @@ async fn read_first_three(results: &mut BoundedFanOut<u64>) {
 }
 
 /// The documented hazard: `join` waits while `results` is neither read nor
-/// dropped. Then the same `Join` future, beside a drain, completes; returns
+/// dropped. Then the same `JoinReport` future, beside a drain, completes; returns
 /// the drained results and the (conserved) report.
 async fn join_waits_then_completes_beside_a_drain(
     results: BoundedFanOut<u64>,

@@ -484,7 +484,7 @@ async fn drive(case: Case) -> Result<(), TestCaseError> {
     let parent = CancellationToken::new();
     let shed_ledger = Arc::clone(&ledger);
     let mut config = FanOutConfig::new(case.workers, case.policy)
-        .ordered(case.ordered)
+        .result_order(common::order(case.ordered, false))
         .capacity(case.capacity)
         .output_capacity(case.output_capacity)
         .drain_timeout(Duration::from_millis(case.drain_ms))

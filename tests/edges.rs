@@ -28,7 +28,8 @@ impl Drop for Bomb {
 async fn a_result_whose_drop_panics_after_results_is_dropped_loses_nothing() {
     quiet_planned_panics();
     for ordered in [false, true] {
-        let config = FanOutConfig::new(2, ShedPolicy::DropNewest).ordered(ordered);
+        let config = FanOutConfig::new(2, ShedPolicy::DropNewest)
+            .result_order(common::order(ordered, false));
         let (results, handle) = stream::iter(0..10u32).bounded_fan_out_with(config, |_| async {
             sleep(ms(1)).await;
             Bomb

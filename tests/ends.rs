@@ -411,7 +411,8 @@ async fn case_25_join_releases_the_settlement_key_function_and_the_abort_hooks()
         .on_cancel(move |_: u32| {
             let _ = &c;
         });
-    let settled = common::endless(0..6u32).bounded_fan_out_settled(
+    let settled = common::settled(
+        common::endless(0..6u32),
         config,
         move |id| {
             let _ = &k;

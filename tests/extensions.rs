@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backpressure_pipeline::ResultOrder;
 use backpressure_pipeline::{
     BoundedFanOut, FanOutConfig, FanOutExt, OverloadEvent, Report, ShedPolicy, ShutdownHandle,
 };
@@ -43,7 +44,7 @@ fn recorder<T: Send + 'static>() -> (Arc<Mutex<Vec<T>>>, impl Fn(T) + Send + Syn
 #[tokio::test(start_paused = true)]
 async fn ordered_output_is_in_input_order_whatever_the_completion_order() {
     // Item i takes (10 - i) * 10 ms: completion order is the reverse of input order.
-    let config = FanOutConfig::new(4, ShedPolicy::DropNewest).ordered(true);
+    let config = FanOutConfig::new(4, ShedPolicy::DropNewest).result_order(ResultOrder::Input);
     let (results, shutdown) =
         futures::stream::iter(0..10u64).bounded_fan_out_with(config, |i| async move {
             sleep(ms((10 - i) * 10)).await;
@@ -60,7 +61,7 @@ async fn ordered_output_skips_shed_failed_and_timed_out_items() {
     // t=1 ms, 1 and 2 are queued and 3 is shed. Item 1 panics, item 9 times out.
     let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
         .capacity(2)
-        .ordered(true);
+        .result_order(ResultOrder::Input);
     let (results, shutdown) = paced(vec![(0, 0), (1, 1), (2, 1), (3, 1), (9, 50), (10, 60)])
         .bounded_fan_out_with(config.handler_timeout(ms(20)), |i| async move {
             assert_ne!(i, 1, "item 1 fails");
@@ -93,7 +94,7 @@ async fn ordered_reorder_memory_is_bounded_by_workers_plus_output_capacity() {
     let config = FanOutConfig::new(2, ShedPolicy::DropNewest)
         .capacity(100)
         .output_capacity(3)
-        .ordered(true);
+        .result_order(ResultOrder::Input);
     let (mut results, shutdown) =
         futures::stream::iter(0..20u64).bounded_fan_out_with(config, move |i| {
             log.lock().unwrap().push((i, Instant::now()));
@@ -120,7 +121,7 @@ async fn ordered_reorder_memory_is_bounded_by_workers_plus_output_capacity() {
 async fn ordered_results_dropped_does_not_block_workers() {
     let config = FanOutConfig::new(2, ShedPolicy::DropNewest)
         .output_capacity(1)
-        .ordered(true);
+        .result_order(ResultOrder::Input);
     let (results, shutdown) =
         futures::stream::iter(0..50u64).bounded_fan_out_with(config, |i| async move { i });
     drop(results);
@@ -375,7 +376,7 @@ async fn latest_only_gives_a_slow_reader_the_freshest_result_and_counts_the_rest
         tokio::time::sleep_until(start + ms(2 * i)).await;
         i
     });
-    let config = FanOutConfig::new(1, ShedPolicy::DropOldest).latest_only(true);
+    let config = FanOutConfig::new(1, ShedPolicy::DropOldest).result_order(ResultOrder::LatestOnly);
     let (mut results, shutdown) = input.bounded_fan_out_with(config, |i| async move {
         sleep(ms(1)).await;
         i
@@ -402,7 +403,7 @@ async fn latest_only_gives_a_slow_reader_the_freshest_result_and_counts_the_rest
 
 #[tokio::test(start_paused = true)]
 async fn latest_only_never_holds_a_worker_and_an_abort_discards_the_slot() {
-    let config = FanOutConfig::new(2, ShedPolicy::DropNewest).latest_only(true);
+    let config = FanOutConfig::new(2, ShedPolicy::DropNewest).result_order(ResultOrder::LatestOnly);
     let (results, shutdown) =
         futures::stream::iter(0..100u64).bounded_fan_out_with(config, |i| async move { i });
     // Nobody reads: workers still finish everything (no buffer to fill).
@@ -414,13 +415,4 @@ async fn latest_only_never_holds_a_worker_and_an_abort_discards_the_slot() {
     let report = shutdown.join().await;
     assert_eq!((report.delivered, report.discarded), (0, 100));
     drop(results);
-}
-
-#[tokio::test]
-#[should_panic(expected = "bounded_fan_out: `ordered` and `latest_only` cannot be combined")]
-async fn ordered_and_latest_only_together_panic_at_the_call() {
-    let config = FanOutConfig::new(1, ShedPolicy::DropOldest)
-        .ordered(true)
-        .latest_only(true);
-    let _ = futures::stream::iter(0..1u64).bounded_fan_out_with(config, |i| async move { i });
 }

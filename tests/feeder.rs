@@ -331,7 +331,7 @@ mod property {
     async fn run_case(case: Case) -> Result<(), TestCaseError> {
         let config = FanOutConfig::new(case.workers, case.policy)
             .capacity(case.capacity)
-            .latest_only(case.latest_only);
+            .result_order(common::order(false, case.latest_only));
         let work = case.work_ms;
         let (feeder, results, handle) = feeder(config, move |id: u64| async move {
             if work > 0 {

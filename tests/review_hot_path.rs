@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
+use backpressure_pipeline::ResultOrder;
 use backpressure_pipeline::{
     FanOutConfig, FanOutExt, IntakeEnd, Offer, Outcome, ShedPolicy, ShutdownHandle, Stats,
 };
@@ -407,7 +408,8 @@ async fn an_instant_worker_keeps_up_with_a_ready_input_through_one_slot() {
 async fn backpressure_hands_the_input_back_at_the_shutdown_while_waiting_for_room() {
     let start = Instant::now();
     let config = FanOutConfig::new(1, ShedPolicy::Backpressure).capacity(4);
-    let settled = stream::iter(0..100u32).bounded_fan_out_settled(
+    let settled = common::settled(
+        stream::iter(0..100u32),
         config,
         |x| *x,
         |x| async move {
@@ -523,7 +525,7 @@ async fn ordered_output_with_64_workers_and_a_one_slot_window_keeps_input_order(
         let config = FanOutConfig::new(64, policy)
             .capacity(8)
             .output_capacity(1)
-            .ordered(true);
+            .result_order(ResultOrder::Input);
         let (mut results, handle) =
             stream::iter(0..500u32).bounded_fan_out_with(config, |x| async move {
                 sleep(ms(u64::from(x * 37 % 17))).await;
@@ -559,7 +561,7 @@ async fn ordered_output_dropped_while_workers_wait_for_the_window() {
     let config = FanOutConfig::new(4, ShedPolicy::Backpressure)
         .capacity(2)
         .output_capacity(1)
-        .ordered(true);
+        .result_order(ResultOrder::Input);
     let (mut results, handle) =
         stream::iter(0..50u32).bounded_fan_out_with(config, |x| async move {
             sleep(ms(1)).await;
@@ -595,7 +597,7 @@ async fn ordered_output_dropped_while_workers_wait_for_the_window() {
 async fn latest_only_with_64_workers_delivers_or_discards_each_result_once() {
     let config = FanOutConfig::new(64, ShedPolicy::Backpressure)
         .capacity(1)
-        .latest_only(true);
+        .result_order(ResultOrder::LatestOnly);
     let (mut results, handle) =
         stream::iter(0..1_000u32).bounded_fan_out_with(config, |x| async move {
             sleep(ms(u64::from(x % 5))).await;
@@ -633,8 +635,7 @@ async fn the_largest_capacities_work_in_every_mode() {
         let config = FanOutConfig::new(3, policy)
             .capacity(max)
             .output_capacity(max)
-            .ordered(ordered)
-            .latest_only(latest);
+            .result_order(common::order(ordered, latest));
         let (results, handle) =
             stream::iter(0..300u32).bounded_fan_out_with(config, |x| async move {
                 sleep(ms(u64::from(x % 3))).await;
@@ -922,7 +923,8 @@ async fn backpressure_settled_with_few_credits_settles_every_item_once() {
     let config = FanOutConfig::new(4, ShedPolicy::Backpressure)
         .capacity(4)
         .settle_capacity(3);
-    let settled = stream::iter(0..200u32).bounded_fan_out_settled(
+    let settled = common::settled(
+        stream::iter(0..200u32),
         config,
         |x| *x,
         |x| async move {
@@ -977,8 +979,7 @@ async fn stress_round(round: Round, ids: u32) {
     let mut config = FanOutConfig::new(round.workers, round.policy)
         .capacity(round.capacity)
         .output_capacity(round.output)
-        .ordered(round.ordered)
-        .latest_only(round.latest)
+        .result_order(common::order(round.ordered, round.latest))
         .on_shed(move |x: u32| {
             sh[x as usize].fetch_add(1, SeqCst);
         });
@@ -1217,7 +1218,7 @@ async fn a_parent_cancel_and_a_wandering_reader_under_backpressure() {
         let config = FanOutConfig::new(64, ShedPolicy::Backpressure)
             .capacity(1 + (round as usize % 3))
             .output_capacity(1)
-            .ordered(round % 2 == 1)
+            .result_order(common::order(round % 2 == 1, false))
             .cancel_token(parent.clone());
         let (mut results, handle) =
             stream::iter(0..u64::MAX).bounded_fan_out_with(config, |x| async move {
@@ -1282,7 +1283,7 @@ fn a_reader_outside_tokio_is_woken_for_every_result() {
             let config = FanOutConfig::new(64, ShedPolicy::Backpressure)
                 .capacity(2)
                 .output_capacity(1)
-                .ordered(ordered);
+                .result_order(common::order(ordered, false));
             stream::iter(0..20_000u32).bounded_fan_out_with(config, |x| async move {
                 if x % 7 == 0 {
                     tokio::task::yield_now().await;

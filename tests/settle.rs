@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use backpressure_pipeline::{
-    FanOutConfig, FanOutExt, IntakeEnd, Outcome, Report, Settled, Settlement, ShedPolicy,
-    ShedReason, Stage,
+    FanOutConfig, IntakeEnd, Outcome, Report, Settlement, ShedPolicy, ShedReason, Stage,
 };
 use common::{GUARD, ms, within};
 use futures::{StreamExt, stream};
@@ -17,8 +16,10 @@ use proptest::prelude::*;
 use tokio::time::{Instant, sleep};
 
 /// Runs to the end with the three streams drained together.
-async fn finish<S, T, K>(settled: Settled<S, T, K>) -> (Vec<T>, Vec<Settlement<K>>, Report) {
-    let Settled {
+async fn finish<S, T, K>(
+    settled: common::Settled<S, T, K>,
+) -> (Vec<T>, Vec<Settlement<K>>, Report) {
+    let common::Settled {
         results,
         settlements,
         shutdown,
@@ -47,7 +48,7 @@ fn tally<K>(records: &[Settlement<K>]) -> (u64, u64, u64, u64, u64, u64) {
     for r in records {
         match r.outcome {
             Outcome::Processed => t.0 += 1,
-            Outcome::Dropped(_) => t.1 += 1,
+            Outcome::Shed(_) => t.1 += 1,
             Outcome::Failed => t.2 += 1,
             Outcome::TimedOut => t.3 += 1,
             Outcome::Expired => t.4 += 1,
@@ -80,7 +81,8 @@ async fn every_outcome_is_settled_once_under_its_own_name() {
         .capacity(3)
         .handler_timeout(ms(150));
     let start = Instant::now();
-    let settled = stream::iter(0..8u64).bounded_fan_out_settled(
+    let settled = common::settled(
+        stream::iter(0..8u64),
         config,
         |id| *id,
         |id| async move {
@@ -95,7 +97,7 @@ async fn every_outcome_is_settled_once_under_its_own_name() {
     let (out, records, report) = finish(settled).await;
     assert_eq!(start.elapsed(), ms(350));
     use Outcome::*;
-    let shed = Dropped(ShedReason::QueueFull);
+    let shed = Shed(ShedReason::Newest);
     let expected: BTreeMap<u64, Outcome> = [
         (0, Processed),
         (1, Failed),
@@ -122,7 +124,8 @@ async fn expired_items_are_shed_before_a_worker_starts_them() {
         .capacity(8)
         .max_queue_age(ms(250));
     let start = Instant::now();
-    let settled = stream::iter(0..6u64).bounded_fan_out_settled(
+    let settled = common::settled(
+        stream::iter(0..6u64),
         config,
         |id| *id,
         |id| async move {
@@ -141,13 +144,14 @@ async fn expired_items_are_shed_before_a_worker_starts_them() {
     assert_eq!(expired, [3, 4, 5]);
     assert_eq!((report.processed, report.expired), (3, 3));
     assert!(report.is_conserved(), "{report}");
-    assert!(report.to_string().ends_with("; expired 3"), "{report}");
+    assert!(report.to_string().contains(", expired 3;"), "{report}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn drop_oldest_settles_evicted_items_with_their_reason() {
     let config = FanOutConfig::new(1, ShedPolicy::DropOldest).capacity(2);
-    let settled = stream::iter(0..5u64).bounded_fan_out_settled(
+    let settled = common::settled(
+        stream::iter(0..5u64),
         config,
         |id| *id,
         |id| async move {
@@ -161,7 +165,7 @@ async fn drop_oldest_settles_evicted_items_with_their_reason() {
     assert_eq!(out, [0, 3, 4]);
     let evicted: Vec<u64> = records
         .iter()
-        .filter(|r| r.outcome == Outcome::Dropped(ShedReason::Evicted))
+        .filter(|r| r.outcome == Outcome::Shed(ShedReason::Oldest))
         .map(|r| r.key)
         .collect();
     assert_eq!(evicted, [1, 2]);
@@ -172,13 +176,13 @@ async fn abort_settles_queued_and_in_flight_items_as_cancelled() {
     let config = FanOutConfig::new(2, ShedPolicy::DropNewest).capacity(4);
     // 6 ready items, then an input that stays pending.
     let input = stream::iter(0..6u64).chain(stream::pending());
-    let Settled {
+    let common::Settled {
         results,
         settlements,
         shutdown,
         input,
         ..
-    } = input.bounded_fan_out_settled(config, |id| *id, |_| std::future::pending::<u64>());
+    } = common::settled(input, config, |id| *id, |_| std::future::pending::<u64>());
     sleep(ms(1)).await;
     shutdown.abort();
     let (out, records, report) = within(GUARD, "drain", async {
@@ -212,13 +216,14 @@ async fn abort_settles_queued_and_in_flight_items_as_cancelled() {
 async fn after_a_shutdown_the_unpulled_input_comes_back() {
     let config = FanOutConfig::new(1, ShedPolicy::Backpressure).capacity(2);
     // Backpressure: intake pulls only what fits (2 queued + 1 in flight).
-    let Settled {
+    let common::Settled {
         results,
         settlements,
         shutdown,
         input,
         ..
-    } = stream::iter(0..10u64).bounded_fan_out_settled(
+    } = common::settled(
+        stream::iter(0..10u64),
         config,
         |id| *id,
         |id| async move {
@@ -249,13 +254,18 @@ async fn an_unread_settlement_stream_throttles_intake_at_its_capacity() {
     let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
         .capacity(64)
         .settle_capacity(5);
-    let Settled {
+    let common::Settled {
         results,
         mut settlements,
         shutdown,
         input,
         ..
-    } = stream::iter(0..100u64).bounded_fan_out_settled(config, |id| *id, |id| async move { id });
+    } = common::settled(
+        stream::iter(0..100u64),
+        config,
+        |id| *id,
+        |id| async move { id },
+    );
     sleep(ms(1)).await;
     // Five credits: five items pulled, processed, their records unread.
     let stats = shutdown.stats();
@@ -284,7 +294,8 @@ async fn an_unread_settlement_stream_throttles_intake_at_its_capacity() {
 async fn a_panicking_key_function_leaves_that_item_unsettled_unstarted_and_failed() {
     common::quiet_planned_panics();
     let config = FanOutConfig::new(1, ShedPolicy::DropNewest).capacity(8);
-    let settled = stream::iter(0..5u64).bounded_fan_out_settled(
+    let settled = common::settled(
+        stream::iter(0..5u64),
         config,
         |id| {
             if *id == 2 {
@@ -313,12 +324,17 @@ async fn dropping_the_settlement_stream_stops_settlement_not_the_pipeline() {
     let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
         .capacity(64)
         .settle_capacity(2);
-    let Settled {
+    let common::Settled {
         results,
         settlements,
         shutdown,
         ..
-    } = stream::iter(0..50u64).bounded_fan_out_settled(config, |id| *id, |id| async move { id });
+    } = common::settled(
+        stream::iter(0..50u64),
+        config,
+        |id| *id,
+        |id| async move { id },
+    );
     drop(settlements);
     let (out, report) = within(GUARD, "drain", async {
         tokio::join!(results.collect::<Vec<_>>(), shutdown.join())
@@ -401,12 +417,13 @@ async fn run_case(case: Case) -> Result<(), TestCaseError> {
         }
         id
     });
-    let Settled {
+    let common::Settled {
         results,
         settlements,
         shutdown,
         ..
-    } = input.bounded_fan_out_settled(
+    } = common::settled(
+        input,
         config,
         |id| *id,
         move |id| async move {

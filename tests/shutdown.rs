@@ -84,9 +84,9 @@ async fn natural_end_ends_results_and_joins_clean() {
     assert_eq!(report.clone(), report);
     assert_eq!(
         report.to_string(),
-        "produced 10, processed 10, dropped 0, failed 0, timed out 0, cancelled 0; \
-         delivered 10, discarded 0; workers joined 2, aborted 0; high-water mark 10; \
-         input exhausted"
+        "items: produced 10, processed 10, dropped 0, failed 0, timed out 0, cancelled 0; \
+         results: delivered 10, discarded 0; workers: 2 joined, 0 cut off; \
+         high-water mark 10; input exhausted"
     );
 }
 
@@ -444,7 +444,7 @@ async fn dropping_the_join_future_is_dropping_the_handle() {
     assert_eq!(
         alive_tasks(),
         baseline,
-        "tasks left after Join and results were dropped"
+        "tasks left after JoinReport and results were dropped"
     );
 }
 
@@ -544,7 +544,7 @@ async fn debug_output_shows_the_observable_state() {
     let join = handle.join();
     let shown = format!("{join:?}");
     assert!(
-        shown.starts_with("Join { handle: Some(ShutdownHandle {"),
+        shown.starts_with("JoinReport { handle: Some(ShutdownHandle {"),
         "{shown}"
     );
     let report = timeout(GUARD, join).await.unwrap();

@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
-use backpressure_pipeline::{BoundedFanOut, Controller, Report, ShedPolicy, ShutdownHandle};
+use backpressure_pipeline::{
+    BoundedFanOut, Controller, FanOutConfig, FanOutExt, InputBack, Report, ResultOrder,
+    Settlements, ShedPolicy, ShutdownHandle,
+};
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
 use tokio::time::{Instant, sleep, timeout};
@@ -245,5 +248,52 @@ pub async fn stop_later(controller: Controller, stop: Option<(bool, u64)>) {
         } else {
             controller.shutdown();
         }
+    }
+}
+
+// ===== result order and settlement =====
+
+/// The result order named by two flags (input order wins).
+pub fn order(input_order: bool, latest_only: bool) -> ResultOrder {
+    match (input_order, latest_only) {
+        (true, _) => ResultOrder::Input,
+        (false, true) => ResultOrder::LatestOnly,
+        (false, false) => ResultOrder::Completion,
+    }
+}
+
+/// A stream pipeline that settles by `key` and hands its input back: the
+/// results, the records, the handle and the input's return.
+pub struct Settled<S, T, K> {
+    pub results: BoundedFanOut<T>,
+    pub settlements: Settlements<K>,
+    pub shutdown: ShutdownHandle,
+    pub input: InputBack<S>,
+}
+
+/// `input` fanned out with `config.settle_by(key)`, wrapped with `hand_back`.
+pub fn settled<S, K, KeyFn, F, Fut>(
+    input: S,
+    config: FanOutConfig<S::Item>,
+    key: KeyFn,
+    handler: F,
+) -> Settled<S, Fut::Output, K>
+where
+    S: Stream + Send + 'static,
+    S::Item: Send + 'static,
+    K: Send + 'static,
+    KeyFn: Fn(&S::Item) -> K + Send + Sync + 'static,
+    F: Fn(S::Item) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let (config, settlements) = config.settle_by(key);
+    let (input, back) = backpressure_pipeline::hand_back(input);
+    let (results, shutdown) = input.bounded_fan_out_with(config, handler);
+    Settled {
+        results,
+        settlements,
+        shutdown,
+        input: back,
     }
 }

@@ -3,18 +3,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures_core::Stream;
 use tokio::task::JoinHandle;
 
-use std::sync::Arc;
-
-use futures_core::Stream;
-
-use crate::pipeline::End;
+use super::{Controller, End};
+use crate::BoundedFanOut;
 use crate::report::{Report, Stats};
-use crate::{BoundedFanOut, Controller};
 
-/// Controls a pipeline started by [`FanOutExt::bounded_fan_out`] and
-/// collects its [`Report`].
+/// Controls a pipeline started by [`FanOutExt::bounded_fan_out`] (or any
+/// other front) and collects its [`Report`].
 ///
 /// # Lifecycle
 ///
@@ -25,7 +22,7 @@ use crate::{BoundedFanOut, Controller};
 ///   [`abort`](Self::abort) stops everything now.
 /// * Dropping the handle while the results stream lives detaches the
 ///   pipeline, like dropping a `JoinHandle`: it runs to its natural end.
-///   Dropping both the handle (or its [`Join`] future) and the results
+///   Dropping both the handle (or its [`JoinReport`] future) and the results
 ///   stream aborts the pipeline; every task ends promptly.
 ///
 /// # Examples
@@ -108,11 +105,11 @@ impl ShutdownHandle {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the returned [`Join`] future drops this handle: the pipeline
+    /// Dropping the returned [`JoinReport`] future drops this handle: the pipeline
     /// runs on, detached, while its results stream lives, and is aborted if
     /// that stream is gone too. The report is then lost.
-    pub fn join(self) -> Join {
-        Join { handle: Some(self) }
+    pub fn join(self) -> JoinReport {
+        JoinReport { handle: Some(self) }
     }
 
     /// Reads every result into a `Vec` while joining: the one-call form of
@@ -239,7 +236,7 @@ impl ShutdownHandle {
     /// # }
     /// ```
     pub fn shutdown(&self) {
-        self.end.0.shutdown();
+        self.end.control().shutdown();
     }
 
     /// Stops the pipeline now: intake stops pulling, every queued item is
@@ -287,7 +284,7 @@ impl ShutdownHandle {
     /// }
     /// ```
     pub fn abort(&self) {
-        self.end.0.abort();
+        self.end.control().abort();
     }
 
     /// A live snapshot of the pipeline's counters, queue depth, in-flight
@@ -312,14 +309,14 @@ impl ShutdownHandle {
     /// # }
     /// ```
     pub fn stats(&self) -> Stats {
-        self.end.0.stats()
+        self.end.control().stats()
     }
 
     /// A cloneable [`Controller`] for this pipeline: shutdown, abort, stats
     /// and a wait for the end from any task, without moving this handle.
     ///
     /// Take one before [`join`](Self::join) to stop a pipeline while its
-    /// `Join` is pending, e.g. after a timeout:
+    /// `JoinReport` is pending, e.g. after a timeout:
     ///
     /// ```
     /// use std::time::Duration;
@@ -333,7 +330,7 @@ impl ShutdownHandle {
     ///     drop(results);
     ///     let controller = shutdown.controller();
     ///     let mut join = shutdown.join();
-    ///     // Polled through `&mut`: the timeout does not drop the `Join`.
+    ///     // Polled through `&mut`: the timeout does not drop the `JoinReport`.
     ///     let early = tokio::time::timeout(Duration::from_secs(1), &mut join).await;
     ///     assert!(early.is_err(), "an endless input does not end by itself");
     ///     controller.shutdown();
@@ -342,7 +339,7 @@ impl ShutdownHandle {
     /// }
     /// ```
     pub fn controller(&self) -> Controller {
-        Controller::new(Arc::clone(&self.end.0))
+        Controller::new(self.end.control().clone())
     }
 
     /// Whether a shutdown or abort has been requested (by this handle, a
@@ -363,7 +360,7 @@ impl ShutdownHandle {
     /// # }
     /// ```
     pub fn is_shutting_down(&self) -> bool {
-        self.end.0.is_shutting_down()
+        self.end.control().is_shutting_down()
     }
 
     /// Whether the pipeline has finished: every task it spawned has ended
@@ -388,7 +385,12 @@ impl ShutdownHandle {
 
 impl fmt::Debug for ShutdownHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        crate::controller::fmt_state(f, "ShutdownHandle", &*self.end.0, self.is_finished())
+        super::controller::fmt_state(
+            f,
+            "ShutdownHandle",
+            &**self.end.control(),
+            self.is_finished(),
+        )
     }
 }
 
@@ -400,31 +402,31 @@ impl fmt::Debug for ShutdownHandle {
 /// Polling it again after it has returned the report panics, as for most
 /// futures.
 #[must_use = "futures do nothing unless you `.await` or poll them"]
-pub struct Join {
+pub struct JoinReport {
     handle: Option<ShutdownHandle>,
 }
 
-impl Future for Join {
+impl Future for JoinReport {
     type Output = Report;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Report> {
         let Some(handle) = self.handle.as_mut() else {
-            panic!("`Join` polled after completion");
+            panic!("`JoinReport` polled after completion");
         };
         let report = match Pin::new(&mut handle.supervisor).poll(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(report)) => report,
             // The supervisor was cancelled with its runtime, or panicked.
-            Poll::Ready(Err(_)) => handle.end.0.fallback_report(),
+            Poll::Ready(Err(_)) => handle.end.control().fallback_report(),
         };
         self.handle = None;
         Poll::Ready(report)
     }
 }
 
-impl fmt::Debug for Join {
+impl fmt::Debug for JoinReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Join")
+        f.debug_struct("JoinReport")
             .field("handle", &self.handle)
             .finish()
     }

@@ -1,26 +1,23 @@
-//! The intake task: pulls the input as fast as it yields and queues or sheds.
+//! The stream front: one intake task pulls the input as fast as it yields,
+//! and queues or sheds.
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
 use tokio::time::{Instant, Sleep};
 
+use super::shed::{Disposal, after_shed, reason};
+use super::{CloseOnDrop, FrontParts};
 use crate::ShedPolicy;
-use crate::books::bump;
-use crate::config::ItemHook;
-use crate::handoff::{HandOff, Pushed};
-use crate::isolate::{Quiet, catching, drop_quietly, timer_at};
-use crate::overload::Episodes;
-use crate::pipeline::Shared;
+use crate::isolate::{catching, timer_at};
+use crate::queue::Pushed;
 use crate::report::IntakeEnd;
-use crate::settle::{self, Outcome, ShedReason};
 
 /// Most items pulled before they are queued under one lock. Bounds the items
-/// held outside the queue, and amortises the lock and `add_permits` call.
-pub(crate) const BATCH: usize = 32;
+/// held outside the queue, and amortises the lock.
+const BATCH: usize = 32;
 
 enum Step {
     /// The batch is full, or the input is pending with items in hand.
@@ -31,45 +28,31 @@ enum Step {
     End(IntakeEnd),
 }
 
-/// Closes the queue when the intake ends in any way, including a panic
-/// or an abort of this task, so workers always drain and exit.
-pub(crate) struct CloseOnDrop<'a, Item>(pub(crate) &'a HandOff<Item>);
-
-impl<Item> Drop for CloseOnDrop<'_, Item> {
-    fn drop(&mut self) {
-        self.0.close();
-    }
-}
-
-/// The `finish` of a pipeline that does not hand its input back: nothing
-/// to do, `run` drops the input itself.
-pub(crate) fn keep_nothing<S>(_: Pin<&mut Option<S>>, _: IntakeEnd) {}
-
-pub(crate) async fn run<S>(
-    input: S,
-    shared: Arc<Shared<S::Item>>,
-    on_shed: Option<ItemHook<S::Item>>,
-    mut episodes: Episodes,
-    // May take the input out to hand it back (see `settle::InputBack`).
-    finish: impl FnOnce(Pin<&mut Option<S>>, IntakeEnd),
-) -> IntakeEnd
-where
-    S: Stream,
-{
-    let _close = CloseOnDrop(&shared.queue);
-    let late = shared.late.lease();
-    let settle = late.as_ref().and_then(|late| late.settle.as_deref());
-    // The hook's `Drop` is user code too (CASE-22).
-    let on_shed = Quiet::new(on_shed);
+/// The intake task. Ends when the input ends, panics, or a stop is
+/// requested; the queue is closed as it returns (or is dropped).
+pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> IntakeEnd {
+    let FrontParts {
+        queue,
+        phase,
+        books,
+        stopper,
+        credits,
+        overload,
+        yielder,
+    } = &front;
+    let _close = CloseOnDrop(queue);
+    let hooks = stopper.hooks();
+    let hooks = hooks.as_deref();
     // In an `Option` so that it is dropped under `catching` (its `Drop` is
     // user code) before the guard above tells the workers intake is over.
     let mut input = pin!(Some(input));
-    let mut stop = pin!(shared.stop.cancelled());
+    let mut stop = pin!(phase.stop.cancelled());
     // Fires when an overload episode may have gone quiet while the input idles.
     let mut quiet = pin!(None::<Sleep>);
     let mut timers = true;
     let mut batch = Vec::with_capacity(BATCH);
     let mut shed = Vec::new();
+    let reason = reason(queue.policy());
     // Items taken by workers at the last yield before shedding.
     let mut last_yield = u64::MAX;
     let end = loop {
@@ -78,7 +61,7 @@ where
         // safe): otherwise the intake would notice it only at the queue's
         // low-water mark.
         let limit = {
-            let mut room = pin!(shared.queue.reserve(BATCH));
+            let mut room = pin!(queue.reserve(BATCH));
             poll_fn(|cx| match room.as_mut().poll(cx) {
                 Poll::Ready(n) => Poll::Ready(n),
                 Poll::Pending if stop.as_mut().poll(cx).is_ready() => Poll::Ready(0),
@@ -90,15 +73,15 @@ where
             break IntakeEnd::Stopped; // stopped or abandoned while waiting for room
         }
         // With settlement, one credit per item pulled (see `settle`).
-        let limit = match settle {
+        let limit = match credits {
             None => limit,
-            Some(settle) => match settle::reserve(settle.credits(), limit, stop.as_mut()).await {
-                Some(credits) => {
-                    shared.queue.unreserve(limit - credits);
-                    credits
+            Some(credits) => match credits.take_batch(limit, stop.as_mut()).await {
+                Some(granted) => {
+                    queue.unreserve(limit - granted);
+                    granted
                 }
                 None => {
-                    shared.queue.unreserve(limit);
+                    queue.unreserve(limit);
                     break IntakeEnd::Stopped;
                 }
             },
@@ -110,58 +93,39 @@ where
             stop: stop.as_mut(),
             quiet: quiet.as_mut(),
         };
-        let step = poll_fn(|cx| {
-            gather(
-                cx,
-                &shared,
-                stream.as_mut(),
-                &mut batch,
-                limit,
-                &mut wakeups,
-            )
-        })
-        .await;
-        shared.queue.unreserve(limit - batch.len());
-        if let Some(settle) = settle {
-            settle.credits().add_permits(limit - batch.len());
+        let step =
+            poll_fn(|cx| gather(cx, phase, stream.as_mut(), &mut batch, limit, &mut wakeups)).await;
+        queue.unreserve(limit - batch.len());
+        if let Some(credits) = credits {
+            credits.unused(limit - batch.len());
         }
-        bump(&shared.intake.produced, batch.len() as u64);
         // Shed items come back in `shed` only if a hook, settlement or their
         // `Drop` needs them; the count always comes back.
-        let (shed_now, woke_idle, full, taken) =
-            match shared.queue.push_batch(&mut batch, &mut shed) {
-                Pushed::Accepted {
-                    shed,
-                    woke_idle,
-                    full,
-                    taken,
-                } => (shed, woke_idle, full, taken),
-                Pushed::Refused => {
-                    // Aborted between pull and push: accepted, then cancelled.
-                    shared.cancel_unqueued(batch.drain(..));
-                    (0, false, false, 0)
-                }
-            };
-        if shed_now > 0 {
-            bump(&shared.intake.dropped, shed_now as u64);
-            let reason = match shared.queue.policy() {
-                ShedPolicy::DropOldest => ShedReason::Evicted,
-                _ => ShedReason::QueueFull,
-            };
-            if let Some(settle) = settle {
-                for item in &shed {
-                    settle.settle(item, Outcome::Dropped(reason));
-                }
+        let pushed = queue.push(&mut batch, &mut shed, |offered, shed| {
+            books.intake.count_alone(offered, shed);
+        });
+        let (shed_now, woke_idle, full, taken) = match pushed {
+            Pushed::Accepted {
+                shed,
+                woke_idle,
+                full,
+                taken,
+            } => (shed, woke_idle, full, taken),
+            Pushed::Refused => {
+                // Stopped between pull and push: accepted, then cancelled.
+                books.intake.count_alone(batch.len(), 0);
+                stopper.cancel_unqueued(std::mem::take(&mut batch));
+                (0, false, false, 0)
             }
-            dispose(&mut shed, (*on_shed).as_deref());
-        }
-        episodes.record(shed_now);
+        };
+        after_shed(hooks, overload, &mut shed, shed_now, reason, Disposal::Hook);
         if let Step::Quiet = step {
-            episodes.end_if_quiet(Instant::now());
+            overload.end_if_quiet(Instant::now());
         }
+        overload.emit(hooks.and_then(|hooks| hooks.on_overload.as_ref()));
         arm(
             quiet.as_mut(),
-            &episodes,
+            overload,
             matches!(step, Step::Quiet),
             &mut timers,
         );
@@ -170,23 +134,17 @@ where
         }
         // Before pulling into a full queue (which sheds), give the workers
         // this push woke, or that made progress since the last such yield,
-        // a turn: their wake-ups land in this thread's run queue (tokio's
-        // LIFO slot cannot be stolen), so they run only once this task
-        // yields. Workers stuck in slow handlers make no progress, and then
+        // a turn. Workers stuck in slow handlers make no progress, and then
         // the intake sheds in bulk without yielding. `Backpressure` waits
         // for room instead.
         let before_shedding = full
-            && shared.queue.policy() != ShedPolicy::Backpressure
+            && queue.policy() != ShedPolicy::Backpressure
             && (woke_idle || taken != last_yield);
         if before_shedding {
             last_yield = taken;
             if woke_idle {
-                // Behind the workers it woke, not after them: a deferred
-                // yield ran the intake only once they had drained the queue
-                // and parked again, a lock-step that left the other thread
-                // idle (goodput vs async-channel 1.01–1.03× deferred,
-                // 1.11–1.64× in turn; BENCHMARKS.md).
-                shared.yielder.let_woken_run().await;
+                // Behind the workers it woke, not after them (see `sched`).
+                yielder.let_woken_run().await;
             } else {
                 // Busy workers: wait until this thread has nothing else to
                 // run (tokio's deferred yield), rather than spin against a
@@ -194,36 +152,29 @@ where
                 tokio::task::yield_now().await;
             }
         } else {
-            // An always-ready input never returns `Pending`; without this a
-            // current-thread runtime would run nothing else (PITFALLS 8).
+            // An always-ready input never returns `Pending` (`stream::iter`
+            // takes no part in tokio's budget); without this a
+            // current-thread runtime would run nothing else.
             tokio::task::coop::consume_budget().await;
         }
     };
-    finish(input.as_mut(), end);
-    // Whatever `finish` left is dropped quietly, before the queue is closed.
+    // The input goes first, quietly (a `HandBack` sends it back here).
     catching(|| input.set(None));
-    episodes.finish();
+    overload.finish();
+    overload.emit(hooks.and_then(|hooks| hooks.on_overload.as_ref()));
     end
-}
-
-/// Hands shed items to the `on_shed` hook, or drops them; unlocked, every
-/// call isolated (both are user code).
-fn dispose<Item>(shed: &mut Vec<Item>, on_shed: Option<&(dyn Fn(Item) + Send + Sync)>) {
-    match on_shed {
-        Some(hook) => shed.drain(..).for_each(|item| {
-            catching(|| hook(item));
-        }),
-        // Items without drop glue run no user code: clear in one go.
-        None if !std::mem::needs_drop::<Item>() => shed.clear(),
-        None => shed.drain(..).for_each(drop_quietly),
-    }
 }
 
 /// Keeps the quiet timer armed exactly while an overload episode is open.
 /// Without a time driver (`timers` turns false) an episode ends only at a
 /// batch that sheds nothing, or when intake stops.
-fn arm(mut quiet: Pin<&mut Option<Sleep>>, episodes: &Episodes, fired: bool, timers: &mut bool) {
-    match (episodes.quiet_deadline(), quiet.as_mut().as_pin_mut()) {
+fn arm(
+    mut quiet: Pin<&mut Option<Sleep>>,
+    overload: &super::Overload,
+    fired: bool,
+    timers: &mut bool,
+) {
+    match (overload.quiet_deadline(), quiet.as_mut().as_pin_mut()) {
         (None, Some(_)) => quiet.set(None),
         (Some(deadline), None) if *timers => match timer_at(deadline) {
             Some(timer) => quiet.set(Some(timer)),
@@ -247,7 +198,7 @@ struct Wakeups<'a, F> {
 /// holds items, so nothing waits in hand while the input is idle.
 fn gather<S: Stream, F: Future<Output = ()>>(
     cx: &mut Context<'_>,
-    shared: &Shared<S::Item>,
+    phase: &crate::control::Phase,
     mut input: Pin<&mut S>,
     batch: &mut Vec<S::Item>,
     limit: usize,
@@ -256,8 +207,8 @@ fn gather<S: Stream, F: Future<Output = ()>>(
     while batch.len() < limit {
         // Checked before every pull (one atomic load): no item is taken after
         // `shutdown()`, `abort()` or a parent token's `cancel()` has returned
-        // (the phase mirrors the token from inside `cancel()`; see `stop`).
-        if shared.is_stopping() {
+        // (the phase mirrors the token from inside `cancel()`; see `control`).
+        if phase.is_stopping() {
             return Poll::Ready(Step::End(IntakeEnd::Stopped));
         }
         match catching(|| input.as_mut().poll_next(cx)) {
@@ -267,7 +218,7 @@ fn gather<S: Stream, F: Future<Output = ()>>(
             Some(Poll::Pending) if !batch.is_empty() => return Poll::Ready(Step::More),
             Some(Poll::Pending) => {
                 // Idle: register for the token's wake-up (polling the token
-                // takes its lock, PITFALLS 3: only here, never per item).
+                // takes its lock: only here, never per item).
                 if wakeups.stop.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Step::End(IntakeEnd::Stopped));
                 }

@@ -1,14 +1,17 @@
-//! Mirrors the pipeline's stop token into an atomic from inside `cancel()`.
+//! Mirrors the pipeline's stop token into the phase from inside `cancel()`.
 //!
-//! Polling a `CancellationToken` takes its lock (PITFALLS 3), too dear for
-//! every pull of a busy intake, so intake reads an atomic phase instead. A
-//! parent token cancelled by the caller must set that phase before its
-//! `cancel()` returns, or a busy intake goes on pulling for a while
-//! (CASE-23). tokio-util wakes every waiter of a cancelled token
-//! synchronously, inside `cancel()` and after releasing the token's locks
-//! (`tree_node::cancel` in tokio-util 0.7), so the wait is polled with a
-//! waker of our own whose `wake` sets the phase and then wakes the task that
-//! polls it.
+//! Polling a `CancellationToken` takes its lock, too dear for every pull of
+//! a busy intake, so intake reads the atomic phase instead. A parent token
+//! cancelled by the caller must set that phase before its `cancel()`
+//! returns, or a busy intake goes on pulling for a while (the periodic
+//! check of TheHPXProject/hpx#2661). tokio-util wakes every waiter of a
+//! cancelled token synchronously, inside `cancel()` and after releasing the
+//! token's locks (`tree_node::cancel` in tokio-util 0.7), so the wait is
+//! polled with a waker of our own whose `wake` runs the stop action and
+//! then wakes the task that polls it.
+//!
+//! That tokio-util behaviour is not documented; the test at the bottom of
+//! this file fails the day it changes.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,7 +21,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// A wait for the stop token that runs `on_stop` the moment it is cancelled.
-pub(crate) struct StopWatch {
+pub(crate) struct StopMirror {
     wait: Pin<Box<WaitForCancellationFutureOwned>>,
     mirror: Arc<Mirror>,
     /// Our own waker; the wait is always polled with it, so it stays the one
@@ -56,9 +59,9 @@ impl Wake for Mirror {
     }
 }
 
-impl StopWatch {
+impl StopMirror {
     /// Watches `token`, registering at once: a cancel from any thread, even
-    /// before the watching task first runs, sets the mirror.
+    /// before the watching task first runs, runs `on_stop`.
     pub(crate) fn new(
         token: &CancellationToken,
         on_stop: impl Fn() + Send + Sync + 'static,
@@ -68,7 +71,7 @@ impl StopWatch {
             on_stop: Box::new(on_stop),
             then: Mutex::new(None),
         });
-        let mut watch = StopWatch {
+        let mut watch = StopMirror {
             wait: Box::pin(token.clone().cancelled_owned()),
             waker: Waker::from(Arc::clone(&mirror)),
             mirror,
@@ -101,5 +104,31 @@ impl StopWatch {
             (self.mirror.on_stop)();
             self.stopped = true;
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    #[test]
+    fn a_parent_cancel_runs_the_stop_action_before_it_returns() {
+        // The undocumented tokio-util behaviour this module relies on:
+        // waiters of a child token are woken inside the parent's `cancel()`.
+        let parent = CancellationToken::new();
+        let child = parent.child_token();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&runs);
+        let _mirror = StopMirror::new(&child, move || {
+            counter.fetch_add(1, SeqCst);
+        });
+        assert_eq!(runs.load(SeqCst), 0);
+        parent.cancel();
+        assert!(
+            runs.load(SeqCst) >= 1,
+            "tokio-util no longer wakes a child's waiters inside the parent's \
+             cancel(): the stop mirror must be rebuilt"
+        );
     }
 }

@@ -1,7 +1,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::pipeline::Control;
+use super::Control;
 use crate::report::{Report, Stats};
 
 /// A cloneable remote control for a pipeline, from

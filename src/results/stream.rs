@@ -1,19 +1,25 @@
+//! The results stream, the consumer's view of the results stage.
+
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::output::Receiver;
-use crate::pipeline::End;
 use futures_core::stream::{FusedStream, Stream};
 use pin_project_lite::pin_project;
 
+use super::Receiver;
+use crate::control::End;
+
 pin_project! {
-    /// Stream returned by [`FanOutExt::bounded_fan_out`]: the handlers'
-    /// outputs, in completion order (or in input order with
-    /// [`FanOutConfig::ordered`](crate::FanOutConfig::ordered)).
+    /// Stream returned by [`FanOutExt::bounded_fan_out`] (and every other
+    /// front): the handlers' outputs, in completion order unless
+    /// [`FanOutConfig::result_order`](crate::FanOutConfig::result_order)
+    /// says otherwise.
     ///
     /// It ends (`None`) after the last result, once every worker has exited:
     /// the input was exhausted and drained, or the pipeline was shut down.
+    /// [`ShutdownHandle::join`](crate::ShutdownHandle::join) does not wait
+    /// for that `None` once no result is left to read.
     /// Work does not wait for this stream to be polled; when
     /// [`output_capacity`] results are waiting, workers wait to hand theirs
     /// over (none is discarded) while intake keeps shedding by policy.
@@ -98,7 +104,7 @@ impl<T> fmt::Debug for BoundedFanOut<T> {
         f.debug_struct("BoundedFanOut")
             .field("waiting_results", &self.results.ready_len())
             .field("terminated", &self.terminated)
-            .field("shutting_down", &self.end.0.is_shutting_down())
+            .field("shutting_down", &self.end.is_shutting_down())
             .finish()
     }
 }

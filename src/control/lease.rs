@@ -24,10 +24,11 @@
 
 use std::future::poll_fn;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 use crate::isolate::drop_quietly;
+use crate::sync::{Mutex, MutexGuard, lock};
 
 pub(crate) struct Shelf<H> {
     state: Mutex<State<H>>,
@@ -59,8 +60,8 @@ impl<H> Shelf<H> {
 
     fn lock(&self) -> MutexGuard<'_, State<H>> {
         // No user code runs under this lock (invariant 2: drops happen
-        // before it is taken); recover from poison anyway.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        // before it is taken).
+        lock(&self.state)
     }
 
     /// Lends what is on the shelf; `None` once it was released.
@@ -137,7 +138,7 @@ impl<H> Drop for Lease<'_, H> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use tokio_test::{assert_pending, assert_ready, task};

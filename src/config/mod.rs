@@ -1,0 +1,523 @@
+//! The configuration stage: every setting of a pipeline, honoured by every
+//! front.
+//!
+//! * `mod.rs`: [`FanOutConfig`], its sizes and times.
+//! * `hooks`: the hooks for shed, abandoned and overload events.
+//! * `order`: [`ResultOrder`], the one choice of how results are read.
+//! * `fallible`: marking a handler fallible ([`Fallible`]).
+//! * `settle`: settlement ([`FanOutConfig::settle_by`]).
+//! * `policy`: [`ShedPolicy`].
+
+mod fallible;
+mod hooks;
+mod order;
+mod policy;
+mod settle;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::front::OverloadHook;
+use crate::settle::Settle;
+
+pub use fallible::{Fallible, HandlerKind, Plain};
+pub use order::ResultOrder;
+pub use policy::ShedPolicy;
+
+/// A hook that receives items by value.
+pub(crate) type ItemHook<Item> = Arc<dyn Fn(Item) + Send + Sync>;
+
+/// Settings for a pipeline: [`FanOutExt::bounded_fan_out_with`] for a
+/// stream, [`feeder`](crate::feeder) for producers that push.
+///
+/// Built with [`FanOutConfig::new`] from the two choices every pipeline must
+/// make (worker count and [`ShedPolicy`]), then adjusted with the builder
+/// methods. Every size is a count of items; every time is a [`Duration`].
+///
+/// | setting | default | stream front | push front |
+/// |---|---|---|---|
+/// | [`capacity`](Self::capacity) | [`DEFAULT_CAPACITY`](Self::DEFAULT_CAPACITY) = 64 queued items | yes | yes |
+/// | [`output_capacity`](Self::output_capacity) | [`DEFAULT_OUTPUT_CAPACITY`](Self::DEFAULT_OUTPUT_CAPACITY) = 64 undelivered results | yes | yes |
+/// | [`result_order`](Self::result_order) | [`ResultOrder::Completion`] | yes | yes |
+/// | [`drain_timeout`](Self::drain_timeout) | [`DEFAULT_DRAIN_TIMEOUT`](Self::DEFAULT_DRAIN_TIMEOUT) = 5 s | yes | yes |
+/// | [`cancel_token`](Self::cancel_token) | none: a fresh, parentless token | yes | yes |
+/// | [`handler_timeout`](Self::handler_timeout) | none: a handler may run as long as it likes | yes | yes |
+/// | [`max_queue_age`](Self::max_queue_age) | none: an item may wait as long as it takes | yes | yes |
+/// | [`fallible`](Self::fallible) | off: outputs are not inspected | yes | yes |
+/// | [`on_shed`](Self::on_shed) | none: shed items are dropped | every shed item | items shed through the `Sink` (an offer hands them back instead) |
+/// | [`on_cancel`](Self::on_cancel) | none: abandoned items are dropped | yes | yes |
+/// | [`on_overload`](Self::on_overload) | none | yes | yes |
+/// | [`overload_quiet_period`](Self::overload_quiet_period) | [`DEFAULT_OVERLOAD_QUIET_PERIOD`](Self::DEFAULT_OVERLOAD_QUIET_PERIOD) = 1 s | yes | yes |
+/// | [`settle_by`](Self::settle_by) | none: no settlement records | yes (intake waits for credits) | yes (an offer answers `Full` without a credit; `send` waits) |
+/// | [`settle_capacity`](Self::settle_capacity) | [`DEFAULT_SETTLE_CAPACITY`](Self::DEFAULT_SETTLE_CAPACITY) = 1024 unsettled items | yes | yes |
+/// | input hand-back | none | wrap the input with [`hand_back`](crate::hand_back) | not needed: producers keep what they did not push |
+///
+/// Every cell marked "yes" is tested on that front (`tests/settings.rs`).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let config = FanOutConfig::new(2, ShedPolicy::DropNewest)
+///     .capacity(8)
+///     .output_capacity(4)
+///     .drain_timeout(Duration::from_secs(5))
+///     .on_shed(|item: u32| eprintln!("shed {item}"));
+/// let (results, shutdown) =
+///     futures::stream::iter(0..4u32).bounded_fan_out_with(config, |x| async move { x * 10 });
+/// let (mut out, report) = shutdown.join_collect(results).await;
+/// out.sort();
+/// assert_eq!(out, [0, 10, 20, 30]);
+/// assert_eq!(report.processed, 4);
+/// # }
+/// ```
+///
+/// [`FanOutExt::bounded_fan_out_with`]: crate::FanOutExt::bounded_fan_out_with
+pub struct FanOutConfig<Item, Kind = Plain> {
+    pub(crate) sizes: Sizes,
+    pub(crate) timing: Timing,
+    pub(crate) hooks: ConfigHooks<Item>,
+    pub(crate) cancel_token: Option<CancellationToken>,
+    pub(crate) order: ResultOrder,
+    pub(crate) settle: Option<Settle<Item>>,
+    kind: PhantomData<fn() -> Kind>,
+}
+
+/// The counts of a configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sizes {
+    pub(crate) workers: usize,
+    pub(crate) policy: ShedPolicy,
+    pub(crate) capacity: usize,
+    pub(crate) output_capacity: usize,
+    pub(crate) settle_capacity: usize,
+}
+
+/// The times of a configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timing {
+    pub(crate) drain_timeout: Duration,
+    pub(crate) handler_timeout: Option<Duration>,
+    pub(crate) max_queue_age: Option<Duration>,
+    pub(crate) overload_quiet_period: Duration,
+}
+
+/// The hooks of a configuration (user code).
+pub(crate) struct ConfigHooks<Item> {
+    pub(crate) on_shed: Option<ItemHook<Item>>,
+    pub(crate) on_cancel: Option<ItemHook<Item>>,
+    pub(crate) on_overload: Option<OverloadHook>,
+}
+
+impl<Item> Default for ConfigHooks<Item> {
+    fn default() -> Self {
+        ConfigHooks {
+            on_shed: None,
+            on_cancel: None,
+            on_overload: None,
+        }
+    }
+}
+
+impl<Item> Clone for ConfigHooks<Item> {
+    fn clone(&self) -> Self {
+        ConfigHooks {
+            on_shed: self.on_shed.clone(),
+            on_cancel: self.on_cancel.clone(),
+            on_overload: self.on_overload.clone(),
+        }
+    }
+}
+
+impl<Item, Kind> FanOutConfig<Item, Kind> {
+    /// Default [`capacity`](Self::capacity): 64 queued items.
+    ///
+    /// Large enough to absorb a burst of a few dozen items without shedding,
+    /// small enough that under [`ShedPolicy::DropOldest`] an item a worker
+    /// picks up is at most 64 items behind the newest one queued (plus the
+    /// small batch of ready items a stream front may hold while queueing).
+    /// Items that arrive while its handler runs age it further; only fewer
+    /// or faster workers help there.
+    pub const DEFAULT_CAPACITY: usize = 64;
+
+    /// The largest [`capacity`](Self::capacity) and
+    /// [`output_capacity`](Self::output_capacity): `usize::MAX >> 3`, the
+    /// most permits a `tokio::sync::Semaphore` holds (the push front waits
+    /// for room, and ordered output for its window, on one). Either is a
+    /// bound, not a reservation: memory grows with what is actually queued.
+    pub const MAX_CAPACITY: usize = tokio::sync::Semaphore::MAX_PERMITS;
+
+    /// The largest worker count: 65,536.
+    ///
+    /// Every worker is a task spawned at the call, with its own counters
+    /// (128 bytes, padded to a cache line pair so workers never share one)
+    /// and its future (a few hundred bytes plus the handler's); at this
+    /// bound that is tens of MiB before any item arrives. Past it, the
+    /// wanted concurrency is better met by fewer workers whose handlers
+    /// each drive many I/O operations.
+    pub const MAX_WORKERS: usize = 1 << 16;
+
+    /// Default [`output_capacity`](Self::output_capacity): 64 undelivered results.
+    pub const DEFAULT_OUTPUT_CAPACITY: usize = 64;
+
+    /// Default [`drain_timeout`](Self::drain_timeout): 5 seconds.
+    ///
+    /// A pipeline is usually drained on `SIGTERM`, inside the grace period
+    /// its orchestrator allows before `SIGKILL`: 10 s for `docker stop` and
+    /// Docker Compose (the `--timeout` default in Docker's CLI reference), 30 s
+    /// for a Kubernetes pod (`terminationGracePeriodSeconds`, Kubernetes pod
+    /// lifecycle docs), which also has to cover `preStop` hooks and the rest
+    /// of the service's shutdown. A drain that uses the whole grace period is
+    /// killed before it reports, so the default takes half of the shortest
+    /// common one, leaving the other half for the report and everything the
+    /// service does after it. Set a longer one when the grace period allows.
+    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// Default [`settle_capacity`](Self::settle_capacity): 1024 unsettled
+    /// items, room for a full default queue, the workers and several
+    /// hundred records on their way to the broker.
+    pub const DEFAULT_SETTLE_CAPACITY: usize = 1024;
+
+    /// Default [`overload_quiet_period`](Self::overload_quiet_period): 1
+    /// second without shedding ends an overload episode.
+    pub const DEFAULT_OVERLOAD_QUIET_PERIOD: Duration = Duration::from_secs(1);
+}
+
+impl<Item> FanOutConfig<Item> {
+    /// Settings for `workers` concurrent handlers shedding by `policy`, with
+    /// every other setting at its default.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `workers` is 0, with the message
+    /// `"FanOutConfig::new: workers must be at least 1"`, or above
+    /// [`MAX_WORKERS`](Self::MAX_WORKERS), with the message
+    /// `"FanOutConfig::new: workers must be at most FanOutConfig::MAX_WORKERS (65536)"`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
+    ///
+    /// let config = FanOutConfig::<u64>::new(4, ShedPolicy::DropOldest);
+    /// assert!(format!("{config:?}").contains("capacity: 64"));
+    /// ```
+    #[track_caller]
+    pub fn new(workers: usize, policy: ShedPolicy) -> Self {
+        assert!(workers > 0, "FanOutConfig::new: workers must be at least 1");
+        assert!(
+            workers <= Self::MAX_WORKERS,
+            "FanOutConfig::new: workers must be at most FanOutConfig::MAX_WORKERS (65536)"
+        );
+        FanOutConfig {
+            sizes: Sizes {
+                workers,
+                policy,
+                capacity: Self::DEFAULT_CAPACITY,
+                output_capacity: Self::DEFAULT_OUTPUT_CAPACITY,
+                settle_capacity: Self::DEFAULT_SETTLE_CAPACITY,
+            },
+            timing: Timing {
+                drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
+                handler_timeout: None,
+                max_queue_age: None,
+                overload_quiet_period: Self::DEFAULT_OVERLOAD_QUIET_PERIOD,
+            },
+            hooks: ConfigHooks::default(),
+            cancel_token: None,
+            order: ResultOrder::Completion,
+            settle: None,
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<Item, Kind> FanOutConfig<Item, Kind> {
+    /// Sets how many items may wait in the queue for a worker; past it the
+    /// policy sheds. An item a worker has taken no longer occupies a slot.
+    ///
+    /// While the queue has room, a stream front pulls no more than fits,
+    /// and before it pulls into a full queue it yields once to the workers
+    /// it woke, so idle workers widen what a ready burst fits into: with
+    /// `capacity(4)`, 4 idle workers and 6 items ready at once, 4 are
+    /// queued, the workers take them, and the other 2 take their slots;
+    /// nothing is shed. A burst is shed only when it meets a full queue
+    /// while the workers are busy (on a multi-thread runtime, or a
+    /// current-thread one once the woken workers have run). To absorb
+    /// bursts larger than the workers can take, size the capacity to the
+    /// burst, or use [`ShedPolicy::Backpressure`].
+    ///
+    /// # Panics
+    ///
+    /// Panics if `capacity` is 0, with the message
+    /// `"FanOutConfig::capacity: capacity must be at least 1"`, or above
+    /// [`MAX_CAPACITY`](Self::MAX_CAPACITY), with the message
+    /// `"FanOutConfig::capacity: capacity must be at most FanOutConfig::MAX_CAPACITY"`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
+    ///
+    /// let config = FanOutConfig::<u64>::new(1, ShedPolicy::DropNewest).capacity(3);
+    /// assert!(format!("{config:?}").contains("capacity: 3"));
+    /// ```
+    #[track_caller]
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        assert!(
+            capacity > 0,
+            "FanOutConfig::capacity: capacity must be at least 1"
+        );
+        assert!(
+            capacity <= Self::MAX_CAPACITY,
+            "FanOutConfig::capacity: capacity must be at most FanOutConfig::MAX_CAPACITY"
+        );
+        self.sizes.capacity = capacity;
+        self
+    }
+
+    /// Sets how many finished results may wait for the consumer of
+    /// `results`. When it is full, workers wait to hand over their result
+    /// (they never discard one), and intake goes on shedding by policy.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `output_capacity` is 0, with the message
+    /// `"FanOutConfig::output_capacity: output_capacity must be at least 1"`,
+    /// or above [`MAX_CAPACITY`](Self::MAX_CAPACITY) (the message says
+    /// `"at most FanOutConfig::MAX_CAPACITY"`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
+    ///
+    /// let config = FanOutConfig::<u64>::new(1, ShedPolicy::DropNewest).output_capacity(1);
+    /// # let _ = config;
+    /// ```
+    #[track_caller]
+    pub fn output_capacity(mut self, output_capacity: usize) -> Self {
+        assert!(
+            output_capacity > 0,
+            "FanOutConfig::output_capacity: output_capacity must be at least 1"
+        );
+        assert!(
+            output_capacity <= Self::MAX_CAPACITY,
+            "FanOutConfig::output_capacity: output_capacity must be at most FanOutConfig::MAX_CAPACITY"
+        );
+        self.sizes.output_capacity = output_capacity;
+        self
+    }
+
+    /// Sets how long a graceful [`shutdown`] (or a cancelled parent token)
+    /// waits for queued and in-flight items, and for the consumer to read
+    /// their results, before aborting the rest: when it runs out, in-flight
+    /// handlers are cut off and undelivered results discarded, so a
+    /// consumer that stopped reading cannot hold the shutdown. The clock
+    /// starts at the shutdown request, also when the input had already
+    /// ended. `Duration::ZERO` aborts at once what is not already finished;
+    /// a timeout past the clock's range (`Duration::MAX`) never aborts.
+    ///
+    /// The deadline holds whatever the handlers do: each worker checks it
+    /// before it starts an item, so no queued item is started once it has
+    /// passed, even while handlers block every runtime thread and the
+    /// pipeline's timer cannot run; the items not started are counted
+    /// `cancelled` and handed to [`on_cancel`](Self::on_cancel). A handler
+    /// that blocks its thread (a synchronous call, CPU-bound work) cannot
+    /// be cut off mid-run, so it delays the stop by at most its own run.
+    /// Run such work with [`tokio::task::spawn_blocking`] inside the
+    /// handler, as below: the handler then awaits it, an abort cancels that
+    /// await at once (the blocking closure runs on to its end on tokio's
+    /// blocking pool and its output is dropped), and the runtime's threads
+    /// stay free for the intake, the timers and the reader.
+    ///
+    /// [`shutdown`]: crate::ShutdownHandle::shutdown
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// let config = FanOutConfig::new(2, ShedPolicy::DropNewest)
+    ///     .drain_timeout(Duration::from_millis(250));
+    /// let (results, shutdown) = futures::stream::iter(0..4u64).bounded_fan_out_with(config, |n| async move {
+    ///     // Blocking work off the runtime's threads: an abort need not wait for it.
+    ///     tokio::task::spawn_blocking(move || n * n).await.expect("no panic")
+    /// });
+    /// let (mut squares, report) = shutdown.join_collect(results).await;
+    /// squares.sort();
+    /// assert_eq!(squares, [0, 1, 4, 9]);
+    /// assert!(report.is_conserved());
+    /// # }
+    /// ```
+    pub fn drain_timeout(mut self, drain_timeout: Duration) -> Self {
+        self.timing.drain_timeout = drain_timeout;
+        self
+    }
+
+    /// Makes the pipeline's cancellation token a child of `parent`:
+    /// cancelling `parent` (or any of its ancestors) shuts the pipeline down
+    /// gracefully, exactly like [`ShutdownHandle::shutdown`]. The pipeline
+    /// never cancels `parent`.
+    ///
+    /// [`ShutdownHandle::shutdown`]: crate::ShutdownHandle::shutdown
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// let service = CancellationToken::new();
+    /// let config = FanOutConfig::<u64>::new(1, ShedPolicy::DropNewest)
+    ///     .cancel_token(service.clone());
+    /// # let _ = config;
+    /// ```
+    pub fn cancel_token(mut self, parent: CancellationToken) -> Self {
+        self.cancel_token = Some(parent);
+        self
+    }
+
+    /// Cancels a handler that has run longer than `timeout` (measured from
+    /// the call to the handler) and counts its item
+    /// [`timed_out`](crate::Report::timed_out); the worker goes on with the
+    /// next item. The law becomes
+    /// `produced == processed + dropped + failed + timed_out + cancelled`.
+    /// As with tower's `Timeout`, the handler is cancelled at its next
+    /// suspension point; a handler that never yields cannot be cut off, and
+    /// one that is ready when polled completes even at its deadline.
+    /// `Duration::ZERO` times out every handler that is pending on its first
+    /// poll (the deadline has passed by then, so no timer is armed for it);
+    /// a timeout past the clock's range (`Duration::MAX`) never fires.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
+    ///
+    /// // Needs tokio's `test-util` feature: paused time, so timers fire at once and timings are exact.
+    /// #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// async fn main() {
+    ///     let config = FanOutConfig::new(2, ShedPolicy::DropNewest)
+    ///         .handler_timeout(Duration::from_millis(50));
+    ///     let (results, shutdown) = futures::stream::iter([10u64, 100, 20])
+    ///         .bounded_fan_out_with(config, |ms| async move {
+    ///             tokio::time::sleep(Duration::from_millis(ms)).await;
+    ///             ms
+    ///         });
+    ///     let (mut out, report) = shutdown.join_collect(results).await;
+    ///     out.sort();
+    ///     assert_eq!(out, [10, 20]);
+    ///     assert_eq!((report.processed, report.timed_out), (2, 1));
+    ///     assert!(report.is_conserved());
+    /// }
+    /// ```
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.timing.handler_timeout = Some(timeout);
+        self
+    }
+
+    /// Sheds an item that has waited in the queue longer than `age` when a
+    /// worker would take it: the handler is never called, and the item
+    /// counts [`expired`](crate::Report::expired), its own outcome in the
+    /// conservation law (`produced == processed + dropped + failed +
+    /// timed_out + expired + cancelled`). The worker takes the next item at
+    /// once. With settlement, an expired item is settled as
+    /// [`Outcome::Expired`](crate::Outcome::Expired).
+    ///
+    /// For a broker consumer, set it below the broker's claim threshold
+    /// (Redis `XAUTOCLAIM` min-idle time, JetStream `ack_wait`), minus the
+    /// handler's worst time: a message that waited longer would be claimed
+    /// by a peer and handled twice. The age is measured from the moment the
+    /// item was queued, once per batch the intake queues.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
+    ///
+    /// // Needs tokio's `test-util` feature: paused time, so timers fire at once and timings are exact.
+    /// #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// async fn main() {
+    ///     // One worker, 100 ms per item, 4 items queued at once: the fourth
+    ///     // would start after 300 ms in the queue, past its 250 ms limit.
+    ///     let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+    ///         .max_queue_age(Duration::from_millis(250));
+    ///     let (results, shutdown) = futures::stream::iter(0..4u32)
+    ///         .bounded_fan_out_with(config, |x| async move {
+    ///             tokio::time::sleep(Duration::from_millis(100)).await;
+    ///             x
+    ///         });
+    ///     let (out, report) = shutdown.join_collect(results).await;
+    ///     assert_eq!(out, [0, 1, 2]);
+    ///     assert_eq!((report.processed, report.expired), (3, 1));
+    ///     assert!(report.is_conserved());
+    /// }
+    /// ```
+    pub fn max_queue_age(mut self, age: Duration) -> Self {
+        self.timing.max_queue_age = Some(age);
+        self
+    }
+}
+
+impl<Item, Kind> Clone for FanOutConfig<Item, Kind> {
+    fn clone(&self) -> Self {
+        FanOutConfig {
+            sizes: self.sizes,
+            timing: self.timing,
+            hooks: self.hooks.clone(),
+            cancel_token: self.cancel_token.clone(),
+            order: self.order,
+            settle: self.settle.clone(),
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<Item, Kind> fmt::Debug for FanOutConfig<Item, Kind> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Sizes {
+            workers,
+            policy,
+            capacity,
+            output_capacity,
+            settle_capacity,
+        } = self.sizes;
+        let Timing {
+            drain_timeout,
+            handler_timeout,
+            max_queue_age,
+            overload_quiet_period,
+        } = self.timing;
+        f.debug_struct("FanOutConfig")
+            .field("workers", &workers)
+            .field("policy", &policy)
+            .field("capacity", &capacity)
+            .field("output_capacity", &output_capacity)
+            .field("result_order", &self.order)
+            .field("drain_timeout", &drain_timeout)
+            .field("handler_timeout", &handler_timeout)
+            .field("max_queue_age", &max_queue_age)
+            .field("overload_quiet_period", &overload_quiet_period)
+            .field("on_shed", &self.hooks.on_shed.is_some())
+            .field("on_cancel", &self.hooks.on_cancel.is_some())
+            .field("on_overload", &self.hooks.on_overload.is_some())
+            .field("cancel_token", &self.cancel_token.is_some())
+            .field("settles", &self.settle.is_some())
+            .field("settle_capacity", &settle_capacity)
+            .finish()
+    }
+}

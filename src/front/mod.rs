@@ -1,0 +1,57 @@
+//! The front stage: what feeds the queue.
+//!
+//! * `stream`: the stream front, one intake task that pulls a `Stream`.
+//! * `push`: the push front, [`Feeder`] handles that producers offer to,
+//!   and a task that ends intake when they are all gone.
+//! * `sink`: [`Feeder`] as a `futures::Sink`.
+//! * `shed`: the one after-shed path both fronts take (settle, `on_shed`
+//!   or hand back, overload episode).
+//! * `overload`: the overload episodes and [`OverloadEvent`].
+//!
+//! Each front gets the same [`FrontParts`] and pushes through the same
+//! queue; what differs is only how items arrive and who gets a shed item
+//! back.
+
+mod overload;
+mod push;
+mod shed;
+mod sink;
+mod stream;
+
+use std::sync::Arc;
+
+use crate::books::Books;
+use crate::control::{Phase, Stopper};
+use crate::queue::HandOff;
+use crate::sched::Yielder;
+use crate::settle::Credits;
+
+pub use overload::OverloadEvent;
+pub(crate) use overload::{Overload, OverloadHook};
+pub use push::{Feeder, Offer};
+pub(crate) use push::{Producers, run as run_push};
+pub use sink::SinkError;
+pub(crate) use stream::run as run_stream;
+
+/// What a front needs of the pipeline.
+pub(crate) struct FrontParts<Item> {
+    pub(crate) queue: Arc<HandOff<Item>>,
+    pub(crate) phase: Arc<Phase>,
+    pub(crate) books: Arc<Books>,
+    /// To cancel what it took but cannot queue, and to lend the hooks.
+    pub(crate) stopper: Stopper<Item>,
+    /// Settlement credits, one per item taken, if the caller settles.
+    pub(crate) credits: Option<Credits>,
+    pub(crate) overload: Overload,
+    pub(crate) yielder: Yielder,
+}
+
+/// Closes the queue when a front ends in any way, including a panic or an
+/// abort of its task, so workers always drain and exit.
+struct CloseOnDrop<'a, Item>(&'a HandOff<Item>);
+
+impl<Item> Drop for CloseOnDrop<'_, Item> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}

@@ -1,0 +1,423 @@
+//! The push front: producers offer items one by one, from any task or
+//! thread, instead of the pipeline pulling a `Stream`.
+//!
+//! An offer is a one-item push into the same queue, counted under the
+//! queue's lock, and what it sheds takes the one after-shed path. The front
+//! task adds the end of intake: when every producer is gone (dropped, or
+//! closed as a `Sink`) or a stop begins, it closes the queue, and workers
+//! drain it as they drain an exhausted stream; it also emits the overload
+//! events the producers decide.
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::AcqRel};
+use std::task::Poll;
+
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use super::shed::{Disposal, after_shed, reason};
+use super::{CloseOnDrop, FrontParts};
+use crate::ShedPolicy;
+use crate::isolate::timer_at;
+use crate::queue::{NoRoom, Pushed};
+use crate::report::IntakeEnd;
+
+/// What every producer handle of one pipeline shares.
+pub(crate) struct Producers<Item> {
+    pub(crate) front: FrontParts<Item>,
+    /// Producer handles that have not closed (dropped, or closed as a sink).
+    live: AtomicUsize,
+    /// Cancelled when `live` reaches 0: intake is over.
+    gone: CancellationToken,
+}
+
+impl<Item> Producers<Item> {
+    pub(crate) fn new(front: FrontParts<Item>) -> Arc<Self> {
+        Arc::new(Producers {
+            front,
+            live: AtomicUsize::new(0),
+            gone: CancellationToken::new(),
+        })
+    }
+
+    fn join(&self) {
+        self.live.fetch_add(1, AcqRel);
+    }
+
+    fn leave(&self) {
+        if self.live.fetch_sub(1, AcqRel) == 1 {
+            self.gone.cancel();
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.front.phase.is_stopping() || self.front.queue.is_closed()
+    }
+
+    /// Pushes one item; `disposal` says who gets what the push sheds. The
+    /// item's room (`Backpressure`) and credit (settlement) are taken.
+    pub(crate) fn push(&self, item: Item, disposal: Disposal) -> Offer<Item> {
+        let front = &self.front;
+        let (mut batch, mut shed) = (vec![item], Vec::new());
+        let pushed = front.queue.push(&mut batch, &mut shed, |offered, shed| {
+            front.books.intake.count_shared(offered, shed);
+        });
+        let Pushed::Accepted { shed: count, .. } = pushed else {
+            // Refused, untouched: the item is there. Its credit goes back;
+            // its room does not matter any more (the queue is closed).
+            if let Some(credits) = &front.credits {
+                credits.unused(1);
+            }
+            return batch.pop().map_or(Offer::Queued, Offer::Closed);
+        };
+        if count == 0 {
+            front.overload.record(0);
+            return Offer::Queued;
+        }
+        let hooks = front.stopper.hooks();
+        after_shed(
+            hooks.as_deref(),
+            &front.overload,
+            &mut shed,
+            count,
+            reason(front.queue.policy()),
+            disposal,
+        );
+        // One item into a full queue: DropOldest evicted the oldest queued
+        // item (a full queue holds at least one), DropNewest shed this one.
+        match (shed.pop(), front.queue.policy()) {
+            (None, _) => Offer::Queued, // given to `on_shed`
+            (Some(item), ShedPolicy::DropOldest) => Offer::Evicted(item),
+            (Some(item), _) => Offer::Shed(item),
+        }
+    }
+
+    /// A credit (with settlement) and a slot (under `Backpressure`) for one
+    /// item, without waiting. On `Err` nothing is held.
+    fn try_admit(&self) -> Result<(), NoRoom> {
+        let front = &self.front;
+        if let Some(credits) = &front.credits {
+            if !credits.try_take_one() {
+                return Err(NoRoom::Full);
+            }
+        }
+        front.queue.room().try_reserve_one().inspect_err(|_| {
+            if let Some(credits) = &front.credits {
+                credits.unused(1);
+            }
+        })
+    }
+
+    /// [`try_admit`](Self::try_admit), waiting for the credit and the slot.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a credit taken before the wait for room is given back
+    /// if the future is dropped.
+    async fn admit(&self) -> Result<(), NoRoom> {
+        let front = &self.front;
+        let credit = match &front.credits {
+            Some(credits) => {
+                credits.take_one().await;
+                Some(CreditGuard(credits))
+            }
+            None => None,
+        };
+        let room = front.queue.room().reserve_one().await;
+        if room.is_ok() {
+            std::mem::forget(credit);
+        }
+        room
+    }
+}
+
+/// Gives back a credit taken for an item that was never pushed.
+struct CreditGuard<'a>(&'a crate::settle::Credits);
+
+impl Drop for CreditGuard<'_> {
+    fn drop(&mut self) {
+        self.0.unused(1);
+    }
+}
+
+/// The front task: waits for the end of intake, closes the queue, and emits
+/// the overload events the producers decide.
+pub(crate) async fn run<Item>(producers: Arc<Producers<Item>>) -> IntakeEnd {
+    let front = &producers.front;
+    let _close = CloseOnDrop(&front.queue);
+    let hooks = front.stopper.hooks();
+    let on_overload = hooks
+        .as_deref()
+        .and_then(|hooks| hooks.on_overload.as_ref());
+    let mut stopped = pin!(front.phase.stop.cancelled());
+    let mut gone = pin!(producers.gone.cancelled());
+    let mut quiet = pin!(None::<Sleep>);
+    let end = poll_fn(|cx| {
+        loop {
+            front.overload.register_emitter(cx.waker());
+            front.overload.emit(on_overload);
+            if stopped.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(IntakeEnd::Stopped);
+            }
+            if gone.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(IntakeEnd::Exhausted);
+            }
+            // The quiet timer follows the open episode's deadline.
+            match front.overload.quiet_deadline() {
+                None => quiet.set(None),
+                Some(deadline) => match quiet.as_mut().as_pin_mut() {
+                    Some(timer) if timer.deadline() == deadline => {}
+                    Some(timer) => timer.reset(deadline),
+                    None => quiet.set(timer_at(deadline)),
+                },
+            }
+            let fired = quiet
+                .as_mut()
+                .as_pin_mut()
+                .is_some_and(|timer| timer.poll(cx).is_ready());
+            if !fired {
+                return Poll::Pending;
+            }
+            front.overload.end_if_quiet(Instant::now());
+            quiet.set(None);
+        }
+    })
+    .await;
+    front.overload.finish();
+    front.overload.emit(on_overload);
+    end
+}
+
+/// A producer handle for a pipeline started with [`feeder`](crate::feeder).
+///
+/// `Clone`, `Send` and `Sync`: give a clone to every task, thread or
+/// callback that produces items. Intake ends when every clone has been
+/// dropped or closed (as a [`Sink`](futures_sink::Sink)). Memory stays
+/// bounded however many producers offer at once: an offer queues into the
+/// pipeline's own bounded queue, or sheds.
+///
+/// Three ways to push, for three kinds of producer:
+///
+/// * [`offer`](Self::offer): never waits; answers at once what happened and
+///   hands back by value whatever was not queued ([`Offer`]). Shed items it
+///   hands back are the caller's: counted `dropped` and settled, never
+///   passed to [`on_shed`](crate::FanOutConfig::on_shed).
+/// * [`send`](Self::send): waits for room under
+///   [`ShedPolicy::Backpressure`] (and for a settlement credit), then
+///   offers.
+/// * The [`Sink`](futures_sink::Sink) implementation, for `stream.forward(feeder)`
+///   and `SinkExt::send_all`: `poll_ready` waits for room under
+///   `Backpressure` and is always ready under the shedding policies; what a
+///   push through the sink sheds (the item itself under `DropNewest`, the
+///   evicted oldest under `DropOldest`) goes to `on_shed`, counted
+///   `dropped`, since a sink has no way to hand it back.
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
+///
+/// # #[tokio::main]
+/// # async fn main() {
+/// let config = FanOutConfig::new(4, ShedPolicy::Backpressure).capacity(16);
+/// let (feeder, results, shutdown) =
+///     backpressure_pipeline::feeder(config, |x: u64| async move { x });
+/// // Four producer tasks; `send` waits for room under Backpressure.
+/// let producers: Vec<_> = (0..4u64)
+///     .map(|p| {
+///         let feeder = feeder.clone();
+///         tokio::spawn(async move {
+///             for i in 0..100 {
+///                 assert!(feeder.send(p * 1000 + i).await.is_queued());
+///             }
+///         })
+///     })
+///     .collect();
+/// drop(feeder);
+/// let (out, report) = shutdown.join_collect(results).await;
+/// for producer in producers {
+///     producer.await.unwrap();
+/// }
+/// assert_eq!(out.len(), 400);
+/// assert_eq!((report.produced, report.dropped), (400, 0));
+/// # }
+/// ```
+pub struct Feeder<Item> {
+    pub(crate) producers: Arc<Producers<Item>>,
+    /// This handle counts as a producer (it was not closed as a sink).
+    pub(crate) live: bool,
+    /// The sink's readiness, per handle.
+    pub(crate) sink: super::sink::SinkState,
+}
+
+impl<Item> Feeder<Item> {
+    pub(crate) fn new(producers: Arc<Producers<Item>>) -> Self {
+        producers.join();
+        let sink = super::sink::SinkState::new(&producers.front);
+        Feeder {
+            producers,
+            live: true,
+            sink,
+        }
+    }
+
+    /// This handle stops being a producer (dropped, or closed as a sink).
+    pub(crate) fn retire(&mut self) {
+        if std::mem::take(&mut self.live) {
+            self.sink.release(&self.producers.front);
+            self.producers.leave();
+        }
+    }
+
+    /// Offers `item` without waiting for room, and says at once what
+    /// happened.
+    ///
+    /// Never awaits and never waits for a worker or the consumer: safe to
+    /// call from synchronous code, a callback or a request handler. It does
+    /// take the queue's lock (a `std::sync::Mutex`) for one push, held for
+    /// a few hundred nanoseconds by whoever holds it (a producer, a worker
+    /// taking an item, a stop); under heavy contention on a loaded machine
+    /// the wait for that lock can reach milliseconds when the holder's
+    /// thread is preempted. No user code ever runs under it.
+    ///
+    /// Under [`ShedPolicy::Backpressure`] a full queue answers
+    /// [`Offer::Full`]; use [`send`](Self::send) to wait for room instead.
+    /// With settlement, an offer made while `settle_capacity` items are
+    /// unsettled answers `Full` too. Once a stop has returned, or on a
+    /// handle closed as a sink, every offer answers [`Offer::Closed`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutConfig, Offer, ShedPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let config = FanOutConfig::new(1, ShedPolicy::DropOldest).capacity(1);
+    /// let (feeder, _results, shutdown) =
+    ///     backpressure_pipeline::feeder(config, |x: u32| async move { x });
+    /// assert_eq!(feeder.offer(1), Offer::Queued);
+    /// assert_eq!(feeder.offer(2), Offer::Evicted(1)); // the freshest stays
+    /// shutdown.abort();
+    /// assert_eq!(feeder.offer(3), Offer::Closed(3));
+    /// # }
+    /// ```
+    pub fn offer(&self, item: Item) -> Offer<Item> {
+        if !self.live || self.producers.front.phase.is_stopping() {
+            return Offer::Closed(item);
+        }
+        match self.producers.try_admit() {
+            Ok(()) => self.producers.push(item, Disposal::Producer),
+            Err(NoRoom::Full) => Offer::Full(item),
+            Err(NoRoom::Closed) => Offer::Closed(item),
+        }
+    }
+
+    /// Offers `item`, waiting for room under [`ShedPolicy::Backpressure`]
+    /// and, with settlement, for a credit; otherwise it is
+    /// [`offer`](Self::offer) and never waits.
+    ///
+    /// Once a stop (a shutdown, an abort, a cancelled parent token) has
+    /// returned, every `send` answers [`Offer::Closed`], also one that was
+    /// waiting for room and was granted it just as the stop came: the push
+    /// front closes the queue inside the stop, under the queue's lock.
+    ///
+    /// # Cancel safety
+    ///
+    /// As tokio's `mpsc::Sender::send`: if the future is dropped before it
+    /// completes, the item was not queued and is dropped with the future,
+    /// uncounted. Nothing else is lost: the place in line is given up, and
+    /// a credit it held goes back.
+    pub async fn send(&self, item: Item) -> Offer<Item> {
+        if !self.live || self.producers.front.phase.is_stopping() {
+            return Offer::Closed(item);
+        }
+        match self.producers.admit().await {
+            Ok(()) => self.producers.push(item, Disposal::Producer),
+            Err(_) => Offer::Closed(item),
+        }
+    }
+
+    /// Whether intake is over for this handle: every offer now answers
+    /// [`Offer::Closed`].
+    pub fn is_closed(&self) -> bool {
+        !self.live || self.producers.is_closed()
+    }
+}
+
+impl<Item> Clone for Feeder<Item> {
+    fn clone(&self) -> Self {
+        let mut clone = Feeder::new(Arc::clone(&self.producers));
+        if !self.live {
+            clone.retire();
+        }
+        clone
+    }
+}
+
+impl<Item> Drop for Feeder<Item> {
+    fn drop(&mut self) {
+        self.retire();
+    }
+}
+
+impl<Item> fmt::Debug for Feeder<Item> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (queue_depth, _) = self.producers.front.queue.depth();
+        f.debug_struct("Feeder")
+            .field("queue_depth", &queue_depth)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// What happened to an item offered with [`Feeder::offer`] or
+/// [`Feeder::send`]. Items not queued, and items evicted to make room, come
+/// back by value.
+///
+/// As Akka's `SourceQueue.offer` answers `Enqueued`, `Dropped` or
+/// `QueueClosed`, and tokio's `try_send` hands a refused message back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "an offer may hand an item back"]
+#[non_exhaustive]
+pub enum Offer<Item> {
+    /// Queued for a worker. Counted `produced`.
+    Queued,
+    /// The queue was full and [`ShedPolicy::DropNewest`] shed the offered
+    /// item, which comes back. Counted `produced` and `dropped`.
+    Shed(Item),
+    /// The queue was full and [`ShedPolicy::DropOldest`] evicted its oldest
+    /// item to queue the offered one; the evicted item comes back. The
+    /// offered item counts `produced`, the evicted one `dropped`.
+    Evicted(Item),
+    /// Not accepted, without waiting: the queue was full under
+    /// [`ShedPolicy::Backpressure`] (which never sheds), or, with
+    /// settlement, `settle_capacity` items were unsettled. Not counted at
+    /// all.
+    Full(Item),
+    /// Intake is over (a stop, or this handle was closed as a sink): the
+    /// item comes back, not counted.
+    Closed(Item),
+}
+
+impl<Item> Offer<Item> {
+    /// Whether the offered item was queued (also when another was evicted
+    /// to make room).
+    pub fn is_queued(&self) -> bool {
+        matches!(self, Offer::Queued | Offer::Evicted(_))
+    }
+
+    /// The item handed back, if any: the offered one (`Shed`, `Full`,
+    /// `Closed`) or the evicted one (`Evicted`).
+    pub fn into_item(self) -> Option<Item> {
+        match self {
+            Offer::Queued => None,
+            Offer::Shed(item) | Offer::Evicted(item) | Offer::Full(item) | Offer::Closed(item) => {
+                Some(item)
+            }
+        }
+    }
+}

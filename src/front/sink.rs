@@ -1,0 +1,195 @@
+//! [`Feeder`] as a [`futures_sink::Sink`]: `stream.forward(feeder)`,
+//! `SinkExt::send_all`, and every combinator built on sinks.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_sink::Sink;
+use tokio_util::sync::PollSemaphore;
+
+use super::FrontParts;
+use super::push::{Feeder, Offer};
+use super::shed::Disposal;
+
+/// What one handle has reserved for its next `start_send`.
+pub(crate) struct SinkState {
+    /// Free slots (`Backpressure` only).
+    room: Option<PollSemaphore>,
+    /// Settlement credits (settlement only).
+    credits: Option<PollSemaphore>,
+    has_room: bool,
+    has_credit: bool,
+}
+
+impl SinkState {
+    pub(crate) fn new<Item>(front: &FrontParts<Item>) -> Self {
+        SinkState {
+            room: front
+                .queue
+                .room()
+                .semaphore()
+                .map(|slots| PollSemaphore::new(std::sync::Arc::clone(slots))),
+            credits: front.credits.as_ref().map(|credits| credits.poller()),
+            has_room: false,
+            has_credit: false,
+        }
+    }
+
+    /// Gives back what was reserved and not used.
+    pub(crate) fn release<Item>(&mut self, front: &FrontParts<Item>) {
+        if std::mem::take(&mut self.has_room) {
+            front.queue.room().freed_one();
+        }
+        if std::mem::take(&mut self.has_credit) {
+            if let Some(credits) = &front.credits {
+                credits.unused(1);
+            }
+        }
+    }
+
+    /// Whether the next item may be pushed: its credit and slot are held.
+    fn is_ready(&self) -> bool {
+        (self.credits.is_none() || self.has_credit) && (self.room.is_none() || self.has_room)
+    }
+}
+
+/// Why the [`Feeder`] sink refused an item.
+///
+/// Hands the item back when `start_send` refused one, so nothing is lost.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SinkError<Item> {
+    item: Option<Item>,
+    closed: bool,
+}
+
+impl<Item> SinkError<Item> {
+    /// The item `start_send` refused; `None` for an error from
+    /// `poll_ready`, which has no item.
+    pub fn into_item(self) -> Option<Item> {
+        self.item
+    }
+
+    /// Whether intake is over (a stop, or this handle was closed): every
+    /// later push is refused too. Otherwise `start_send` was called without
+    /// a successful `poll_ready` and there was no room or credit.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+}
+
+impl<Item> fmt::Debug for SinkError<Item> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SinkError")
+            .field("has_item", &self.item.is_some())
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+impl<Item> fmt::Display for SinkError<Item> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.closed {
+            "the pipeline no longer accepts items"
+        } else {
+            "start_send without a successful poll_ready, and no room for the item"
+        })
+    }
+}
+
+impl<Item> std::error::Error for SinkError<Item> {}
+
+fn closed<Item>(item: Option<Item>) -> SinkError<Item> {
+    SinkError { item, closed: true }
+}
+
+/// A sink of items for the pipeline.
+///
+/// * `poll_ready` waits for a free slot under
+///   [`ShedPolicy::Backpressure`](crate::ShedPolicy::Backpressure) (and,
+///   with settlement, for a credit); under the shedding policies it is
+///   always ready. It fails once intake is over.
+/// * `start_send` pushes the item. What that push sheds goes to
+///   [`on_shed`](crate::FanOutConfig::on_shed) (or is dropped): the item
+///   itself under `DropNewest`, the evicted oldest under `DropOldest`; it
+///   counts `dropped`, and is settled. A refused item comes back in the
+///   [`SinkError`].
+/// * `poll_flush` is always ready: a pushed item is already queued.
+/// * `poll_close` closes this handle as a producer: intake ends when every
+///   handle is closed or dropped. The handle accepts nothing afterwards.
+///
+/// # Examples
+///
+/// ```
+/// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
+/// use futures::{SinkExt, StreamExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let config = FanOutConfig::new(2, ShedPolicy::Backpressure).capacity(4);
+/// let (feeder, results, shutdown) =
+///     backpressure_pipeline::feeder(config, |x: u32| async move { x * 2 });
+/// // `forward` waits for room, pushes every item, then closes the feeder.
+/// let input = futures::stream::iter(0..100u32).map(Ok);
+/// let (forwarded, (mut out, report)) =
+///     tokio::join!(input.forward(feeder), shutdown.join_collect(results));
+/// forwarded.expect("the pipeline stayed open");
+/// out.sort();
+/// assert_eq!(out, (0..100).map(|x| x * 2).collect::<Vec<_>>());
+/// assert_eq!((report.produced, report.dropped), (100, 0));
+/// # }
+/// ```
+impl<Item> Sink<Item> for Feeder<Item> {
+    type Error = SinkError<Item>;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = self.get_mut();
+        if this.is_closed() {
+            return Poll::Ready(Err(closed(None)));
+        }
+        let sink = &mut this.sink;
+        if let (Some(credits), false) = (&mut sink.credits, sink.has_credit) {
+            // A closed semaphore: nobody reads the records; no limit.
+            if let Some(permit) = std::task::ready!(credits.poll_acquire(cx)) {
+                permit.forget();
+            }
+            sink.has_credit = true;
+        }
+        if let (Some(room), false) = (&mut sink.room, sink.has_room) {
+            match std::task::ready!(room.poll_acquire(cx)) {
+                Some(permit) => permit.forget(),
+                None => return Poll::Ready(Err(closed(None))), // the queue closed
+            }
+            sink.has_room = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Item) -> Result<(), Self::Error> {
+        let this = self.get_mut();
+        if !this.live {
+            return Err(closed(Some(item)));
+        }
+        if !this.sink.is_ready() {
+            return Err(SinkError {
+                item: Some(item),
+                closed: this.is_closed(),
+            });
+        }
+        this.sink.has_room = false;
+        this.sink.has_credit = false;
+        match this.producers.push(item, Disposal::Hook) {
+            Offer::Closed(item) => Err(closed(Some(item))),
+            _ => Ok(()),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().retire();
+        Poll::Ready(Ok(()))
+    }
+}

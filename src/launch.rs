@@ -1,0 +1,173 @@
+//! The composition root: builds every stage of one pipeline from its
+//! configuration, wires them, and spawns its tasks. Nothing else builds a
+//! stage; no stage builds another.
+//!
+//! ```text
+//!  front ──push──► queue ──take──► worker × N ──hand over──► results ──► reader
+//!  (stream intake,   (shed by policy)  (handler)                 (order)
+//!   or Feeders)          │                 │
+//!       └── after-shed ──┴──── settle ─────┘ ──► Settlements
+//!                      books: every count        control: phase, supervisor, handles
+//! ```
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use tokio::task::JoinSet;
+
+use crate::books::Books;
+use crate::config::{FanOutConfig, HandlerKind};
+use crate::control::{Core, End, Hooks, Phase, ShutdownHandle, StopMirror, Stopper, supervise};
+use crate::front::{Feeder, FrontParts, Overload, Producers, run_push, run_stream};
+use crate::isolate::{Quiet, has_time_driver};
+use crate::queue::{HandOff, QueueSettings};
+use crate::results::{self, BoundedFanOut};
+use crate::sched::Yielder;
+use crate::trace;
+use crate::worker::{self, WorkerParts};
+
+/// Which front feeds the pipeline.
+pub(crate) enum Front<'a, S: Stream> {
+    /// The stream intake pulls this input.
+    Stream(S),
+    /// Producers push through a [`Feeder`], put here.
+    Push(&'a mut Option<Feeder<S::Item>>),
+}
+
+/// The input type of a push front, which has none. Never polled.
+pub(crate) struct NoInput<Item>(PhantomData<fn() -> Item>);
+
+impl<Item> Stream for NoInput<Item> {
+    type Item = Item;
+
+    fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Item>> {
+        Poll::Ready(None)
+    }
+}
+
+/// Starts a pipeline: every stage, every task.
+///
+/// # Panics
+///
+/// Outside a Tokio runtime, or on one without a time driver (see
+/// [`FanOutExt::bounded_fan_out`](crate::FanOutExt::bounded_fan_out)).
+#[track_caller]
+pub(crate) fn launch<S, F, Fut, Kind>(
+    config: FanOutConfig<S::Item, Kind>,
+    handler: F,
+    front: Front<'_, S>,
+) -> (BoundedFanOut<Fut::Output>, ShutdownHandle)
+where
+    S: Stream + Send + 'static,
+    S::Item: Send + 'static,
+    F: Fn(S::Item) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+    Kind: HandlerKind<Fut::Output>,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        panic!("bounded_fan_out: must be called from the context of a Tokio runtime");
+    };
+    // Drain deadlines and handler timeouts need a clock: refuse a runtime
+    // without one here, not with a silent immediate abort later.
+    assert!(
+        has_time_driver(),
+        "bounded_fan_out: the Tokio runtime has no time driver; \
+         build it with `enable_time()` or `enable_all()`"
+    );
+    let FanOutConfig {
+        sizes,
+        timing,
+        hooks,
+        cancel_token,
+        order,
+        settle,
+        ..
+    } = config;
+    let push = matches!(front, Front::Push(_));
+    let queue = Arc::new(HandOff::new(QueueSettings {
+        capacity: sizes.capacity,
+        policy: sizes.policy,
+        max_age: timing.max_queue_age,
+        many_producers: push,
+        // Shed items are needed by a hook, settlement, or an offer's answer.
+        keep_shed: push || hooks.on_shed.is_some() || settle.is_some(),
+    }));
+    let (sender, receiver, result_books) =
+        results::channel(sizes.output_capacity, order, sizes.workers);
+    let phase = Arc::new(Phase::new(cancel_token.as_ref(), timing.drain_timeout));
+    let books = Arc::new(Books::new(sizes.workers));
+    let (recorder, credits) = match settle {
+        Some(settle) => {
+            settle.credits.grant(sizes.settle_capacity);
+            (Some(settle.recorder), Some(settle.credits))
+        }
+        None => (None, None),
+    };
+    let overload = Overload::new(hooks.on_overload.is_some(), timing.overload_quiet_period);
+    let core = Arc::new(Core::new(
+        Arc::clone(&queue),
+        Arc::clone(&phase),
+        Arc::clone(&books),
+        Hooks {
+            on_shed: hooks.on_shed,
+            on_cancel: hooks.on_cancel,
+            recorder,
+            on_overload: hooks.on_overload,
+        },
+        result_books,
+        push,
+    ));
+    // Registered before any task runs, so a parent cancelled from any
+    // thread stops intake before its `cancel()` returns.
+    let stopping = Arc::clone(&core);
+    let mirror = StopMirror::new(&phase.stop, move || stopping.on_stop());
+    let yielder = Yielder::for_runtime(&runtime);
+    let span = trace::pipeline_span(sizes.workers, sizes.capacity, sizes.policy);
+    // The workers own the handler; the last to exit drops it (quietly).
+    let handler = Quiet::new(Arc::new(handler));
+    let mut workers = JoinSet::new();
+    for slot in 0..sizes.workers {
+        let parts = WorkerParts {
+            queue: Arc::clone(&queue),
+            phase: Arc::clone(&phase),
+            books: Arc::clone(&books),
+            slot,
+            stopper: Stopper::new(&core),
+            results: sender.clone(),
+            timeout: timing.handler_timeout,
+            is_err: Kind::IS_ERR,
+            yielder,
+        };
+        let run = worker::run(parts, Arc::clone(&*handler));
+        workers.spawn_on(trace::in_span(&span, run), &runtime);
+    }
+    // Only the workers hold senders: the results end when the last exits.
+    drop(sender);
+    let parts = FrontParts {
+        queue,
+        phase,
+        books,
+        stopper: Stopper::new(&core),
+        credits,
+        overload,
+        yielder,
+    };
+    let front = match front {
+        Front::Stream(input) => runtime.spawn(trace::in_span(&span, run_stream(input, parts))),
+        Front::Push(feeder) => {
+            let producers = Producers::new(parts);
+            *feeder = Some(Feeder::new(Arc::clone(&producers)));
+            runtime.spawn(trace::in_span(&span, run_push(producers)))
+        }
+    };
+    let supervisor = supervise(Arc::clone(&core), mirror, workers, front);
+    let supervisor = runtime.spawn(trace::in_span(&span, supervisor));
+    let results = BoundedFanOut::new(receiver, End::new(Arc::clone(&core) as _));
+    let handle = ShutdownHandle::new(supervisor, End::new(core));
+    (results, handle)
+}

@@ -1,0 +1,492 @@
+//! The queue stage: the bounded MPMC hand-off between a front and the
+//! workers, with the shed policy applied as items are pushed.
+//!
+//! One `Mutex<VecDeque>` holds the items, and with them the workers that
+//! wait for one: a worker takes the lock once per item and, finding none,
+//! registers its waker under that same lock ([`WaitList`]). A push wakes one
+//! registered worker per item it adds, after unlocking. (An earlier design
+//! put a tokio `Semaphore` of "ready" permits in front of the lock: exact
+//! too, but a second shared atomic and waiter lock per item;
+//! `BENCHMARKS.md` has the measurements.) The queue does not know what
+//! feeds it: a front pushes batches (one item, for the push front) and says
+//! how it waits for room ([`Room`]).
+//!
+//! # Invariants
+//!
+//! 1. **No lost wake-up.** A worker registers in `idle` only under the lock,
+//!    after finding `items` empty and the queue open. Every push that adds
+//!    `n` items removes up to `n` registered workers under the same lock
+//!    and wakes them after unlocking; `close` and `abandon` wake every one.
+//!    A woken worker takes an item or registers again; one whose take is
+//!    dropped after its wake-up passes it on ([`WaitList::leave`]). So while
+//!    an item is queued and a worker is registered, some registered worker
+//!    has a wake-up coming.
+//! 2. **An item leaves `items` exactly once**: taken by a worker, evicted by
+//!    a push under [`ShedPolicy::DropOldest`] (which evicts and appends under
+//!    the same lock, so an evicted item can never also be handed to a
+//!    worker; openclaw#103246), or abandoned.
+//! 3. **Closing is not emptiness.** After [`HandOff::close`] workers keep
+//!    taking until `items` is empty, then see `None`. Only
+//!    [`HandOff::abandon`] discards items, and it hands each back to the
+//!    caller, counted under the lock.
+//! 4. **Bounded.** `items.len() + batch.reserved <= capacity` after every
+//!    push (see [`room::Batch`] for the reservation).
+//! 5. **Take order is numbered.** Each take gets the next sequence number
+//!    under the lock, so taken items are numbered densely in queue order
+//!    (ordered output reorders by it).
+//! 6. **Stamps follow items.** With a maximum queue age, `stamps` holds one
+//!    instant per item of `items`, pushed, evicted and taken in step.
+//! 7. **No foreign code under the lock.** Shed, evicted and abandoned items
+//!    are moved out under the lock and dropped (or handed to a hook) by the
+//!    caller after it is released; wakers are woken after unlocking.
+//!
+//! # Lock order
+//!
+//! The queue's lock is taken alone: nothing else is locked while it is
+//! held, and it is never taken under another lock of the crate.
+
+mod room;
+mod waitlist;
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
+
+use tokio::task::coop;
+use tokio::time::Instant;
+
+use crate::ShedPolicy;
+use crate::sync::{AtomicUsize, Mutex, MutexGuard, lock};
+use std::sync::atomic::Ordering::Relaxed;
+
+pub(crate) use room::{NoRoom, Room};
+pub(crate) use waitlist::{WaitList, wake};
+
+use room::Batch;
+
+/// How a queue is built: sizes, policy, and how its producers wait for room.
+pub(crate) struct QueueSettings {
+    pub(crate) capacity: usize,
+    pub(crate) policy: ShedPolicy,
+    /// Items that waited longer are expired when taken.
+    pub(crate) max_age: Option<Duration>,
+    /// Under `Backpressure`: several producers wait in line (`true`), or
+    /// one batching producer reserves under the lock (`false`).
+    pub(crate) many_producers: bool,
+    /// Shed items go back to the pusher (for a hook, settlement, a
+    /// hand-back, or a `Drop` that must run unlocked). Otherwise, for items
+    /// without drop glue, they are counted and forgotten in place.
+    pub(crate) keep_shed: bool,
+}
+
+pub(crate) struct HandOff<T> {
+    max_age: Option<Duration>,
+    room: Room,
+    /// `items.len()`, written under the lock, read without it by a front
+    /// sizing its next pull.
+    len: AtomicUsize,
+    state: Mutex<State<T>>,
+    capacity: usize,
+    policy: ShedPolicy,
+    keep_shed: bool,
+}
+
+struct State<T> {
+    items: VecDeque<T>,
+    /// When each item of `items` was queued (invariant 6).
+    stamps: VecDeque<Instant>,
+    closed: bool,
+    abandoned: bool,
+    high_water_mark: usize,
+    /// Sequence number of the next take (invariant 5).
+    next_take: u64,
+    /// Workers waiting for an item (invariant 1).
+    idle: WaitList,
+    /// The batching producer's room (`Room::Batch` only).
+    batch: Batch,
+}
+
+/// What happened to a batch offered with [`HandOff::push`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Every item was queued or shed; kept shed items are in `shed`.
+    Accepted {
+        /// Items shed.
+        shed: usize,
+        /// The push woke workers that were waiting for items.
+        woke_idle: bool,
+        /// The queue is full after this push.
+        full: bool,
+        /// Items taken by workers so far, read under the lock.
+        taken: u64,
+    },
+    /// The queue was closed: the batch is left untouched for the caller.
+    Refused,
+}
+
+/// One item as a worker takes it.
+#[derive(Debug)]
+pub(crate) struct Taken<T> {
+    /// Its place in take order (invariant 5).
+    pub(crate) seq: u64,
+    pub(crate) item: T,
+    /// It waited longer than the maximum queue age: it must not be started.
+    pub(crate) expired: bool,
+    /// This take woke the batching producer waiting for room and left the
+    /// queue empty: that wake-up may be stuck behind the taker on its
+    /// thread (see `sched`), and nothing else is queued for other workers.
+    pub(crate) woke_producer: bool,
+}
+
+impl<T> HandOff<T> {
+    pub(crate) fn new(settings: QueueSettings) -> Self {
+        let QueueSettings {
+            capacity,
+            policy,
+            max_age,
+            many_producers,
+            keep_shed,
+        } = settings;
+        debug_assert!(capacity > 0, "HandOff: capacity must be at least 1");
+        let room = match (policy, many_producers) {
+            (ShedPolicy::Backpressure, true) => Room::fifo(capacity),
+            (ShedPolicy::Backpressure, false) => Room::Batch,
+            _ => Room::Shed,
+        };
+        HandOff {
+            max_age,
+            room,
+            len: AtomicUsize::new(0),
+            state: Mutex::new(State {
+                // Grows on demand: a huge capacity is a bound, not a reservation.
+                items: VecDeque::with_capacity(capacity.min(1024)),
+                stamps: VecDeque::new(),
+                closed: false,
+                abandoned: false,
+                high_water_mark: 0,
+                next_take: 0,
+                idle: WaitList::default(),
+                batch: Batch::default(),
+            }),
+            capacity,
+            policy,
+            keep_shed: keep_shed || std::mem::needs_drop::<T>(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        lock(&self.state)
+    }
+
+    pub(crate) fn policy(&self) -> ShedPolicy {
+        self.policy
+    }
+
+    // ===== pushing =====
+
+    /// Queues `batch` in order under one lock, shedding by policy, and
+    /// calls `count(offered, shed)` under that lock once it is accepted (so
+    /// a worker that sees the queue closed, after taking the lock, finds
+    /// every accepted item counted). Kept shed items are appended to `shed`
+    /// for the caller to dispose of outside the lock; `batch` is empty
+    /// afterwards. A closed queue refuses the batch and leaves it untouched.
+    pub(crate) fn push(
+        &self,
+        batch: &mut Vec<T>,
+        shed: &mut Vec<T>,
+        count: impl FnOnce(usize, usize),
+    ) -> Pushed {
+        let (woken, pushed) = {
+            let mut state = self.lock();
+            if state.closed {
+                return Pushed::Refused;
+            }
+            let (offered, shed_before) = (batch.len(), shed.len());
+            let before = state.items.len();
+            if let Room::Batch = self.room {
+                // The reservation becomes items (invariant 4).
+                state.batch.reserved -= offered.min(state.batch.reserved);
+            }
+            let overflow = self.shed_into(&mut state, batch, shed);
+            if self.max_age.is_some() {
+                // One clock read per batch: its items were queued together.
+                let now = Instant::now();
+                let unstamped = state.items.len() - state.stamps.len();
+                state.stamps.extend(std::iter::repeat_n(now, unstamped));
+            }
+            let len = state.items.len();
+            debug_assert!(
+                len + state.batch.reserved <= self.capacity,
+                "HandOff: over capacity (invariant 4)"
+            );
+            debug_assert!(!self.keep_shed || shed.len() - shed_before == overflow);
+            self.len.store(len, Relaxed);
+            state.high_water_mark = state.high_water_mark.max(len);
+            count(offered, overflow);
+            // An evicting push adds no item, but the queue was not empty:
+            // nobody waits then (invariant 1).
+            let woken = state.idle.wake(len - before);
+            let pushed = Pushed::Accepted {
+                shed: overflow,
+                woke_idle: !woken.is_empty(),
+                full: len == self.capacity,
+                taken: state.next_take,
+            };
+            (woken, pushed)
+        };
+        woken.into_iter().for_each(Waker::wake);
+        pushed
+    }
+
+    /// Moves `batch` into the queue by policy; returns how many were shed.
+    ///
+    /// In bulk, with the same outcome as offering the items one by one: what
+    /// fits is queued; past that, DropNewest sheds the arrivals in order,
+    /// and DropOldest evicts the oldest queued items first, then the oldest
+    /// arrivals, so the newest `capacity` stay.
+    fn shed_into(&self, state: &mut State<T>, batch: &mut Vec<T>, shed: &mut Vec<T>) -> usize {
+        let (offered, before) = (batch.len(), state.items.len());
+        let free = self.capacity - before;
+        let overflow = offered.saturating_sub(free);
+        match self.policy {
+            ShedPolicy::DropNewest | ShedPolicy::Backpressure => {
+                debug_assert!(
+                    self.policy != ShedPolicy::Backpressure || overflow == 0,
+                    "HandOff: Backpressure push without room"
+                );
+                if self.keep_shed {
+                    shed.extend(batch.drain(free.min(offered)..));
+                } else {
+                    batch.truncate(free);
+                }
+                state.items.extend(batch.drain(..));
+            }
+            ShedPolicy::DropOldest => {
+                let evicted = overflow.min(before);
+                let arrivals = overflow - evicted;
+                if self.keep_shed {
+                    shed.extend(state.items.drain(..evicted));
+                    shed.extend(batch.drain(..arrivals));
+                } else {
+                    state.items.drain(..evicted);
+                }
+                if self.max_age.is_some() {
+                    state.stamps.drain(..evicted);
+                }
+                // With `keep_shed` the first `arrivals` are gone already.
+                let skip = if self.keep_shed { 0 } else { arrivals };
+                state.items.extend(batch.drain(skip..));
+                batch.clear();
+            }
+        }
+        overflow
+    }
+
+    // ===== room =====
+
+    /// How many items a producer that never waits for room should pull now,
+    /// at most `max`: no more than fits while the queue has room (so a
+    /// batch that wakes idle workers sheds nothing they could have taken),
+    /// and `max` when it is full (to shed in bulk).
+    pub(crate) fn pull_size(&self, max: usize) -> usize {
+        let room = self.capacity - self.len.load(Relaxed);
+        if room == 0 { max } else { room.min(max) }
+    }
+
+    /// The batching producer's reservation (`Room::Batch`): waits until at
+    /// least one slot is free and reserves every free slot it returns, up to
+    /// `max`; 0 once the queue is closed. Under other rooms it is
+    /// [`pull_size`](Self::pull_size) and never waits.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: room is reserved only when the future completes.
+    pub(crate) async fn reserve(&self, max: usize) -> usize {
+        if !matches!(self.room, Room::Batch) {
+            return self.pull_size(max);
+        }
+        poll_fn(|cx| {
+            let mut state = self.lock();
+            if state.closed {
+                return Poll::Ready(0);
+            }
+            let free = self.capacity - state.items.len() - state.batch.reserved;
+            if free == 0 {
+                // Invariant 2 of `room::Batch`.
+                state.batch.waiter = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let n = free.min(max);
+            state.batch.reserved += n;
+            // A waker left from an earlier wait would wake it for nothing.
+            state.batch.waiter = None;
+            Poll::Ready(n)
+        })
+        .await
+    }
+
+    /// Returns `n` reserved but unused slots (`Room::Batch`).
+    pub(crate) fn unreserve(&self, n: usize) {
+        if matches!(self.room, Room::Batch) && n > 0 {
+            let mut state = self.lock();
+            state.batch.reserved -= n.min(state.batch.reserved);
+        }
+    }
+
+    /// The room of a queue whose producers wait in line (`Room::Fifo`).
+    pub(crate) fn room(&self) -> &Room {
+        &self.room
+    }
+
+    // ===== taking =====
+
+    /// Waits for an item and takes it; `None` once the queue is closed and
+    /// empty, or abandoned.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: an item is taken only when the future completes, and a
+    /// wake-up it received is passed on.
+    pub(crate) async fn take(&self) -> Option<Taken<T>> {
+        let mut waiter = Waiter {
+            queue: self,
+            ticket: None,
+        };
+        poll_fn(|cx| waiter.poll_take(cx)).await
+    }
+
+    /// [`take`](Self::take) without waiting: `None` if nothing is queued.
+    pub(crate) fn take_now(&self) -> Option<Taken<T>> {
+        let mut ticket = None;
+        match self.try_take(&mut Context::from_waker(Waker::noop()), &mut ticket) {
+            Poll::Ready(taken) => taken,
+            Poll::Pending => {
+                self.lock().idle.forget(&mut ticket);
+                None
+            }
+        }
+    }
+
+    /// One attempt of [`take`](Self::take), registering under `ticket` to
+    /// wait (keeping its place if it is still registered).
+    fn try_take(&self, cx: &mut Context<'_>, ticket: &mut Option<u64>) -> Poll<Option<Taken<T>>> {
+        let (taken, producer) = {
+            let mut state = self.lock();
+            if state.abandoned {
+                state.idle.forget(ticket);
+                return Poll::Ready(None);
+            }
+            let Some(item) = state.items.pop_front() else {
+                if state.closed {
+                    state.idle.forget(ticket);
+                    return Poll::Ready(None);
+                }
+                state.idle.register(ticket, cx.waker());
+                return Poll::Pending;
+            };
+            state.idle.forget(ticket);
+            self.len.store(state.items.len(), Relaxed);
+            let expired = match (self.max_age, state.stamps.pop_front()) {
+                (Some(max_age), Some(queued_at)) => queued_at.elapsed() > max_age,
+                _ => false,
+            };
+            let seq = state.next_take;
+            state.next_take += 1;
+            let queued = state.items.len();
+            let producer = state.batch.on_take(queued, self.capacity);
+            let woke_producer = producer.is_some() && queued == 0;
+            let taken = Taken {
+                seq,
+                item,
+                expired,
+                woke_producer,
+            };
+            (taken, producer)
+        };
+        wake(producer);
+        self.room.freed_one();
+        Poll::Ready(Some(taken))
+    }
+
+    // ===== ending =====
+
+    /// No more pushes; workers drain what is queued, then see `None`
+    /// (invariant 3). Producers waiting for room are refused.
+    pub(crate) fn close(&self) {
+        let (idle, producer) = {
+            let mut state = self.lock();
+            state.closed = true;
+            (state.idle.wake_all(), state.batch.waiter.take())
+        };
+        idle.into_iter().chain(producer).for_each(Waker::wake);
+        self.room.close();
+    }
+
+    /// Closes the queue and returns every queued item. `count` receives
+    /// their number under the lock, before any worker can see the queue
+    /// abandoned, exit and let the report be built without them.
+    pub(crate) fn abandon(&self, count: impl FnOnce(usize)) -> Vec<T> {
+        let (items, idle, producer) = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.abandoned = true;
+            state.stamps.clear();
+            let items: Vec<T> = state.items.drain(..).collect();
+            self.len.store(0, Relaxed);
+            count(items.len());
+            (items, state.idle.wake_all(), state.batch.waiter.take())
+        };
+        idle.into_iter().chain(producer).for_each(Waker::wake);
+        self.room.close();
+        items
+    }
+
+    /// Whether the queue refuses pushes.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Items queued now and the most ever queued at once.
+    pub(crate) fn depth(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.items.len(), state.high_water_mark)
+    }
+
+    /// When the oldest queued item was queued, if one is queued and the
+    /// queue keeps stamps (a maximum queue age is set).
+    pub(crate) fn oldest_stamp(&self) -> Option<Instant> {
+        self.lock().stamps.front().copied()
+    }
+}
+
+/// A worker's [`HandOff::take`] in progress.
+struct Waiter<'a, T> {
+    queue: &'a HandOff<T>,
+    /// Registered in `idle` under this ticket, or woken from it.
+    ticket: Option<u64>,
+}
+
+impl<T> Waiter<'_, T> {
+    fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<Option<Taken<T>>> {
+        // A worker that always finds an item still yields now and then: one
+        // unit of tokio's budget per item taken.
+        let coop = ready!(coop::poll_proceed(cx));
+        let taken = ready!(self.queue.try_take(cx, &mut self.ticket));
+        coop.made_progress();
+        Poll::Ready(taken)
+    }
+}
+
+impl<T> Drop for Waiter<'_, T> {
+    fn drop(&mut self) {
+        // Invariant 1: a wake-up given to a dropped take passes on.
+        if self.ticket.is_some() {
+            let next = self.queue.lock().idle.leave(self.ticket.take());
+            wake(next);
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests;

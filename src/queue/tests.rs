@@ -1,0 +1,182 @@
+use super::*;
+use tokio_test::{assert_pending, assert_ready, task};
+
+fn queue(capacity: usize, policy: ShedPolicy) -> HandOff<u32> {
+    HandOff::new(QueueSettings {
+        capacity,
+        policy,
+        max_age: None,
+        many_producers: false,
+        keep_shed: false,
+    })
+}
+
+fn push(queue: &HandOff<u32>, items: &[u32]) -> Pushed {
+    queue.push(&mut items.to_vec(), &mut Vec::new(), |_, _| {})
+}
+
+#[test]
+fn a_push_wakes_one_waiting_worker_per_item_oldest_first() {
+    let q = queue(4, ShedPolicy::DropNewest);
+    let (mut a, mut b, mut c) = (
+        task::spawn(q.take()),
+        task::spawn(q.take()),
+        task::spawn(q.take()),
+    );
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    assert_pending!(c.poll());
+    let pushed = push(&q, &[7, 8]);
+    assert_eq!(
+        pushed,
+        Pushed::Accepted {
+            shed: 0,
+            woke_idle: true,
+            full: false,
+            taken: 0
+        }
+    );
+    assert!(a.is_woken() && b.is_woken() && !c.is_woken());
+    assert_eq!(
+        assert_ready!(a.poll()).map(|t| (t.seq, t.item)),
+        Some((0, 7))
+    );
+    assert_eq!(
+        assert_ready!(b.poll()).map(|t| (t.seq, t.item)),
+        Some((1, 8))
+    );
+    assert_pending!(c.poll());
+    q.close();
+    assert!(c.is_woken());
+    assert!(assert_ready!(c.poll()).is_none());
+}
+
+#[test]
+fn a_re_polled_waiting_worker_keeps_its_place_in_line() {
+    let q = queue(4, ShedPolicy::DropNewest);
+    let (mut a, mut b) = (task::spawn(q.take()), task::spawn(q.take()));
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    assert_pending!(a.poll()); // polled again without a wake-up
+    push(&q, &[1]);
+    assert!(a.is_woken() && !b.is_woken(), "a is still first in line");
+}
+
+#[test]
+fn a_take_dropped_after_its_wake_up_passes_it_on() {
+    let q = queue(4, ShedPolicy::DropNewest);
+    let (mut a, mut b) = (task::spawn(q.take()), task::spawn(q.take()));
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    push(&q, &[1]);
+    assert!(a.is_woken() && !b.is_woken());
+    drop(a); // woken, never used the wake-up
+    assert!(b.is_woken(), "the wake-up was lost with the dropped take");
+    assert_eq!(assert_ready!(b.poll()).map(|t| t.item), Some(1));
+}
+
+#[test]
+fn a_take_dropped_before_any_wake_up_leaves_no_trace() {
+    let q = queue(4, ShedPolicy::DropNewest);
+    let (mut a, mut b) = (task::spawn(q.take()), task::spawn(q.take()));
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    drop(a);
+    assert!(!b.is_woken());
+    push(&q, &[1]);
+    assert!(b.is_woken(), "the push went to the dropped take");
+    assert_eq!(assert_ready!(b.poll()).map(|t| t.item), Some(1));
+}
+
+#[test]
+fn backpressure_reserves_room_and_a_take_wakes_the_waiting_producer() {
+    let q = queue(2, ShedPolicy::Backpressure);
+    let mut reserve = task::spawn(q.reserve(32));
+    assert_eq!(assert_ready!(reserve.poll()), 2);
+    drop(reserve);
+    assert!(matches!(
+        push(&q, &[1, 2]),
+        Pushed::Accepted { full: true, .. }
+    ));
+    let mut reserve = task::spawn(q.reserve(32));
+    assert_pending!(reserve.poll());
+    let mut take = task::spawn(q.take());
+    let taken = assert_ready!(take.poll()).expect("an item");
+    assert_eq!((taken.item, taken.woke_producer), (1, false));
+    assert!(reserve.is_woken(), "1 queued: at the low-water mark of 2");
+    assert_eq!(assert_ready!(reserve.poll()), 1);
+    // Unused room goes back: a reservation of 1 returned leaves 1 free.
+    q.unreserve(1);
+    let mut again = task::spawn(q.reserve(32));
+    assert_eq!(assert_ready!(again.poll()), 1);
+}
+
+#[test]
+fn abandon_wakes_the_producer_waiting_for_room_and_every_worker() {
+    let q = queue(1, ShedPolicy::Backpressure);
+    let mut first = task::spawn(q.reserve(1));
+    assert_eq!(assert_ready!(first.poll()), 1);
+    drop(first);
+    push(&q, &[5]);
+    let mut reserve = task::spawn(q.reserve(1));
+    assert_pending!(reserve.poll());
+    assert_eq!(q.abandon(|n| assert_eq!(n, 1)), [5]);
+    assert!(reserve.is_woken());
+    assert_eq!(assert_ready!(reserve.poll()), 0, "refused once abandoned");
+    let mut take = task::spawn(q.take());
+    assert!(assert_ready!(take.poll()).is_none());
+}
+
+#[test]
+fn shed_items_nobody_needs_are_counted_in_place_and_the_newest_stay() {
+    for (policy, queued) in [
+        (ShedPolicy::DropNewest, [0, 1, 2]),
+        (ShedPolicy::DropOldest, [5, 6, 7]),
+    ] {
+        for keep_shed in [false, true] {
+            let q = HandOff::new(QueueSettings {
+                capacity: 3,
+                policy,
+                max_age: None,
+                many_producers: false,
+                keep_shed,
+            });
+            let (mut batch, mut shed) = ((0..8).collect::<Vec<u32>>(), Vec::new());
+            let mut counted = (0, 0);
+            let pushed = q.push(&mut batch, &mut shed, |offered, n| counted = (offered, n));
+            assert!(matches!(
+                pushed,
+                Pushed::Accepted {
+                    shed: 5,
+                    full: true,
+                    ..
+                }
+            ));
+            assert_eq!(counted, (8, 5));
+            assert!(batch.is_empty());
+            let expect = if keep_shed { 5 } else { 0 };
+            assert_eq!(shed.len(), expect, "{policy} keep {keep_shed}");
+            let taken: Vec<u32> = std::iter::from_fn(|| q.take_now().map(|t| t.item)).collect();
+            assert_eq!(taken, queued, "{policy} keep {keep_shed}");
+        }
+    }
+}
+
+#[test]
+fn a_closed_queue_refuses_a_push_and_leaves_the_batch_untouched() {
+    let q = queue(2, ShedPolicy::DropNewest);
+    push(&q, &[1]);
+    q.close();
+    let mut batch = vec![2, 3];
+    assert_eq!(
+        q.push(&mut batch, &mut Vec::new(), |_, _| {}),
+        Pushed::Refused
+    );
+    assert_eq!(batch, [2, 3]);
+    assert_eq!(
+        q.take_now().map(|t| t.item),
+        Some(1),
+        "closing is not emptiness"
+    );
+    assert!(q.take_now().is_none());
+}

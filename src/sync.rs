@@ -1,0 +1,28 @@
+//! The synchronisation types of the hand-written parts (the queue, its wait
+//! lists, the results buffer, the books and the stop phase): std's, or
+//! loom's when built with `--cfg loom`, as tokio-util's `src/loom.rs` does,
+//! so that the models under `cfg(loom)` check the code that runs.
+//!
+//! `Arc` stays std's everywhere: reference counts are not a hand-off the
+//! models need to interleave, and std's `Arc<dyn Trait>` coercions keep the
+//! stages type-erased where they meet.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize};
+#[cfg(loom)]
+pub(crate) use loom::sync::{Mutex, MutexGuard};
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Mutex, MutexGuard};
+
+/// Locks `mutex`, recovering from poison. No user code runs under any lock
+/// of this crate (each module says how), so a poisoned lock can only come
+/// from a bug in the crate itself; the state is still consistent at every
+/// point where a panic could unwind, so going on is safe.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
