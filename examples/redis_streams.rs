@@ -50,7 +50,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use backpressure_pipeline::{
-    Controller, FanOutConfig, FanOutExt, Join, Outcome, Report, Settled, ShedPolicy, ShedReason,
+    Controller, FanOutConfig, FanOutExt, JoinReport, Outcome, Report, ShedPolicy, ShedReason,
     Stage,
 };
 use futures::{Stream, StreamExt};
@@ -633,8 +633,8 @@ pub struct Consumer {
 pub fn label(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Processed => "processed",
-        Outcome::Dropped(ShedReason::QueueFull) => "queue-full",
-        Outcome::Dropped(ShedReason::Evicted) => "evicted",
+        Outcome::Shed(ShedReason::Newest) => "queue-full",
+        Outcome::Shed(ShedReason::Oldest) => "evicted",
         Outcome::Failed => "failed",
         Outcome::TimedOut => "timed-out",
         Outcome::Expired => "expired",
@@ -813,13 +813,11 @@ pub async fn consume(consumer: &Consumer, stop: impl Future<Output = ()>) -> End
         consumer.n,
         Arc::clone(&journal),
     );
-    let Settled {
-        results,
-        settlements,
-        shutdown,
-        input,
-        ..
-    } = input.bounded_fan_out_settled(config, |message| message.id.clone(), handler);
+    // Every outcome comes back keyed by the message id; the input comes back
+    // after a stop, with what it prefetched.
+    let (config, settlements) = config.settle_by(|message: &Message| message.id.clone());
+    let (input, input_back) = backpressure_pipeline::hand_back(input);
+    let (results, shutdown) = input.bounded_fan_out_with(config, handler);
     drop(results);
     let settler = {
         let mut con = con.clone();
@@ -835,7 +833,7 @@ pub async fn consume(consumer: &Consumer, stop: impl Future<Output = ()>) -> End
                     let outcome = label(settled.outcome);
                     let set = match settled.outcome {
                         Outcome::Processed => PROCESSED,
-                        Outcome::Dropped(_) | Outcome::Expired => SHED,
+                        Outcome::Shed(_) | Outcome::Expired => SHED,
                         Outcome::Failed | Outcome::TimedOut => {
                             pipe.cmd("HINCRBY")
                                 .arg(FAILURES)
@@ -931,7 +929,7 @@ pub async fn consume(consumer: &Consumer, stop: impl Future<Output = ()>) -> End
     let log = settler.await.expect("settler");
     // What the broker stream had prefetched but the pipeline never pulled:
     // still pending on the broker, so a peer claims it.
-    let handed_back = match input.await {
+    let handed_back = match input_back.await {
         Some(rest) => rest.prefetched(),
         None => Vec::new(),
     };
@@ -952,7 +950,7 @@ pub async fn consume(consumer: &Consumer, stop: impl Future<Output = ()>) -> End
 /// handler to start. Returns the report if the pipeline ended first.
 async fn cut_off(
     controller: &Controller,
-    join: &mut Join,
+    join: &mut JoinReport,
     hold: &Hold,
     holders: &mut mpsc::UnboundedReceiver<Arc<AtomicBool>>,
 ) -> Option<Report> {
