@@ -2,7 +2,10 @@
 //!
 //! Every place the crate runs code it did not write goes through here, so a
 //! panic there is caught on the spot instead of unwinding through the
-//! pipeline's own state (PITFALLS 7). The panic hook still prints the panic,
+//! pipeline's own state: the synchronous call that builds a handler's
+//! future, polling it, the input's `poll_next`, the hooks, and the `Drop`
+//! of an item or closure (alitto/pond#135: an odd task exit hung
+//! `StopAndWait`). The panic hook still prints the panic,
 //! as it does for a panicking task in a `JoinSet`.
 
 use std::any::Any;
@@ -26,7 +29,7 @@ pub(crate) fn drop_quietly<T>(value: T) {
 
 /// Owns a value whose `Drop` is user code (a handler or hook closure and
 /// what it captured), and drops it with any panic caught, wherever the last
-/// owner lets go: in a pipeline task, or in the caller's own drop (CASE-22).
+/// owner lets go: in a pipeline task, or in the caller's own drop.
 pub(crate) struct Quiet<T>(Option<T>);
 
 impl<T> Quiet<T> {

@@ -118,6 +118,14 @@ fn closed<Item>(item: Option<Item>) -> SinkError<Item> {
 /// * `poll_close` closes this handle as a producer: intake ends when every
 ///   handle is closed or dropped. The handle accepts nothing afterwards.
 ///
+/// Two things to know. [`Feeder::send`] is an inherent method (it answers
+/// an [`Offer`]) and shadows `SinkExt::send`: write
+/// `SinkExt::send(&mut feeder, item)`, or use `feed`, `send_all` or
+/// `forward`. And once intake is over `poll_ready` fails before an item is
+/// given, so `SinkExt::send` drops the item inside its future (uncounted);
+/// to get refused items back, call `start_send` yourself, or use
+/// [`Feeder::offer`].
+///
 /// # Examples
 ///
 /// ```

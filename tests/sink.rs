@@ -1,0 +1,178 @@
+//! `Feeder` as a `futures::Sink`: `poll_ready` waits for room only under
+//! `Backpressure`, what a push through the sink sheds goes to `on_shed`,
+//! a refused item comes back in the error, closing every handle ends
+//! intake, and a reserved slot is never lost.
+
+mod common;
+
+use std::future::poll_fn;
+use std::pin::Pin;
+
+use backpressure_pipeline::{FanOutConfig, Feeder, IntakeEnd, Offer, ShedPolicy, feeder};
+use futures::{Sink, SinkExt, StreamExt, stream};
+use tokio::time::sleep;
+use tokio_test::{assert_pending, assert_ready, task};
+
+use common::{GUARD, log, ms, snapshot, sorted, within};
+
+fn poll_ready(feeder: &mut Feeder<u32>) -> impl Future<Output = Result<(), String>> + '_ {
+    poll_fn(move |cx| {
+        Pin::new(&mut *feeder)
+            .poll_ready(cx)
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn start_send(feeder: &mut Feeder<u32>, item: u32) -> Result<(), Option<u32>> {
+    Pin::new(feeder).start_send(item).map_err(|e| e.into_item())
+}
+
+#[tokio::test(start_paused = true)]
+async fn forward_pushes_a_whole_stream_through_a_backpressure_pipeline() {
+    let config = FanOutConfig::new(2, ShedPolicy::Backpressure).capacity(3);
+    let (feeder, results, shutdown) = feeder(config, |x: u32| async move {
+        sleep(ms(1)).await;
+        x
+    });
+    let input = stream::iter(0..50u32).map(Ok);
+    let (forwarded, (out, report)) = within(GUARD, "forward and join", async {
+        tokio::join!(input.forward(feeder), shutdown.join_collect(results))
+    })
+    .await;
+    forwarded.expect("open all along");
+    assert_eq!(sorted(&out), (0..50).collect::<Vec<_>>());
+    assert_eq!((report.produced, report.dropped), (50, 0));
+    assert_eq!(report.high_water_mark, 3);
+    assert_eq!(
+        report.intake,
+        IntakeEnd::Exhausted,
+        "closing the sink ended intake"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_backpressure_poll_ready_waits_for_a_free_slot() {
+    let config = FanOutConfig::new(1, ShedPolicy::Backpressure).capacity(1);
+    let (mut feeder, results, shutdown) = feeder(config, |x: u32| async move {
+        sleep(ms(10)).await;
+        x
+    });
+    for id in 0..2 {
+        poll_ready(&mut feeder).await.expect("room");
+        start_send(&mut feeder, id).expect("pushed");
+        common::settle().await; // the worker takes item 0
+    }
+    // Item 0 in flight, item 1 queued: the queue is full.
+    let mut ready = task::spawn(poll_ready(&mut feeder));
+    assert_pending!(ready.poll());
+    sleep(ms(11)).await; // item 0 done at 10 ms, item 1 taken: a slot is free
+    assert!(ready.is_woken());
+    assert_ready!(ready.poll()).expect("room");
+    drop(ready);
+    start_send(&mut feeder, 2).expect("pushed into the slot it reserved");
+    feeder.close().await.expect("close");
+    let (out, report) = within(GUARD, "join", shutdown.join_collect(results)).await;
+    assert_eq!(out, [0, 1, 2]);
+    assert_eq!((report.produced, report.dropped), (3, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_a_shedding_policy_the_sink_is_always_ready_and_sheds_to_on_shed() {
+    for (policy, shed_ids, kept) in [
+        (ShedPolicy::DropNewest, [2, 3, 4], [0, 1]),
+        (ShedPolicy::DropOldest, [0, 1, 2], [3, 4]),
+    ] {
+        let shed = log();
+        let hook = shed.clone();
+        let config = FanOutConfig::new(1, policy)
+            .capacity(2)
+            .on_shed(move |id: u32| hook.lock().unwrap().push(id));
+        let (mut feeder, results, shutdown) = feeder(config, |x: u32| async move { x });
+        // No task runs between these: the queue fills, then sheds.
+        for id in 0..5 {
+            let mut ready = task::spawn(poll_ready(&mut feeder));
+            assert_ready!(ready.poll()).expect("always ready");
+            drop(ready);
+            start_send(&mut feeder, id).expect("accepted");
+        }
+        assert_eq!(snapshot(&shed), shed_ids, "{policy}");
+        drop(feeder);
+        let (out, report) = within(GUARD, "join", shutdown.join_collect(results)).await;
+        assert_eq!(out, kept, "{policy}");
+        assert_eq!((report.produced, report.dropped), (5, 3), "{policy}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_stop_the_sink_refuses_and_hands_the_item_back() {
+    let config = FanOutConfig::new(1, ShedPolicy::DropNewest);
+    let (mut feeder, results, shutdown) = feeder(config, |x: u32| async move { x });
+    poll_ready(&mut feeder).await.expect("open");
+    shutdown.shutdown();
+    // Ready before the stop, refused after it: the item comes back.
+    assert_eq!(start_send(&mut feeder, 7), Err(Some(7)));
+    assert_eq!(
+        poll_ready(&mut feeder).await,
+        Err("the pipeline no longer accepts items".to_owned())
+    );
+    assert_eq!(feeder.offer(8), Offer::Closed(8));
+    let (out, report) = within(GUARD, "join", shutdown.join_collect(results)).await;
+    assert!(out.is_empty());
+    assert_eq!((report.produced, report.intake), (0, IntakeEnd::Stopped));
+}
+
+#[tokio::test(start_paused = true)]
+async fn intake_ends_once_every_handle_is_closed_or_dropped() {
+    let config = FanOutConfig::new(1, ShedPolicy::DropNewest);
+    let (feeder, results, shutdown) = feeder(config, |x: u32| async move { x });
+    let (mut a, mut b) = (feeder.clone(), feeder);
+    SinkExt::send(&mut a, 1).await.expect("open");
+    a.close().await.expect("close");
+    assert!(a.is_closed(), "a closed handle accepts nothing");
+    assert_eq!(a.offer(2), Offer::Closed(2));
+    assert_eq!(start_send(&mut a, 3), Err(Some(3)));
+    // `b` is still a producer: intake goes on.
+    common::settle().await;
+    assert!(!shutdown.is_finished());
+    SinkExt::send(&mut b, 4).await.expect("open");
+    drop(b);
+    let (out, report) = within(GUARD, "join", shutdown.join_collect(results)).await;
+    assert_eq!(out, [1, 4]);
+    assert_eq!((report.produced, report.intake), (2, IntakeEnd::Exhausted));
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_send_without_room_refuses_and_a_reserved_slot_is_given_back() {
+    let config = FanOutConfig::new(1, ShedPolicy::Backpressure).capacity(1);
+    let (mut feeder, results, shutdown) = feeder(config, |_: u32| std::future::pending::<u32>());
+    assert_eq!(feeder.offer(0), Offer::Queued);
+    common::settle().await; // in flight
+    assert_eq!(feeder.offer(1), Offer::Queued); // the one slot
+    // No room and no `poll_ready`: refused, not closed, item back.
+    let refused = Pin::new(&mut feeder).start_send(2).expect_err("no room");
+    assert!(!refused.is_closed());
+    assert_eq!(refused.into_item(), Some(2));
+    shutdown.abort();
+    let (out, report) = within(GUARD, "join", shutdown.join_collect(results)).await;
+    assert!(out.is_empty());
+    assert_eq!((report.produced, report.cancelled), (2, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_handle_returns_the_slot_it_reserved() {
+    let config = FanOutConfig::new(1, ShedPolicy::Backpressure).capacity(1);
+    let (feeder, results, shutdown) = feeder(config, |x: u32| async move {
+        sleep(ms(10)).await;
+        x
+    });
+    let mut reserving = feeder.clone();
+    poll_ready(&mut reserving).await.expect("the one slot");
+    // The slot is held: an offer finds none.
+    assert_eq!(feeder.offer(1), Offer::Full(1));
+    drop(reserving);
+    assert_eq!(feeder.offer(1), Offer::Queued, "the slot came back");
+    drop(feeder);
+    let (out, report) = within(GUARD, "join", shutdown.join_collect(results)).await;
+    assert_eq!(out, [1]);
+    assert_eq!(report.produced, 1);
+}
