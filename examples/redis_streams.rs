@@ -50,8 +50,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use backpressure_pipeline::{
-    Controller, FanOutConfig, FanOutExt, JoinReport, Outcome, Report, ShedPolicy, ShedReason,
-    Stage,
+    Controller, FanOutConfig, FanOutExt, JoinReport, Outcome, Report, ShedPolicy, ShedReason, Stage,
 };
 use futures::{Stream, StreamExt};
 use redis::AsyncCommands;
