@@ -114,11 +114,9 @@ pub trait FanOutExt: Stream {
         handler: F,
     ) -> (BoundedFanOut<Fut::Output>, ShutdownHandle)
     where
-        Self: Sized + Send + 'static,
-        Self::Item: Send + 'static,
+        Self: Stream<Item: Send + 'static> + Sized + Send + 'static,
         F: Fn(Self::Item) -> Fut + Send + Sync + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: Send + 'static,
+        Fut: Future<Output: Send + 'static> + Send + 'static,
     {
         assert!(workers > 0, "bounded_fan_out: workers must be at least 1");
         assert!(
@@ -173,11 +171,9 @@ pub trait FanOutExt: Stream {
         handler: F,
     ) -> (BoundedFanOut<Fut::Output>, ShutdownHandle)
     where
-        Self: Sized + Send + 'static,
-        Self::Item: Send + 'static,
+        Self: Stream<Item: Send + 'static> + Sized + Send + 'static,
         F: Fn(Self::Item) -> Fut + Send + Sync + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: Send + 'static,
+        Fut: Future<Output: Send + 'static> + Send + 'static,
         Kind: HandlerKind<Fut::Output>,
     {
         launch(config, handler, Front::Stream(self))
@@ -233,8 +229,7 @@ pub fn feeder<Item, F, Fut, Kind>(
 where
     Item: Send + 'static,
     F: Fn(Item) -> Fut + Send + Sync + 'static,
-    Fut: Future + Send + 'static,
-    Fut::Output: Send + 'static,
+    Fut: Future<Output: Send + 'static> + Send + 'static,
     Kind: HandlerKind<Fut::Output>,
 {
     let mut feeder = None;

@@ -20,7 +20,7 @@ use futures_core::Stream;
 use tokio::task::JoinSet;
 
 use crate::books::Books;
-use crate::config::{FanOutConfig, HandlerKind};
+use crate::config::{FanOutConfig, HandlerKind, Settings};
 use crate::control::{Core, End, Hooks, Phase, ShutdownHandle, StopMirror, Stopper, supervise};
 use crate::front::{Feeder, FrontParts, Overload, Producers, run_push, run_stream};
 use crate::isolate::{Quiet, has_time_driver};
@@ -62,11 +62,9 @@ pub(crate) fn launch<S, F, Fut, Kind>(
     front: Front<'_, S>,
 ) -> (BoundedFanOut<Fut::Output>, ShutdownHandle)
 where
-    S: Stream + Send + 'static,
-    S::Item: Send + 'static,
+    S: Stream<Item: Send + 'static> + Send + 'static,
     F: Fn(S::Item) -> Fut + Send + Sync + 'static,
-    Fut: Future + Send + 'static,
-    Fut::Output: Send + 'static,
+    Fut: Future<Output: Send + 'static> + Send + 'static,
     Kind: HandlerKind<Fut::Output>,
 {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -79,15 +77,14 @@ where
         "bounded_fan_out: the Tokio runtime has no time driver; \
          build it with `enable_time()` or `enable_all()`"
     );
-    let FanOutConfig {
+    let Settings {
         sizes,
         timing,
         hooks,
         cancel_token,
         order,
         settle,
-        ..
-    } = config;
+    } = config.settings;
     let push = matches!(front, Front::Push(_));
     let queue = Arc::new(HandOff::new(QueueSettings {
         capacity: sizes.capacity,

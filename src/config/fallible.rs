@@ -1,7 +1,5 @@
 //! Marking a handler fallible: one setting, on every front.
 
-use std::marker::PhantomData;
-
 use super::FanOutConfig;
 
 /// The default handler kind of a [`FanOutConfig`]: outputs are not
@@ -72,28 +70,5 @@ impl<Item> FanOutConfig<Item, Plain> {
     /// ```
     pub fn fallible(self) -> FanOutConfig<Item, Fallible> {
         self.with_kind()
-    }
-}
-
-impl<Item, Kind> FanOutConfig<Item, Kind> {
-    fn with_kind<Other>(self) -> FanOutConfig<Item, Other> {
-        let FanOutConfig {
-            sizes,
-            timing,
-            hooks,
-            cancel_token,
-            order,
-            settle,
-            kind: _,
-        } = self;
-        FanOutConfig {
-            sizes,
-            timing,
-            hooks,
-            cancel_token,
-            order,
-            settle,
-            kind: PhantomData,
-        }
     }
 }

@@ -37,7 +37,7 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     where
         F: Fn(Item) + Send + Sync + 'static,
     {
-        self.hooks.on_shed = Some(Arc::new(hook));
+        self.settings.hooks.on_shed = Some(Arc::new(hook));
         self
     }
 
@@ -84,7 +84,7 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     where
         F: Fn(Item) + Send + Sync + 'static,
     {
-        self.hooks.on_cancel = Some(Arc::new(hook));
+        self.settings.hooks.on_cancel = Some(Arc::new(hook));
         self
     }
 
@@ -130,7 +130,7 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     where
         F: Fn(OverloadEvent) + Send + Sync + 'static,
     {
-        self.hooks.on_overload = Some(Arc::new(hook));
+        self.settings.hooks.on_overload = Some(Arc::new(hook));
         self
     }
 
@@ -148,7 +148,7 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// # let _ = config;
     /// ```
     pub fn overload_quiet_period(mut self, quiet: Duration) -> Self {
-        self.timing.overload_quiet_period = quiet;
+        self.settings.timing.overload_quiet_period = quiet;
         self
     }
 }

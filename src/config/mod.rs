@@ -82,14 +82,48 @@ pub(crate) type ItemHook<Item> = Arc<dyn Fn(Item) + Send + Sync>;
 ///
 /// [`FanOutExt::bounded_fan_out_with`]: crate::FanOutExt::bounded_fan_out_with
 pub struct FanOutConfig<Item, Kind = Plain> {
+    pub(crate) settings: Settings<Item>,
+    /// The handler kind: a type, so a fallible configuration with a handler
+    /// that returns no `Result` does not compile.
+    kind: PhantomData<fn() -> Kind>,
+}
+
+/// Every setting, whatever the handler kind.
+pub(crate) struct Settings<Item> {
     pub(crate) sizes: Sizes,
     pub(crate) timing: Timing,
     pub(crate) hooks: ConfigHooks<Item>,
     pub(crate) cancel_token: Option<CancellationToken>,
     pub(crate) order: ResultOrder,
     pub(crate) settle: Option<Settle<Item>>,
-    kind: PhantomData<fn() -> Kind>,
 }
+
+impl<Item> Clone for Settings<Item> {
+    fn clone(&self) -> Self {
+        Settings {
+            sizes: self.sizes,
+            timing: self.timing,
+            hooks: self.hooks.clone(),
+            cancel_token: self.cancel_token.clone(),
+            order: self.order,
+            settle: self.settle.clone(),
+        }
+    }
+}
+
+/// A count setting checked against its bounds, with the documented message.
+#[track_caller]
+fn check_count(name: &str, value: usize) -> usize {
+    assert!(value > 0, "FanOutConfig::{name}: {name} must be at least 1");
+    assert!(
+        value <= MAX_CAPACITY,
+        "FanOutConfig::{name}: {name} must be at most FanOutConfig::MAX_CAPACITY"
+    );
+    value
+}
+
+/// See [`FanOutConfig::MAX_CAPACITY`].
+const MAX_CAPACITY: usize = tokio::sync::Semaphore::MAX_PERMITS;
 
 /// The counts of a configuration.
 #[derive(Clone, Copy, Debug)]
@@ -153,7 +187,7 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// most permits a `tokio::sync::Semaphore` holds (the push front waits
     /// for room, and ordered output for its window, on one). Either is a
     /// bound, not a reservation: memory grows with what is actually queued.
-    pub const MAX_CAPACITY: usize = tokio::sync::Semaphore::MAX_PERMITS;
+    pub const MAX_CAPACITY: usize = MAX_CAPACITY;
 
     /// The largest worker count: 65,536.
     ///
@@ -218,23 +252,25 @@ impl<Item> FanOutConfig<Item> {
             "FanOutConfig::new: workers must be at most FanOutConfig::MAX_WORKERS (65536)"
         );
         FanOutConfig {
-            sizes: Sizes {
-                workers,
-                policy,
-                capacity: Self::DEFAULT_CAPACITY,
-                output_capacity: Self::DEFAULT_OUTPUT_CAPACITY,
-                settle_capacity: Self::DEFAULT_SETTLE_CAPACITY,
+            settings: Settings {
+                sizes: Sizes {
+                    workers,
+                    policy,
+                    capacity: Self::DEFAULT_CAPACITY,
+                    output_capacity: Self::DEFAULT_OUTPUT_CAPACITY,
+                    settle_capacity: Self::DEFAULT_SETTLE_CAPACITY,
+                },
+                timing: Timing {
+                    drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
+                    handler_timeout: None,
+                    max_queue_age: None,
+                    overload_quiet_period: Self::DEFAULT_OVERLOAD_QUIET_PERIOD,
+                },
+                hooks: ConfigHooks::default(),
+                cancel_token: None,
+                order: ResultOrder::Completion,
+                settle: None,
             },
-            timing: Timing {
-                drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
-                handler_timeout: None,
-                max_queue_age: None,
-                overload_quiet_period: Self::DEFAULT_OVERLOAD_QUIET_PERIOD,
-            },
-            hooks: ConfigHooks::default(),
-            cancel_token: None,
-            order: ResultOrder::Completion,
-            settle: None,
             kind: PhantomData,
         }
     }
@@ -272,15 +308,7 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// ```
     #[track_caller]
     pub fn capacity(mut self, capacity: usize) -> Self {
-        assert!(
-            capacity > 0,
-            "FanOutConfig::capacity: capacity must be at least 1"
-        );
-        assert!(
-            capacity <= Self::MAX_CAPACITY,
-            "FanOutConfig::capacity: capacity must be at most FanOutConfig::MAX_CAPACITY"
-        );
-        self.sizes.capacity = capacity;
+        self.settings.sizes.capacity = check_count("capacity", capacity);
         self
     }
 
@@ -305,15 +333,7 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// ```
     #[track_caller]
     pub fn output_capacity(mut self, output_capacity: usize) -> Self {
-        assert!(
-            output_capacity > 0,
-            "FanOutConfig::output_capacity: output_capacity must be at least 1"
-        );
-        assert!(
-            output_capacity <= Self::MAX_CAPACITY,
-            "FanOutConfig::output_capacity: output_capacity must be at most FanOutConfig::MAX_CAPACITY"
-        );
-        self.sizes.output_capacity = output_capacity;
+        self.settings.sizes.output_capacity = check_count("output_capacity", output_capacity);
         self
     }
 
@@ -362,7 +382,7 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// # }
     /// ```
     pub fn drain_timeout(mut self, drain_timeout: Duration) -> Self {
-        self.timing.drain_timeout = drain_timeout;
+        self.settings.timing.drain_timeout = drain_timeout;
         self
     }
 
@@ -385,7 +405,7 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// # let _ = config;
     /// ```
     pub fn cancel_token(mut self, parent: CancellationToken) -> Self {
-        self.cancel_token = Some(parent);
+        self.settings.cancel_token = Some(parent);
         self
     }
 
@@ -425,7 +445,7 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// }
     /// ```
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
-        self.timing.handler_timeout = Some(timeout);
+        self.settings.timing.handler_timeout = Some(timeout);
         self
     }
 
@@ -468,7 +488,7 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// }
     /// ```
     pub fn max_queue_age(mut self, age: Duration) -> Self {
-        self.timing.max_queue_age = Some(age);
+        self.settings.timing.max_queue_age = Some(age);
         self
     }
 }
@@ -476,12 +496,17 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
 impl<Item, Kind> Clone for FanOutConfig<Item, Kind> {
     fn clone(&self) -> Self {
         FanOutConfig {
-            sizes: self.sizes,
-            timing: self.timing,
-            hooks: self.hooks.clone(),
-            cancel_token: self.cancel_token.clone(),
-            order: self.order,
-            settle: self.settle.clone(),
+            settings: self.settings.clone(),
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<Item, Kind> FanOutConfig<Item, Kind> {
+    /// The same settings for another handler kind.
+    pub(crate) fn with_kind<Other>(self) -> FanOutConfig<Item, Other> {
+        FanOutConfig {
+            settings: self.settings,
             kind: PhantomData,
         }
     }
@@ -495,28 +520,28 @@ impl<Item, Kind> fmt::Debug for FanOutConfig<Item, Kind> {
             capacity,
             output_capacity,
             settle_capacity,
-        } = self.sizes;
+        } = self.settings.sizes;
         let Timing {
             drain_timeout,
             handler_timeout,
             max_queue_age,
             overload_quiet_period,
-        } = self.timing;
+        } = self.settings.timing;
         f.debug_struct("FanOutConfig")
             .field("workers", &workers)
             .field("policy", &policy)
             .field("capacity", &capacity)
             .field("output_capacity", &output_capacity)
-            .field("result_order", &self.order)
+            .field("result_order", &self.settings.order)
             .field("drain_timeout", &drain_timeout)
             .field("handler_timeout", &handler_timeout)
             .field("max_queue_age", &max_queue_age)
             .field("overload_quiet_period", &overload_quiet_period)
-            .field("on_shed", &self.hooks.on_shed.is_some())
-            .field("on_cancel", &self.hooks.on_cancel.is_some())
-            .field("on_overload", &self.hooks.on_overload.is_some())
-            .field("cancel_token", &self.cancel_token.is_some())
-            .field("settles", &self.settle.is_some())
+            .field("on_shed", &self.settings.hooks.on_shed.is_some())
+            .field("on_cancel", &self.settings.hooks.on_cancel.is_some())
+            .field("on_overload", &self.settings.hooks.on_overload.is_some())
+            .field("cancel_token", &self.settings.cancel_token.is_some())
+            .field("settles", &self.settings.settle.is_some())
             .field("settle_capacity", &settle_capacity)
             .finish()
     }

@@ -85,7 +85,7 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// }
     /// ```
     pub fn result_order(mut self, order: ResultOrder) -> Self {
-        self.order = order;
+        self.settings.order = order;
         self
     }
 }

@@ -72,7 +72,7 @@ impl<Item: 'static, Kind> FanOutConfig<Item, Kind> {
         KeyFn: Fn(&Item) -> K + Send + Sync + 'static,
     {
         let (settle, settlements) = channel(key);
-        self.settle = Some(settle);
+        self.settings.settle = Some(settle);
         (self, settlements)
     }
 
@@ -102,15 +102,8 @@ impl<Item: 'static, Kind> FanOutConfig<Item, Kind> {
     /// ```
     #[track_caller]
     pub fn settle_capacity(mut self, settle_capacity: usize) -> Self {
-        assert!(
-            settle_capacity > 0,
-            "FanOutConfig::settle_capacity: settle_capacity must be at least 1"
-        );
-        assert!(
-            settle_capacity <= Self::MAX_CAPACITY,
-            "FanOutConfig::settle_capacity: settle_capacity must be at most FanOutConfig::MAX_CAPACITY"
-        );
-        self.sizes.settle_capacity = settle_capacity;
+        self.settings.sizes.settle_capacity =
+            super::check_count("settle_capacity", settle_capacity);
         self
     }
 }
