@@ -1,7 +1,8 @@
 //! Freshness end to end (issue: "keep DropOldest fresh"): how old is the
 //! reading a slow consumer sees? A sensor yields ~800 readings/s for 3 s,
 //! each handled in 1 ms by 4 workers under `DropOldest`; the consumer takes
-//! 20 ms per result. Compares the default FIFO output with `latest_only`.
+//! 20 ms per result. Compares the default completion-order FIFO output with
+//! `ResultOrder::LatestOnly`.
 //! Real time, about 7 s. `cargo run --release --example freshness`.
 
 use std::time::Duration;
@@ -56,7 +57,7 @@ async fn main() {
         "{:<28}{:>8}{:>10}{:>10}",
         "output", "read", "p50 age", "max age"
     );
-    for (name, latest) in [("FIFO (defaults 64/64)", false), ("latest_only", true)] {
+    for (name, latest) in [("FIFO (defaults 64/64)", false), ("latest only", true)] {
         let config = FanOutConfig::new(4, ShedPolicy::DropOldest).result_order(if latest {
             ResultOrder::LatestOnly
         } else {
@@ -74,7 +75,7 @@ async fn main() {
         if latest {
             let target = 2 * CONSUMER_PERIOD;
             println!(
-                "latest_only p50 {:.1} ms vs target 2 x consumer period = {} ms: {}",
+                "latest-only p50 {:.1} ms vs target 2 x consumer period = {} ms: {}",
                 ms(p50),
                 ms(target),
                 if p50 <= target { "met" } else { "MISSED" }

@@ -34,8 +34,9 @@ pub trait FanOutExt: Stream {
     ///   holds `capacity` items it never waits: it sheds by `policy`, counts
     ///   the shed item `dropped` and hands it to
     ///   [`on_shed`](FanOutConfig::on_shed) if set. It pulls ready items in
-    ///   batches of up to 32 (no more than the queue has room for, while it
-    ///   has room) and queues each batch under one lock. Before pulling into
+    ///   batches of up to [`FanOutConfig::MAX_INTAKE_BATCH`] (no more than
+    ///   the queue has room for, while it has room) and queues each batch
+    ///   under one lock. Before pulling into
     ///   a full queue it yields once, if workers were woken or took items
     ///   since its last such yield, so idle workers take items before more
     ///   are shed; otherwise it spends one unit of tokio's cooperative
@@ -48,11 +49,13 @@ pub trait FanOutExt: Stream {
     ///   while `results` lives, unless an abort begins (by
     ///   [`abort`](ShutdownHandle::abort), a drain deadline running out, or
     ///   both halves dropped): then waiting stops and unread results are
-    ///   discarded, so a stalled consumer cannot hold a stop. A panic in `handler` or its future is caught:
-    ///   the item counts `failed` and the worker takes the next one.
+    ///   discarded, so a stalled consumer cannot hold a stop. A panic in
+    ///   `handler` or its future is caught: the item counts `failed` and the
+    ///   worker takes the next one.
     /// * Memory is bounded whatever the input rate: at most `capacity`
     ///   queued items, `workers` in flight, `output_capacity` undelivered
-    ///   results, and up to 32 items the intake has pulled and is queueing.
+    ///   results, and up to [`FanOutConfig::MAX_INTAKE_BATCH`] items the
+    ///   intake has pulled and is queueing.
     ///
     /// When the input ends, the queued items are processed, the workers
     /// exit, `results` ends, and [`ShutdownHandle::join`] returns a report

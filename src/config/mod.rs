@@ -189,6 +189,13 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// bound, not a reservation: memory grows with what is actually queued.
     pub const MAX_CAPACITY: usize = MAX_CAPACITY;
 
+    /// The most items a stream front pulls before it queues them, under one
+    /// lock: 32. Pulling in batches amortises the queue's lock; the batch
+    /// is also the most items held outside the queue, on top of
+    /// [`capacity`](Self::capacity). (A push front holds none: each push is
+    /// one item.)
+    pub const MAX_INTAKE_BATCH: usize = 32;
+
     /// The largest worker count: 65,536.
     ///
     /// Every worker is a task spawned at the call, with its own counters

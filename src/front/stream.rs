@@ -15,9 +15,9 @@ use crate::isolate::{catching, timer_at};
 use crate::queue::Pushed;
 use crate::report::IntakeEnd;
 
-/// Most items pulled before they are queued under one lock. Bounds the items
-/// held outside the queue, and amortises the lock.
-const BATCH: usize = 32;
+/// Most items pulled before they are queued under one lock (documented on
+/// the config, where users read it).
+const BATCH: usize = crate::FanOutConfig::<(), crate::Plain>::MAX_INTAKE_BATCH;
 
 enum Step {
     /// The batch is full, or the input is pending with items in hand.
