@@ -1,8 +1,10 @@
-//! Edges of the configuration and of the environment: extreme durations and
-//! sizes, a runtime without a time driver or one torn down under a live
-//! pipeline, user `Drop`s that panic where the crate disposes of values,
-//! and the promptness guarantees of intake (no pull after `shutdown()`, no
-//! starvation of a current-thread runtime). Every report stays conserved.
+//! Edges of the configuration and of the environment: an empty input,
+//! extreme durations and sizes (the largest capacities, 4,096 workers), a
+//! runtime without a time driver or one torn down under a live pipeline,
+//! user `Drop`s that panic where the crate disposes of values or of a user
+//! closure (pond#135), and the promptness guarantees of intake (no pull
+//! after `shutdown()`, no starvation of a current-thread runtime). Every
+//! report stays conserved.
 
 mod common;
 
@@ -11,11 +13,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use backpressure_pipeline::{FanOutConfig, FanOutExt, IntakeEnd, ShedPolicy, ShutdownHandle};
-use common::{GUARD, PlannedPanic, drain_and_join, item_counts, ms, quiet_planned_panics};
+use common::{
+    DEADLOCK, GUARD, PlannedPanic, alive_tasks, assert_no_task_alive, drain, drain_and_join,
+    drain_and_join_at, endless, item_counts, ms, quiet_planned_panics, sorted, within, workers,
+};
 use futures::{Stream, StreamExt, stream};
-use tokio::time::sleep;
+use tokio::time::{Instant, sleep};
 
-/// A result whose `Drop` panics, as a user type may.
+/// A value whose `Drop` panics, as a user type's may: a result, or a value
+/// captured by a user closure.
 struct Bomb;
 
 impl Drop for Bomb {
@@ -267,4 +273,164 @@ fn an_always_ready_input_does_not_starve_a_current_thread_runtime() {
         "the timer never fired: intake starved the runtime"
     );
     assert!(pulled.load(SeqCst) > 0);
+}
+
+// ===== an empty input =====
+
+#[tokio::test(start_paused = true)]
+async fn case_02_empty_input_ends_at_once() {
+    let baseline = alive_tasks();
+    let start = Instant::now();
+    let config = FanOutConfig::new(2, ShedPolicy::DropNewest).capacity(2);
+    let (mut results, handle) =
+        stream::empty::<u64>().bounded_fan_out_with(config, |x| async move { x });
+    assert_eq!(within(DEADLOCK, "results", results.next()).await, None);
+    assert_eq!(start.elapsed(), Duration::ZERO, "results end at once");
+
+    let (out, report, joined_at) = drain_and_join_at(results, handle, DEADLOCK).await;
+    assert!(out.is_empty());
+    assert_eq!(joined_at, start);
+    assert_eq!(item_counts(&report), (0, 0, 0, 0, 0));
+    assert_eq!(workers(&report), (2, 0));
+    assert_eq!(report.intake, IntakeEnd::Exhausted);
+    assert_no_task_alive(baseline).await;
+}
+
+// ===== a user closure whose `Drop` panics =====
+
+#[tokio::test(start_paused = true)]
+async fn case_22a_a_handler_closure_whose_drop_panics_is_not_an_aborted_worker() {
+    common::quiet_planned_panics();
+    let baseline = alive_tasks();
+    let bomb = Bomb;
+    let (results, handle) =
+        stream::iter(0..4u64).bounded_fan_out(2, ShedPolicy::DropNewest, move |id| {
+            let _captured = &bomb;
+            async move { id }
+        });
+    let (out, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
+    assert_eq!(sorted(&out), [0, 1, 2, 3]);
+    assert_eq!(item_counts(&report), (4, 4, 0, 0, 0));
+    assert_eq!(workers(&report), (2, 0), "{report}");
+    assert_eq!(report.intake, IntakeEnd::Exhausted);
+    assert_no_task_alive(baseline).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn case_22b_an_on_shed_closure_whose_drop_panics_is_not_an_input_panic() {
+    common::quiet_planned_panics();
+    let bomb = Bomb;
+    let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+        .capacity(1)
+        .on_shed(move |_: u64| {
+            let _captured = &bomb;
+        });
+    // A busy worker, so that the burst is shed: it takes 0, 1 waits in the
+    // one slot, and 2 and 3 meet a full queue while the worker sleeps.
+    let (results, handle) = stream::iter(0..4u64).bounded_fan_out_with(config, |id| async move {
+        sleep(ms(1)).await;
+        id
+    });
+    let (out, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
+    assert_eq!(out, [0, 1]);
+    assert_eq!(item_counts(&report), (4, 2, 2, 0, 0));
+    assert_eq!(report.intake, IntakeEnd::Exhausted, "{report}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn case_22_on_cancel_and_on_overload_closures_whose_drop_panics_break_nothing() {
+    common::quiet_planned_panics();
+    let (cancel_bomb, overload_bomb) = (Bomb, Bomb);
+    let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+        .capacity(1)
+        .on_cancel(move |_: u64| {
+            let _captured = &cancel_bomb;
+        })
+        .on_overload(move |_| {
+            let _captured = &overload_bomb;
+        });
+    let (results, handle) =
+        endless(0..4u64).bounded_fan_out_with(config, |_| std::future::pending::<()>());
+    sleep(ms(1)).await;
+    handle.abort();
+    // Dropping `results` last drops the state that owns `on_cancel`.
+    let report = within(DEADLOCK, "join", handle.join()).await;
+    drop(results);
+    // 0 in flight and 1 queued are cancelled; 2 and 3 met a full queue.
+    assert_eq!(item_counts(&report), (4, 0, 2, 0, 2));
+    assert_eq!(workers(&report), (0, 1));
+    assert_eq!(report.intake, IntakeEnd::Stopped);
+}
+
+// ===== extreme sizes =====
+
+/// The largest capacities (`MAX_CAPACITY`, the semaphore limit) in every
+/// mode that builds a semaphore or a window from them: no panic at the call
+/// or when permits come back, and the run is exact.
+#[tokio::test(start_paused = true)]
+async fn the_largest_capacities_work_in_every_mode() {
+    let max = FanOutConfig::<u32>::MAX_CAPACITY;
+    for (policy, ordered, latest) in [
+        (ShedPolicy::Backpressure, true, false),
+        (ShedPolicy::Backpressure, false, true),
+        (ShedPolicy::DropOldest, true, false),
+        (ShedPolicy::Backpressure, false, false),
+    ] {
+        let config = FanOutConfig::new(3, policy)
+            .capacity(max)
+            .output_capacity(max)
+            .result_order(common::order(ordered, latest));
+        let (results, handle) =
+            stream::iter(0..300u32).bounded_fan_out_with(config, |x| async move {
+                sleep(ms(u64::from(x % 3))).await;
+                x
+            });
+        let (out, report, _) = drain(results, handle).await;
+        assert_eq!(report.processed, 300, "{policy}");
+        if ordered {
+            assert_eq!(out, (0..300).collect::<Vec<_>>());
+        }
+    }
+    let config = FanOutConfig::new(3, ShedPolicy::Backpressure).capacity(max);
+    let (feeder, results, handle) =
+        backpressure_pipeline::feeder(config, |x: u32| async move { x });
+    for x in 0..300 {
+        assert!(feeder.send(x).await.is_queued());
+    }
+    drop(feeder);
+    let (out, report, _) = drain(results, handle).await;
+    assert_eq!((out.len(), report.processed), (300, 300));
+}
+
+/// 4,096 workers on a queue of 1 under each policy: every parked worker is
+/// woken in turn, nothing is lost, every worker joins.
+#[tokio::test(start_paused = true)]
+async fn four_thousand_workers_on_a_one_slot_queue() {
+    for policy in [
+        ShedPolicy::Backpressure,
+        ShedPolicy::DropNewest,
+        ShedPolicy::DropOldest,
+    ] {
+        let start = Instant::now();
+        let config = FanOutConfig::new(4_096, policy).capacity(1);
+        let (results, handle) =
+            stream::iter(0..8_192u32).bounded_fan_out_with(config, |x| async move {
+                sleep(ms(10)).await;
+                x
+            });
+        let (out, report, at) = drain(results, handle).await;
+        assert_eq!(report.workers_joined, 4_096, "{policy}");
+        match policy {
+            ShedPolicy::Backpressure => {
+                assert_eq!(sorted(&out), (0..8_192).collect::<Vec<_>>());
+                assert_eq!(at - start, ms(20));
+            }
+            // All 4,096 start at once and one more is queued.
+            _ => assert_eq!(
+                (report.processed, report.dropped),
+                (4_097, 4_095),
+                "{policy}"
+            ),
+        }
+    }
 }

@@ -1,7 +1,8 @@
-//! Every end exact: `join` waits only for results that exist, the drain
-//! deadline holds while handlers block their threads, the push front takes
-//! nothing once a stop has returned, every user closure is released by the
-//! time `join` resolves, and a current-thread runtime stays fair.
+//! Every end exact: the drain deadline holds while handlers block their
+//! threads, the push front takes nothing once a stop has returned (a parked
+//! sender admitted after `close()`, as in zio PR #709 and Odin PR #5329, is
+//! told `Closed`), every user closure is released by the time `join`
+//! resolves (webrtc-rs#772), and a current-thread runtime stays fair.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -12,102 +13,10 @@ use backpressure_pipeline::{
 };
 use futures::{StreamExt, stream};
 use tokio::sync::Notify;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::sleep;
 
 mod common;
 use common::{GUARD, log, ms, snapshot, sorted, within};
-
-// ===== join waits only for results that exist =====
-
-#[tokio::test(start_paused = true)]
-async fn join_resolves_on_an_empty_input_without_anyone_touching_results() {
-    let (results, shutdown) =
-        stream::empty::<u32>().bounded_fan_out(2, ShedPolicy::DropNewest, |x| async move { x });
-    let start = Instant::now();
-    let report = within(Duration::from_secs(10), "join", shutdown.join()).await;
-    assert_eq!(start.elapsed(), Duration::ZERO);
-    assert_eq!((report.produced, report.workers_joined), (0, 2));
-    assert!(report.is_conserved(), "{report}");
-    drop(results);
-}
-
-#[tokio::test(start_paused = true)]
-async fn join_after_a_shutdown_of_an_idle_input_does_not_wait_for_the_drain_deadline() {
-    let (results, shutdown) =
-        stream::pending::<u32>().bounded_fan_out(2, ShedPolicy::DropNewest, |x| async move { x });
-    let start = Instant::now();
-    shutdown.shutdown();
-    let report = within(GUARD, "join", shutdown.join()).await;
-    // Not the 5 s drain deadline: there was never a result to wait for.
-    assert_eq!(start.elapsed(), Duration::ZERO);
-    assert_eq!(
-        (report.produced, report.intake, report.aborted),
-        (0, IntakeEnd::Stopped, 0)
-    );
-    drop(results);
-}
-
-#[tokio::test(start_paused = true)]
-async fn join_resolves_once_the_last_result_was_read_without_polling_to_the_end() {
-    let (mut results, shutdown) =
-        stream::iter(0..3u32).bounded_fan_out(2, ShedPolicy::DropNewest, |x| async move { x });
-    let mut read = Vec::new();
-    for _ in 0..3 {
-        read.push(results.next().await.expect("a result"));
-    }
-    let stats = shutdown.stats();
-    assert_eq!((stats.delivered, stats.results_waiting), (3, 0));
-    let start = Instant::now();
-    let report = within(Duration::from_secs(10), "join", shutdown.join()).await;
-    assert_eq!(start.elapsed(), Duration::ZERO);
-    assert_eq!(sorted(&read), [0, 1, 2]);
-    assert_eq!(
-        (report.processed, report.delivered, report.discarded),
-        (3, 3, 0)
-    );
-    // The stream still ends properly afterwards.
-    assert_eq!(results.next().await, None);
-}
-
-#[tokio::test(start_paused = true)]
-async fn join_still_waits_for_a_result_that_exists_and_is_unread() {
-    let (mut results, shutdown) =
-        stream::iter(0..3u32).bounded_fan_out(1, ShedPolicy::DropNewest, |x| async move { x });
-    assert_eq!(results.next().await, Some(0));
-    assert_eq!(results.next().await, Some(1));
-    let mut join = shutdown.join();
-    // The documented hazard: result 2 waits for the reader.
-    assert!(timeout(Duration::from_secs(10), &mut join).await.is_err());
-    assert_eq!(results.next().await, Some(2));
-    let report = within(GUARD, "join", join).await;
-    assert_eq!((report.processed, report.delivered), (3, 3));
-}
-
-#[tokio::test(start_paused = true)]
-async fn join_collect_and_join_for_each_drain_and_join_in_one_call() {
-    let config = FanOutConfig::new(2, ShedPolicy::DropNewest).output_capacity(1);
-    let (results, shutdown) =
-        stream::iter(0..50u32).bounded_fan_out_with(config, |x| async move { x * 2 });
-    let (out, report) = within(GUARD, "join_collect", shutdown.join_collect(results)).await;
-    assert_eq!(sorted(&out), (0..50).map(|x| x * 2).collect::<Vec<_>>());
-    assert_eq!((report.processed, report.delivered), (50, 50));
-
-    let (results, shutdown) =
-        stream::iter(0..50u64).bounded_fan_out(3, ShedPolicy::Backpressure, |x| async move {
-            sleep(ms(1)).await;
-            x
-        });
-    let mut seen = Vec::new();
-    let report = within(
-        GUARD,
-        "join_for_each",
-        shutdown.join_for_each(results, |x| seen.push(x)),
-    )
-    .await;
-    assert_eq!(sorted(&seen), (0..50).collect::<Vec<_>>());
-    assert_eq!(report.delivered, 50);
-    assert!(report.is_conserved(), "{report}");
-}
 
 // ===== the drain deadline holds while handlers block their threads =====
 
@@ -227,7 +136,7 @@ fn on_one_thread_a_blocking_handler_delays_the_stop_by_its_own_run_only() {
 
 // ===== the push front closes when the stop returns =====
 
-/// CASE-24: a `send` waiting for room is granted it just as the stop comes;
+/// A `send` waiting for room is granted it just as the stop comes;
 /// it runs only after the stop has returned, and must answer `Closed`.
 async fn case_24(parent_stops: bool) {
     let parent = CancellationToken::new();

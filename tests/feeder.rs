@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
 use backpressure_pipeline::{FanOutConfig, IntakeEnd, Offer, Report, ShedPolicy, feeder};
-use common::{alive_tasks, assert_tasks_back_to, ms, within};
+use common::{GUARD, alive_tasks, assert_tasks_back_to, drain, ms, within};
 use futures::StreamExt;
 use tokio::time::{Instant, sleep, timeout};
 
@@ -265,6 +265,38 @@ fn offers_from_many_threads_keep_every_item_exactly_once() {
             assert_eq!(report.dropped, 0);
         }
     }
+}
+
+/// Backpressure push front, W=1, C=1: a `send` that gives up its place in
+/// line (dropped by a timeout) takes no room with it: the next `send` is let
+/// in by the next take.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_send_gives_up_its_place_without_taking_room() {
+    let start = Instant::now();
+    let config = FanOutConfig::new(1, ShedPolicy::Backpressure).capacity(1);
+    let (feeder, results, handle) = backpressure_pipeline::feeder(config, |x: u32| async move {
+        sleep(ms(100)).await;
+        x
+    });
+    assert!(feeder.send(0).await.is_queued());
+    tokio::task::yield_now().await; // the worker takes 0
+    assert!(feeder.send(1).await.is_queued());
+    assert!(
+        timeout(ms(10), feeder.send(2)).await.is_err(),
+        "no room until 100 ms"
+    );
+    let third = within(GUARD, "send", feeder.send(3)).await;
+    assert!(third.is_queued());
+    assert_eq!(start.elapsed(), ms(100));
+    assert_eq!(feeder.offer(4), Offer::Full(4));
+    drop(feeder);
+    let (out, report, at) = drain(results, handle).await;
+    assert_eq!(out, [0, 1, 3]);
+    assert_eq!(
+        (report.produced, report.processed, report.dropped),
+        (3, 3, 0)
+    );
+    assert_eq!(at - start, ms(300));
 }
 
 // ===== property: the push front keeps both laws, whatever the mix =====

@@ -1,128 +1,32 @@
-//! Lifetime of a pipeline: dropping either half or both, tasks after `join`,
-//! runtime flavours, an input driven regardless of the consumer, the memory
-//! bound, and the results stream's `FusedStream` / `size_hint`.
+//! Lifetime of a pipeline: no task outlives it and nothing runs once `join`
+//! has returned (sv2-apps#794), finished work is never counted as busy over
+//! a long run (zeph PR #4648), both runtime flavours, the memory bound, and
+//! the results stream's `FusedStream` / `size_hint`.
 //!
 //! Logic runs on paused current-thread runtimes; the multi-thread tests are
 //! bounded loops that count every item.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
 use backpressure_pipeline::{FanOutConfig, FanOutExt, IntakeEnd, ShedPolicy, Stats};
 use futures::channel::mpsc;
-use futures::stream::FusedStream;
+use futures::stream::{self, FusedStream};
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::time::{Instant, sleep, timeout};
 
 mod common;
 use common::{
-    GUARD, alive_tasks, assert_tasks_back_to, counts, drain_and_join, endless, ms,
-    multi_thread_runtime, send, settle, with_drop_flag, work,
+    DEADLOCK, GUARD, Trace, alive_tasks, assert_no_task_alive, assert_tasks_back_to, counts,
+    drain_and_join, drain_and_join_at, endless, item_counts, ms, multi_thread_runtime, paced, send,
+    settle, with_drop_flag, within, work, workers,
 };
 
 use ShedPolicy::{DropNewest, DropOldest};
 
 /// Deadlock guard on multi-thread runtimes (real time; never reached when passing).
 const REAL_GUARD: Duration = Duration::from_secs(20);
-
-/// An item that counts its own drops, to show none is leaked.
-struct Tracked {
-    id: u32,
-    drops: Arc<AtomicUsize>,
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.drops.fetch_add(1, SeqCst);
-    }
-}
-
-// ===== dropping halves =====
-
-#[tokio::test(start_paused = true)]
-async fn dropping_results_keeps_processing_and_counts_processed() {
-    let start = Instant::now();
-    let completed = Arc::new(AtomicUsize::new(0));
-    let done = Arc::clone(&completed);
-    let config = FanOutConfig::new(2, DropNewest).output_capacity(1);
-    let (mut results, handle) =
-        futures::stream::iter(0..10u32).bounded_fan_out_with(config, move |id| {
-            let done = Arc::clone(&done);
-            async move {
-                let id = work(id, ms(10)).await;
-                done.fetch_add(1, SeqCst);
-                id
-            }
-        });
-    assert_eq!(timeout(GUARD, results.next()).await.unwrap(), Some(0));
-    drop(results);
-    assert!(
-        !handle.is_shutting_down(),
-        "dropping results alone stops nothing"
-    );
-    let report = timeout(GUARD, handle.join()).await.unwrap();
-    assert_eq!(
-        start.elapsed(),
-        ms(50),
-        "ran at full speed, results discarded"
-    );
-    assert_eq!(completed.load(SeqCst), 10);
-    assert_eq!(counts(&report), (10, 10, 0, 0, 0, 2, 0));
-    assert_eq!(report.intake, IntakeEnd::Exhausted);
-    assert!(report.is_conserved());
-}
-
-#[tokio::test(start_paused = true)]
-async fn dropping_the_handle_detaches_the_pipeline() {
-    let start = Instant::now();
-    let baseline = alive_tasks();
-    let (results, handle) =
-        futures::stream::iter(0..10u32).bounded_fan_out(2, DropNewest, |id| work(id, ms(10)));
-    drop(handle);
-    let mut out: Vec<u32> = timeout(GUARD, results.collect()).await.unwrap();
-    out.sort_unstable();
-    assert_eq!(out, (0..10).collect::<Vec<_>>(), "ran to its natural end");
-    assert_eq!(start.elapsed(), ms(50));
-    assert_tasks_back_to(baseline, 16).await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn dropping_both_halves_ends_every_task_and_releases_everything() {
-    let start = Instant::now();
-    let baseline = alive_tasks();
-    let input_dropped = Arc::new(AtomicBool::new(false));
-    let item_drops = Arc::new(AtomicUsize::new(0));
-    let drops = Arc::clone(&item_drops);
-    let input = with_drop_flag(endless(0..5), &input_dropped).map(move |id| Tracked {
-        id,
-        drops: Arc::clone(&drops),
-    });
-    let config = FanOutConfig::new(2, DropNewest).capacity(8);
-    let (results, handle) = input.bounded_fan_out_with(config, |item: Tracked| async move {
-        std::future::pending::<()>().await;
-        item.id
-    });
-    settle().await;
-    let s = handle.stats();
-    assert_eq!((s.produced, s.queue_depth, s.in_flight), (5, 3, 2));
-    assert_eq!(
-        alive_tasks(),
-        baseline + 2 + 2,
-        "2 workers, intake, supervisor"
-    );
-
-    drop(results);
-    drop(handle);
-    assert_tasks_back_to(baseline, 16).await;
-    assert_eq!(start.elapsed(), Duration::ZERO, "promptly: no time passed");
-    assert!(input_dropped.load(SeqCst), "the input was dropped");
-    assert_eq!(
-        item_drops.load(SeqCst),
-        5,
-        "queued and in-flight items released"
-    );
-}
 
 // ===== no task outlives the pipeline =====
 
@@ -211,43 +115,6 @@ fn works_on_current_thread_and_multi_thread_runtimes() {
     for _ in 0..5 {
         multi.block_on(fan_out_2000(4));
     }
-}
-
-// ===== the input is not paced by the consumer =====
-
-#[tokio::test(start_paused = true)]
-async fn the_input_is_driven_while_nobody_reads_results() {
-    let (tx, rx) = mpsc::unbounded::<u32>();
-    let config = FanOutConfig::new(1, DropNewest)
-        .capacity(4)
-        .output_capacity(1);
-    let (results, handle) = rx.bounded_fan_out_with(config, |id| async move { id });
-    let row = |s: Stats| {
-        (
-            s.produced,
-            s.processed,
-            s.dropped,
-            s.queue_depth,
-            s.in_flight,
-        )
-    };
-
-    send(&tx, 0..10);
-    settle().await;
-    // 0..=3 filled the queue; the worker handed 0 over and holds 1 (output
-    // full). 4 and 5 took the freed slots, and the intake, finding the
-    // queue full and the worker stuck, pulled 6..=9 in full and shed them.
-    assert_eq!(row(handle.stats()), (10, 2, 4, 4, 0));
-
-    send(&tx, 10..20);
-    settle().await;
-    // Still pulled in full, all shed: the queue is full.
-    assert_eq!(row(handle.stats()), (20, 2, 14, 4, 0));
-    drop(tx);
-
-    let (out, report) = drain_and_join(results, handle, GUARD).await;
-    assert_eq!(out, [0, 1, 2, 3, 4, 5], "FIFO with one worker");
-    assert_eq!(counts(&report), (20, 6, 14, 0, 0, 1, 0));
 }
 
 // ===== memory bound =====
@@ -483,44 +350,75 @@ fn when_join_returns_everything_the_pipeline_owned_is_dropped_on_multi_thread() 
     });
 }
 
-// ===== dropping both halves under parallelism =====
+// ===== nothing runs after join returns =====
 
-#[test]
-fn dropping_both_halves_mid_flight_leaks_nothing_on_multi_thread() {
-    let rt = multi_thread_runtime();
-    for round in 0..20u32 {
-        rt.block_on(async {
-            let baseline = alive_tasks();
-            let input_dropped = Arc::new(AtomicBool::new(false));
-            let (made, item_drops) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-            let (m, d) = (Arc::clone(&made), Arc::clone(&item_drops));
-            let input = with_drop_flag(endless(0..1000), &input_dropped).map(move |id| {
-                m.fetch_add(1, SeqCst);
-                Tracked {
-                    id,
-                    drops: Arc::clone(&d),
+#[tokio::test(start_paused = true)]
+async fn case_11_nothing_runs_after_abort_and_join() {
+    let baseline = alive_tasks();
+    let start = Instant::now();
+    let ticks = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&ticks);
+    let (results, handle) =
+        stream::iter(0..2u64).bounded_fan_out(2, ShedPolicy::DropNewest, move |_| {
+            let counter = Arc::clone(&counter);
+            async move {
+                loop {
+                    sleep(ms(10)).await;
+                    counter.fetch_add(1, SeqCst);
                 }
-            });
-            let config = FanOutConfig::new(3, DropOldest).capacity(8);
-            let (results, handle) =
-                input.bounded_fan_out_with(config, |item: Tracked| async move {
-                    for _ in 0..3 {
-                        tokio::task::yield_now().await;
-                    }
-                    item.id
-                });
-            for _ in 0..round % 7 {
-                tokio::task::yield_now().await;
             }
-            drop(results);
-            drop(handle);
-            assert_tasks_back_to(baseline, 100_000).await;
-            assert!(input_dropped.load(SeqCst), "round {round}: input kept");
-            assert_eq!(
-                item_drops.load(SeqCst),
-                made.load(SeqCst),
-                "round {round}: an item was leaked"
-            );
         });
-    }
+
+    sleep(ms(50)).await;
+    handle.abort();
+    let (out, report, joined_at) = drain_and_join_at(results, handle, DEADLOCK).await;
+    assert_eq!(joined_at - start, ms(50), "abort does not wait");
+    let at_join = ticks.load(SeqCst);
+    assert!(at_join >= 8, "both handlers ran until the abort: {at_join}");
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(ticks.load(SeqCst), at_join, "a handler ran after join");
+    assert!(out.is_empty());
+    assert_eq!(item_counts(&report), (2, 0, 0, 0, 2));
+    assert_eq!(workers(&report), (0, 2));
+    assert_no_task_alive(baseline).await;
+}
+
+// ===== finished work is never counted as busy =====
+
+#[tokio::test(start_paused = true)]
+async fn case_12_long_run_keeps_task_count_flat() {
+    const N: u64 = 100_000;
+    const W: usize = 4;
+    let baseline = alive_tasks();
+    let start = Instant::now();
+    let pulls = Trace::default();
+    let input = paced(&pulls, |i| (i < N).then(|| ms(i)));
+    let config = FanOutConfig::new(W, ShedPolicy::DropNewest).capacity(16);
+    let (mut results, handle) = input.bounded_fan_out_with(config, |x| async move { x });
+
+    let mut out = Vec::with_capacity(N as usize);
+    let mut at_50s = None;
+    let mut most_alive = 0;
+    within(Duration::from_secs(1000), "drain", async {
+        while let Some(id) = results.next().await {
+            out.push(id);
+            let now_alive = alive_tasks();
+            most_alive = most_alive.max(now_alive);
+            if at_50s.is_none() && start.elapsed() >= Duration::from_secs(50) {
+                at_50s = Some(now_alive);
+            }
+        }
+    })
+    .await;
+    let report = within(DEADLOCK, "join", handle.join()).await;
+    assert!(report.is_conserved(), "{report}");
+
+    let at_50s = at_50s.expect("the run reached t = 50 s");
+    assert!(at_50s <= baseline + W + 2, "{at_50s} tasks alive at 50 s");
+    assert!(most_alive <= baseline + W + 2, "{most_alive} tasks alive");
+    // Every item is done within its millisecond, so none waits or is shed.
+    assert!(out.iter().copied().eq(0..N), "results in input order");
+    assert_eq!(item_counts(&report), (N, N, 0, 0, 0));
+    assert_eq!(workers(&report), (W, 0));
+    assert_no_task_alive(baseline).await;
 }

@@ -1,8 +1,10 @@
 //! Bad arguments, a missing runtime, and user code that panics.
 //!
 //! Argument panics must carry the documented message and point at the
-//! caller's line (`#[track_caller]`); a panicking handler or input must not
-//! take the pipeline down.
+//! caller's line (`#[track_caller]`): a zero size panics at the call,
+//! naming the argument, instead of hanging (`buffered(0)` in
+//! futures-rs#2876). A panicking handler or input must not take the
+//! pipeline down.
 
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -10,11 +12,11 @@ use std::sync::Once;
 use std::time::Duration;
 
 use backpressure_pipeline::{FanOutConfig, FanOutExt, IntakeEnd, ShedPolicy};
-use futures::StreamExt;
+use futures::{StreamExt, stream};
 use tokio::time::sleep;
 
 mod common;
-use common::{GUARD, counts, drain_and_join_at};
+use common::{GUARD, alive_tasks, assert_no_task_alive, counts, drain_and_join_at};
 
 use ShedPolicy::DropNewest;
 
@@ -234,4 +236,52 @@ async fn a_panicking_input_stops_intake_and_drains_what_it_accepted() {
     assert_eq!(counts(&report), (5, 5, 0, 0, 0, 2, 0));
     assert_eq!(report.intake, IntakeEnd::InputPanicked);
     assert!(report.is_conserved(), "{report}");
+}
+
+// ===== zero sizes, named in the message =====
+
+/// The panic message of a `catch_unwind` payload.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(s) => (*s).to_owned(),
+            Err(_) => "<non-string panic payload>".to_owned(),
+        },
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn case_02_zero_workers_or_capacity_panics_naming_the_argument() {
+    let baseline = alive_tasks();
+    let panics = |call: Box<dyn FnOnce()>| -> String {
+        panic_message(catch_unwind(AssertUnwindSafe(call)).expect_err("must panic at the call"))
+    };
+
+    let msg = panics(Box::new(|| {
+        let _ =
+            stream::empty::<u8>().bounded_fan_out(0, ShedPolicy::DropNewest, |x| async move { x });
+    }));
+    assert!(msg.contains("workers"), "message names `workers`: {msg}");
+
+    let msg = panics(Box::new(|| {
+        let _ = FanOutConfig::<u8>::new(0, ShedPolicy::DropOldest);
+    }));
+    assert!(msg.contains("workers"), "message names `workers`: {msg}");
+
+    let msg = panics(Box::new(|| {
+        let _ = FanOutConfig::<u8>::new(2, ShedPolicy::DropNewest).capacity(0);
+    }));
+    assert!(msg.contains("capacity"), "message names `capacity`: {msg}");
+
+    let msg = panics(Box::new(|| {
+        let _ = FanOutConfig::<u8>::new(2, ShedPolicy::DropNewest).output_capacity(0);
+    }));
+    assert!(
+        msg.contains("output_capacity"),
+        "message names `output_capacity`: {msg}"
+    );
+
+    // Refused before anything was spawned.
+    assert_no_task_alive(baseline).await;
 }

@@ -5,8 +5,9 @@
 //! One test per place: the handler's synchronous call, the handler future's
 //! poll, the input's `poll_next`, the `on_shed` hook, an item's `Drop` when
 //! the crate sheds it (both policies) or abandons it on `abort()`, and the
-//! `Drop` of an in-flight handler future cut off by an abort. Paused time,
-//! current-thread runtime, exact counts.
+//! `Drop` of an in-flight handler future cut off by an abort; and handlers
+//! that panic on both workers at once (scylla-rust-driver#1436). Paused
+//! time, current-thread runtime, exact counts.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -18,11 +19,12 @@ use std::time::Duration;
 
 use backpressure_pipeline::{FanOutConfig, FanOutExt, IntakeEnd, Report, ShedPolicy};
 use futures::{Stream, StreamExt};
-use tokio::time::Instant;
+use tokio::time::{Instant, sleep};
 
 mod common;
 use common::{
-    alive_tasks, assert_tasks_back_to, item_counts, ms, planned_panic, quiet_planned_panics,
+    Log, Trace, alive_tasks, assert_no_task_alive, assert_tasks_back_to, drain_and_join_at,
+    item_counts, ms, paced, planned_panic, quiet_planned_panics, snapshot, sorted, workers,
 };
 
 // ===== items and a scripted input =====
@@ -442,4 +444,44 @@ async fn panic_in_drop_of_an_in_flight_future_cut_off_by_the_drain_timeout() {
     assert_eq!(ends(&report), (0, 2, IntakeEnd::Stopped));
     assert_eq!(drops.sorted(), [0, 1, 2, 3]);
     assert_tasks_back_to(baseline, 8).await;
+}
+
+// ===== handlers panicking on both workers at once =====
+
+#[tokio::test(start_paused = true)]
+async fn case_15_panicking_handlers_on_both_workers_lose_nothing() {
+    let baseline = alive_tasks();
+    let start = Instant::now();
+    let pulls = Trace::default();
+    // Item 0 alone first; ids 1 and 2 together once both workers are idle,
+    // so both panic at the same instant; 3..=9 then fit C = 8 unshed.
+    let input = paced(&pulls, |i| match i {
+        0 => Some(Duration::ZERO),
+        1 | 2 => Some(ms(20)),
+        3..=9 => Some(ms(21)),
+        _ => None,
+    });
+    let panicked: Log<(u64, Duration)> = Arc::default();
+    let log = Arc::clone(&panicked);
+    let config = FanOutConfig::new(2, ShedPolicy::DropNewest).capacity(8);
+    let (results, handle) = input.bounded_fan_out_with(config, move |id| {
+        let log = Arc::clone(&log);
+        async move {
+            if id == 1 || id == 2 {
+                log.lock().unwrap().push((id, start.elapsed()));
+                panic!("handler panics on id {id} (expected by the test)");
+            }
+            sleep(ms(10)).await;
+            id
+        }
+    });
+
+    let (out, report, joined_at) = drain_and_join_at(results, handle, Duration::from_secs(1)).await;
+    assert_eq!(sorted(&snapshot(&panicked)), [(1, ms(20)), (2, ms(20))]);
+    assert_eq!(sorted(&out), [0, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(item_counts(&report), (10, 8, 0, 2, 0));
+    assert_eq!(workers(&report), (2, 0));
+    // 3..=9 two at a time from 21 ms: four rounds of 10 ms.
+    assert_eq!(joined_at - start, ms(61));
+    assert_no_task_alive(baseline).await;
 }

@@ -1,13 +1,17 @@
 //! `ShedPolicy`: which items a full queue keeps and which it sheds, exactly;
-//! the `on_shed` hook; capacity; and an intake that never waits for room.
+//! the `on_shed` hook; capacity; an intake that never waits for room; and
+//! an item evicted by `DropOldest` is never also processed
+//! (openclaw#103246).
 //!
-//! Scenarios run on paused, current-thread runtimes. Every worker is made busy
+//! Scenarios run on paused, current-thread runtimes (the eviction test runs
+//! bounded rounds on 2 threads). Every worker is made busy
 //! (its handler sleeps [`BUSY`]) before a burst is sent, so nothing leaves the
 //! queue while the burst arrives and the kept and shed ids follow from the
 //! policy alone, whatever the intake's batching.
 
 use std::collections::HashSet;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,10 +19,14 @@ use backpressure_pipeline::{
     FanOutConfig, FanOutExt, IntakeEnd, Report, ShedPolicy, ShutdownHandle, Stats,
 };
 use futures::channel::mpsc;
+use futures::stream;
 use tokio::time::{Instant, sleep};
 
 mod common;
-use common::{GUARD, Log, drain_and_join, log, paused_runtime, send, settle, snapshot, sorted};
+use common::{
+    DEADLOCK, GUARD, Log, drain_and_join, drain_and_join_at, item_counts, log, paused_runtime,
+    send, settle, snapshot, sorted,
+};
 
 use ShedPolicy::{DropNewest, DropOldest};
 
@@ -395,6 +403,51 @@ async fn intake_never_blocks_on_a_full_queue() {
         assert_eq!((report.processed, report.dropped), (3, 17));
         // Item 0 at 1 ms, then one per second.
         assert_eq!(start.elapsed(), Duration::from_millis(3001));
+    }
+}
+
+// ===== an evicted item is never also processed =====
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_07_evicted_items_are_never_processed_multi_thread() {
+    const N: usize = 10_000;
+    for run in 0..20 {
+        let handled: Arc<Vec<AtomicU8>> = Arc::new((0..N).map(|_| AtomicU8::new(0)).collect());
+        let shed: Arc<Vec<AtomicU8>> = Arc::new((0..N).map(|_| AtomicU8::new(0)).collect());
+        let on_shed = Arc::clone(&shed);
+        let config = FanOutConfig::new(4, ShedPolicy::DropOldest)
+            .capacity(4)
+            .on_shed(move |id: usize| {
+                on_shed[id].fetch_add(1, SeqCst);
+            });
+        let seen = Arc::clone(&handled);
+        let (results, handle) = stream::iter(0..N).bounded_fan_out_with(config, move |id| {
+            seen[id].fetch_add(1, SeqCst);
+            async move {
+                tokio::task::yield_now().await;
+                id
+            }
+        });
+        let (out, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
+
+        let handled: Vec<u8> = handled.iter().map(|n| n.load(SeqCst)).collect();
+        let shed: Vec<u8> = shed.iter().map(|n| n.load(SeqCst)).collect();
+        let handled_ids: Vec<usize> = (0..N).filter(|&id| handled[id] > 0).collect();
+        assert!(
+            handled.iter().all(|&n| n <= 1),
+            "run {run}: an id was handled twice"
+        );
+        assert!(shed.iter().all(|&n| n <= 1), "run {run}: an id shed twice");
+        let both: Vec<usize> = (0..N)
+            .filter(|&id| handled[id] > 0 && shed[id] > 0)
+            .collect();
+        assert!(both.is_empty(), "run {run}: shed and handled: {both:?}");
+        assert_eq!(sorted(&out), handled_ids, "run {run}: received == handled");
+        assert_eq!(handled_ids.len() as u64, report.processed, "run {run}");
+        let shed_count = shed.iter().filter(|&&n| n > 0).count() as u64;
+        assert_eq!(shed_count, report.dropped, "run {run}: on_shed calls");
+        assert_eq!(report.processed + report.dropped, N as u64, "run {run}");
+        assert_eq!(item_counts(&report).0, N as u64);
     }
 }
 

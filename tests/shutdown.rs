@@ -1,49 +1,30 @@
-//! Ending a pipeline: natural end, graceful `shutdown`, `abort`, a parent
-//! cancellation token, what `join` waits for, and the live `stats`.
+//! Ending a pipeline: the natural end; a graceful `shutdown` that drains
+//! queued and in-flight work within its deadline and classifies what the
+//! deadline cut off (tokio#4534); an `abort` that ends at once; stops that
+//! are idempotent; and a shutdown at any instant that keeps the books
+//! (kanal#50, Xline#339) and never throws a finished result away (madara
+//! PR #1221).
 //!
 //! All on paused, current-thread runtimes: times are exact virtual times.
 
-use std::pin::pin;
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backpressure_pipeline::{
-    BoundedFanOut, FanOutConfig, FanOutExt, IntakeEnd, Report, ShedPolicy, ShutdownHandle,
+    FanOutConfig, FanOutExt, IntakeEnd, Report, ShedPolicy, ShutdownHandle,
 };
-use futures::StreamExt;
-use futures::channel::mpsc;
-use tokio::time::{Instant, sleep, timeout};
-use tokio_util::sync::CancellationToken;
+use futures::stream::{self, StreamExt};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 mod common;
-use common::{GUARD, alive_tasks, counts, drain_and_join, endless, ms, send, settle, work};
+use common::{
+    DEADLOCK, GUARD, Log, Trace, alive_tasks, assert_no_task_alive, counts, drain_and_join_at,
+    drain_sorted, endless, gated, item_counts, ms, never, paced, send, settle, snapshot, sorted,
+    within, work, workers,
+};
 
 use ShedPolicy::DropNewest;
-
-/// A handler body that never completes.
-async fn never(_: u32) -> u32 {
-    std::future::pending().await
-}
-
-/// A pipeline on `config` whose input the test feeds by hand (it ends when
-/// the sender is dropped) and whose handler takes 100 ms per item.
-fn gated(
-    config: FanOutConfig<u32>,
-) -> (
-    mpsc::UnboundedSender<u32>,
-    BoundedFanOut<u32>,
-    ShutdownHandle,
-) {
-    let (tx, rx) = mpsc::unbounded();
-    let (results, handle) = rx.bounded_fan_out_with(config, |id| work(id, ms(100)));
-    (tx, results, handle)
-}
-
-/// [`drain_and_join`] under [`GUARD`], the results sorted.
-async fn drain_sorted(results: BoundedFanOut<u32>, handle: ShutdownHandle) -> (Vec<u32>, Report) {
-    let (mut out, report) = drain_and_join(results, handle, GUARD).await;
-    out.sort_unstable();
-    (out, report)
-}
 
 /// Joins with a deadlock guard, results already dropped or drained.
 async fn join(handle: ShutdownHandle) -> Report {
@@ -287,353 +268,179 @@ async fn shutdown_and_abort_after_the_end_change_nothing() {
     assert_eq!(report.intake, IntakeEnd::Exhausted);
 }
 
-// ===== parent cancellation token =====
+// ===== the drain deadline classifies stuck handlers =====
 
 #[tokio::test(start_paused = true)]
-async fn cancelling_the_parent_token_shuts_down_gracefully() {
+async fn case_10_drain_timeout_classifies_stuck_handlers() {
+    let baseline = alive_tasks();
     let start = Instant::now();
-    let parent = CancellationToken::new();
-    let config = FanOutConfig::new(2, DropNewest)
-        .drain_timeout(Duration::from_secs(1))
-        .cancel_token(parent.clone());
-    let (tx, results, handle) = gated(config);
-    send(&tx, 0..6);
-    sleep(ms(10)).await;
-    parent.cancel();
-    assert!(handle.is_shutting_down());
-    let (out, report) = drain_sorted(results, handle).await;
-    // A graceful drain, as `shutdown()`: everything accepted is processed.
-    assert_eq!(start.elapsed(), ms(300));
-    assert_eq!(out, [0, 1, 2, 3, 4, 5]);
-    assert_eq!(counts(&report), (6, 6, 0, 0, 0, 2, 0));
-    assert_eq!(report.intake, IntakeEnd::Stopped);
-    drop(tx);
-}
-
-#[tokio::test(start_paused = true)]
-async fn cancelling_the_parent_token_stops_pulling_at_once() {
-    let parent = CancellationToken::new();
-    let config = FanOutConfig::new(2, DropNewest).cancel_token(parent.clone());
-    let (tx, results, handle) = gated(config);
-    send(&tx, 0..6);
-    sleep(ms(10)).await;
-    parent.cancel();
-    assert!(handle.is_shutting_down());
-    // "Exactly like shutdown()": nothing offered after the request is pulled.
-    send(&tx, 100..110);
-    settle().await;
-    assert_eq!(handle.stats().produced, 6, "items pulled after the cancel");
-    let (out, report) = drain_sorted(results, handle).await;
-    assert_eq!(out, [0, 1, 2, 3, 4, 5]);
-    assert_eq!(counts(&report), (6, 6, 0, 0, 0, 2, 0));
-    drop(tx);
-}
-
-#[tokio::test(start_paused = true)]
-async fn cancelling_an_ancestor_token_respects_the_drain_timeout() {
-    let start = Instant::now();
-    let root = CancellationToken::new();
-    let config = FanOutConfig::new(2, DropNewest)
-        .drain_timeout(ms(250))
-        .cancel_token(root.child_token());
-    let (results, handle) = endless(0..3).bounded_fan_out_with(config, never);
-    sleep(ms(40)).await;
-    root.cancel();
-    let (_, report) = drain_sorted(results, handle).await;
-    assert_eq!(start.elapsed(), ms(290));
-    assert_eq!(counts(&report), (3, 0, 0, 0, 3, 0, 2));
-}
-
-#[tokio::test(start_paused = true)]
-async fn the_pipeline_never_cancels_the_parent_token() {
-    for end in ["natural", "shutdown", "abort", "drop both"] {
-        let parent = CancellationToken::new();
-        let sibling = parent.child_token();
-        let config = FanOutConfig::new(2, DropNewest).cancel_token(parent.clone());
-        let input = futures::stream::iter(0..4u32);
-        let (results, handle) = input.bounded_fan_out_with(config, |id| work(id, ms(10)));
-        match end {
-            "natural" => {
-                let (_, report) = drain_sorted(results, handle).await;
-                assert_eq!(report.intake, IntakeEnd::Exhausted);
-            }
-            "shutdown" => {
-                handle.shutdown();
-                drain_sorted(results, handle).await;
-            }
-            "abort" => {
-                handle.abort();
-                drain_sorted(results, handle).await;
-            }
-            _ => {
-                drop(results);
-                drop(handle);
-                sleep(ms(100)).await;
-            }
+    let pulls = Trace::default();
+    // The case as written: six items ready at once. The intake queues the
+    // four that fit and yields to the workers it woke before pulling into
+    // a full queue, so all six reach a worker or a slot and none is shed.
+    let input = paced(&pulls, |i| (i < 6).then_some(Duration::ZERO));
+    let config = FanOutConfig::new(4, ShedPolicy::DropNewest)
+        .capacity(4)
+        .drain_timeout(ms(50));
+    let (results, handle) = input.bounded_fan_out_with(config, |id| async move {
+        if id < 2 {
+            std::future::pending::<()>().await;
         }
-        assert!(!parent.is_cancelled(), "{end}: parent cancelled");
-        assert!(!sibling.is_cancelled(), "{end}: sibling cancelled");
-    }
-}
+        sleep(ms(10)).await;
+        id
+    });
 
-// ===== what join waits for =====
-
-/// W = 1, output capacity 1, five instant items: the results buffer fills.
-fn output_bound() -> (BoundedFanOut<u32>, ShutdownHandle) {
-    let config = FanOutConfig::new(1, DropNewest).output_capacity(1);
-    futures::stream::iter(0..5u32).bounded_fan_out_with(config, |id| async move { id })
-}
-
-#[tokio::test(start_paused = true)]
-async fn join_waits_until_results_are_consumed() {
-    let start = Instant::now();
-    let (results, handle) = output_bound();
-    let mut join = pin!(handle.join());
-    // Nobody reads: the worker holds its second result; join cannot finish.
-    assert!(timeout(Duration::from_secs(1), &mut join).await.is_err());
-    let (out, report) = timeout(GUARD, async {
-        tokio::join!(results.collect::<Vec<_>>(), join)
-    })
-    .await
-    .unwrap();
-    assert_eq!(start.elapsed(), Duration::from_secs(1));
-    assert_eq!(out, [0, 1, 2, 3, 4]);
-    assert_eq!(counts(&report), (5, 5, 0, 0, 0, 1, 0));
-    assert!(report.is_conserved());
-}
-
-#[tokio::test(start_paused = true)]
-async fn join_waits_until_results_are_dropped() {
-    let start = Instant::now();
-    let (results, handle) = output_bound();
-    let mut join = pin!(handle.join());
-    assert!(timeout(Duration::from_secs(1), &mut join).await.is_err());
-    drop(results);
-    let report = timeout(GUARD, join)
-        .await
-        .expect("join after results dropped");
-    assert_eq!(start.elapsed(), Duration::from_secs(1));
-    // The rest is still processed, the results discarded.
-    assert_eq!(counts(&report), (5, 5, 0, 0, 0, 1, 0));
+    sleep(ms(100)).await;
+    handle.shutdown();
+    let (out, report, joined_at) = drain_and_join_at(results, handle, DEADLOCK).await;
+    assert_eq!(
+        joined_at - start,
+        ms(150),
+        "shutdown at 100 ms + 50 ms drain"
+    );
+    assert_eq!(sorted(&out), [2, 3, 4, 5]);
+    assert_eq!(item_counts(&report), (6, 4, 0, 0, 2));
+    assert_eq!(workers(&report), (2, 2));
     assert_eq!(report.intake, IntakeEnd::Exhausted);
-    assert!(report.is_conserved());
+    assert_no_task_alive(baseline).await;
+}
+
+// ===== shutdown at any instant keeps the books =====
+
+fn assert_unique(ids: &[u64], what: &str) {
+    let set: BTreeSet<_> = ids.iter().collect();
+    assert_eq!(set.len(), ids.len(), "{what}: an id appears twice: {ids:?}");
 }
 
 #[tokio::test(start_paused = true)]
-async fn dropping_the_join_future_is_dropping_the_handle() {
-    // While results live: the pipeline runs on to its natural end.
-    let (results, handle) =
-        futures::stream::iter(0..6u32).bounded_fan_out(2, DropNewest, |id| work(id, ms(10)));
-    let mut join = tokio_test::task::spawn(handle.join());
-    tokio_test::assert_pending!(join.poll());
-    drop(join);
-    let mut out: Vec<u32> = timeout(GUARD, results.collect()).await.unwrap();
-    out.sort_unstable();
-    assert_eq!(out, [0, 1, 2, 3, 4, 5]);
+async fn case_19_shutdown_at_every_instant_keeps_the_books() {
+    for t in 0..=40u64 {
+        let baseline = alive_tasks();
+        let start = Instant::now();
+        let pulls = Trace::default();
+        // Two items per ms for 32 ms: ids 2k and 2k + 1 at t = k ms.
+        let input = paced(&pulls, |i| (i < 64).then(|| ms(i / 2)));
+        let started: Log<u64> = Arc::default();
+        let log = Arc::clone(&started);
+        let config = FanOutConfig::new(4, ShedPolicy::DropNewest).capacity(8);
+        let (results, handle) = input.bounded_fan_out_with(config, move |id| {
+            log.lock().unwrap().push(id);
+            async move {
+                sleep(ms(3)).await;
+                id
+            }
+        });
 
-    // With results gone too: the pipeline is aborted and its tasks end.
-    // (The first pipeline's supervisor finishes once its end was read.)
-    settle().await;
-    let baseline = alive_tasks();
-    let (results, handle) = endless(0..3).bounded_fan_out(2, DropNewest, never);
-    settle().await;
-    assert_eq!(handle.stats().in_flight, 2);
-    drop(results);
-    drop(handle.join());
-    settle().await;
-    assert_eq!(
-        alive_tasks(),
-        baseline,
-        "tasks left after JoinReport and results were dropped"
-    );
-}
+        sleep_until(start + ms(t)).await;
+        handle.shutdown();
+        pulls.fence();
+        let (out, report, _) = drain_and_join_at(results, handle, DEADLOCK).await;
 
-// ===== live stats =====
-
-#[tokio::test(start_paused = true)]
-async fn stats_are_exact_at_chosen_instants() {
-    let config = FanOutConfig::new(2, DropNewest).capacity(4);
-    let (tx, results, handle) = gated(config);
-    let s = handle.stats();
-    let zero = (0, 0, 0, 0, 0, 0, 0, 0);
-    let row = |s: backpressure_pipeline::Stats| {
-        (
-            s.produced,
-            s.processed,
-            s.dropped,
-            s.failed,
-            s.cancelled,
-            s.queue_depth,
-            s.in_flight,
-            s.high_water_mark,
-        )
-    };
-    assert_eq!(row(s), zero);
-
-    // t = 0: a burst of 10 into a queue of 4: 0..4 fill it, the 2 workers
-    // take 0 and 1, 4 and 5 take their slots, 6..10 meet a full queue.
-    send(&tx, 0..10);
-    settle().await;
-    assert_eq!(row(handle.stats()), (10, 0, 4, 0, 0, 4, 2, 4));
-
-    // t = 100 ms: the first two are done; 2 and 3 are in flight.
-    sleep(ms(100)).await;
-    settle().await;
-    assert_eq!(row(handle.stats()), (10, 2, 4, 0, 0, 2, 2, 4));
-
-    // t = 200 ms: 4 and 5 are in flight.
-    sleep(ms(100)).await;
-    settle().await;
-    assert_eq!(row(handle.stats()), (10, 4, 4, 0, 0, 0, 2, 4));
-
-    // t = 300 ms: idle.
-    sleep(ms(100)).await;
-    settle().await;
-    assert_eq!(row(handle.stats()), (10, 6, 4, 0, 0, 0, 0, 4));
-
-    // Three more: two taken, one queued; the high-water mark stays 4.
-    send(&tx, 10..13);
-    settle().await;
-    assert_eq!(row(handle.stats()), (13, 6, 4, 0, 0, 1, 2, 4));
-
-    handle.shutdown();
-    let (out, report) = drain_sorted(results, handle).await;
-    assert_eq!(out, [0, 1, 2, 3, 4, 5, 10, 11, 12]);
-    assert_eq!(counts(&report), (13, 9, 4, 0, 0, 2, 0));
-    drop(tx);
-}
-
-// ===== Debug =====
-
-#[tokio::test(start_paused = true)]
-async fn debug_output_shows_the_observable_state() {
-    let config = FanOutConfig::new(1, DropNewest).capacity(4);
-    let (tx, mut results, handle) = gated(config);
-    assert_eq!(
-        format!("{handle:?}"),
-        "ShutdownHandle { queue_depth: 0, in_flight: 0, results_waiting: 0, shutting_down: false, finished: false }"
-    );
-    assert_eq!(
-        format!("{results:?}"),
-        "BoundedFanOut { waiting_results: 0, terminated: false, shutting_down: false }"
-    );
-
-    send(&tx, 0..3);
-    settle().await;
-    let shown = format!("{handle:?}");
-    assert!(shown.contains("queue_depth: 2"), "{shown}");
-    assert!(shown.contains("in_flight: 1"), "{shown}");
-
-    sleep(ms(300)).await;
-    settle().await;
-    assert!(format!("{results:?}").contains("waiting_results: 3"));
-    let shown = format!("{handle:?}");
-    assert!(shown.contains("results_waiting: 3"), "{shown}");
-    handle.shutdown();
-    assert!(format!("{handle:?}").contains("shutting_down: true"));
-    assert!(format!("{results:?}").contains("shutting_down: true"));
-
-    while results.next().await.is_some() {}
-    let shown = format!("{results:?}");
-    assert!(shown.contains("terminated: true"), "{shown}");
-    while !handle.is_finished() {
-        tokio::task::yield_now().await;
-    }
-    assert!(format!("{handle:?}").contains("finished: true"));
-
-    let join = handle.join();
-    let shown = format!("{join:?}");
-    assert!(
-        shown.starts_with("JoinReport { handle: Some(ShutdownHandle {"),
-        "{shown}"
-    );
-    let report = timeout(GUARD, join).await.unwrap();
-    assert_eq!(counts(&report), (3, 3, 0, 0, 0, 1, 0));
-    assert!(format!("{report:?}").contains("intake: Stopped"));
-    drop(tx);
-}
-
-// ===== Controller =====
-
-#[tokio::test(start_paused = true)]
-async fn a_join_polled_through_a_timeout_survives_and_a_controller_stops_it() {
-    // The exact sequence: `timeout(d, &mut join)`, then `shutdown()`, then
-    // `join.await` gives the report.
-    let (results, handle) = endless(0..3).bounded_fan_out(2, DropNewest, |id| work(id, ms(10)));
-    let controller = handle.controller();
-    let mut join = handle.join();
-    let start = Instant::now();
-    assert!(timeout(ms(500), &mut join).await.is_err(), "endless input");
-    assert_eq!(start.elapsed(), ms(500));
-    controller.shutdown();
-    drop(results);
-    let report = timeout(GUARD, join).await.expect("join after the timeout");
-    assert_eq!(start.elapsed(), ms(500), "nothing left to drain");
-    assert_eq!(counts(&report), (3, 3, 0, 0, 0, 2, 0));
-    assert_eq!((report.delivered, report.discarded), (0, 3));
-    assert_eq!(report.intake, IntakeEnd::Stopped);
-    assert_eq!(controller.finished().await, report);
-}
-
-#[tokio::test(start_paused = true)]
-async fn controllers_steer_from_other_tasks_and_see_the_same_report() {
-    let (results, handle) = endless(0..5).bounded_fan_out(1, DropNewest, |id| work(id, ms(10)));
-    let controller = handle.controller();
-    let watchers: Vec<_> = (0..3)
-        .map(|_| {
-            let c = controller.clone();
-            tokio::spawn(async move { c.finished().await })
-        })
-        .collect();
-    let stopper = {
-        let c = controller.clone();
-        tokio::spawn(async move {
-            sleep(ms(25)).await;
-            assert_eq!(c.stats().processed, 2);
-            c.abort();
-        })
-    };
-    let (out, report) = drain_and_join(results, handle, GUARD).await;
-    stopper.await.unwrap();
-    assert_eq!(out, [0, 1]);
-    assert_eq!(counts(&report), (5, 2, 0, 0, 3, 0, 1));
-    for watcher in watchers {
-        assert_eq!(watcher.await.unwrap(), report);
-    }
-    assert!(controller.is_finished());
-    assert!(format!("{controller:?}").contains("finished: true"));
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_controller_does_not_keep_a_dropped_pipeline_alive() {
-    let baseline = alive_tasks();
-    let (results, handle) = endless(0..3).bounded_fan_out(2, DropNewest, never);
-    let controller = handle.controller();
-    settle().await;
-    drop(results);
-    drop(handle);
-    // Both halves gone: aborted, whatever the controller.
-    let report = timeout(GUARD, controller.finished())
-        .await
-        .expect("aborted");
-    assert_eq!(counts(&report), (3, 0, 0, 0, 3, 0, 2));
-    settle().await;
-    assert_eq!(alive_tasks(), baseline);
-}
-
-#[tokio::test(start_paused = true)]
-async fn select_over_results_and_the_end_reads_everything_then_reports() {
-    let (mut results, handle) =
-        futures::stream::iter(0..6u32).bounded_fan_out(2, DropNewest, |id| work(id, ms(10)));
-    let mut join = handle.join();
-    let mut seen = Vec::new();
-    let report = loop {
-        tokio::select! {
-            Some(id) = results.next() => seen.push(id),
-            report = &mut join => break report,
+        let started = snapshot(&started);
+        assert_unique(&started, &format!("T={t}: handler-started ids"));
+        assert_eq!(out.len() as u64, report.processed, "T={t}: received");
+        assert_eq!(sorted(&out), sorted(&started), "T={t}: started == received");
+        assert_eq!(report.produced, pulls.count(), "T={t}: produced == pulled");
+        pulls.assert_none_after_fence();
+        pulls.assert_none_after(start + ms(t + 1));
+        // 3 ms handlers drain long before the 5 s default deadline.
+        assert_eq!((report.failed, report.cancelled), (0, 0), "T={t}");
+        assert_eq!(workers(&report), (4, 0), "T={t}");
+        match t {
+            0..=30 => assert_eq!(report.intake, IntakeEnd::Stopped, "T={t}"),
+            31 => {}
+            _ => assert_eq!(report.intake, IntakeEnd::Exhausted, "T={t}"),
         }
-    };
-    seen.sort_unstable();
-    assert_eq!(seen, [0, 1, 2, 3, 4, 5]);
-    assert_eq!((report.delivered, report.discarded), (6, 0));
+        assert_no_task_alive(baseline).await;
+    }
+}
+
+// ===== a finished result is never thrown away at shutdown =====
+
+#[tokio::test(start_paused = true)]
+async fn case_21a_shutdown_mid_stream_delivers_every_finished_result() {
+    let baseline = alive_tasks();
+    let start = Instant::now();
+    let pulls = Trace::default();
+    let input = paced(&pulls, |i| Some(ms(i)));
+    let config = FanOutConfig::new(2, ShedPolicy::DropNewest).capacity(4);
+    let (results, handle) = input.bounded_fan_out_with(config, |id| async move { id });
+
+    // The consumer drains throughout; the shutdown comes at t = 100 ms.
+    let (out, report) = within(DEADLOCK, "drain + shutdown + join", async {
+        tokio::join!(results.collect::<Vec<_>>(), async {
+            sleep_until(start + ms(100)).await;
+            handle.shutdown();
+            pulls.fence();
+            handle.join().await
+        })
+    })
+    .await;
+    assert!(report.is_conserved(), "not conserved: {report}");
+    assert!(
+        report.produced == 100 || report.produced == 101,
+        "produced {}",
+        report.produced
+    );
+    pulls.assert_none_after_fence();
+    assert_eq!(report.produced, pulls.count());
+    assert_eq!(out.len() as u64, report.processed, "received == processed");
+    assert!(out.iter().copied().eq(0..report.produced), "{out:?}");
+    // Instant handlers keep up with one item per ms: nothing shed or cut off.
+    let produced = report.produced;
+    assert_eq!(item_counts(&report), (produced, produced, 0, 0, 0));
+    assert_eq!(report.intake, IntakeEnd::Stopped);
+    assert_no_task_alive(baseline).await;
+}
+
+/// W = 1, one item whose handler sleeps exactly 100 ms; at t = 100 ms the
+/// pipeline is stopped by `stop`. 50 runs.
+async fn case_21b(stop: fn(&ShutdownHandle), delivered: bool) {
+    // [stopped before completion, stopped after completion]
+    let mut finished_first = [0; 2];
+    for run in 0..50 {
+        let baseline = alive_tasks();
+        let start = Instant::now();
+        let (results, handle) =
+            stream::iter([7u64]).bounded_fan_out(1, ShedPolicy::DropNewest, |id| async move {
+                sleep(ms(100)).await;
+                id
+            });
+        sleep_until(start + ms(100)).await;
+        // Both orders within the same instant: stop before the worker has
+        // seen its timer fire (even runs), or just after (odd runs).
+        if run % 2 == 1 {
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+        }
+        finished_first[usize::from(handle.stats().processed == 1)] += 1;
+        stop(&handle);
+        let (out, report, joined_at) = drain_and_join_at(results, handle, DEADLOCK).await;
+        if delivered {
+            assert_eq!(out, [7], "run {run}: the finished result was thrown away");
+            assert_eq!((report.delivered, report.discarded), (1, 0), "run {run}");
+        } else {
+            assert_eq!(out, [], "run {run}: a result was delivered after abort()");
+            assert_eq!((report.delivered, report.discarded), (0, 1), "run {run}");
+        }
+        assert_eq!(item_counts(&report), (1, 1, 0, 0, 0), "run {run}");
+        assert_eq!(workers(&report), (1, 0), "run {run}");
+        assert_eq!(joined_at - start, ms(100), "run {run}");
+        assert_no_task_alive(baseline).await;
+    }
+    assert_eq!(finished_first, [25, 25], "both orders were exercised");
+}
+
+#[tokio::test(start_paused = true)]
+async fn case_21b_result_finishing_at_shutdown_is_always_delivered() {
+    case_21b(ShutdownHandle::shutdown, true).await;
+}
+
+/// The same race through `abort`: a handler that is ready when cancelled
+/// still completes and counts `processed` in every run, but an abort stops
+/// every hand-over, so its unread result is discarded, and counted so.
+#[tokio::test(start_paused = true)]
+async fn case_21b_result_finishing_at_abort_is_processed_and_discarded() {
+    case_21b(ShutdownHandle::abort, false).await;
 }

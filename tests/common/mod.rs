@@ -13,7 +13,7 @@ use backpressure_pipeline::{
 };
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 // ===== time and runtimes =====
 
@@ -296,4 +296,166 @@ where
         shutdown,
         input: back,
     }
+}
+
+// ===== deadlines, leaks and traces =====
+
+/// Deadline for any join or drain. Under paused time a deadlock costs nothing
+/// but jumps here; on a multi-thread runtime it is real time.
+pub const DEADLOCK: Duration = Duration::from_secs(60);
+
+/// No task the pipeline spawned is alive: back to `baseline` after a few
+/// yields (PITFALLS 11: the count drops just after the waiter is woken).
+pub async fn assert_no_task_alive(baseline: usize) {
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(alive_tasks(), baseline, "a task outlived the pipeline");
+}
+
+/// (workers_joined, aborted)
+pub fn workers(r: &Report) -> (usize, usize) {
+    (r.workers_joined, r.aborted)
+}
+
+/// One id seen passing a point: an input pull or a handler start.
+#[derive(Clone, Copy, Debug)]
+pub struct Seen {
+    pub id: u64,
+    pub at: Instant,
+    /// Seen after the test called [`Trace::fence`].
+    pub after_fence: bool,
+}
+
+/// Records every id that passes a point (an input pull, a handler start),
+/// when, and whether after a fence (set right after `shutdown()`, `abort()`
+/// or a drop returns).
+#[derive(Clone, Default)]
+pub struct Trace {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    fenced: Arc<AtomicBool>,
+}
+
+impl Trace {
+    pub fn record(&self, id: u64) {
+        let after_fence = self.fenced.load(SeqCst);
+        let at = Instant::now();
+        self.seen.lock().unwrap().push(Seen {
+            id,
+            at,
+            after_fence,
+        });
+    }
+
+    pub fn fence(&self) {
+        self.fenced.store(true, SeqCst);
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> u64 {
+        self.seen.lock().unwrap().len() as u64
+    }
+
+    pub fn assert_none_after_fence(&self) {
+        let late: Vec<_> = self.seen().into_iter().filter(|p| p.after_fence).collect();
+        assert!(late.is_empty(), "seen after the fence: {late:?}");
+    }
+
+    pub fn assert_none_after(&self, limit: Instant) {
+        let late: Vec<_> = self.seen().into_iter().filter(|p| p.at > limit).collect();
+        assert!(late.is_empty(), "seen after {limit:?}: {late:?}");
+    }
+}
+
+/// An input of ids 0, 1, 2, … where id `i` becomes ready at `schedule(i)`
+/// after the stream was built (`None`: the input ends). Ids due at the same
+/// instant are ready back to back. Every pull is logged.
+pub fn paced(
+    log: &Trace,
+    schedule: impl Fn(u64) -> Option<Duration> + Send + 'static,
+) -> impl Stream<Item = u64> + Send + 'static {
+    let start = Instant::now();
+    let log = log.clone();
+    futures::stream::unfold(0u64, move |id| {
+        let due = schedule(id).map(|offset| start + offset);
+        let log = log.clone();
+        async move {
+            let due = due?;
+            if Instant::now() < due {
+                sleep_until(due).await;
+            }
+            log.record(id);
+            Some((id, id + 1))
+        }
+    })
+}
+
+// ===== drains and joins under a guard =====
+
+/// Drains `results` while joining, under a guard; returns the results, the
+/// report and the instant `join` resolved. Checks both laws.
+pub async fn drain<T>(
+    results: BoundedFanOut<T>,
+    handle: ShutdownHandle,
+) -> (Vec<T>, Report, Instant) {
+    let (out, report, at) = drain_and_join_at(results, handle, GUARD).await;
+    assert_eq!(report.delivered, out.len() as u64, "{report}");
+    (out, report, at)
+}
+
+/// Drains `results` and joins under [`DEADLOCK`], failing fast on a
+/// deadlock; checks the law.
+pub async fn finish<T>(results: BoundedFanOut<T>, shutdown: ShutdownHandle) -> (Vec<T>, Report) {
+    let (out, report, _) = drain_and_join_at(results, shutdown, DEADLOCK).await;
+    (out, report)
+}
+
+/// [`drain_and_join`] under [`GUARD`], the results sorted.
+pub async fn drain_sorted(
+    results: BoundedFanOut<u32>,
+    handle: ShutdownHandle,
+) -> (Vec<u32>, Report) {
+    let (mut out, report) = drain_and_join(results, handle, GUARD).await;
+    out.sort_unstable();
+    (out, report)
+}
+
+// ===== inputs, handlers and hooks =====
+
+/// A handler body that never completes.
+pub async fn never(_: u32) -> u32 {
+    std::future::pending().await
+}
+
+/// A pipeline on `config` whose input the test feeds by hand (it ends when
+/// the sender is dropped) and whose handler takes 100 ms per item.
+pub fn gated(
+    config: FanOutConfig<u32>,
+) -> (
+    mpsc::UnboundedSender<u32>,
+    BoundedFanOut<u32>,
+    ShutdownHandle,
+) {
+    let (tx, rx) = mpsc::unbounded();
+    let (results, handle) = rx.bounded_fan_out_with(config, |id| work(id, ms(100)));
+    (tx, results, handle)
+}
+
+/// Items `(id, at_ms)` yielded at the given virtual times.
+pub fn timed(items: Vec<(u64, u64)>) -> impl Stream<Item = u64> + Send + 'static {
+    let start = Instant::now();
+    futures::stream::iter(items).then(move |(id, at)| async move {
+        sleep_until(start + ms(at)).await;
+        id
+    })
+}
+
+/// A log and a hook that appends to it: for `on_cancel`, `on_overload`.
+pub fn recorder<T: Send + 'static>() -> (Arc<Mutex<Vec<T>>>, impl Fn(T) + Send + Sync + 'static) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&log);
+    (log, move |x| sink.lock().unwrap().push(x))
 }

@@ -1,0 +1,69 @@
+//! The overload alarm: `on_overload` fires `Started` at the first shed of
+//! an episode and `Ended` with the episode's shed count and duration a quiet
+//! period after the last shed (or when intake ends), once per episode, and
+//! never without shedding.
+//!
+//! Paused time, current-thread: every event and instant is exact.
+
+use std::sync::{Arc, Mutex};
+
+use backpressure_pipeline::{FanOutConfig, FanOutExt, OverloadEvent, ShedPolicy};
+use tokio::time::{Instant, sleep};
+
+mod common;
+use common::{finish, ms, recorder, timed};
+
+#[tokio::test(start_paused = true)]
+async fn overload_alarm_fires_once_per_episode_with_count_and_duration() {
+    // W=1 busy for the whole run, C=1. Burst A: items at t=10..=14 ms (item
+    // 10 queued, 4 shed over 11..=14 ms). Quiet 100 ms. Burst B at t=500..=502.
+    let (events, hook) = recorder();
+    let stamps = Arc::new(Mutex::new(Vec::new()));
+    let stamp_log = Arc::clone(&stamps);
+    let start = Instant::now();
+    let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+        .capacity(1)
+        .overload_quiet_period(ms(100))
+        .on_overload(move |event| {
+            stamp_log.lock().unwrap().push(Instant::now() - start);
+            hook(event)
+        });
+    let mut items = vec![(0, 0)];
+    items.extend((10..=14).map(|t| (t, t)));
+    items.extend((500..=502).map(|t| (t, t)));
+    let (results, shutdown) = timed(items).bounded_fan_out_with(config, |i| async move {
+        sleep(ms(10_000)).await;
+        i
+    });
+    let (_, report) = finish(results, shutdown).await;
+    assert_eq!(report.dropped, 4 + 3);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            OverloadEvent::Started,
+            OverloadEvent::Ended {
+                shed: 4,
+                duration: ms(3)
+            },
+            OverloadEvent::Started,
+            OverloadEvent::Ended {
+                shed: 3,
+                duration: ms(2)
+            },
+        ]
+    );
+    // Started at the first shed; ended a quiet period after the last one
+    // (the first episode), or when intake ended (the second).
+    assert_eq!(*stamps.lock().unwrap(), [ms(11), ms(114), ms(500), ms(502)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn overload_alarm_stays_silent_without_shedding() {
+    let (events, hook) = recorder::<OverloadEvent>();
+    let config = FanOutConfig::new(2, ShedPolicy::DropOldest).on_overload(hook);
+    let (results, shutdown) =
+        futures::stream::iter(0..10u64).bounded_fan_out_with(config, |i| async move { i });
+    let (_, report) = finish(results, shutdown).await;
+    assert_eq!(report.dropped, 0);
+    assert!(events.lock().unwrap().is_empty());
+}
