@@ -18,7 +18,7 @@ use tokio::time::{Instant, sleep, timeout};
 mod common;
 use common::{
     DEADLOCK, GUARD, alive_tasks, assert_no_task_alive, assert_tasks_back_to, counts, endless,
-    item_counts, ms, multi_thread_runtime, settle, with_drop_flag, within, work, workers,
+    item_counts, joined, ms, multi_thread_runtime, settle, with_drop_flag, within, work, workers,
 };
 
 use ShedPolicy::{DropNewest, DropOldest};
@@ -159,8 +159,7 @@ async fn case_05_dropping_results_only_keeps_processing_then_shutdown_joins() {
     assert!(!dropped.load(SeqCst), "the handle keeps the pipeline alive");
 
     handle.shutdown();
-    let report = within(DEADLOCK, "join", handle.join()).await;
-    assert!(report.is_conserved(), "{report}");
+    let report = joined(DEADLOCK, handle).await;
     assert_eq!(item_counts(&report), (3, 3, 0, 0, 0));
     assert_eq!(workers(&report), (2, 0));
     assert_eq!(report.intake, IntakeEnd::Stopped);

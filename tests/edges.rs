@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use backpressure_pipeline::{FanOutConfig, FanOutExt, IntakeEnd, ShedPolicy, ShutdownHandle};
 use common::{
-    DEADLOCK, GUARD, PlannedPanic, alive_tasks, assert_no_task_alive, drain, drain_and_join,
-    drain_and_join_at, endless, item_counts, ms, quiet_planned_panics, sorted, within, workers,
+    DEADLOCK, GUARD, POLICIES, PlannedPanic, alive_tasks, assert_no_task_alive, drain,
+    drain_and_join, drain_and_join_at, endless, item_counts, ms, quiet_planned_panics, sorted,
+    within, workers,
 };
 use futures::{Stream, StreamExt, stream};
 use tokio::time::{Instant, sleep};
@@ -406,11 +407,7 @@ async fn the_largest_capacities_work_in_every_mode() {
 /// woken in turn, nothing is lost, every worker joins.
 #[tokio::test(start_paused = true)]
 async fn four_thousand_workers_on_a_one_slot_queue() {
-    for policy in [
-        ShedPolicy::Backpressure,
-        ShedPolicy::DropNewest,
-        ShedPolicy::DropOldest,
-    ] {
+    for policy in POLICIES {
         let start = Instant::now();
         let config = FanOutConfig::new(4_096, policy).capacity(1);
         let (results, handle) =

@@ -19,7 +19,7 @@ use futures::{StreamExt, stream};
 use tokio::time::{sleep, timeout};
 
 mod common;
-use common::{GUARD, ms, paused_runtime, sorted, within};
+use common::{GUARD, joined, ms, paused_runtime, sorted, within};
 
 // ===== helpers =====
 
@@ -197,8 +197,7 @@ async fn an_abort_releases_63_senders_waiting_in_line_for_a_one_slot_output() {
     );
     handle.abort();
     assert_eq!(results.next().await, None, "an abort ends the results");
-    let report = within(GUARD, "join", handle.join()).await;
-    assert!(report.is_conserved(), "{report}");
+    let report = joined(GUARD, handle).await;
     assert_eq!(
         (
             report.produced,
@@ -229,8 +228,7 @@ async fn senders_waiting_in_line_are_let_in_one_per_result_read() {
         assert!(stats.results_waiting <= 65, "{stats:?}");
         sleep(ms(1)).await;
     }
-    let report = within(GUARD, "join", handle.join()).await;
-    assert!(report.is_conserved(), "{report}");
+    let report = joined(GUARD, handle).await;
     assert_eq!(sorted(&out), (0..300).collect::<Vec<_>>());
     assert_eq!(
         (report.processed, report.delivered, report.dropped),

@@ -21,7 +21,7 @@ use tokio::time::{Instant, sleep, timeout};
 mod common;
 use common::{
     DEADLOCK, GUARD, Trace, alive_tasks, assert_no_task_alive, counts, drain_and_join, endless,
-    item_counts, ms, never, paced, settle, sorted, within, work, workers,
+    item_counts, joined, ms, never, paced, settle, sorted, within, work, workers,
 };
 
 use ShedPolicy::DropNewest;
@@ -273,8 +273,7 @@ async fn case_04c_join_after_dropping_results_returns() {
     read_first_three(&mut results).await;
     drop(results);
 
-    let report = within(DEADLOCK, "join", handle.join()).await;
-    assert!(report.is_conserved(), "{report}");
+    let report = joined(DEADLOCK, handle).await;
     // Processing went on with results discarded; nothing had to be shed.
     assert_eq!(item_counts(&report), (10, 10, 0, 0, 0));
     assert_eq!(workers(&report), (2, 0));

@@ -19,8 +19,8 @@ use tokio::time::{Instant, sleep, timeout};
 mod common;
 use common::{
     DEADLOCK, GUARD, Trace, alive_tasks, assert_no_task_alive, assert_tasks_back_to, counts,
-    drain_and_join, drain_and_join_at, endless, item_counts, ms, multi_thread_runtime, paced, send,
-    settle, with_drop_flag, within, work, workers,
+    drain_and_join, drain_and_join_at, endless, item_counts, joined, ms, multi_thread_runtime,
+    paced, send, settle, with_drop_flag, within, work, workers,
 };
 
 use ShedPolicy::{DropNewest, DropOldest};
@@ -410,8 +410,7 @@ async fn case_12_long_run_keeps_task_count_flat() {
         }
     })
     .await;
-    let report = within(DEADLOCK, "join", handle.join()).await;
-    assert!(report.is_conserved(), "{report}");
+    let report = joined(DEADLOCK, handle).await;
 
     let at_50s = at_50s.expect("the run reached t = 50 s");
     assert!(at_50s <= baseline + W + 2, "{at_50s} tasks alive at 50 s");

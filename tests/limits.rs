@@ -15,8 +15,8 @@ use tokio::time::{Instant, sleep};
 
 mod common;
 use common::{
-    DEADLOCK, Log, Trace, alive_tasks, assert_no_task_alive, drain_and_join_at, item_counts, ms,
-    paced, snapshot, sorted, within, workers,
+    DEADLOCK, Log, Trace, alive_tasks, assert_no_task_alive, drain_and_join_at, item_counts,
+    joined, ms, paced, snapshot, sorted, within, workers,
 };
 
 // ===== exact shed counts: capacity is not off by one =====
@@ -118,8 +118,7 @@ async fn case_09(workers_n: usize) -> (usize, Duration) {
         }
     })
     .await;
-    let report = within(DEADLOCK, "join", handle.join()).await;
-    assert!(report.is_conserved(), "{report}");
+    let report = joined(DEADLOCK, handle).await;
     assert_eq!(sorted(&out), (0..30).collect::<Vec<_>>());
     assert_eq!(item_counts(&report), (30, 30, 0, 0, 0));
     assert_eq!(workers(&report), (workers_n, 0));

@@ -16,6 +16,7 @@ use futures::{StreamExt, stream};
 use tokio::time::timeout;
 
 mod common;
+use common::POLICIES;
 
 #[derive(Clone, Copy, Debug)]
 struct Round {
@@ -157,16 +158,7 @@ async fn stress_round(round: Round, ids: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stress_64_workers_one_slot_queue_and_output_every_policy() {
-    for (i, policy) in [
-        ShedPolicy::Backpressure,
-        ShedPolicy::DropNewest,
-        ShedPolicy::DropOldest,
-    ]
-    .into_iter()
-    .cycle()
-    .take(9)
-    .enumerate()
-    {
+    for (i, policy) in POLICIES.into_iter().cycle().take(9).enumerate() {
         let round = Round {
             policy,
             workers: 64,
@@ -206,11 +198,7 @@ async fn stress_ordered_and_latest_only_with_many_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stress_a_tiny_maximum_queue_age_with_every_policy() {
     for i in 0..6 {
-        let policy = [
-            ShedPolicy::Backpressure,
-            ShedPolicy::DropNewest,
-            ShedPolicy::DropOldest,
-        ][i % 3];
+        let policy = POLICIES[i % 3];
         let round = Round {
             policy,
             workers: [64, 1][i / 3],
@@ -232,11 +220,7 @@ async fn stress_a_tiny_maximum_queue_age_with_every_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stress_aborts_with_64_workers_in_every_output_mode() {
     for i in 0..24 {
-        let policy = [
-            ShedPolicy::Backpressure,
-            ShedPolicy::DropNewest,
-            ShedPolicy::DropOldest,
-        ][i % 3];
+        let policy = POLICIES[i % 3];
         let round = Round {
             policy,
             workers: [64, 2][i % 2],
@@ -256,11 +240,7 @@ async fn stress_aborts_with_64_workers_in_every_output_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stress_graceful_shutdowns_with_64_workers_lose_nothing() {
     for i in 0..18 {
-        let policy = [
-            ShedPolicy::Backpressure,
-            ShedPolicy::DropNewest,
-            ShedPolicy::DropOldest,
-        ][i % 3];
+        let policy = POLICIES[i % 3];
         let round = Round {
             policy,
             workers: [64, 4][i / 3 % 2],
@@ -285,11 +265,7 @@ async fn stress_graceful_shutdowns_with_64_workers_lose_nothing() {
 /// agrees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_push_front_with_64_workers_counts_every_offer_once() {
-    for policy in [
-        ShedPolicy::Backpressure,
-        ShedPolicy::DropNewest,
-        ShedPolicy::DropOldest,
-    ] {
+    for policy in POLICIES {
         const PER: u64 = 2_000;
         let handled: Arc<Vec<AtomicU64>> =
             Arc::new((0..4 * PER).map(|_| AtomicU64::new(0)).collect());

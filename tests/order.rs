@@ -15,7 +15,7 @@ use futures::{StreamExt, stream};
 use tokio::time::{Instant, sleep, timeout};
 
 mod common;
-use common::{DEADLOCK, GUARD, finish, ms, timed, within};
+use common::{DEADLOCK, GUARD, finish, joined, ms, timed, within};
 
 // ===== completion order =====
 
@@ -148,8 +148,7 @@ async fn ordered_output_with_64_workers_and_a_one_slot_window_keeps_input_order(
                 sleep(ms(1)).await;
             }
         }
-        let report = within(GUARD, "join", handle.join()).await;
-        assert!(report.is_conserved(), "{report}");
+        let report = joined(GUARD, handle).await;
         assert!(
             out.windows(2).all(|w| w[0] < w[1]),
             "{policy}: out of order"
@@ -185,8 +184,7 @@ async fn ordered_output_dropped_while_workers_wait_for_the_window() {
         "{stats:?}"
     );
     drop(results);
-    let report = within(GUARD, "join", handle.join()).await;
-    assert!(report.is_conserved(), "{report}");
+    let report = joined(GUARD, handle).await;
     assert_eq!(
         (
             report.produced,
@@ -267,8 +265,7 @@ async fn latest_only_with_64_workers_delivers_or_discards_each_result_once() {
         out.push(x);
         sleep(ms(3)).await;
     }
-    let report = within(GUARD, "join", handle.join()).await;
-    assert!(report.is_conserved(), "{report}");
+    let report = joined(GUARD, handle).await;
     assert_eq!((report.produced, report.processed), (1_000, 1_000));
     assert_eq!(report.delivered, out.len() as u64);
     let mut unique = out.clone();

@@ -10,7 +10,6 @@
 //! policy alone, whatever the intake's batching.
 
 use std::collections::HashSet;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +24,7 @@ use tokio::time::{Instant, sleep};
 mod common;
 use common::{
     DEADLOCK, GUARD, Log, drain_and_join, drain_and_join_at, item_counts, log, paused_runtime,
-    send, settle, snapshot, sorted,
+    send, settle, snapshot, sorted, with_deadlock_guard,
 };
 
 use ShedPolicy::{DropNewest, DropOldest};
@@ -274,21 +273,6 @@ async fn a_taken_item_frees_its_slot() {
 }
 
 // ===== the on_shed hook =====
-
-/// Runs `scenario` on its own paused runtime in its own thread, failing if it
-/// has not returned within `limit` of real time: a deadlock must fail the
-/// test, not hang the suite. (A guard, not synchronisation.)
-fn with_deadlock_guard(limit: Duration, scenario: impl FnOnce() + Send + 'static) {
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(catch_unwind(AssertUnwindSafe(scenario)));
-    });
-    match finished.recv_timeout(limit) {
-        Ok(Ok(())) => {}
-        Ok(Err(panic)) => resume_unwind(panic),
-        Err(_) => panic!("deadlock: the scenario did not finish within {limit:?}"),
-    }
-}
 
 #[test]
 fn on_shed_runs_outside_the_queue_lock() {

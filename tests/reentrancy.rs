@@ -15,23 +15,7 @@ use futures::stream;
 use tokio::time::sleep;
 
 mod common;
-use common::{GUARD, drain, ms, paused_runtime, within};
-
-/// Runs `f` on a thread of its own and fails if it does not finish within
-/// `limit`: for code that could deadlock on a `std` mutex (a blocked thread
-/// ignores tokio timeouts).
-fn on_thread_within(limit: Duration, what: &str, f: impl FnOnce() + Send + 'static) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        f();
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(()) => {}
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("{what}: deadlocked"),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
-    }
-}
+use common::{GUARD, drain, joined, ms, paused_runtime, with_deadlock_guard};
 
 /// A result whose `Drop` calls back into the pipeline.
 struct CallsBack(Arc<Mutex<Option<backpressure_pipeline::Controller>>>);
@@ -53,7 +37,7 @@ impl Drop for CallsBack {
 /// calls `abort()` from inside an abort: no deadlock, the books balance.
 #[test]
 fn discarded_results_whose_drop_calls_back_into_the_pipeline_do_not_deadlock() {
-    on_thread_within(Duration::from_secs(20), "re-entrant drop", || {
+    with_deadlock_guard(Duration::from_secs(20), || {
         paused_runtime().block_on(async {
             let slot = Arc::new(Mutex::new(None::<backpressure_pipeline::Controller>));
             let s = Arc::clone(&slot);
@@ -78,8 +62,7 @@ fn discarded_results_whose_drop_calls_back_into_the_pipeline_do_not_deadlock() {
             *slot.lock().unwrap() = Some(handle.controller());
             sleep(ms(1)).await;
             drop(results); // discards 2 buffered + wakes 6 waiting senders
-            let report = within(GUARD, "join", handle.join()).await;
-            assert!(report.is_conserved(), "{report}");
+            let report = joined(GUARD, handle).await;
             assert_eq!(report.delivered, 0);
             slot.lock().unwrap().take();
         });
@@ -90,7 +73,7 @@ fn discarded_results_whose_drop_calls_back_into_the_pipeline_do_not_deadlock() {
 /// handler that calls `shutdown()` of its own pipeline: no deadlock.
 #[test]
 fn hooks_and_handlers_that_read_the_books_do_not_deadlock() {
-    on_thread_within(Duration::from_secs(20), "re-entrant hooks", || {
+    with_deadlock_guard(Duration::from_secs(20), || {
         paused_runtime().block_on(async {
             let slot: Arc<Mutex<Option<backpressure_pipeline::Controller>>> =
                 Arc::new(Mutex::new(None));

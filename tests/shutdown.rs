@@ -11,27 +11,18 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backpressure_pipeline::{
-    FanOutConfig, FanOutExt, IntakeEnd, Report, ShedPolicy, ShutdownHandle,
-};
+use backpressure_pipeline::{FanOutConfig, FanOutExt, IntakeEnd, ShedPolicy, ShutdownHandle};
 use futures::stream::{self, StreamExt};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 mod common;
 use common::{
     DEADLOCK, GUARD, Log, Trace, alive_tasks, assert_no_task_alive, counts, drain_and_join_at,
-    drain_sorted, endless, gated, item_counts, ms, never, paced, send, settle, snapshot, sorted,
-    within, work, workers,
+    drain_sorted, endless, gated, item_counts, joined, ms, never, paced, send, settle, snapshot,
+    sorted, within, work, workers,
 };
 
 use ShedPolicy::DropNewest;
-
-/// Joins with a deadlock guard, results already dropped or drained.
-async fn join(handle: ShutdownHandle) -> Report {
-    let report = timeout(GUARD, handle.join()).await.expect("join hung");
-    assert!(report.is_conserved(), "not conserved: {report}");
-    report
-}
 
 // ===== natural end =====
 
@@ -263,7 +254,7 @@ async fn shutdown_and_abort_after_the_end_change_nothing() {
     }
     handle.shutdown();
     handle.abort();
-    let report = join(handle).await;
+    let report = joined(GUARD, handle).await;
     assert_eq!(counts(&report), (4, 4, 0, 0, 0, 2, 0));
     assert_eq!(report.intake, IntakeEnd::Exhausted);
 }

@@ -20,7 +20,8 @@ use tokio::time::{Instant, sleep, sleep_until};
 mod common;
 use common::{
     DEADLOCK, GUARD, Log, Trace, alive_tasks, assert_no_task_alive, counts, drain_and_join,
-    drain_and_join_at, item_counts, ms, paced, send, settle, snapshot, sorted, within, workers,
+    drain_and_join_at, item_counts, joined, ms, paced, send, settle, snapshot, sorted, within,
+    workers,
 };
 
 use ShedPolicy::DropNewest;
@@ -204,8 +205,7 @@ async fn case_13(input: impl Stream<Item = u64> + Send + 'static) -> Vec<u64> {
     assert_eq!(stats.produced, 1000);
     assert_eq!((stats.queue_depth, stats.in_flight), (0, 0));
 
-    let report = within(DEADLOCK, "join", handle.join()).await;
-    assert!(report.is_conserved(), "{report}");
+    let report = joined(DEADLOCK, handle).await;
     assert_eq!(report.intake, IntakeEnd::Exhausted);
     assert_eq!(
         out.last(),

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
@@ -423,6 +424,14 @@ pub async fn drain_sorted(
     (out, report)
 }
 
+/// Joins `handle` within `limit` (a deadlock fails fast), results already
+/// drained or dropped; checks that the report is conserved.
+pub async fn joined(limit: Duration, handle: ShutdownHandle) -> Report {
+    let report = within(limit, "join", handle.join()).await;
+    assert!(report.is_conserved(), "not conserved: {report}");
+    report
+}
+
 // ===== inputs, handlers and hooks =====
 
 /// A handler body that never completes.
@@ -454,8 +463,34 @@ pub fn timed(items: Vec<(u64, u64)>) -> impl Stream<Item = u64> + Send + 'static
 }
 
 /// A log and a hook that appends to it: for `on_cancel`, `on_overload`.
-pub fn recorder<T: Send + 'static>() -> (Arc<Mutex<Vec<T>>>, impl Fn(T) + Send + Sync + 'static) {
+pub fn recorder<T: Send + 'static>() -> (Log<T>, impl Fn(T) + Send + Sync + 'static) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&log);
     (log, move |x| sink.lock().unwrap().push(x))
+}
+
+// ===== policies and threads =====
+
+/// The three shed policies, in the order the stress rounds cycle through.
+pub const POLICIES: [ShedPolicy; 3] = [
+    ShedPolicy::Backpressure,
+    ShedPolicy::DropNewest,
+    ShedPolicy::DropOldest,
+];
+
+/// Runs `scenario` (which builds its own runtime) on a thread of its own,
+/// failing if it has not returned within `limit` of real time: a deadlock
+/// on a lock must fail the test, not hang the suite, and a blocked thread
+/// ignores tokio timeouts. A panic in `scenario` is the test's panic. (A
+/// guard, not synchronisation.)
+pub fn with_deadlock_guard(limit: Duration, scenario: impl FnOnce() + Send + 'static) {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(catch_unwind(AssertUnwindSafe(scenario)));
+    });
+    match finished.recv_timeout(limit) {
+        Ok(Ok(())) => {}
+        Ok(Err(panic)) => resume_unwind(panic),
+        Err(_) => panic!("deadlock: the scenario did not finish within {limit:?}"),
+    }
 }
