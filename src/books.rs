@@ -148,6 +148,8 @@ pub(crate) struct Counts {
     pub(crate) cancelled: u64,
     /// Items a worker holds whose fate is not decided yet.
     pub(crate) in_flight: usize,
+    /// Items workers have taken (invariant 2: never fewer than finished).
+    pub(crate) taken: u64,
 }
 
 /// What the results side has counted (invariant 3).
@@ -184,7 +186,7 @@ impl Books {
     pub(crate) fn counts(&self, results: &dyn ResultCounts) -> Counts {
         let (delivered, discarded) = (results.delivered(), results.discarded());
         let mut fates = [0u64; Fate::COUNT];
-        let (mut errored, mut in_flight) = (0, 0);
+        let (mut errored, mut in_flight, mut taken_all) = (0, 0, 0);
         for worker in &self.workers {
             let ended = worker.fates.each_ref().map(|fate| fate.load(Acquire));
             let taken = worker.taken.load(Acquire);
@@ -196,6 +198,7 @@ impl Books {
                 *sum += n;
             }
             errored += worker.errored.load(Acquire);
+            taken_all += taken;
             // A worker holds at most one item: the difference is 0 or 1
             // (more only for a `taken` stored after the fates were read).
             in_flight += usize::from(taken > ended.iter().sum::<u64>());
@@ -211,6 +214,7 @@ impl Books {
             expired: of(Fate::Expired),
             cancelled: of(Fate::Cancelled) + self.unqueued_cancelled.load(Acquire),
             in_flight,
+            taken: taken_all,
             produced: self.intake.produced.load(Acquire),
             dropped: self.intake.dropped.load(Acquire),
         }

@@ -156,6 +156,10 @@ mod sync;
 mod trace;
 mod worker;
 
+// Loom models of every wait and wake-up path (`--cfg loom`; see `.ci/run`).
+#[cfg(all(test, loom))]
+mod models;
+
 pub use config::{Fallible, FanOutConfig, HandlerKind, Plain, ResultOrder, ShedPolicy};
 pub use control::{Controller, JoinReport, ShutdownHandle};
 pub use ext::{FanOutExt, feeder};

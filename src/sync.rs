@@ -17,6 +17,16 @@ pub(crate) use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize};
 #[cfg(not(loom))]
 pub(crate) use std::sync::{Mutex, MutexGuard};
 
+// # Lock order
+//
+// Every lock of the crate is taken alone, with one exception: the results
+// buffer's lock (`results::Outlet`) is held while the input-order window's
+// tokio `Semaphore` is closed or given permits (its internal lock is taken
+// under ours; it never calls back into the crate). The queue's lock, the
+// hook shelf's, the overload episodes' and the stop mirror's are never held
+// while another is taken, and no user code or waker runs under any of them
+// (each module's invariants say how).
+
 /// Locks `mutex`, recovering from poison. No user code runs under any lock
 /// of this crate (each module says how), so a poisoned lock can only come
 /// from a bug in the crate itself; the state is still consistent at every

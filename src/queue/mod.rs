@@ -221,6 +221,10 @@ impl<T> HandOff<T> {
                 "HandOff: over capacity (invariant 4)"
             );
             debug_assert!(!self.keep_shed || shed.len() - shed_before == overflow);
+            debug_assert!(
+                self.max_age.is_none() || state.stamps.len() == len,
+                "HandOff: stamps out of step with items (invariant 6)"
+            );
             self.len.store(len, Relaxed);
             state.high_water_mark = state.high_water_mark.max(len);
             count(offered, overflow);
@@ -391,6 +395,11 @@ impl<T> HandOff<T> {
                 (Some(max_age), Some(queued_at)) => queued_at.elapsed() > max_age,
                 _ => false,
             };
+            debug_assert!(
+                self.max_age.is_none() || state.stamps.len() == state.items.len(),
+                "HandOff: stamps out of step with items (invariant 6)"
+            );
+            // Invariant 5: numbered under the lock, densely.
             let seq = state.next_take;
             state.next_take += 1;
             let queued = state.items.len();

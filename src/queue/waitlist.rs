@@ -65,6 +65,12 @@ impl WaitList {
             self.slots.pop_front();
             self.base += 1;
         }
+        debug_assert!(
+            self.live <= self.slots.len() && (self.live == 0) == self.slots.is_empty(),
+            "WaitList: {} live waiters in {} slots (invariants 2 and 3)",
+            self.live,
+            self.slots.len()
+        );
     }
 
     /// Registers `waker` under `ticket`: refreshed in its place if the
@@ -83,7 +89,7 @@ impl WaitList {
     }
 
     /// Whether `ticket` is registered and not yet woken.
-    #[cfg(any(test, loom))]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn is_registered(&self, ticket: Option<u64>) -> bool {
         let Some(index) = ticket.and_then(|t| t.checked_sub(self.base)) else {
             return false;
@@ -145,7 +151,7 @@ impl WaitList {
     }
 
     /// Registered waiters.
-    #[cfg(any(test, loom))]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn len(&self) -> usize {
         debug_assert_eq!(
             self.live,

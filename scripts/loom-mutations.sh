@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Shows that each loom model catches the bug it exists for: removes one
+# guard at a time from a copy of the crate, runs that guard's model, and
+# reports why the model failed (it must). Not part of CI: it rebuilds the
+# crate once per mutation (about half a minute each on two cores).
+#
+#   scripts/loom-mutations.sh            # every mutation
+#   scripts/loom-mutations.sh push-wake  # one, by name
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+[ -n "${KEEP_OUTPUT:-}" ] && trap - EXIT
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/loom-mutations}"
+export RUSTFLAGS="--cfg loom -C debug-assertions" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}"
+
+# One mutation per line: name, file, the guard's text, its replacement, the
+# model that must catch it; fields separated by " ~ ", "\n" a newline.
+mutations='
+push-wake ~ src/queue/mod.rs ~ let woken = state.idle.wake(len - before); ~ let woken = state.idle.wake(0); ~ loom_a_push_wakes_a_worker_that_is_registering
+take-drop-pass-on ~ src/queue/mod.rs ~ let next = self.queue.lock().idle.leave(self.ticket.take()); ~ let next: Option<Waker> = { self.queue.lock().idle.forget(&mut self.ticket); None }; ~ loom_a_woken_take_that_is_dropped_passes_its_wake_up_on
+close-wake ~ src/queue/mod.rs ~ (state.idle.wake_all(), state.batch.waiter.take()) ~ (Vec::new(), state.batch.waiter.take()) ~ loom_close_wakes_a_worker_that_is_registering
+abandon-count-under-lock ~ src/queue/mod.rs ~ count(items.len());\n            (items, state.idle.wake_all(), state.batch.waiter.take()) ~ (items, state.idle.wake_all(), state.batch.waiter.take()) ~ loom_abandon_push_and_take_end_every_item_exactly_once
+low-water-wake ~ src/queue/room.rs ~             self.waiter.take() ~             None ~ loom_a_take_at_the_low_water_mark_wakes_the_producer_waiting_for_room
+abort-wakes-senders ~ src/results/mod.rs ~ let senders = inner.waiting.wake_all(); ~ let senders: Vec<Waker> = Vec::new(); ~ loom_an_abort_releases_a_waiting_sender_and_each_result_ends_once
+last-sender-wakes-consumer ~ src/results/sender.rs ~ (inner.consumer.take(), inner.buf.holds_no_result()) ~ (None, inner.buf.holds_no_result()) ~ loom_the_last_sender_leaving_ends_the_stream_for_a_waiting_consumer
+hand-over-drop-pass-on ~ src/results/sender.rs ~ inner.waiting.leave(self.ticket.take()) ~ { inner.waiting.forget(&mut self.ticket); None } ~ loom_a_woken_hand_over_that_is_dropped_passes_its_wake_up_on
+fates-release ~ src/books.rs ~ counter.store(counter.load(Relaxed) + n, Release); ~ counter.store(counter.load(Relaxed) + n, Relaxed); ~ loom_a_snapshot_never_shows_more_finished_than_taken
+lease-wakes-releaser ~ src/control/lease.rs ~                 state.releaser.take() ~                 None::<Waker> ~ loom_release_waits_for_the_last_lease_and_drops_the_hooks_first
+lease-drop-before-count ~ src/control/lease.rs ~         drop_quietly(self.value.take());\n        let releaser = { ~         let value = self.value.take();\n        let releaser = { ~ loom_release_waits_for_the_last_lease_and_drops_the_hooks_first
+deadline-before-phase ~ src/control/phase.rs ~     pub(crate) fn drain(&self) {\n ~     pub(crate) fn drain(&self) {\n        self.phase.fetch_max(DRAINING, Release);\n ~ loom_a_worker_that_sees_the_stop_sees_the_drain_deadline
+'
+
+status=0
+while IFS= read -r row; do
+  [ -z "$row" ] && continue
+  name=${row%% ~ *}
+  if [ $# -gt 0 ] && [ "$1" != "$name" ]; then continue; fi
+  rm -rf "$work/crate" && mkdir -p "$work/crate"
+  cp -r Cargo.toml Cargo.lock README.md src benches "$work/crate/"
+  model=$(python3 - "$work/crate" "$row" <<'PY'
+import sys
+root, row = sys.argv[1], sys.argv[2]
+name, path, old, new, model = [field.replace('\\n', '\n') for field in row.split(' ~ ')]
+text = open(f'{root}/{path}').read()
+if old not in text:
+    sys.exit(2)
+open(f'{root}/{path}', 'w').write(text.replace(old, new, 1))
+print(model)
+PY
+  ) || { echo "$name: the guard's text is gone; update this script"; status=1; continue; }
+  if (cd "$work/crate" && timeout 600 cargo test --release --lib "$model" >"$work/out" 2>&1); then
+    echo "$name: NOT caught by $model"; status=1
+  elif ! grep -q "^test .*$model" "$work/out"; then
+    echo "$name: the model did not run (build failed?); fix this script"; status=1
+  else
+    why=$(grep -m1 -iE "deadlock|assertion|outlived|stop without|more finished" "$work/out" | cut -c1-110)
+    echo "$name: caught by $model: ${why:-failed}"
+  fi
+done <<<"$mutations"
+exit $status
