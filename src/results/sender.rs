@@ -166,7 +166,10 @@ impl<T> Handover<'_, T> {
         if results.len() < *capacity {
             waiting.forget(&mut self.ticket);
             results.push_back(result);
-            debug_assert!(results.len() <= *capacity, "Outlet: over capacity (invariant 1)");
+            debug_assert!(
+                results.len() <= *capacity,
+                "Outlet: over capacity (invariant 1)"
+            );
             let consumer = consumer.take();
             drop(inner);
             wake(consumer);
