@@ -29,6 +29,7 @@ hand-over-drop-pass-on ~ src/results/sender.rs ~ inner.waiting.leave(self.ticket
 fates-release ~ src/books.rs ~ counter.store(counter.load(Relaxed) + n, Release); ~ counter.store(counter.load(Relaxed) + n, Relaxed); ~ loom_a_snapshot_never_shows_more_finished_than_taken
 lease-wakes-releaser ~ src/control/lease.rs ~                 state.releaser.take() ~                 None::<Waker> ~ loom_release_waits_for_the_last_lease_and_drops_the_hooks_first
 lease-drop-before-count ~ src/control/lease.rs ~         drop_quietly(self.value.take());\n        let releaser = { ~         let value = self.value.take();\n        let releaser = { ~ loom_release_waits_for_the_last_lease_and_drops_the_hooks_first
+abort-leases-first ~ src/control/mod.rs ~         let hooks = self.hooks.lease();\n        let abandoned = self.queue.abandon(|n| self.books.cancel_unqueued(n)); ~         let abandoned = self.queue.abandon(|n| self.books.cancel_unqueued(n));\n        let hooks = self.hooks.lease(); ~ loom_an_abort_settles_what_it_abandoned_before_the_hooks_are_released
 deadline-before-phase ~ src/control/phase.rs ~     pub(crate) fn drain(&self) {\n ~     pub(crate) fn drain(&self) {\n        self.phase.fetch_max(DRAINING, Release);\n ~ loom_a_worker_that_sees_the_stop_sees_the_drain_deadline
 '
 
@@ -55,7 +56,7 @@ PY
   elif ! grep -q "^test .*$model" "$work/out"; then
     echo "$name: the model did not run (build failed?); fix this script"; status=1
   else
-    why=$(grep -m1 -iE "deadlock|assertion|outlived|stop without|more finished" "$work/out" | cut -c1-110)
+    why=$(grep -m1 -iE "deadlock|assertion|outlived|stop without|more finished|hooks released" "$work/out" | cut -c1-110)
     echo "$name: caught by $model: ${why:-failed}"
   fi
 done <<<"$mutations"

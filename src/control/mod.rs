@@ -151,6 +151,10 @@ impl<Item> Core<Item> {
 
     /// Stops everything now, in the order the module docs give.
     pub(crate) fn begin_abort(&self) {
+        // The hooks first: once the queue is abandoned the workers exit and
+        // the supervisor may release the hooks; a lease taken before that
+        // holds them until the abandoned items are handed back and settled.
+        let hooks = self.hooks.lease();
         let abandoned = self.queue.abandon(|n| self.books.cancel_unqueued(n));
         self.phase.abort();
         self.phase.stop.cancel();
@@ -159,35 +163,17 @@ impl<Item> Core<Item> {
         // consumer has not read is discarded: a stalled consumer cannot hold
         // an aborted pipeline.
         self.results.discard_undelivered();
-        self.hand_back(abandoned);
+        hand_back(hooks.as_deref(), abandoned);
     }
 
     /// Counts accepted items that will never reach a handler as cancelled,
     /// and hands them to `on_cancel` (or drops them).
+    /// Called by a task that holds a lease of the hooks (a worker, the
+    /// intake), so they cannot have been released.
     pub(crate) fn cancel_unqueued(&self, items: Vec<Item>) {
         self.books.cancel_unqueued(items.len());
-        self.hand_back(items);
-    }
-
-    fn hand_back(&self, items: Vec<Item>) {
-        if items.is_empty() {
-            return; // no lease for nothing: a late abort keeps no hook alive
-        }
-        // The hooks are released only once every worker is gone, which
-        // needs the queue empty: a lease is there while items come back.
-        let Some(hooks) = self.hooks.lease() else {
-            items.into_iter().for_each(drop_quietly);
-            return;
-        };
-        for item in items {
-            hooks.record(&item, Outcome::Cancelled(Stage::Queued));
-            match &hooks.on_cancel {
-                Some(hook) => {
-                    catching(|| hook(item));
-                }
-                None => drop_quietly(item),
-            }
-        }
+        let hooks = self.hooks.lease();
+        hand_back(hooks.as_deref(), items);
     }
 
     fn snapshot(&self) -> Stats {
@@ -222,6 +208,26 @@ impl<Item> Core<Item> {
             intake,
             high_water_mark,
         )
+    }
+}
+
+/// Hands accepted items that will never reach a handler back: settled
+/// `Cancelled(Queued)`, then given to `on_cancel` (or dropped). `None`
+/// hooks: the pipeline has finished, and there is nothing to hand back.
+fn hand_back<Item>(hooks: Option<&Hooks<Item>>, items: Vec<Item>) {
+    let Some(hooks) = hooks else {
+        debug_assert!(items.is_empty(), "hooks released with items to hand back");
+        items.into_iter().for_each(drop_quietly);
+        return;
+    };
+    for item in items {
+        hooks.record(&item, Outcome::Cancelled(Stage::Queued));
+        match &hooks.on_cancel {
+            Some(hook) => {
+                catching(|| hook(item));
+            }
+            None => drop_quietly(item),
+        }
     }
 }
 

@@ -152,7 +152,8 @@ impl<Item> Sink<Item> for Feeder<Item> {
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let this = self.get_mut();
-        if this.is_closed() {
+        // One atomic load: a live handle's queue closes only at a stop.
+        if !this.live || this.producers.front.phase.is_stopping() {
             return Poll::Ready(Err(closed(None)));
         }
         let sink = &mut this.sink;

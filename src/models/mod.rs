@@ -16,6 +16,7 @@
 //! `CancellationToken` are tokio's own code, proved by tokio's loom models;
 //! the crate only calls them.
 
+mod abort;
 mod books;
 mod lease;
 mod phase;
