@@ -70,7 +70,9 @@ where
     // until it fires, and the worker exits when it does.
     let mut killed = pin!(phase.kill.cancelled());
     loop {
-        results.reserve_turn().await;
+        if results.takes_turns() {
+            results.reserve_turn().await;
+        }
         let Some(Taken {
             seq,
             item,

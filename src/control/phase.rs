@@ -64,6 +64,7 @@ impl Phase {
     }
 
     /// Whether intake must stop taking items (a stop was requested).
+    #[inline]
     pub(crate) fn is_stopping(&self) -> bool {
         self.phase.load(Acquire) != RUNNING
     }
@@ -101,6 +102,7 @@ impl Phase {
     /// sees that first begins the abort (after handing its own item back,
     /// the oldest). One atomic load while the pipeline runs; a clock read
     /// per item only while it drains.
+    #[inline]
     pub(crate) fn may_start(&self) -> Start {
         match self.phase.load(Acquire) {
             RUNNING => Start::Go,

@@ -249,6 +249,7 @@ impl<T> HandOff<T> {
     /// fits is queued; past that, DropNewest sheds the arrivals in order,
     /// and DropOldest evicts the oldest queued items first, then the oldest
     /// arrivals, so the newest `capacity` stay.
+    #[inline]
     fn shed_into(&self, state: &mut State<T>, batch: &mut Vec<T>, shed: &mut Vec<T>) -> usize {
         let (offered, before) = (batch.len(), state.items.len());
         let free = self.capacity - before;

@@ -129,7 +129,11 @@ impl WaitList {
     }
 
     /// The oldest waiter's waker, removing its entry.
+    #[inline]
     pub(crate) fn wake_one(&mut self) -> Option<Waker> {
+        if self.live == 0 {
+            return None; // the common case on a busy path: nobody waits
+        }
         let waker = self.slots.pop_front()??;
         self.base += 1;
         self.live -= 1;

@@ -126,6 +126,7 @@ impl<T> Buf<T> {
     /// The consumer's next result, if one is ready; `senders` is how many
     /// senders are still alive. In completion order, also the waiting
     /// sender to wake now that a pop made room.
+    #[inline]
     pub(super) fn next(
         &mut self,
         senders: usize,

@@ -43,6 +43,12 @@ impl<T> Sender<T> {
         }
     }
 
+    /// Whether [`reserve_turn`](Self::reserve_turn) can wait: input order
+    /// only. Checked first, so other orders do not poll a future per item.
+    pub(crate) fn takes_turns(&self) -> bool {
+        self.window.is_some()
+    }
+
     /// Hands over the outcome of the item taken as number `seq`; `None` if
     /// it produced no result. In completion order it waits for room while
     /// the consumer lives and no abort has begun; otherwise the result is
