@@ -131,6 +131,9 @@ pub(crate) struct Books {
     /// the queue by an abort, refused by a closed queue after they were
     /// pulled, or taken but not started once a stop had begun.
     unqueued_cancelled: AtomicU64,
+    /// Items that failed before they were queued: their key function
+    /// panicked (keyed pipelines).
+    unqueued_failed: AtomicU64,
 }
 
 /// The counters summed at one moment: what a `Report` and `Stats` show.
@@ -166,6 +169,7 @@ impl Books {
             intake: IntakeCounters::default(),
             workers: (0..workers).map(|_| WorkerCounters::default()).collect(),
             unqueued_cancelled: AtomicU64::new(0),
+            unqueued_failed: AtomicU64::new(0),
         }
     }
 
@@ -180,6 +184,11 @@ impl Books {
     /// `n` accepted items will never reach a handler.
     pub(crate) fn cancel_unqueued(&self, n: usize) {
         self.unqueued_cancelled.fetch_add(n as u64, Release);
+    }
+
+    /// `n` taken items failed before they could be queued.
+    pub(crate) fn fail_unqueued(&self, n: usize) {
+        self.unqueued_failed.fetch_add(n as u64, Release);
     }
 
     /// Sums every counter, in the order invariants 2 and 3 need.
@@ -209,7 +218,7 @@ impl Books {
             delivered,
             discarded,
             errored,
-            failed: of(Fate::Failed),
+            failed: of(Fate::Failed) + self.unqueued_failed.load(Acquire),
             timed_out: of(Fate::TimedOut),
             expired: of(Fate::Expired),
             cancelled: of(Fate::Cancelled) + self.unqueued_cancelled.load(Acquire),

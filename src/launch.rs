@@ -84,6 +84,7 @@ where
         cancel_token,
         order,
         settle,
+        keying,
     } = config.settings;
     let push = matches!(front, Front::Push(_));
     let queue = Arc::new(HandOff::new(QueueSettings {
@@ -93,6 +94,10 @@ where
         many_producers: push,
         // Shed items are needed by a hook, settlement, or an offer's answer.
         keep_shed: push || hooks.on_shed.is_some() || settle.is_some(),
+        keyed: keying.as_ref().map(|keying| {
+            let per_key = sizes.per_key_capacity.min(sizes.capacity);
+            (keying.table(), per_key)
+        }),
     }));
     let (sender, receiver, result_books) =
         results::channel(sizes.output_capacity, order, sizes.workers);
@@ -115,6 +120,7 @@ where
             on_cancel: hooks.on_cancel,
             recorder,
             on_overload: hooks.on_overload,
+            keying,
         },
         result_books,
         push,

@@ -38,6 +38,7 @@ impl QueueProbe {
                 max_age: None,
                 many_producers: false,
                 keep_shed: false,
+                keyed: None,
             }),
         }
     }

@@ -221,6 +221,11 @@ with_counters! {
         /// [`max_queue_age`](crate::FanOutConfig::max_queue_age) is set):
         /// what an operator checks first when a pipeline lags.
         pub oldest_queued_age: Option<Duration>,
+        /// Keyed pipelines ([`FanOutConfig::key_by`](crate::FanOutConfig::key_by)):
+        /// the keys tracked now, those with an item queued or in flight (at
+        /// most `capacity + workers`, plus producers waiting for a key's
+        /// room); 0 otherwise.
+        pub keys: usize,
     }
 }
 

@@ -12,7 +12,7 @@ use tokio::time::{Instant, Sleep};
 use crate::books::{Books, Exit, Fate, WorkerCounters};
 use crate::control::{Hooks, Phase, Start, Stopper};
 use crate::isolate::{Quiet, catching, drop_quietly, timer_at};
-use crate::queue::{HandOff, Taken};
+use crate::queue::{HandOff, KeyId, Taken};
 use crate::results::Sender;
 use crate::sched::Yielder;
 use crate::settle::PendingKey;
@@ -78,10 +78,14 @@ where
             item,
             expired,
             woke_producer,
+            key,
         }) = queue.take().await
         else {
             return Exit::Joined;
         };
+        // Keyed: every way out of this iteration reports the key's item
+        // finished, so the key's next item may start.
+        let in_flight = KeyGuard { queue: &queue, key };
         if expired {
             // Too old to start: shed at the last moment, never handled.
             counters.took();
@@ -122,6 +126,9 @@ where
             continue;
         }
         let outcome = run_one(&**handler, item, killed.as_mut(), timeout).await;
+        // The handler is done: the key's next item may start while this
+        // result is handed over.
+        drop(in_flight);
         let cut_off = matches!(outcome, Ran::Cancelled);
         // Counted before the hand-over: `processed` means the handler
         // completed. The hand-over waits for the consumer until an abort
@@ -144,6 +151,20 @@ where
         results.deliver(seq, result).await;
         if cut_off {
             return Exit::Aborted;
+        }
+    }
+}
+
+/// Reports a keyed item finished when dropped.
+struct KeyGuard<'a, T> {
+    queue: &'a HandOff<T>,
+    key: Option<KeyId>,
+}
+
+impl<T> Drop for KeyGuard<'_, T> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.queue.finished(key);
         }
     }
 }

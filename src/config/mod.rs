@@ -10,6 +10,7 @@
 
 mod fallible;
 mod hooks;
+mod keyed;
 mod order;
 mod policy;
 mod settle;
@@ -25,6 +26,7 @@ use crate::front::OverloadHook;
 use crate::settle::Settle;
 
 pub use fallible::{Fallible, HandlerKind, Plain};
+pub(crate) use keyed::Keying;
 pub use order::ResultOrder;
 pub use policy::ShedPolicy;
 
@@ -54,6 +56,8 @@ pub(crate) type ItemHook<Item> = Arc<dyn Fn(Item) + Send + Sync>;
 /// | [`overload_quiet_period`](Self::overload_quiet_period) | [`DEFAULT_OVERLOAD_QUIET_PERIOD`](Self::DEFAULT_OVERLOAD_QUIET_PERIOD) = 1 s | yes | yes |
 /// | [`settle_by`](Self::settle_by) | none: no settlement records | yes (intake waits for credits) | yes (an offer answers `Full` without a credit; `send` waits) |
 /// | [`settle_capacity`](Self::settle_capacity) | [`DEFAULT_SETTLE_CAPACITY`](Self::DEFAULT_SETTLE_CAPACITY) = 1024 unsettled items | yes | yes |
+/// | [`key_by`](Self::key_by) | none: one FIFO for every item | yes | yes |
+/// | [`per_key_capacity`](Self::per_key_capacity) | no limit beyond `capacity` (keyed only) | yes | yes |
 /// | input hand-back | none | wrap the input with [`hand_back`](crate::hand_back) | not needed: producers keep what they did not push |
 ///
 /// Every cell marked "yes" is tested on that front (`tests/settings.rs`).
@@ -96,6 +100,8 @@ pub(crate) struct Settings<Item> {
     pub(crate) cancel_token: Option<CancellationToken>,
     pub(crate) order: ResultOrder,
     pub(crate) settle: Option<Settle<Item>>,
+    /// Keyed pipelines: the caller's key function.
+    pub(crate) keying: Option<Arc<dyn Keying<Item>>>,
 }
 
 impl<Item> Clone for Settings<Item> {
@@ -107,6 +113,7 @@ impl<Item> Clone for Settings<Item> {
             cancel_token: self.cancel_token.clone(),
             order: self.order,
             settle: self.settle.clone(),
+            keying: self.keying.clone(),
         }
     }
 }
@@ -133,6 +140,9 @@ pub(crate) struct Sizes {
     pub(crate) capacity: usize,
     pub(crate) output_capacity: usize,
     pub(crate) settle_capacity: usize,
+    /// Keyed pipelines: the most items one key may have queued
+    /// (`usize::MAX`: no limit beyond `capacity`).
+    pub(crate) per_key_capacity: usize,
 }
 
 /// The times of a configuration.
@@ -266,6 +276,7 @@ impl<Item> FanOutConfig<Item> {
                     capacity: Self::DEFAULT_CAPACITY,
                     output_capacity: Self::DEFAULT_OUTPUT_CAPACITY,
                     settle_capacity: Self::DEFAULT_SETTLE_CAPACITY,
+                    per_key_capacity: usize::MAX,
                 },
                 timing: Timing {
                     drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
@@ -277,6 +288,7 @@ impl<Item> FanOutConfig<Item> {
                 cancel_token: None,
                 order: ResultOrder::Completion,
                 settle: None,
+                keying: None,
             },
             kind: PhantomData,
         }
@@ -527,6 +539,7 @@ impl<Item, Kind> fmt::Debug for FanOutConfig<Item, Kind> {
             capacity,
             output_capacity,
             settle_capacity,
+            per_key_capacity,
         } = self.settings.sizes;
         let Timing {
             drain_timeout,
@@ -550,6 +563,8 @@ impl<Item, Kind> fmt::Debug for FanOutConfig<Item, Kind> {
             .field("cancel_token", &self.settings.cancel_token.is_some())
             .field("settles", &self.settings.settle.is_some())
             .field("settle_capacity", &settle_capacity)
+            .field("keyed", &self.settings.keying.is_some())
+            .field("per_key_capacity", &per_key_capacity)
             .finish()
     }
 }

@@ -40,7 +40,7 @@ use std::sync::atomic::Ordering::AcqRel;
 use tokio_util::sync::CancellationToken;
 
 use crate::books::Books;
-use crate::config::ItemHook;
+use crate::config::{ItemHook, Keying};
 use crate::front::OverloadHook;
 use crate::isolate::{catching, drop_quietly};
 use crate::queue::HandOff;
@@ -68,6 +68,8 @@ pub(crate) struct Hooks<Item> {
     pub(crate) recorder: Option<Arc<dyn Record<Item>>>,
     /// Receives the start and end of every overload episode.
     pub(crate) on_overload: Option<OverloadHook>,
+    /// Keyed pipelines: the caller's key function.
+    pub(crate) keying: Option<Arc<dyn Keying<Item>>>,
 }
 
 impl<Item> Drop for Hooks<Item> {
@@ -78,6 +80,7 @@ impl<Item> Drop for Hooks<Item> {
         drop_quietly(self.on_cancel.take());
         drop_quietly(self.recorder.take());
         drop_quietly(self.on_overload.take());
+        drop_quietly(self.keying.take());
     }
 }
 
@@ -190,6 +193,7 @@ impl<Item> Core<Item> {
             counts.in_flight,
             high_water_mark,
             oldest_queued_age,
+            self.queue.keys_tracked(),
         )
     }
 

@@ -12,6 +12,7 @@
 //! queue; what differs is only how items arrive and who gets a shed item
 //! back.
 
+mod keys;
 mod overload;
 mod push;
 mod shed;

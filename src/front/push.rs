@@ -18,7 +18,8 @@ use std::task::Poll;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::shed::{Disposal, after_shed, reason};
+use super::keys::Keyer;
+use super::shed::{Disposal, Why, after_shed, reason};
 use super::{CloseOnDrop, FrontParts};
 use crate::ShedPolicy;
 use crate::isolate::timer_at;
@@ -57,41 +58,91 @@ impl<Item> Producers<Item> {
         self.front.phase.is_stopping() || self.front.queue.is_closed()
     }
 
-    /// Pushes one item; `disposal` says who gets what the push sheds. The
-    /// item's room (`Backpressure`) and credit (settlement) are taken.
-    pub(crate) fn push(&self, item: Item, disposal: Disposal) -> Offer<Item> {
+    /// Pushes one item, whose room (`Backpressure`) and credit (settlement)
+    /// are taken; `disposal` says who gets what the push sheds. A keyed
+    /// pipeline takes the item's key first, unless `keyer` already holds it
+    /// (a retry after waiting for the key's room).
+    pub(crate) fn push(
+        &self,
+        item: Item,
+        mut keyer: Option<Keyer>,
+        disposal: Disposal,
+    ) -> Pushing<Item> {
         let front = &self.front;
-        let (mut batch, mut shed) = (vec![item], Vec::new());
-        let pushed = front.queue.push(&mut batch, &mut shed, |offered, shed| {
-            front.books.intake.count_shared(offered, shed);
-        });
-        let Pushed::Accepted { shed: count, .. } = pushed else {
-            // Refused, untouched: the item is there. Its credit goes back;
-            // its room does not matter any more (the queue is closed).
-            if let Some(credits) = &front.credits {
-                credits.unused(1);
+        // Leased only when needed: keyed, or something shed.
+        let mut hooks = None;
+        let mut batch = vec![item];
+        if front.queue.is_keyed() && keyer.is_none() {
+            hooks = front.stopper.hooks();
+            let Some(keying) = hooks.as_deref().and_then(|hooks| hooks.keying.as_deref()) else {
+                unreachable!("a keyed queue without its key function");
+            };
+            let mut fresh = Keyer::new(keying);
+            let mut unkeyed = Vec::new();
+            fresh.key(keying, &mut batch, &mut unkeyed);
+            if let Some(item) = unkeyed.pop() {
+                self.unadmit();
+                return Pushing::Done(Offer::Unkeyed(item));
             }
-            return batch.pop().map_or(Offer::Queued, Offer::Closed);
-        };
-        if count == 0 {
-            front.overload.record(0);
-            return Offer::Queued;
+            keyer = Some(fresh);
         }
-        let hooks = front.stopper.hooks();
+        let mut shed = Vec::new();
+        let count = |offered, shed| front.books.intake.count_shared(offered, shed);
+        let pushed = match keyer.as_mut() {
+            Some(keyer) => keyer.push(front, &mut batch, &mut shed, count),
+            None => front.queue.push(&mut batch, &mut shed, count),
+        };
+        let count = match pushed {
+            Pushed::Refused => {
+                // Untouched: the item is there. Its credit goes back; its
+                // room does not matter any more (the queue is closed).
+                self.unadmit();
+                return Pushing::Done(batch.pop().map_or(Offer::Queued, Offer::Closed));
+            }
+            Pushed::Accepted { blocked: true, .. } => match (batch.pop(), keyer) {
+                (Some(item), Some(keyer)) => return Pushing::KeyFull(item, keyer),
+                _ => unreachable!("a blocked push leaves its item and key"),
+            },
+            Pushed::Accepted { shed: 0, .. } => {
+                front.overload.record(0);
+                return Pushing::Done(Offer::Queued);
+            }
+            Pushed::Accepted { shed, .. } => shed,
+        };
+        if hooks.is_none() {
+            hooks = front.stopper.hooks();
+        }
+        let why = match &keyer {
+            Some(keyer) => Why::Each(&keyer.reasons),
+            None => Why::All(reason(front.queue.policy())),
+        };
+        let arrival = match why {
+            Why::Each(reasons) => reasons.first().is_some_and(|(_, arrival)| *arrival),
+            // One item into a full queue: DropOldest evicted the oldest
+            // queued item (a full queue holds at least one), DropNewest shed
+            // this one.
+            Why::All(_) => front.queue.policy() != ShedPolicy::DropOldest,
+        };
         after_shed(
             hooks.as_deref(),
             &front.overload,
             &mut shed,
             count,
-            reason(front.queue.policy()),
+            why,
             disposal,
         );
-        // One item into a full queue: DropOldest evicted the oldest queued
-        // item (a full queue holds at least one), DropNewest shed this one.
-        match (shed.pop(), front.queue.policy()) {
-            (None, _) => Offer::Queued, // given to `on_shed`
-            (Some(item), ShedPolicy::DropOldest) => Offer::Evicted(item),
-            (Some(item), _) => Offer::Shed(item),
+        Pushing::Done(match shed.pop() {
+            None => Offer::Queued, // given to `on_shed`
+            Some(item) if arrival => Offer::Shed(item),
+            Some(item) => Offer::Evicted(item),
+        })
+    }
+
+    /// Gives back the room and credit taken for an item not pushed.
+    pub(crate) fn unadmit(&self) {
+        self.front.queue.room().freed_one();
+        if let Some(credits) = &self.front.credits {
+            credits.unused(1);
         }
     }
 
@@ -132,6 +183,14 @@ impl<Item> Producers<Item> {
         }
         room
     }
+}
+
+/// What [`Producers::push`] did.
+pub(crate) enum Pushing<Item> {
+    Done(Offer<Item>),
+    /// Keyed, under `Backpressure`: the item's key is full. The item and
+    /// its key come back, to wait for the key's room and push again.
+    KeyFull(Item, Keyer),
 }
 
 /// Gives back a credit taken for an item that was never pushed.
@@ -310,7 +369,13 @@ impl<Item> Feeder<Item> {
             return Offer::Closed(item);
         }
         match self.producers.try_admit() {
-            Ok(()) => self.producers.push(item, Disposal::Producer),
+            Ok(()) => match self.producers.push(item, None, Disposal::Producer) {
+                Pushing::Done(offer) => offer,
+                Pushing::KeyFull(item, _) => {
+                    self.producers.unadmit();
+                    Offer::Full(item)
+                }
+            },
             Err(NoRoom::Full) => Offer::Full(item),
             Err(NoRoom::Closed) => Offer::Closed(item),
         }
@@ -335,9 +400,22 @@ impl<Item> Feeder<Item> {
         if !self.live || self.producers.front.phase.is_stopping() {
             return Offer::Closed(item);
         }
-        match self.producers.admit().await {
-            Ok(()) => self.producers.push(item, Disposal::Producer),
-            Err(_) => Offer::Closed(item),
+        if self.producers.admit().await.is_err() {
+            return Offer::Closed(item);
+        }
+        let (mut item, mut keyer) = (item, None);
+        loop {
+            match self.producers.push(item, keyer, Disposal::Producer) {
+                Pushing::Done(offer) => return offer,
+                Pushing::KeyFull(full, mut held) => {
+                    // Keyed, under `Backpressure`: wait for room in the key.
+                    if !self.producers.front.queue.key_room(held.keys()).await {
+                        self.producers.unadmit();
+                        return Offer::Closed(full);
+                    }
+                    (item, keyer) = (full, Some(held));
+                }
+            }
         }
     }
 
@@ -401,6 +479,9 @@ pub enum Offer<Item> {
     /// Intake is over (a stop, or this handle was closed as a sink): the
     /// item comes back, not counted.
     Closed(Item),
+    /// Keyed pipelines ([`FanOutConfig::key_by`](crate::FanOutConfig::key_by)):
+    /// the key function panicked on the item, which comes back, not counted.
+    Unkeyed(Item),
 }
 
 impl<Item> Offer<Item> {
@@ -411,13 +492,15 @@ impl<Item> Offer<Item> {
     }
 
     /// The item handed back, if any: the offered one (`Shed`, `Full`,
-    /// `Closed`) or the evicted one (`Evicted`).
+    /// `Closed`, `Unkeyed`) or the evicted one (`Evicted`).
     pub fn into_item(self) -> Option<Item> {
         match self {
             Offer::Queued => None,
-            Offer::Shed(item) | Offer::Evicted(item) | Offer::Full(item) | Offer::Closed(item) => {
-                Some(item)
-            }
+            Offer::Shed(item)
+            | Offer::Evicted(item)
+            | Offer::Full(item)
+            | Offer::Closed(item)
+            | Offer::Unkeyed(item) => Some(item),
         }
     }
 }

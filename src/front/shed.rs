@@ -22,6 +22,15 @@ pub(crate) enum Disposal {
     Producer,
 }
 
+/// Why items were shed: one reason for a whole push, or one per item (a
+/// keyed push sheds from several keys, for several reasons).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Why<'a> {
+    All(ShedReason),
+    /// With whether each was the arrival itself (unused here).
+    Each(&'a [(ShedReason, bool)]),
+}
+
 /// Why `policy` sheds what it sheds.
 pub(crate) fn reason(policy: ShedPolicy) -> ShedReason {
     match policy {
@@ -38,7 +47,7 @@ pub(crate) fn after_shed<Item>(
     overload: &Overload,
     shed: &mut Vec<Item>,
     count: usize,
-    reason: ShedReason,
+    why: Why<'_>,
     disposal: Disposal,
 ) {
     overload.record(count);
@@ -46,7 +55,11 @@ pub(crate) fn after_shed<Item>(
         return;
     }
     if let Some(hooks) = hooks {
-        for item in shed.iter() {
+        for (at, item) in shed.iter().enumerate() {
+            let reason = match why {
+                Why::All(reason) => reason,
+                Why::Each(reasons) => reasons[at].0,
+            };
             hooks.record(item, Outcome::Shed(reason));
         }
     }

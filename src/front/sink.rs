@@ -9,7 +9,7 @@ use futures_sink::Sink;
 use tokio_util::sync::PollSemaphore;
 
 use super::FrontParts;
-use super::push::{Feeder, Offer};
+use super::push::{Feeder, Offer, Pushing};
 use super::shed::Disposal;
 
 /// What one handle has reserved for its next `start_send`.
@@ -48,6 +48,12 @@ impl SinkState {
         }
     }
 
+    /// The reserved slot and credit were used (or given back) by a push.
+    fn forget_reserved(&mut self) {
+        self.has_room = false;
+        self.has_credit = false;
+    }
+
     /// Whether the next item may be pushed: its credit and slot are held.
     fn is_ready(&self) -> bool {
         (self.credits.is_none() || self.has_credit) && (self.room.is_none() || self.has_room)
@@ -60,7 +66,15 @@ impl SinkState {
 #[derive(Clone, PartialEq, Eq)]
 pub struct SinkError<Item> {
     item: Option<Item>,
-    closed: bool,
+    why: Refusal,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    Closed,
+    NotReady,
+    KeyFull,
+    Unkeyed,
 }
 
 impl<Item> SinkError<Item> {
@@ -71,10 +85,13 @@ impl<Item> SinkError<Item> {
     }
 
     /// Whether intake is over (a stop, or this handle was closed): every
-    /// later push is refused too. Otherwise `start_send` was called without
-    /// a successful `poll_ready` and there was no room or credit.
+    /// later push is refused too. Otherwise the item alone was refused:
+    /// `start_send` was called without a successful `poll_ready` and there
+    /// was no room or credit; or, in a keyed pipeline, its key was full
+    /// under `Backpressure` (`poll_ready` cannot know the next item's key)
+    /// or its key function panicked.
     pub fn is_closed(&self) -> bool {
-        self.closed
+        self.why == Refusal::Closed
     }
 }
 
@@ -82,25 +99,28 @@ impl<Item> fmt::Debug for SinkError<Item> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SinkError")
             .field("has_item", &self.item.is_some())
-            .field("closed", &self.closed)
+            .field("why", &self.why)
             .finish()
     }
 }
 
 impl<Item> fmt::Display for SinkError<Item> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.closed {
-            "the pipeline no longer accepts items"
-        } else {
-            "start_send without a successful poll_ready, and no room for the item"
+        f.write_str(match self.why {
+            Refusal::Closed => "the pipeline no longer accepts items",
+            Refusal::NotReady => {
+                "start_send without a successful poll_ready, and no room for the item"
+            }
+            Refusal::KeyFull => "the item's key has no room",
+            Refusal::Unkeyed => "the key function panicked on the item",
         })
     }
 }
 
 impl<Item> std::error::Error for SinkError<Item> {}
 
-fn closed<Item>(item: Option<Item>) -> SinkError<Item> {
-    SinkError { item, closed: true }
+fn refused<Item>(item: Option<Item>, why: Refusal) -> SinkError<Item> {
+    SinkError { item, why }
 }
 
 /// A sink of items for the pipeline.
@@ -154,7 +174,7 @@ impl<Item> Sink<Item> for Feeder<Item> {
         let this = self.get_mut();
         // One atomic load: a live handle's queue closes only at a stop.
         if !this.live || this.producers.front.phase.is_stopping() {
-            return Poll::Ready(Err(closed(None)));
+            return Poll::Ready(Err(refused(None, Refusal::Closed)));
         }
         let sink = &mut this.sink;
         if let (Some(credits), false) = (&mut sink.credits, sink.has_credit) {
@@ -167,7 +187,7 @@ impl<Item> Sink<Item> for Feeder<Item> {
         if let (Some(room), false) = (&mut sink.room, sink.has_room) {
             match std::task::ready!(room.poll_acquire(cx)) {
                 Some(permit) => permit.forget(),
-                None => return Poll::Ready(Err(closed(None))), // the queue closed
+                None => return Poll::Ready(Err(refused(None, Refusal::Closed))), // the queue closed
             }
             sink.has_room = true;
         }
@@ -177,19 +197,32 @@ impl<Item> Sink<Item> for Feeder<Item> {
     fn start_send(self: Pin<&mut Self>, item: Item) -> Result<(), Self::Error> {
         let this = self.get_mut();
         if !this.live {
-            return Err(closed(Some(item)));
+            return Err(refused(Some(item), Refusal::Closed));
         }
         if !this.sink.is_ready() {
-            return Err(SinkError {
-                item: Some(item),
-                closed: this.is_closed(),
-            });
+            let why = if this.is_closed() {
+                Refusal::Closed
+            } else {
+                Refusal::NotReady
+            };
+            return Err(refused(Some(item), why));
         }
-        this.sink.has_room = false;
-        this.sink.has_credit = false;
-        match this.producers.push(item, Disposal::Hook) {
-            Offer::Closed(item) => Err(closed(Some(item))),
-            _ => Ok(()),
+        match this.producers.push(item, None, Disposal::Hook) {
+            Pushing::Done(Offer::Closed(item)) => Err(refused(Some(item), Refusal::Closed)),
+            // Its room and credit went back with the item: poll again.
+            Pushing::Done(Offer::Unkeyed(item)) => {
+                this.sink.forget_reserved();
+                Err(refused(Some(item), Refusal::Unkeyed))
+            }
+            Pushing::KeyFull(item, _) => {
+                this.producers.unadmit();
+                this.sink.forget_reserved();
+                Err(refused(Some(item), Refusal::KeyFull))
+            }
+            Pushing::Done(_) => {
+                this.sink.forget_reserved();
+                Ok(())
+            }
         }
     }
 

@@ -8,7 +8,8 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use tokio::time::{Instant, Sleep};
 
-use super::shed::{Disposal, after_shed, reason};
+use super::keys::{Keyer, fail_unkeyed};
+use super::shed::{Disposal, Why, after_shed, reason};
 use super::{CloseOnDrop, FrontParts};
 use crate::ShedPolicy;
 use crate::isolate::{catching, timer_at};
@@ -53,6 +54,10 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
     let mut batch = Vec::with_capacity(BATCH);
     let mut shed = Vec::new();
     let reason = reason(queue.policy());
+    // Keyed pipelines: the batch's keys, taken outside every lock.
+    let keying = hooks.and_then(|hooks| hooks.keying.as_deref());
+    let mut keyer = keying.map(Keyer::new);
+    let mut unkeyed = Vec::new();
     // Items taken by workers at the last yield before shedding.
     let mut last_yield = u64::MAX;
     let end = loop {
@@ -99,17 +104,47 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
         if let Some(credits) = credits {
             credits.unused(limit - batch.len());
         }
+        if let (Some(keying), Some(keyer)) = (keying, keyer.as_mut()) {
+            keyer.key(keying, &mut batch, &mut unkeyed);
+            fail_unkeyed(&front, hooks, &mut unkeyed);
+        }
         // Shed items come back in `shed` only if a hook, settlement or their
         // `Drop` needs them; the count always comes back.
-        let pushed = queue.push(&mut batch, &mut shed, |offered, shed| {
-            books.intake.count_alone(offered, shed);
-        });
+        let pushed = loop {
+            let count = |offered, shed| books.intake.count_alone(offered, shed);
+            let Some(keyer) = keyer.as_mut() else {
+                break queue.push(&mut batch, &mut shed, count);
+            };
+            let pushed = keyer.push(&front, &mut batch, &mut shed, count);
+            let Pushed::Accepted { blocked: true, .. } = pushed else {
+                break pushed;
+            };
+            // Keyed, under `Backpressure`: a key is full; wait for its
+            // room (or the stop), then push the rest.
+            let room = {
+                let mut room = pin!(queue.key_room(keyer.keys()));
+                poll_fn(|cx| match room.as_mut().poll(cx) {
+                    Poll::Ready(room) => Poll::Ready(room),
+                    Poll::Pending if stop.as_mut().poll(cx).is_ready() => Poll::Ready(false),
+                    Poll::Pending => Poll::Pending,
+                })
+                .await
+            };
+            if !room {
+                queue.unreserve(batch.len());
+                if let Some(keying) = keying {
+                    keyer.clear(keying);
+                }
+                break Pushed::Refused;
+            }
+        };
         let (shed_now, woke_idle, full, taken) = match pushed {
             Pushed::Accepted {
                 shed,
                 woke_idle,
                 full,
                 taken,
+                ..
             } => (shed, woke_idle, full, taken),
             Pushed::Refused => {
                 // Stopped between pull and push: accepted, then cancelled.
@@ -118,7 +153,11 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
                 (0, false, false, 0)
             }
         };
-        after_shed(hooks, overload, &mut shed, shed_now, reason, Disposal::Hook);
+        let why = match &keyer {
+            Some(keyer) => Why::Each(&keyer.reasons),
+            None => Why::All(reason),
+        };
+        after_shed(hooks, overload, &mut shed, shed_now, why, Disposal::Hook);
         if let Step::Quiet = step {
             overload.end_if_quiet(Instant::now());
         }

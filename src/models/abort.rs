@@ -50,6 +50,7 @@ fn loom_an_abort_settles_what_it_abandoned_before_the_hooks_are_released() {
             max_age: None,
             many_producers: false,
             keep_shed: false,
+            keyed: None,
         }));
         queue.push(&mut vec![1, 2], &mut Vec::new(), |_, _| {});
         let (_, _, results) = crate::results::channel::<u32>(1, ResultOrder::Completion, 1);

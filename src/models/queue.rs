@@ -21,6 +21,7 @@ fn queue(capacity: usize, policy: ShedPolicy) -> Arc<HandOff<u32>> {
         max_age: None,
         many_producers: false,
         keep_shed: false,
+        keyed: None,
     }))
 }
 

@@ -45,6 +45,8 @@
 //! The queue's lock is taken alone: nothing else is locked while it is
 //! held, and it is never taken under another lock of the crate.
 
+mod keyed;
+mod keys;
 mod room;
 mod waitlist;
 
@@ -57,9 +59,12 @@ use tokio::task::coop;
 use tokio::time::Instant;
 
 use crate::ShedPolicy;
+use crate::isolate::drop_quietly;
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, lock};
 use std::sync::atomic::Ordering::Relaxed;
 
+pub(crate) use keyed::Keyed;
+pub(crate) use keys::{KeyId, KeyTable, table};
 pub(crate) use room::{NoRoom, Room};
 pub(crate) use waitlist::{WaitList, wake};
 
@@ -78,6 +83,9 @@ pub(crate) struct QueueSettings {
     /// hand-back, or a `Drop` that must run unlocked). Otherwise, for items
     /// without drop glue, they are counted and forgotten in place.
     pub(crate) keep_shed: bool,
+    /// Keyed mode (see `keyed`): the key table, and the most items one key
+    /// may have queued.
+    pub(crate) keyed: Option<(Box<dyn KeyTable>, usize)>,
 }
 
 pub(crate) struct HandOff<T> {
@@ -90,6 +98,7 @@ pub(crate) struct HandOff<T> {
     capacity: usize,
     policy: ShedPolicy,
     keep_shed: bool,
+    keyed: bool,
 }
 
 struct State<T> {
@@ -105,6 +114,8 @@ struct State<T> {
     idle: WaitList,
     /// The batching producer's room (`Room::Batch` only).
     batch: Batch,
+    /// Keyed mode: the items are in the keys' queues, not in `items`.
+    keyed: Option<Keyed<T>>,
 }
 
 /// What happened to a batch offered with [`HandOff::push`].
@@ -120,6 +131,9 @@ pub(crate) enum Pushed {
         full: bool,
         /// Items taken by workers so far, read under the lock.
         taken: u64,
+        /// Keyed mode under `Backpressure`: the push stopped at an item
+        /// whose key is full; it and the rest are left in the batch.
+        blocked: bool,
     },
     /// The queue was closed: the batch is left untouched for the caller.
     Refused,
@@ -137,6 +151,9 @@ pub(crate) struct Taken<T> {
     /// queue empty: that wake-up may be stuck behind the taker on its
     /// thread (see `sched`), and nothing else is queued for other workers.
     pub(crate) woke_producer: bool,
+    /// Keyed mode: the item's key, in flight until the worker reports it
+    /// [`finished`](HandOff::finished).
+    pub(crate) key: Option<KeyId>,
 }
 
 impl<T> HandOff<T> {
@@ -147,8 +164,10 @@ impl<T> HandOff<T> {
             max_age,
             many_producers,
             keep_shed,
+            keyed,
         } = settings;
         debug_assert!(capacity > 0, "HandOff: capacity must be at least 1");
+        let is_keyed = keyed.is_some();
         let room = match (policy, many_producers) {
             (ShedPolicy::Backpressure, true) => Room::fifo(capacity),
             (ShedPolicy::Backpressure, false) => Room::Batch,
@@ -168,10 +187,12 @@ impl<T> HandOff<T> {
                 next_take: 0,
                 idle: WaitList::default(),
                 batch: Batch::default(),
+                keyed: keyed.map(|(table, per_key)| Keyed::new(table, per_key)),
             }),
             capacity,
             policy,
             keep_shed: keep_shed || std::mem::needs_drop::<T>(),
+            keyed: is_keyed,
         }
     }
 
@@ -181,6 +202,11 @@ impl<T> HandOff<T> {
 
     pub(crate) fn policy(&self) -> ShedPolicy {
         self.policy
+    }
+
+    /// Whether the queue is keyed (fixed when it is built).
+    pub(crate) fn is_keyed(&self) -> bool {
+        self.keyed
     }
 
     // ===== pushing =====
@@ -236,6 +262,7 @@ impl<T> HandOff<T> {
                 woke_idle: !woken.is_empty(),
                 full: len == self.capacity,
                 taken: state.next_take,
+                blocked: false,
             };
             (woken, pushed)
         };
@@ -316,7 +343,7 @@ impl<T> HandOff<T> {
             if state.closed {
                 return Poll::Ready(0);
             }
-            let free = self.capacity - state.items.len() - state.batch.reserved;
+            let free = self.capacity - state.queued() - state.batch.reserved;
             if free == 0 {
                 // Invariant 2 of `room::Batch`.
                 state.batch.waiter = Some(cx.waker().clone());
@@ -382,6 +409,9 @@ impl<T> HandOff<T> {
                 state.idle.forget(ticket);
                 return Poll::Ready(None);
             }
+            if state.keyed.is_some() {
+                return self.try_take_keyed(state, cx, ticket);
+            }
             let Some(item) = state.items.pop_front() else {
                 if state.closed {
                     state.idle.forget(ticket);
@@ -411,6 +441,7 @@ impl<T> HandOff<T> {
                 item,
                 expired,
                 woke_producer,
+                key: None,
             };
             (taken, producer)
         };
@@ -427,7 +458,12 @@ impl<T> HandOff<T> {
         let (idle, producer) = {
             let mut state = self.lock();
             state.closed = true;
-            (state.idle.wake_all(), state.batch.waiter.take())
+            let mut idle = state.idle.wake_all();
+            if let Some(keyed) = &mut state.keyed {
+                // Producers waiting for a key's room are refused too.
+                idle.extend(keyed.wake_room_all());
+            }
+            (idle, state.batch.waiter.take())
         };
         idle.into_iter().chain(producer).for_each(Waker::wake);
         self.room.close();
@@ -437,17 +473,26 @@ impl<T> HandOff<T> {
     /// their number under the lock, before any worker can see the queue
     /// abandoned, exit and let the report be built without them.
     pub(crate) fn abandon(&self, count: impl FnOnce(usize)) -> Vec<T> {
-        let (items, idle, producer) = {
+        let (items, idle, producer, forgotten) = {
             let mut state = self.lock();
             state.closed = true;
             state.abandoned = true;
             state.stamps.clear();
-            let items: Vec<T> = state.items.drain(..).collect();
+            let mut items: Vec<T> = state.items.drain(..).collect();
+            let mut idle = state.idle.wake_all();
+            let mut forgotten = Vec::new();
+            if let Some(keyed) = &mut state.keyed {
+                let (queued, waiting) = keyed.drain();
+                items.extend(queued);
+                idle.extend(waiting);
+                forgotten = keyed.take_forgotten();
+            }
             self.len.store(0, Relaxed);
             count(items.len());
-            (items, state.idle.wake_all(), state.batch.waiter.take())
+            (items, idle, state.batch.waiter.take(), forgotten)
         };
         idle.into_iter().chain(producer).for_each(Waker::wake);
+        forgotten.into_iter().for_each(drop_quietly);
         self.room.close();
         items
     }
@@ -460,13 +505,29 @@ impl<T> HandOff<T> {
     /// Items queued now and the most ever queued at once.
     pub(crate) fn depth(&self) -> (usize, usize) {
         let state = self.lock();
-        (state.items.len(), state.high_water_mark)
+        (state.queued(), state.high_water_mark)
     }
 
     /// When the oldest queued item was queued, if one is queued and the
     /// queue keeps stamps (a maximum queue age is set).
     pub(crate) fn oldest_stamp(&self) -> Option<Instant> {
-        self.lock().stamps.front().copied()
+        let state = self.lock();
+        match &state.keyed {
+            Some(keyed) => keyed.oldest_stamp(),
+            None => state.stamps.front().copied(),
+        }
+    }
+
+    /// Keys tracked now (keyed mode; 0 otherwise).
+    pub(crate) fn keys_tracked(&self) -> usize {
+        self.lock().keyed.as_ref().map_or(0, Keyed::keys)
+    }
+}
+
+impl<T> State<T> {
+    /// Items queued now, in either mode.
+    fn queued(&self) -> usize {
+        self.keyed.as_ref().map_or(self.items.len(), Keyed::total)
     }
 }
 

@@ -8,6 +8,7 @@ fn queue(capacity: usize, policy: ShedPolicy) -> HandOff<u32> {
         max_age: None,
         many_producers: false,
         keep_shed: false,
+        keyed: None,
     })
 }
 
@@ -33,7 +34,8 @@ fn a_push_wakes_one_waiting_worker_per_item_oldest_first() {
             shed: 0,
             woke_idle: true,
             full: false,
-            taken: 0
+            taken: 0,
+            blocked: false
         }
     );
     assert!(a.is_woken() && b.is_woken() && !c.is_woken());
@@ -140,6 +142,7 @@ fn shed_items_nobody_needs_are_counted_in_place_and_the_newest_stay() {
                 max_age: None,
                 many_producers: false,
                 keep_shed,
+                keyed: None,
             });
             let (mut batch, mut shed) = ((0..8).collect::<Vec<u32>>(), Vec::new());
             let mut counted = (0, 0);

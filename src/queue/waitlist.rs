@@ -149,6 +149,11 @@ impl WaitList {
         woken
     }
 
+    /// Whether nobody waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
     /// Every waiter's waker, removing them all.
     pub(crate) fn wake_all(&mut self) -> Vec<Waker> {
         self.wake(self.live)

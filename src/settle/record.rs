@@ -43,6 +43,11 @@ pub enum ShedReason {
     /// [`DropOldest`](crate::ShedPolicy::DropOldest): it was the oldest
     /// queued item, evicted by a newer one.
     Oldest,
+    /// Keyed pipelines ([`FanOutConfig::key_by`](crate::FanOutConfig::key_by))
+    /// under `DropOldest`: its key's own queue was full
+    /// ([`per_key_capacity`](crate::FanOutConfig::per_key_capacity)) and a
+    /// newer item of the same key took its place.
+    Superseded,
 }
 
 /// Where a cancelled item was, in [`Outcome::Cancelled`].

@@ -1,0 +1,174 @@
+//! Keyed pipelines: order and freshness per key, and fair shedding across
+//! keys.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use super::FanOutConfig;
+use crate::isolate::catching;
+use crate::queue::{KeyTable, table};
+
+/// The caller's key function, erased: the queue sees keys only as ids.
+pub(crate) trait Keying<Item>: Send + Sync {
+    /// A key table for a new pipeline.
+    fn table(&self) -> Box<dyn KeyTable>;
+    /// A fresh, empty `VecDeque<K>` for a front's keys.
+    fn new_keys(&self) -> Box<dyn Any + Send>;
+    /// Appends `item`'s key to `keys`; `false` if the key function panicked.
+    fn key_into(&self, item: &Item, keys: &mut dyn Any) -> bool;
+}
+
+struct KeyBy<F, K> {
+    key: F,
+    of: PhantomData<fn() -> K>,
+}
+
+impl<Item, F, K> Keying<Item> for KeyBy<F, K>
+where
+    F: Fn(&Item) -> K + Send + Sync,
+    K: Hash + Eq + Send + 'static,
+{
+    fn table(&self) -> Box<dyn KeyTable> {
+        table::<K>()
+    }
+
+    fn new_keys(&self) -> Box<dyn Any + Send> {
+        Box::new(VecDeque::<K>::new())
+    }
+
+    fn key_into(&self, item: &Item, keys: &mut dyn Any) -> bool {
+        let Some(keys) = keys.downcast_mut::<VecDeque<K>>() else {
+            unreachable!("Keying: keys of another type")
+        };
+        match catching(|| (self.key)(item)) {
+            Some(key) => {
+                keys.push_back(key);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl<Item, Kind> FanOutConfig<Item, Kind> {
+    /// Keys the pipeline by `key`: per-key order, per-key shedding and fair
+    /// service across keys, on every front. For feeds whose items belong to
+    /// entities (a sensor, a device, an account, a symbol, a connection):
+    ///
+    /// * **Per-key order.** At most one item of a key is in a handler at a
+    ///   time, and the items of a key start in arrival order (those not
+    ///   shed); different keys run in parallel, up to the worker count. A
+    ///   key's results are therefore delivered in its arrival order, as
+    ///   Akka's `mapAsyncPartitioned` and Kafka's partitions keep it.
+    /// * **Per-key shedding.** With
+    ///   [`per_key_capacity`](Self::per_key_capacity), a key whose own queue
+    ///   is full sheds within itself: `DropNewest` sheds the arrival,
+    ///   `DropOldest` evicts that key's oldest item
+    ///   ([`ShedReason::Superseded`](crate::ShedReason::Superseded)), and
+    ///   `Backpressure` waits for room in that key. `DropOldest` with a
+    ///   per-key capacity of 1 keeps the latest item per key.
+    /// * **Fair shedding.** When the whole queue is full and the arrival's
+    ///   key is not the fattest (the one with the most queued items), the
+    ///   fattest key gives up an item (its newest under `DropNewest`, its
+    ///   oldest under `DropOldest`), not the queue's head, so a chatty key
+    ///   cannot push out a quiet key's item, as FQ-CoDel (RFC 8290) drops
+    ///   from the fattest flow.
+    /// * **Fair service.** Idle workers take keys in turn, round robin among
+    ///   the keys with a waiting item and nothing in flight (deficit round
+    ///   robin with a quantum of one item), not in global arrival order, so
+    ///   a hot key cannot starve cold ones.
+    /// * **Bounded memory.** At most `capacity` items are queued, and a key
+    ///   is tracked only while it has something queued or in flight (or a
+    ///   producer waiting for its room): nothing grows with the number of
+    ///   distinct keys ever seen. [`Stats::keys`](crate::Stats::keys)
+    ///   counts the keys tracked.
+    ///
+    /// `key` is called once per item as it enters the queue, outside every
+    /// lock. A panic in it is caught: the item counts
+    /// [`failed`](crate::Report::failed) and is never started. The key
+    /// type's `Hash` and `Eq` run under the queue's lock: they must not
+    /// panic or block (derived impls do neither).
+    ///
+    /// [`ResultOrder::Input`](crate::ResultOrder::Input) still delivers in
+    /// global input order, so one slow key holds back every later result;
+    /// [`ResultOrder::LatestOnly`](crate::ResultOrder::LatestOnly) keeps the
+    /// latest result of any key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // Commands for accounts: in order per account, accounts in parallel.
+    /// let commands = futures::stream::iter([("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3)]);
+    /// let config = FanOutConfig::new(2, ShedPolicy::Backpressure)
+    ///     .key_by(|(account, _): &(&str, u32)| *account);
+    /// let (results, shutdown) = commands.bounded_fan_out_with(config, |command| async move {
+    ///     tokio::task::yield_now().await;
+    ///     command
+    /// });
+    /// let (out, report) = shutdown.join_collect(results).await;
+    /// let a: Vec<u32> = out.iter().filter(|(k, _)| *k == "a").map(|(_, n)| *n).collect();
+    /// assert_eq!(a, [1, 2, 3]); // account a's commands ran and came out in order
+    /// assert_eq!(report.processed, 5);
+    /// # }
+    /// ```
+    pub fn key_by<K, F>(mut self, key: F) -> Self
+    where
+        F: Fn(&Item) -> K + Send + Sync + 'static,
+        K: Hash + Eq + Send + 'static,
+    {
+        self.settings.keying = Some(Arc::new(KeyBy {
+            key,
+            of: PhantomData,
+        }));
+        self
+    }
+
+    /// With [`key_by`](Self::key_by): the most items one key may have
+    /// queued; past it, the policy applies within the key (see `key_by`).
+    /// The default is no per-key limit beyond [`capacity`](Self::capacity).
+    /// Unused without `key_by`.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `per_key_capacity` is 0
+    /// (`"FanOutConfig::per_key_capacity: per_key_capacity must be at least 1"`)
+    /// or above [`MAX_CAPACITY`](Self::MAX_CAPACITY).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutConfig, FanOutExt, ShedPolicy};
+    ///
+    /// // The latest reading per sensor: DropOldest with one slot per key.
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let config = FanOutConfig::new(1, ShedPolicy::DropOldest)
+    ///     .key_by(|(sensor, _): &(u32, u32)| *sensor)
+    ///     .per_key_capacity(1);
+    /// let (feeder, results, shutdown) =
+    ///     backpressure_pipeline::feeder(config, |reading: (u32, u32)| async move { reading });
+    /// // The worker has not run yet: sensor 7's readings supersede each other.
+    /// for reading in [(7, 1), (7, 2), (9, 1), (7, 3)] {
+    ///     let _ = feeder.offer(reading);
+    /// }
+    /// drop(feeder);
+    /// let (mut out, report) = shutdown.join_collect(results).await;
+    /// out.sort();
+    /// assert_eq!(out, [(7, 3), (9, 1)]);
+    /// assert_eq!(report.dropped, 2);
+    /// # }
+    /// ```
+    #[track_caller]
+    pub fn per_key_capacity(mut self, per_key_capacity: usize) -> Self {
+        self.settings.sizes.per_key_capacity =
+            super::check_count("per_key_capacity", per_key_capacity);
+        self
+    }
+}

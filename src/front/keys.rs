@@ -1,0 +1,93 @@
+//! A front's side of keyed pipelines: the keys of what it pushes, taken
+//! outside every lock, and what happens to an item whose key function
+//! panicked.
+
+use std::any::Any;
+
+use super::FrontParts;
+use crate::config::Keying;
+use crate::control::Hooks;
+use crate::isolate::drop_quietly;
+use crate::queue::Pushed;
+use crate::settle::{Outcome, ShedReason};
+
+/// The keys of one push, and the reasons of what it shed.
+pub(crate) struct Keyer {
+    /// A `VecDeque<K>`: one key per item of the batch being pushed.
+    keys: Box<dyn Any + Send>,
+    /// One reason per shed item of the last push, and whether it was the
+    /// arrival itself.
+    pub(crate) reasons: Vec<(ShedReason, bool)>,
+}
+
+impl Keyer {
+    pub(crate) fn new<Item>(keying: &dyn Keying<Item>) -> Self {
+        Keyer {
+            keys: keying.new_keys(),
+            reasons: Vec::new(),
+        }
+    }
+
+    /// The keys, for a wait for a key's room.
+    pub(crate) fn keys(&mut self) -> &mut (dyn Any + Send) {
+        &mut *self.keys
+    }
+
+    /// Takes the key of every item of `batch`, in order; the items whose key
+    /// function panicked are moved to `unkeyed`.
+    pub(crate) fn key<Item>(
+        &mut self,
+        keying: &dyn Keying<Item>,
+        batch: &mut Vec<Item>,
+        unkeyed: &mut Vec<Item>,
+    ) {
+        let mut keyed = Vec::with_capacity(batch.len());
+        for item in batch.drain(..) {
+            if keying.key_into(&item, &mut *self.keys) {
+                keyed.push(item);
+            } else {
+                unkeyed.push(item);
+            }
+        }
+        *batch = keyed;
+    }
+
+    /// Pushes `batch` (keyed by [`key`](Self::key)) into the queue.
+    pub(crate) fn push<Item>(
+        &mut self,
+        front: &FrontParts<Item>,
+        batch: &mut Vec<Item>,
+        shed: &mut Vec<Item>,
+        count: impl FnOnce(usize, usize),
+    ) -> Pushed {
+        self.reasons.clear();
+        front
+            .queue
+            .push_keyed(batch, &mut *self.keys, shed, &mut self.reasons, count)
+    }
+
+    /// Forgets the keys of items that will not be pushed after all.
+    pub(crate) fn clear<Item>(&mut self, keying: &dyn Keying<Item>) {
+        self.keys = keying.new_keys();
+    }
+}
+
+/// Items taken from the input whose key function panicked: counted
+/// `produced` and `failed`, settled `Failed`, never started.
+pub(crate) fn fail_unkeyed<Item>(
+    front: &FrontParts<Item>,
+    hooks: Option<&Hooks<Item>>,
+    unkeyed: &mut Vec<Item>,
+) {
+    if unkeyed.is_empty() {
+        return;
+    }
+    front.books.intake.count_shared(unkeyed.len(), 0);
+    front.books.fail_unqueued(unkeyed.len());
+    for item in unkeyed.drain(..) {
+        if let Some(hooks) = hooks {
+            hooks.record(&item, Outcome::Failed);
+        }
+        drop_quietly(item);
+    }
+}
