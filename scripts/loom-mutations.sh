@@ -30,6 +30,8 @@ fates-release ~ src/books.rs ~ counter.store(counter.load(Relaxed) + n, Release)
 lease-wakes-releaser ~ src/control/lease.rs ~                 state.releaser.take() ~                 None::<Waker> ~ loom_release_waits_for_the_last_lease_and_drops_the_hooks_first
 lease-drop-before-count ~ src/control/lease.rs ~         drop_quietly(self.value.take());\n        let releaser = { ~         let value = self.value.take();\n        let releaser = { ~ loom_release_waits_for_the_last_lease_and_drops_the_hooks_first
 abort-leases-first ~ src/control/mod.rs ~         let hooks = self.hooks.lease();\n        let abandoned = self.queue.abandon(|n| self.books.cancel_unqueued(n)); ~         let abandoned = self.queue.abandon(|n| self.books.cancel_unqueued(n));\n        let hooks = self.hooks.lease(); ~ loom_an_abort_settles_what_it_abandoned_before_the_hooks_are_released
+keyed-finished-wakes ~ src/queue/keyed.rs ~ (if ready { state.idle.wake_one() } else { None }, forgotten) ~ (None::<Waker>, forgotten) ~ loom_a_finished_key_wakes_the_worker_waiting_for_it
+keyed-end-wakes-all ~ src/queue/keyed.rs ~             room.extend(state.idle.wake_all()); ~             let _ = (); ~ loom_the_take_that_empties_a_closed_keyed_queue_wakes_every_waiter
 deadline-before-phase ~ src/control/phase.rs ~     pub(crate) fn drain(&self) {\n ~     pub(crate) fn drain(&self) {\n        self.phase.fetch_max(DRAINING, Release);\n ~ loom_a_worker_that_sees_the_stop_sees_the_drain_deadline
 '
 

@@ -546,3 +546,50 @@ async fn settle_capacity_holds_intake_while_records_are_unread_on_every_front() 
         assert_eq!(run.report.produced, 10, "{front:?}");
     }
 }
+
+// ===== keys =====
+
+#[tokio::test(start_paused = true)]
+async fn key_by_runs_one_item_of_a_key_at_a_time_on_every_front() {
+    for front in FRONTS {
+        // Two keys, four items each, four workers: each key's items run one
+        // after another, the two keys side by side.
+        let config = FanOutConfig::new(4, ShedPolicy::Backpressure).key_by(|id: &u32| id % 2);
+        let start = Instant::now();
+        let run = run(
+            Scenario::new(front, at_once(8)),
+            config,
+            busy(ms(10)),
+            nothing,
+        )
+        .await;
+        assert_eq!(start.elapsed(), ms(40), "{front:?}");
+        let evens: Vec<u32> = run.out.iter().copied().filter(|id| id % 2 == 0).collect();
+        assert_eq!(
+            evens,
+            [0, 2, 4, 6],
+            "{front:?}: a key's results in its order"
+        );
+        assert_eq!(run.report.processed, 8, "{front:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_key_capacity_sheds_within_a_full_key_on_every_front() {
+    for front in FRONTS {
+        let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+            .key_by(|id: &u32| id % 2)
+            .per_key_capacity(2);
+        let scenario = Scenario::new(front, first_then_burst(10));
+        let run = run(scenario, config, busy(ms(1000)), nothing).await;
+        // Item 0 runs; each key keeps its first two arrivals.
+        assert_eq!(run.out, [0, 1, 2, 3, 4], "{front:?}");
+        assert_eq!(books(&run.report), (10, 5, 5, 0), "{front:?}");
+        let back: &[u32] = if front == Front::Push {
+            &[5, 6, 7, 8, 9]
+        } else {
+            &[]
+        };
+        assert_eq!(sorted(&run.handed_back), back, "{front:?}");
+    }
+}

@@ -63,6 +63,7 @@ fn loom_an_abort_settles_what_it_abandoned_before_the_hooks_are_released() {
                 on_cancel: None,
                 recorder: Some(Arc::new(Counter(Arc::clone(&records)))),
                 on_overload: None,
+                keying: None,
             },
             results,
             false,

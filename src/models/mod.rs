@@ -18,6 +18,7 @@
 
 mod abort;
 mod books;
+mod keyed;
 mod lease;
 mod phase;
 mod queue;

@@ -18,9 +18,10 @@
 //! 2. A slot is in `by_len[n]` (at `pos`) exactly when it holds `n > 0`
 //!    items; `fattest` is the largest `n` with a non-empty bucket (0 when
 //!    nothing is queued).
-//! 3. A key is in `ready` at most once (`in_ready`); a key with queued
-//!    items and nothing in flight is in `ready`. (A key in `ready` may have
-//!    lost its items to shedding since: the take skips it.)
+//! 3. A key is in the ready ring exactly when it has queued items and
+//!    nothing in flight (`in_ready`). The ring is a list threaded through
+//!    the slots, so a key that loses its last item to shedding leaves it in
+//!    O(1), and the ring never holds more than the keys with work.
 //! 4. A slot is live (its key interned in the table) exactly while it has
 //!    queued items, an item in flight, or producers waiting for its room:
 //!    keys tracked never exceed capacity + workers + waiting producers,
@@ -53,6 +54,9 @@ struct Slot<T> {
     in_flight: bool,
     /// It is in the ring of ready keys (invariant 3).
     in_ready: bool,
+    /// Its neighbours in the ring, while `in_ready`.
+    prev: Option<KeyId>,
+    next: Option<KeyId>,
     /// Its place in `by_len[items.len()]` (invariant 2).
     pos: usize,
     /// Producers waiting for room in this key (`Backpressure`).
@@ -67,6 +71,8 @@ impl<T> Slot<T> {
             items: VecDeque::new(),
             in_flight: false,
             in_ready: false,
+            prev: None,
+            next: None,
             pos: 0,
             room: WaitList::default(),
             live: false,
@@ -92,8 +98,9 @@ pub(crate) enum Placed<T> {
 pub(crate) struct Keyed<T> {
     table: Box<dyn KeyTable>,
     slots: Vec<Slot<T>>,
-    /// Keys with a queued item and nothing in flight, in turn (invariant 3).
-    ready: VecDeque<KeyId>,
+    /// The ring of keys with a queued item and nothing in flight, in turn
+    /// (invariant 3): its head and tail.
+    ready: Option<(KeyId, KeyId)>,
     /// Keys by queued count: `by_len[n]` holds the keys with `n` items.
     by_len: Vec<Vec<KeyId>>,
     fattest: usize,
@@ -110,7 +117,7 @@ impl<T> Keyed<T> {
         Keyed {
             table,
             slots: Vec::new(),
-            ready: VecDeque::new(),
+            ready: None,
             by_len: vec![Vec::new()],
             fattest: 0,
             total: 0,
@@ -232,22 +239,71 @@ impl<T> Keyed<T> {
         Some(popped)
     }
 
-    /// Marks `id` ready if it has items and nothing in flight; true if it
-    /// became ready.
+    /// Marks `id` ready if it has items and nothing in flight: at the
+    /// ring's tail. True if it became ready.
     fn make_ready(&mut self, id: KeyId) -> bool {
         let slot = &mut self.slots[id];
         if slot.items.is_empty() || slot.in_flight || slot.in_ready {
             return false;
         }
         slot.in_ready = true;
-        self.ready.push_back(id);
+        slot.next = None;
+        slot.prev = self.ready.map(|(_, tail)| tail);
+        match &mut self.ready {
+            Some((_, tail)) => {
+                let old = std::mem::replace(tail, id);
+                self.slots[old].next = Some(id);
+            }
+            None => self.ready = Some((id, id)),
+        }
         true
+    }
+
+    /// Takes `id` out of the ring (invariant 3).
+    fn unready(&mut self, id: KeyId) {
+        let slot = &mut self.slots[id];
+        if !slot.in_ready {
+            return;
+        }
+        slot.in_ready = false;
+        let (prev, next) = (slot.prev.take(), slot.next.take());
+        match prev {
+            Some(prev) => self.slots[prev].next = next,
+            None => self.set_ring_end(next, true),
+        }
+        match next {
+            Some(next) => self.slots[next].prev = prev,
+            None => self.set_ring_end(prev, false),
+        }
+    }
+
+    /// Sets the ring's head (or tail) to `to`; `None` empties it.
+    fn set_ring_end(&mut self, to: Option<KeyId>, head: bool) {
+        self.ready = match (self.ready, to) {
+            (_, None) => None,
+            (Some((_, tail)), Some(to)) if head => Some((to, tail)),
+            (Some((head, _)), Some(to)) => Some((head, to)),
+            (None, Some(to)) => Some((to, to)),
+        };
+    }
+
+    /// A key lost items to shedding: if it has none left, it leaves the
+    /// ring and, with nothing in flight, is forgotten.
+    fn after_shed(&mut self, id: KeyId) {
+        if self.slots[id].items.is_empty() {
+            self.unready(id);
+        }
+        self.forget_if_idle(id);
     }
 
     /// Frees `id` if nothing needs it any more (invariant 4).
     fn forget_if_idle(&mut self, id: KeyId) {
         let slot = &mut self.slots[id];
-        if slot.live && slot.is_idle() && !slot.in_ready {
+        if slot.live && slot.is_idle() {
+            debug_assert!(
+                !slot.in_ready,
+                "Keyed: an idle key in the ring (invariant 3)"
+            );
             slot.live = false;
             self.live -= 1;
             self.forgotten.extend(self.table.forget(id));
@@ -296,7 +352,7 @@ impl<T> Keyed<T> {
                 (ShedPolicy::DropOldest, Some(fat)) => {
                     let oldest = self.pop(fat, false);
                     self.push_back(id, item, at);
-                    self.forget_if_idle(fat);
+                    self.after_shed(fat);
                     match oldest {
                         Some((old, _)) => Placed::Displaced(old, ShedReason::Oldest),
                         None => Placed::Queued,
@@ -305,7 +361,7 @@ impl<T> Keyed<T> {
                 (_, Some(fat)) if own < self.fattest => {
                     let newest = self.pop(fat, true);
                     self.push_back(id, item, at);
-                    self.forget_if_idle(fat);
+                    self.after_shed(fat);
                     match newest {
                         Some((new, _)) => Placed::Displaced(new, ShedReason::Newest),
                         None => Placed::Queued,
@@ -325,16 +381,13 @@ impl<T> Keyed<T> {
     /// The oldest item of the key whose turn it is, marking the key in
     /// flight; `None` if no key is ready.
     pub(crate) fn take(&mut self) -> Option<(KeyId, T, Instant)> {
-        while let Some(id) = self.ready.pop_front() {
-            self.slots[id].in_ready = false;
-            if let Some((item, at)) = self.pop(id, false) {
-                self.slots[id].in_flight = true;
-                return Some((id, item, at));
-            }
-            // Emptied by shedding while it waited for its turn.
-            self.forget_if_idle(id);
-        }
-        None
+        let (id, _) = self.ready?;
+        self.unready(id);
+        let Some((item, at)) = self.pop(id, false) else {
+            unreachable!("Keyed: a key in the ring without items (invariant 3)");
+        };
+        self.slots[id].in_flight = true;
+        Some((id, item, at))
     }
 
     /// The item of `id` a worker took has finished: the key's next item may
@@ -368,9 +421,9 @@ impl<T> Keyed<T> {
             let slot = &mut self.slots[id];
             items.extend(slot.items.drain(..).map(|(item, _)| item));
             wakers.extend(slot.room.wake_all());
-            slot.in_ready = false;
+            (slot.in_ready, slot.prev, slot.next) = (false, None, None);
         }
-        self.ready.clear();
+        self.ready = None;
         self.by_len.iter_mut().for_each(Vec::clear);
         self.fattest = 0;
         self.total = 0;
@@ -507,9 +560,14 @@ impl<T> HandOff<T> {
             return Poll::Pending;
         };
         let queued = keyed.total();
-        let room = keyed.room_freed(key);
+        let mut room = keyed.room_freed(key);
         let forgotten = keyed.take_forgotten();
         state.idle.forget(ticket);
+        if state.closed && queued == 0 {
+            // Workers that waited for a key in flight must see the end: in
+            // keyed mode they may wait on a closed queue (above).
+            room.extend(state.idle.wake_all());
+        }
         self.len.store(queued, Relaxed);
         let expired = self.max_age.is_some_and(|max_age| at.elapsed() > max_age);
         let seq = state.next_take;

@@ -1,0 +1,90 @@
+//! Models of the keyed queue's wake-ups: a worker waiting while its key's
+//! item is in flight elsewhere, and the end of a closed keyed queue.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use loom::future::block_on;
+
+use crate::ShedPolicy;
+use crate::queue::{HandOff, QueueSettings, table};
+
+/// A closed keyed queue holding `items`, all of key `'a'`.
+fn closed_queue(items: &[u32]) -> Arc<HandOff<u32>> {
+    let queue = Arc::new(HandOff::new(QueueSettings {
+        capacity: 4,
+        policy: ShedPolicy::DropNewest,
+        max_age: None,
+        many_producers: false,
+        keep_shed: false,
+        keyed: Some((table::<char>(), 4)),
+    }));
+    let mut keys: VecDeque<char> = items.iter().map(|_| 'a').collect();
+    queue.push_keyed(
+        &mut items.to_vec(),
+        &mut keys,
+        &mut Vec::new(),
+        &mut Vec::new(),
+        |_, _| {},
+    );
+    queue.close();
+    queue
+}
+
+/// Takes one item (`None` at the end) and reports it finished.
+fn take_one(queue: &HandOff<u32>) -> Option<u32> {
+    let taken = block_on(queue.take())?;
+    if let Some(key) = taken.key {
+        queue.finished(key);
+    }
+    Some(taken.item)
+}
+
+/// Takes until the end; the items, in the order taken.
+fn take_all(queue: &HandOff<u32>) -> Vec<u32> {
+    std::iter::from_fn(|| take_one(queue)).collect()
+}
+
+/// A worker that waits because its key's item is in flight elsewhere is
+/// woken when that item finishes, and takes the key's next item.
+///
+/// Guard: `HandOff::finished` wakes one idle worker when the key becomes
+/// ready. Shown to fail by not waking: the waiting worker parks forever
+/// (deadlock).
+#[test]
+fn loom_a_finished_key_wakes_the_worker_waiting_for_it() {
+    loom::model(|| {
+        let queue = closed_queue(&[1, 2]);
+        let other = super::spawn(&queue, |queue| take_all(&queue));
+        // This worker takes one item and stops.
+        let mine = take_one(&queue);
+        let theirs = other.join().unwrap();
+        let mut all: Vec<u32> = mine.into_iter().chain(theirs.iter().copied()).collect();
+        all.sort_unstable();
+        assert_eq!(all, [1, 2]);
+        assert!(theirs.is_sorted(), "a key's items in order: {theirs:?}");
+        assert_eq!(queue.keys_tracked(), 0);
+    });
+}
+
+/// Workers may wait on a closed keyed queue while items sit behind a key in
+/// flight; the take that empties it wakes them all to see the end.
+///
+/// Guard: in `HandOff::try_take_keyed`, a take that leaves a closed queue
+/// empty wakes every idle worker. Shown to fail without it: with two
+/// workers waiting, the finish wakes one, the finisher takes the last item
+/// itself, and the other parks forever (deadlock).
+#[test]
+fn loom_the_take_that_empties_a_closed_keyed_queue_wakes_every_waiter() {
+    loom::model(|| {
+        let queue = closed_queue(&[1, 2]);
+        let second = super::spawn(&queue, |queue| take_all(&queue));
+        let third = super::spawn(&queue, |queue| take_all(&queue));
+        let mine = take_all(&queue);
+        let mut all: Vec<u32> = mine;
+        all.extend(second.join().unwrap());
+        all.extend(third.join().unwrap());
+        all.sort_unstable();
+        assert_eq!(all, [1, 2]);
+    });
+}
