@@ -15,8 +15,8 @@
 //! ```
 //!
 //! Targets: floor, goodput, goodput-bare, goodput-backpressure, goodput-ct,
-//! fairness-ct, speedup, speedup-cap16, intake-mt, intake-ct, crossover,
-//! freshness.
+//! fairness-ct, keyed-cost, speedup, speedup-cap16, intake-mt, intake-ct,
+//! crossover, freshness.
 //!
 //! The `-ct` targets run on a current-thread runtime, which is what
 //! `#[tokio::test]` and many small services use: a change that wins on the
@@ -53,8 +53,9 @@ use tokio::runtime::Runtime;
 
 use common::{
     CAPACITY, Fairness, Run, WORKERS, bare_run, buffer_unordered_run, busy, calibrate, channel_run,
-    crate_run, crossover_items, current_thread, double, fairness_channel, fairness_crate,
-    freshness_channel, freshness_crate, iterations_for, multi_thread, quantile, run_on, sleepy,
+    crate_keyed_run, crate_run, crossover_items, current_thread, double, fairness_channel,
+    fairness_crate, freshness_channel, freshness_crate, iterations_for, multi_thread, quantile,
+    run_on, sleepy,
 };
 
 const GOODPUT_ITEMS: u64 = 1_000_000;
@@ -76,13 +77,14 @@ const FLOOR_CAPACITY: usize = 16;
 /// Items per fairness round (the scenario of the fairness issue).
 const FAIRNESS_ITEMS: u64 = 100_000;
 
-const ALL: [&str; 12] = [
+const ALL: [&str; 13] = [
     "floor",
     "goodput",
     "goodput-bare",
     "goodput-backpressure",
     "goodput-ct",
     "fairness-ct",
+    "keyed-cost",
     "speedup",
     "speedup-cap16",
     "intake-mt",
@@ -147,6 +149,7 @@ fn main() {
             "goodput-backpressure" => goodput(&env, "backpressure"),
             "goodput-ct" => goodput_ct(&env),
             "fairness-ct" => fairness_ct(&env),
+            "keyed-cost" => keyed_cost(&env),
             "speedup" => speedup(&env, false),
             "speedup-cap16" => speedup(&env, true),
             "intake-mt" => intake(&env, &env.mt, "multi-thread"),
@@ -472,6 +475,37 @@ fn fairness_ct(env: &Env) {
         median(&a, |r| r.processed),
         median(&b, |r| r.processed)
     );
+}
+
+/// The cost of keying (`key_by`, 1,024 keys) with a trivial handler,
+/// lossless, against the same pipeline unkeyed: items per second, so a
+/// ratio of 0.77 is a cost of 1.3× per item.
+fn keyed_cost(env: &Env) {
+    let n = GOODPUT_ITEMS;
+    let (runs_a, runs_b) = interleave(
+        env.rounds,
+        || {
+            run_on(
+                &env.mt,
+                crate_keyed_run(n, CAPACITY, ShedPolicy::Backpressure, 1024, double),
+            )
+        },
+        || {
+            run_on(
+                &env.mt,
+                crate_run(n, CAPACITY, ShedPolicy::Backpressure, double),
+            )
+        },
+    );
+    row(
+        "6. keyed (1,024 keys) vs unkeyed, trivial handler, Backpressure (items/s)",
+        "≥ 0.77× (cost ≤ 1.3×)",
+        "items/s",
+        &runs_a,
+        &runs_b,
+        Run::goodput,
+    );
+    switches_row(&runs_a, &runs_b, processed);
 }
 
 /// Bench 2: Parallel speedup with a ~2 µs handler vs buffer_unordered(4).
@@ -833,6 +867,10 @@ fn profile(args: &[String]) {
             crate_run(n, CAPACITY, ShedPolicy::Backpressure, double),
         ),
         "channel-goodput" => run_on(&mt, channel_run(n, CAPACITY, double)),
+        "crate-keyed" => run_on(
+            &mt,
+            crate_keyed_run(n, CAPACITY, ShedPolicy::Backpressure, 1024, double),
+        ),
         "bare-goodput" => run_on(&mt, bare_run(n, CAPACITY, ShedPolicy::DropNewest, double)),
         "crate-intake" => run_on(&mt, crate_run(n, CAPACITY, ShedPolicy::DropOldest, sleepy)),
         "bare-intake" => run_on(&mt, bare_run(n, CAPACITY, ShedPolicy::DropOldest, sleepy)),

@@ -69,8 +69,18 @@ where
     // One wait on the kill token per worker, not per item: it stays valid
     // until it fires, and the worker exits when it does.
     let mut killed = pin!(phase.kill.cancelled());
+    // Keyed: the key of the last item, once its result is handed over
+    // without waiting: reported finished with the next take, under one lock.
+    let mut done = KeyGuard {
+        queue: &queue,
+        key: None,
+    };
     loop {
         if results.takes_turns() {
+            // The turn may be long coming: the key must not wait for it.
+            if let Some(key) = done.key.take() {
+                queue.finished(key);
+            }
             results.reserve_turn().await;
         }
         let Some(Taken {
@@ -79,7 +89,7 @@ where
             expired,
             woke_producer,
             key,
-        }) = queue.take().await
+        }) = queue.take_after(done.key.take()).await
         else {
             return Exit::Joined;
         };
@@ -126,9 +136,6 @@ where
             continue;
         }
         let outcome = run_one(&**handler, item, killed.as_mut(), timeout).await;
-        // The handler is done: the key's next item may start while this
-        // result is handed over.
-        drop(in_flight);
         let cut_off = matches!(outcome, Ran::Cancelled);
         // Counted before the hand-over: `processed` means the handler
         // completed. The hand-over waits for the consumer until an abort
@@ -148,7 +155,21 @@ where
         if let (Some(recorder), Some(key)) = (recorder, key) {
             recorder.record_key(key, fate.outcome());
         }
-        results.deliver(seq, result).await;
+        if in_flight.key.is_none() {
+            drop(in_flight);
+            results.deliver(seq, result).await;
+        } else {
+            // Keyed: a hand-over that completes at once passes the key to
+            // the next take; one that waits (for room, or for its turn)
+            // lets the key's next item start meanwhile.
+            let mut delivery = pin!(results.deliver(seq, result));
+            if poll_fn(|cx| Poll::Ready(delivery.as_mut().poll(cx).is_ready())).await {
+                done = in_flight;
+            } else {
+                drop(in_flight);
+                delivery.await;
+            }
+        }
         if cut_off {
             return Exit::Aborted;
         }

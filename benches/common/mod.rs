@@ -198,6 +198,42 @@ where
     }
 }
 
+/// This crate keyed by `x % keys` (`FanOutConfig::key_by`): the cost of
+/// keying, against [`crate_run`].
+pub async fn crate_keyed_run<F, Fut>(
+    n: u64,
+    capacity: usize,
+    policy: ShedPolicy,
+    keys: u64,
+    handler: F,
+) -> Run
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = u64> + Send + 'static,
+{
+    let done = Arc::new(OnceLock::new());
+    let start = Instant::now();
+    let config = FanOutConfig::new(WORKERS, policy)
+        .capacity(capacity)
+        .key_by(move |x: &u64| x % keys);
+    let (results, shutdown) = timed_source(n, done.clone()).bounded_fan_out_with(config, handler);
+    let report = shutdown
+        .join_for_each(results, |output| {
+            black_box(output);
+        })
+        .await;
+    let wall = start.elapsed();
+    assert!(report.is_conserved(), "{report}");
+    Run {
+        wall,
+        intake: *done.get().expect("input exhausted") - start,
+        taken: report.produced,
+        processed: report.processed,
+        dropped: report.dropped,
+        ..Run::default()
+    }
+}
+
 // ===== anchor: async-channel fan-out (lossless, backpressured) =====
 
 /// A hand-rolled fan-out: a producer task sends `0..n` into

@@ -40,9 +40,16 @@ fn take_one(queue: &HandOff<u32>) -> Option<u32> {
     Some(taken.item)
 }
 
-/// Takes until the end; the items, in the order taken.
+/// Takes until the end as a worker does, each take reporting the last
+/// item's key finished (`take_after`); the items, in the order taken.
 fn take_all(queue: &HandOff<u32>) -> Vec<u32> {
-    std::iter::from_fn(|| take_one(queue)).collect()
+    let mut done = None;
+    std::iter::from_fn(|| {
+        let taken = block_on(queue.take_after(done.take()))?;
+        done = taken.key;
+        Some(taken.item)
+    })
+    .collect()
 }
 
 /// A worker that waits because its key's item is in flight elsewhere is
@@ -68,12 +75,13 @@ fn loom_a_finished_key_wakes_the_worker_waiting_for_it() {
 }
 
 /// Workers may wait on a closed keyed queue while items sit behind a key in
-/// flight; the take that empties it wakes them all to see the end.
+/// flight; the take that empties it wakes them all to see the end. Every
+/// worker here reports its key finished with its next take.
 ///
-/// Guard: in `HandOff::try_take_keyed`, a take that leaves a closed queue
-/// empty wakes every idle worker. Shown to fail without it: with two
-/// workers waiting, the finish wakes one, the finisher takes the last item
-/// itself, and the other parks forever (deadlock).
+/// Guards: in `HandOff::try_take_keyed`, a take that leaves a closed queue
+/// empty wakes every idle worker; and a take reports the key it is given
+/// finished before it looks for an item. Shown to fail without either: a
+/// worker parks forever (deadlock).
 #[test]
 fn loom_the_take_that_empties_a_closed_keyed_queue_wakes_every_waiter() {
     loom::model(|| {

@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use std::task::{Context, Poll, Waker};
 
 use super::keys::{KeyId, KeyTable};
+use super::list::{Links, List};
 use super::{HandOff, Pushed, Room, State, Taken, WaitList, wake};
 use crate::ShedPolicy;
 use crate::isolate::drop_quietly;
@@ -52,13 +53,10 @@ struct Slot<T> {
     items: VecDeque<(T, Instant)>,
     /// One of its items is in a handler.
     in_flight: bool,
-    /// It is in the ring of ready keys (invariant 3).
-    in_ready: bool,
-    /// Its neighbours in the ring, while `in_ready`.
-    prev: Option<KeyId>,
-    next: Option<KeyId>,
+    /// Its place in the ring of ready keys (invariant 3).
+    ready: Links,
     /// Its place in `by_len[items.len()]` (invariant 2).
-    pos: usize,
+    by_len: Links,
     /// Producers waiting for room in this key (`Backpressure`).
     room: WaitList,
     /// Its key is interned (invariant 4).
@@ -70,10 +68,8 @@ impl<T> Slot<T> {
         Slot {
             items: VecDeque::new(),
             in_flight: false,
-            in_ready: false,
-            prev: None,
-            next: None,
-            pos: 0,
+            ready: Links::default(),
+            by_len: Links::default(),
             room: WaitList::default(),
             live: false,
         }
@@ -99,30 +95,38 @@ pub(crate) struct Keyed<T> {
     table: Box<dyn KeyTable>,
     slots: Vec<Slot<T>>,
     /// The ring of keys with a queued item and nothing in flight, in turn
-    /// (invariant 3): its head and tail.
-    ready: Option<(KeyId, KeyId)>,
+    /// (invariant 3).
+    ready: List,
     /// Keys by queued count: `by_len[n]` holds the keys with `n` items.
-    by_len: Vec<Vec<KeyId>>,
+    by_len: Vec<List>,
     fattest: usize,
     total: usize,
     live: usize,
     per_key_capacity: usize,
+    /// Whether `by_len` and `fattest` are kept: only shedding policies ask
+    /// for the fattest key (under `Backpressure` the queue never overflows).
+    track_fattest: bool,
     /// Forgotten keys whose `Drop` may be user code, for the caller to drop
     /// after unlocking.
     forgotten: Vec<Box<dyn Any + Send>>,
 }
 
 impl<T> Keyed<T> {
-    pub(crate) fn new(table: Box<dyn KeyTable>, per_key_capacity: usize) -> Self {
+    pub(crate) fn new(
+        table: Box<dyn KeyTable>,
+        per_key_capacity: usize,
+        policy: ShedPolicy,
+    ) -> Self {
         Keyed {
             table,
             slots: Vec::new(),
-            ready: None,
-            by_len: vec![Vec::new()],
+            ready: List::default(),
+            by_len: vec![List::default()],
             fattest: 0,
             total: 0,
             live: 0,
             per_key_capacity,
+            track_fattest: policy != ShedPolicy::Backpressure,
             forgotten: Vec::new(),
         }
     }
@@ -139,13 +143,6 @@ impl<T> Keyed<T> {
     /// Forgotten keys to drop after unlocking.
     pub(crate) fn take_forgotten(&mut self) -> Vec<Box<dyn Any + Send>> {
         std::mem::take(&mut self.forgotten)
-    }
-
-    /// Whether the front key of `keys` has room for one more item.
-    pub(crate) fn front_has_room(&self, keys: &dyn Any) -> bool {
-        self.table
-            .find_front(keys)
-            .is_none_or(|id| self.slots[id].items.len() < self.per_key_capacity)
     }
 
     /// Registers a producer waiting for room in the front key of `keys`;
@@ -193,28 +190,23 @@ impl<T> Keyed<T> {
         &mut self.slots[id]
     }
 
-    /// Moves `id` from bucket `from` to bucket `from ± 1` (invariant 2).
+    /// Moves `id` from bucket `from` to bucket `to = from ± 1`
+    /// (invariant 2).
     fn rebucket(&mut self, id: KeyId, from: usize, to: usize) {
+        debug_assert!(from.abs_diff(to) == 1, "Keyed: a key moves one bucket");
         if from > 0 {
-            let pos = self.slots[id].pos;
-            let bucket = &mut self.by_len[from];
-            bucket.swap_remove(pos);
-            if let Some(&moved) = bucket.get(pos) {
-                self.slots[moved].pos = pos;
-            }
+            self.by_len[from].remove(&mut self.slots, id, |slot| &mut slot.by_len);
         }
         if to > 0 {
             if self.by_len.len() <= to {
-                self.by_len.resize_with(to + 1, Vec::new);
+                self.by_len.resize_with(to + 1, List::default);
             }
-            self.slots[id].pos = self.by_len[to].len();
-            self.by_len[to].push(id);
+            self.by_len[to].push_back(&mut self.slots, id, |slot| &mut slot.by_len);
         }
-        if to > self.fattest {
+        // One bucket at a time: the fattest grows by one, or its last key
+        // moves down to the bucket below.
+        if to > self.fattest || (from == self.fattest && self.by_len[from].head().is_none()) {
             self.fattest = to;
-        }
-        while self.fattest > 0 && self.by_len[self.fattest].is_empty() {
-            self.fattest -= 1;
         }
     }
 
@@ -223,7 +215,9 @@ impl<T> Keyed<T> {
         slot.items.push_back((item, at));
         let len = slot.items.len();
         self.total += 1;
-        self.rebucket(id, len - 1, len);
+        if self.track_fattest {
+            self.rebucket(id, len - 1, len);
+        }
     }
 
     fn pop(&mut self, id: KeyId, newest: bool) -> Option<(T, Instant)> {
@@ -235,56 +229,28 @@ impl<T> Keyed<T> {
         }?;
         let len = slot.items.len();
         self.total -= 1;
-        self.rebucket(id, len + 1, len);
+        if self.track_fattest {
+            self.rebucket(id, len + 1, len);
+        }
         Some(popped)
     }
 
     /// Marks `id` ready if it has items and nothing in flight: at the
     /// ring's tail. True if it became ready.
     fn make_ready(&mut self, id: KeyId) -> bool {
-        let slot = &mut self.slots[id];
-        if slot.items.is_empty() || slot.in_flight || slot.in_ready {
+        let slot = &self.slots[id];
+        if slot.items.is_empty() || slot.in_flight || slot.ready.is_linked() {
             return false;
         }
-        slot.in_ready = true;
-        slot.next = None;
-        slot.prev = self.ready.map(|(_, tail)| tail);
-        match &mut self.ready {
-            Some((_, tail)) => {
-                let old = std::mem::replace(tail, id);
-                self.slots[old].next = Some(id);
-            }
-            None => self.ready = Some((id, id)),
-        }
+        self.ready
+            .push_back(&mut self.slots, id, |slot| &mut slot.ready);
         true
     }
 
     /// Takes `id` out of the ring (invariant 3).
     fn unready(&mut self, id: KeyId) {
-        let slot = &mut self.slots[id];
-        if !slot.in_ready {
-            return;
-        }
-        slot.in_ready = false;
-        let (prev, next) = (slot.prev.take(), slot.next.take());
-        match prev {
-            Some(prev) => self.slots[prev].next = next,
-            None => self.set_ring_end(next, true),
-        }
-        match next {
-            Some(next) => self.slots[next].prev = prev,
-            None => self.set_ring_end(prev, false),
-        }
-    }
-
-    /// Sets the ring's head (or tail) to `to`; `None` empties it.
-    fn set_ring_end(&mut self, to: Option<KeyId>, head: bool) {
-        self.ready = match (self.ready, to) {
-            (_, None) => None,
-            (Some((_, tail)), Some(to)) if head => Some((to, tail)),
-            (Some((head, _)), Some(to)) => Some((head, to)),
-            (None, Some(to)) => Some((to, to)),
-        };
+        self.ready
+            .remove(&mut self.slots, id, |slot| &mut slot.ready);
     }
 
     /// A key lost items to shedding: if it has none left, it leaves the
@@ -301,7 +267,7 @@ impl<T> Keyed<T> {
         let slot = &mut self.slots[id];
         if slot.live && slot.is_idle() {
             debug_assert!(
-                !slot.in_ready,
+                !slot.ready.is_linked(),
                 "Keyed: an idle key in the ring (invariant 3)"
             );
             slot.live = false;
@@ -312,7 +278,9 @@ impl<T> Keyed<T> {
 
     /// Places one arrival, whose key is the front of `keys`, by `policy`
     /// within `capacity`. Returns where it went, and whether its key became
-    /// ready (a worker should be woken).
+    /// ready (a worker should be woken). Under `Backpressure` an arrival
+    /// whose key is full is refused and comes back (`Err`), its key left
+    /// in `keys`.
     pub(crate) fn place(
         &mut self,
         item: T,
@@ -320,52 +288,37 @@ impl<T> Keyed<T> {
         policy: ShedPolicy,
         capacity: usize,
         at: Instant,
-    ) -> (Placed<T>, bool) {
-        let id = self.table.intern_front(keys);
+    ) -> Result<(Placed<T>, bool), T> {
+        let (slots, per_key) = (&self.slots, self.per_key_capacity);
+        let full = |id: KeyId| {
+            policy == ShedPolicy::Backpressure
+                && slots
+                    .get(id)
+                    .is_some_and(|slot| slot.items.len() >= per_key)
+        };
+        let Some(id) = self.table.intern_front(keys, &full) else {
+            return Err(item);
+        };
         let own = self.slot(id).items.len();
         let placed = if own >= self.per_key_capacity {
             // The key's own queue is full: the policy applies within it.
             match policy {
-                ShedPolicy::DropOldest => {
-                    let oldest = self.pop(id, false);
-                    self.push_back(id, item, at);
-                    match oldest {
-                        Some((old, _)) => Placed::Displaced(old, ShedReason::Superseded),
-                        None => Placed::Queued,
-                    }
-                }
+                ShedPolicy::DropOldest => self.displace(id, ShedReason::Superseded, id, item, at),
                 _ => Placed::Shed(item, ShedReason::Newest),
             }
         } else if self.total >= capacity {
             // The whole queue is full: the fattest key gives way, unless
             // the arrival's own key is (one of) the fattest.
-            let fattest = self.by_len[self.fattest].last().copied();
+            let fattest = self.by_len[self.fattest].head();
             match (policy, fattest) {
                 (ShedPolicy::DropOldest, _) if own == self.fattest => {
-                    let oldest = self.pop(id, false);
-                    self.push_back(id, item, at);
-                    match oldest {
-                        Some((old, _)) => Placed::Displaced(old, ShedReason::Oldest),
-                        None => Placed::Queued,
-                    }
+                    self.displace(id, ShedReason::Oldest, id, item, at)
                 }
                 (ShedPolicy::DropOldest, Some(fat)) => {
-                    let oldest = self.pop(fat, false);
-                    self.push_back(id, item, at);
-                    self.after_shed(fat);
-                    match oldest {
-                        Some((old, _)) => Placed::Displaced(old, ShedReason::Oldest),
-                        None => Placed::Queued,
-                    }
+                    self.displace(fat, ShedReason::Oldest, id, item, at)
                 }
                 (_, Some(fat)) if own < self.fattest => {
-                    let newest = self.pop(fat, true);
-                    self.push_back(id, item, at);
-                    self.after_shed(fat);
-                    match newest {
-                        Some((new, _)) => Placed::Displaced(new, ShedReason::Newest),
-                        None => Placed::Queued,
-                    }
+                    self.displace(fat, ShedReason::Newest, id, item, at)
                 }
                 _ => Placed::Shed(item, ShedReason::Newest),
             }
@@ -375,13 +328,34 @@ impl<T> Keyed<T> {
         };
         let woke = self.make_ready(id);
         self.forget_if_idle(id);
-        (placed, woke)
+        Ok((placed, woke))
+    }
+
+    /// Sheds an item of key `from` for `reason` (its newest for `Newest`,
+    /// else its oldest) and queues `item` in key `id`.
+    fn displace(
+        &mut self,
+        from: KeyId,
+        reason: ShedReason,
+        id: KeyId,
+        item: T,
+        at: Instant,
+    ) -> Placed<T> {
+        let shed = self.pop(from, reason == ShedReason::Newest);
+        self.push_back(id, item, at);
+        if from != id {
+            self.after_shed(from);
+        }
+        match shed {
+            Some((shed, _)) => Placed::Displaced(shed, reason),
+            None => Placed::Queued,
+        }
     }
 
     /// The oldest item of the key whose turn it is, marking the key in
     /// flight; `None` if no key is ready.
     pub(crate) fn take(&mut self) -> Option<(KeyId, T, Instant)> {
-        let (id, _) = self.ready?;
+        let id = self.ready.head()?;
         self.unready(id);
         let Some((item, at)) = self.pop(id, false) else {
             unreachable!("Keyed: a key in the ring without items (invariant 3)");
@@ -407,9 +381,10 @@ impl<T> Keyed<T> {
     /// After a take or an eviction from `id`: the producers waiting for
     /// room in it, to wake.
     pub(crate) fn room_freed(&mut self, id: KeyId) -> Vec<std::task::Waker> {
-        self.slots
-            .get_mut(id)
-            .map_or_else(Vec::new, |slot| slot.room.wake_all())
+        match self.slots.get_mut(id) {
+            Some(slot) if !slot.room.is_empty() => slot.room.wake_all(),
+            _ => Vec::new(),
+        }
     }
 
     /// Empties every key, returning the items (oldest first within a key)
@@ -421,10 +396,10 @@ impl<T> Keyed<T> {
             let slot = &mut self.slots[id];
             items.extend(slot.items.drain(..).map(|(item, _)| item));
             wakers.extend(slot.room.wake_all());
-            (slot.in_ready, slot.prev, slot.next) = (false, None, None);
+            (slot.ready, slot.by_len) = (Links::default(), Links::default());
         }
-        self.ready = None;
-        self.by_len.iter_mut().for_each(Vec::clear);
+        self.ready = List::default();
+        self.by_len.fill(List::default());
         self.fattest = 0;
         self.total = 0;
         for id in 0..self.slots.len() {
@@ -452,10 +427,19 @@ impl<T> Keyed<T> {
     }
 }
 
+/// After unlocking: wakes `woken` and drops `forgotten` keys (quietly:
+/// their `Drop` may be user code). Both are empty on most calls.
+fn wake_and_drop(woken: impl IntoIterator<Item = Waker>, forgotten: Vec<Box<dyn Any + Send>>) {
+    woken.into_iter().for_each(Waker::wake);
+    if !forgotten.is_empty() {
+        forgotten.into_iter().for_each(drop_quietly);
+    }
+}
+
 // ===== the queue's keyed operations =====
 
 impl<T> HandOff<T> {
-    fn keyed<'a>(state: &'a mut State<T>) -> &'a mut Keyed<T> {
+    fn keyed(state: &mut State<T>) -> &mut Keyed<T> {
         match state.keyed.as_mut() {
             Some(keyed) => keyed,
             None => unreachable!("HandOff: a keyed operation on an unkeyed queue"),
@@ -488,12 +472,11 @@ impl<T> HandOff<T> {
             let keyed = Self::keyed(&mut state);
             let mut arrivals = std::mem::take(batch).into_iter();
             for item in arrivals.by_ref() {
-                if self.policy == ShedPolicy::Backpressure && !keyed.front_has_room(keys) {
-                    batch.push(item);
+                let placed = keyed.place(item, keys, self.policy, self.capacity, at);
+                let Ok((placed, woke)) = placed.map_err(|item| batch.push(item)) else {
                     blocked = true;
                     break;
-                }
-                let (placed, woke) = keyed.place(item, keys, self.policy, self.capacity, at);
+                };
                 offered += 1;
                 ready += usize::from(woke);
                 let (item, reason, arrival) = match placed {
@@ -534,8 +517,7 @@ impl<T> HandOff<T> {
             };
             (woken, forgotten, pushed)
         };
-        woken.into_iter().for_each(Waker::wake);
-        forgotten.into_iter().for_each(drop_quietly);
+        wake_and_drop(woken, forgotten);
         pushed
     }
 
@@ -548,25 +530,38 @@ impl<T> HandOff<T> {
         mut state: MutexGuard<'_, State<T>>,
         cx: &mut Context<'_>,
         ticket: &mut Option<u64>,
+        finished: Option<KeyId>,
     ) -> Poll<Option<Taken<T>>> {
         let keyed = Self::keyed(&mut state);
+        if let Some(done) = finished {
+            // Ready again or not, no worker is woken for it: this one takes
+            // next, and if the key became ready the ring is not empty.
+            keyed.finished(done);
+        }
         let Some((key, item, at)) = keyed.take() else {
-            let (closed, empty) = (state.closed, Self::keyed(&mut state).total() == 0);
-            if closed && empty {
+            let (ended, forgotten) = (keyed.total() == 0, keyed.take_forgotten());
+            let ended = ended && state.closed;
+            if ended {
                 state.idle.forget(ticket);
-                return Poll::Ready(None);
+            } else {
+                state.idle.register(ticket, cx.waker());
             }
-            state.idle.register(ticket, cx.waker());
-            return Poll::Pending;
+            drop(state);
+            wake_and_drop(None, forgotten);
+            return if ended {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            };
         };
         let queued = keyed.total();
-        let mut room = keyed.room_freed(key);
+        let mut woken = keyed.room_freed(key);
         let forgotten = keyed.take_forgotten();
         state.idle.forget(ticket);
         if state.closed && queued == 0 {
             // Workers that waited for a key in flight must see the end: in
             // keyed mode they may wait on a closed queue (above).
-            room.extend(state.idle.wake_all());
+            woken.extend(state.idle.wake_all());
         }
         self.len.store(queued, Relaxed);
         let expired = self.max_age.is_some_and(|max_age| at.elapsed() > max_age);
@@ -575,8 +570,8 @@ impl<T> HandOff<T> {
         let producer = state.batch.on_take(queued, self.capacity);
         let woke_producer = producer.is_some() && queued == 0;
         drop(state);
-        room.into_iter().chain(producer).for_each(Waker::wake);
-        forgotten.into_iter().for_each(drop_quietly);
+        wake(producer);
+        wake_and_drop(woken, forgotten);
         self.room.freed_one();
         Poll::Ready(Some(Taken {
             seq,
@@ -598,8 +593,7 @@ impl<T> HandOff<T> {
             let forgotten = keyed.take_forgotten();
             (if ready { state.idle.wake_one() } else { None }, forgotten)
         };
-        wake(woken);
-        forgotten.into_iter().for_each(drop_quietly);
+        wake_and_drop(woken, forgotten);
     }
 
     /// Ready with `true` once the front key of `keys` has room, `false` if
@@ -632,8 +626,7 @@ impl<T> HandOff<T> {
             let keyed = Self::keyed(&mut state);
             (keyed.leave_room(keys, ticket), keyed.take_forgotten())
         };
-        wake(next);
-        forgotten.into_iter().for_each(drop_quietly);
+        wake_and_drop(next, forgotten);
     }
 
     /// Waits until the front key of `keys` has room; `false` if the queue

@@ -47,6 +47,7 @@
 
 mod keyed;
 mod keys;
+mod list;
 mod room;
 mod waitlist;
 
@@ -187,7 +188,7 @@ impl<T> HandOff<T> {
                 next_take: 0,
                 idle: WaitList::default(),
                 batch: Batch::default(),
-                keyed: keyed.map(|(table, per_key)| Keyed::new(table, per_key)),
+                keyed: keyed.map(|(table, per_key)| Keyed::new(table, per_key, policy)),
             }),
             capacity,
             policy,
@@ -380,10 +381,26 @@ impl<T> HandOff<T> {
     ///
     /// Cancel safe: an item is taken only when the future completes, and a
     /// wake-up it received is passed on.
+    #[cfg(any(test, loom))]
     pub(crate) async fn take(&self) -> Option<Taken<T>> {
+        self.take_after(None).await
+    }
+
+    /// [`take`](Self::take) by a worker whose last item, of key
+    /// `finished`, is done (keyed mode): the key is reported finished
+    /// under the lock of the take itself, one lock per item instead of
+    /// two. No other worker needs waking for it: if the key becomes ready,
+    /// this worker takes it or the key ahead of it.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`take`](Self::take); dropped unpolled, it still reports the key
+    /// finished.
+    pub(crate) async fn take_after(&self, finished: Option<KeyId>) -> Option<Taken<T>> {
         let mut waiter = Waiter {
             queue: self,
             ticket: None,
+            finished,
         };
         poll_fn(|cx| waiter.poll_take(cx)).await
     }
@@ -391,7 +408,8 @@ impl<T> HandOff<T> {
     /// [`take`](Self::take) without waiting: `None` if nothing is queued.
     pub(crate) fn take_now(&self) -> Option<Taken<T>> {
         let mut ticket = None;
-        match self.try_take(&mut Context::from_waker(Waker::noop()), &mut ticket) {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.try_take(&mut cx, &mut ticket, &mut None) {
             Poll::Ready(taken) => taken,
             Poll::Pending => {
                 self.lock().idle.forget(&mut ticket);
@@ -402,15 +420,25 @@ impl<T> HandOff<T> {
 
     /// One attempt of [`take`](Self::take), registering under `ticket` to
     /// wait (keeping its place if it is still registered).
-    fn try_take(&self, cx: &mut Context<'_>, ticket: &mut Option<u64>) -> Poll<Option<Taken<T>>> {
+    /// `finished`: see [`take_after`](Self::take_after).
+    fn try_take(
+        &self,
+        cx: &mut Context<'_>,
+        ticket: &mut Option<u64>,
+        finished: &mut Option<KeyId>,
+    ) -> Poll<Option<Taken<T>>> {
         let (taken, producer) = {
             let mut state = self.lock();
             if state.abandoned {
                 state.idle.forget(ticket);
+                drop(state);
+                if let Some(key) = finished.take() {
+                    self.finished(key);
+                }
                 return Poll::Ready(None);
             }
             if state.keyed.is_some() {
-                return self.try_take_keyed(state, cx, ticket);
+                return self.try_take_keyed(state, cx, ticket, finished.take());
             }
             let Some(item) = state.items.pop_front() else {
                 if state.closed {
@@ -536,14 +564,25 @@ struct Waiter<'a, T> {
     queue: &'a HandOff<T>,
     /// Registered in `idle` under this ticket, or woken from it.
     ticket: Option<u64>,
+    /// Keyed: the key of this worker's last item, until reported finished.
+    finished: Option<KeyId>,
 }
 
 impl<T> Waiter<'_, T> {
     fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<Option<Taken<T>>> {
         // A worker that always finds an item still yields now and then: one
         // unit of tokio's budget per item taken.
-        let coop = ready!(coop::poll_proceed(cx));
-        let taken = ready!(self.queue.try_take(cx, &mut self.ticket));
+        let Poll::Ready(coop) = coop::poll_proceed(cx) else {
+            // Out of budget: the key must not wait for this worker's turn.
+            if let Some(key) = self.finished.take() {
+                self.queue.finished(key);
+            }
+            return Poll::Pending;
+        };
+        let taken = ready!(
+            self.queue
+                .try_take(cx, &mut self.ticket, &mut self.finished)
+        );
         coop.made_progress();
         Poll::Ready(taken)
     }
@@ -551,6 +590,9 @@ impl<T> Waiter<'_, T> {
 
 impl<T> Drop for Waiter<'_, T> {
     fn drop(&mut self) {
+        if let Some(key) = self.finished.take() {
+            self.queue.finished(key);
+        }
         // Invariant 1: a wake-up given to a dropped take passes on.
         if self.ticket.is_some() {
             let next = self.queue.lock().idle.leave(self.ticket.take());
