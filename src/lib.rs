@@ -142,6 +142,7 @@
 mod books;
 mod config;
 mod control;
+mod export;
 mod ext;
 mod front;
 mod isolate;
