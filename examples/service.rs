@@ -19,17 +19,21 @@
 //!   `tokio::task::spawn_blocking` inside the handler (see the crate's
 //!   README, "Metrics and services").
 //! * Metrics: `metrics-exporter-prometheus`, installed as the global
-//!   recorder before the pipeline starts, serves `/metrics` over HTTP on
-//!   127.0.0.1; the `*_seconds` histograms get Prometheus buckets.
+//!   recorder before the pipeline starts; `/metrics` on 127.0.0.1 answers
+//!   with its rendering (`PrometheusHandle::render`), and the `*_seconds`
+//!   histograms get Prometheus buckets. The endpoint here is a few lines
+//!   over a `TcpListener`, to need no HTTP stack: a service that has an
+//!   HTTP server mounts `handle.render()` on its own router instead (or
+//!   enables the exporter's `http-listener` feature and calls `install`).
 //! * Stop: SIGTERM (or Ctrl-C) stops accepting, calls
 //!   [`Controller::shutdown`] (intake stops, what is queued drains for up to
 //!   the drain timeout), logs the final report and exits 0 if the books
 //!   balance.
 //!
 //! Settings come from the environment: `SERVICE_INPUT` (default
-//! `127.0.0.1:7000`, port 0 picks a free one, printed at start),
-//! `SERVICE_METRICS` (default `127.0.0.1:9000`), `SERVICE_WORKERS` (4),
-//! `SERVICE_CAPACITY` (64 queued lines).
+//! `127.0.0.1:7000`), `SERVICE_METRICS` (default `127.0.0.1:9000`; port 0
+//! picks a free one, for either, and the address is printed at start),
+//! `SERVICE_WORKERS` (4), `SERVICE_CAPACITY` (64 queued lines).
 
 use std::io;
 use std::net::SocketAddr;
@@ -37,8 +41,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use backpressure_pipeline::{FanOutConfig, Feeder, Offer, Report, ShedPolicy};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -101,11 +105,15 @@ pub async fn serve(settings: Settings) -> Result<Report, String> {
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM: {e}"))?;
     // The recorder before the pipeline: a pipeline registers its series
     // with the recorder installed when it starts.
-    PrometheusBuilder::new()
-        .with_http_listener(settings.metrics)
+    let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
-        .and_then(PrometheusBuilder::install)
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(|e| format!("metrics recorder: {e}"))?;
+    let metrics_listener = TcpListener::bind(settings.metrics)
+        .await
         .map_err(|e| format!("metrics on {}: {e}", settings.metrics))?;
+    let metrics = metrics_listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(serve_metrics(metrics_listener, prometheus));
 
     let config = FanOutConfig::new(settings.workers, ShedPolicy::DropNewest)
         .capacity(settings.capacity)
@@ -125,7 +133,7 @@ pub async fn serve(settings: Settings) -> Result<Report, String> {
         .map_err(|e| format!("input on {}: {e}", settings.input))?;
     let input = listener.local_addr().map_err(|e| e.to_string())?;
     println!("service: pid {}", std::process::id());
-    println!("service: metrics on http://{}/metrics", settings.metrics);
+    println!("service: metrics on http://{metrics}/metrics");
     println!("service: input on {input}");
 
     let stop = async {
@@ -144,6 +152,43 @@ pub async fn serve(settings: Settings) -> Result<Report, String> {
     println!("service: {handled} results read");
     println!("service: final report: {report}");
     Ok(report)
+}
+
+/// Answers every connection with the exporter's rendering (any path: this
+/// listener serves nothing else), and runs the exporter's upkeep (it drains
+/// histogram samples into their buckets) every 5 seconds.
+async fn serve_metrics(listener: TcpListener, prometheus: PrometheusHandle) {
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let prometheus = prometheus.clone();
+        tokio::spawn(async move {
+            // The request's head, up to its blank line (8 KiB at most).
+            let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = prometheus.render();
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
 }
 
 /// The handler: a line `N` is N ms of (awaited) work; anything else 1 ms.

@@ -140,7 +140,6 @@ mod on {
 
     /// A pipeline's counters and gauges, owned by its supervisor.
     pub(crate) struct Meters {
-        pipeline: Label,
         laws: [Counter; 10],
         /// What each counter of `laws` had reached at the last flush.
         flushed: [u64; 10],
@@ -201,7 +200,6 @@ mod on {
                 episodes: metrics::counter!(EPISODES, labels()),
                 items,
                 interval: None,
-                pipeline,
             }
         }
 
@@ -266,14 +264,6 @@ mod on {
             self.workers_alive.set(gauges.workers_alive as f64);
             let age = gauges.oldest_queued_age.unwrap_or_default();
             self.oldest_queued_age.set(age.as_secs_f64());
-        }
-    }
-
-    impl std::fmt::Debug for Meters {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("Meters")
-                .field("pipeline", &self.pipeline.value())
-                .finish_non_exhaustive()
         }
     }
 

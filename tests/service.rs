@@ -18,7 +18,7 @@ mod service;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
@@ -57,7 +57,7 @@ impl Drop for Service {
 }
 
 impl Service {
-    fn start(metrics: SocketAddr) -> Service {
+    fn start() -> Service {
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
             .args([
                 "--exact",
@@ -67,7 +67,7 @@ impl Service {
                 "--test-threads=1",
             ])
             .env("SERVICE_INPUT", "127.0.0.1:0")
-            .env("SERVICE_METRICS", metrics.to_string())
+            .env("SERVICE_METRICS", "127.0.0.1:0")
             .env("SERVICE_WORKERS", WORKERS.to_string())
             .env("SERVICE_CAPACITY", CAPACITY.to_string())
             .stdout(Stdio::piped())
@@ -112,25 +112,21 @@ impl Service {
     }
 }
 
-/// A port free a moment ago, for the exporter's listener (which binds the
-/// address it is given).
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("its address")
-}
-
-/// Starts the service; another port if the one picked was taken meanwhile.
+/// Starts the service; returns it with its input and metrics addresses
+/// (it binds free ports and prints them).
 fn start_service() -> (Service, SocketAddr, SocketAddr) {
-    for _ in 0..3 {
-        let metrics = free_port();
-        let mut service = Service::start(metrics);
-        if let Some(input) = service.wait_for("service: input on ") {
-            return (service, input.parse().expect("input address"), metrics);
-        }
-        let status = service.child.wait().expect("exit status");
-        eprintln!("the service did not start ({status}): {:?}", service.log);
-    }
-    panic!("the service did not start in 3 tries");
+    let mut service = Service::start();
+    let metrics = service
+        .wait_for("service: metrics on http://")
+        .unwrap_or_else(|| panic!("the service did not start: {:?}", service.log));
+    let metrics = metrics
+        .trim_end_matches("/metrics")
+        .parse()
+        .expect("metrics address");
+    let input = service
+        .wait_for("service: input on ")
+        .unwrap_or_else(|| panic!("the service did not start: {:?}", service.log));
+    (service, input.parse().expect("input address"), metrics)
 }
 
 /// Sends `LINES` lines on one connection and counts the answers.
