@@ -12,6 +12,7 @@
 //! cargo run --release --example ratios -- --rounds 5 floor   # cheapest hand-offs
 //! cargo run --release --example ratios -- --quiet        # re-run contended rounds
 //! cargo run --release --example ratios -- profile crate-goodput 200000
+//! cargo run --release --features metrics --example ratios -- profile crate-goodput-ct 200000 --recorder
 //! ```
 //!
 //! Targets: floor, goodput, goodput-bare, goodput-backpressure, goodput-ct,
@@ -859,6 +860,15 @@ async fn async_channel_floor(n: u64) -> Run {
 fn profile(args: &[String]) {
     let contender = args.first().map(String::as_str).unwrap_or("crate-goodput");
     let n: u64 = args.get(1).map_or(200_000, |s| s.parse().expect("N"));
+    // With `--features metrics`, `--recorder` measures the feature with
+    // the Prometheus exporter's recorder installed (no HTTP listener);
+    // without it, the series go to the facade's no-op recorder.
+    #[cfg(feature = "metrics")]
+    if args.iter().any(|arg| arg == "--recorder") {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("install the Prometheus recorder");
+    }
     let mt = multi_thread();
     let run = match contender {
         "crate-goodput" => run_on(&mt, crate_run(n, CAPACITY, ShedPolicy::DropNewest, double)),
@@ -873,6 +883,16 @@ fn profile(args: &[String]) {
         ),
         "bare-goodput" => run_on(&mt, bare_run(n, CAPACITY, ShedPolicy::DropNewest, double)),
         "crate-intake" => run_on(&mt, crate_run(n, CAPACITY, ShedPolicy::DropOldest, sleepy)),
+        // One thread: the same instructions on every run (no thread
+        // switches for valgrind to place), for before/after comparisons.
+        "crate-goodput-ct" => run_on(
+            &current_thread(),
+            crate_run(n, CAPACITY, ShedPolicy::DropNewest, double),
+        ),
+        "crate-backpressure-ct" => run_on(
+            &current_thread(),
+            crate_run(n, CAPACITY, ShedPolicy::Backpressure, double),
+        ),
         "bare-intake" => run_on(&mt, bare_run(n, CAPACITY, ShedPolicy::DropOldest, sleepy)),
         other => panic!("unknown contender {other:?}"),
     };

@@ -22,7 +22,8 @@ use tokio::task::JoinSet;
 use crate::books::Books;
 use crate::config::{FanOutConfig, HandlerKind, Settings};
 use crate::control::{Core, End, Hooks, Phase, ShutdownHandle, StopMirror, Stopper, supervise};
-use crate::front::{Feeder, FrontParts, Overload, Producers, run_push, run_stream};
+use crate::export::Meters;
+use crate::front::{Feeder, FrontParts, Overload, Producers, run_push, run_stream, shed_reason};
 use crate::isolate::{Quiet, has_time_driver};
 use crate::queue::{HandOff, QueueSettings};
 use crate::results::{self, BoundedFanOut};
@@ -78,6 +79,7 @@ where
          build it with `enable_time()` or `enable_all()`"
     );
     let Settings {
+        name,
         sizes,
         timing,
         hooks,
@@ -110,7 +112,13 @@ where
         }
         None => (None, None),
     };
-    let overload = Overload::new(hooks.on_overload.is_some(), timing.overload_quiet_period);
+    // Registered with the recorder installed now (the `metrics` feature).
+    let meters = Meters::new(name.clone(), shed_reason(sizes.policy), sizes.capacity);
+    let overload = Overload::new(
+        hooks.on_overload.is_some(),
+        timing.overload_quiet_period,
+        meters.episodes(),
+    );
     let core = Arc::new(Core::new(
         Arc::clone(&queue),
         Arc::clone(&phase),
@@ -130,7 +138,7 @@ where
     let stopping = Arc::clone(&core);
     let mirror = StopMirror::new(&phase.stop, move || stopping.on_stop());
     let yielder = Yielder::for_runtime(&runtime);
-    let span = trace::pipeline_span(sizes.workers, sizes.capacity, sizes.policy);
+    let span = trace::pipeline_span(&name, sizes.workers, sizes.capacity, sizes.policy);
     // The workers own the handler; the last to exit drops it (quietly).
     let handler = Quiet::new(Arc::new(handler));
     let mut workers = JoinSet::new();
@@ -145,6 +153,7 @@ where
             timeout: timing.handler_timeout,
             is_err: Kind::IS_ERR,
             yielder,
+            meters: meters.items(),
         };
         let run = worker::run(parts, Arc::clone(&*handler));
         workers.spawn_on(trace::in_span(&span, run), &runtime);
@@ -168,7 +177,7 @@ where
             runtime.spawn(trace::in_span(&span, run_push(producers)))
         }
     };
-    let supervisor = supervise(Arc::clone(&core), mirror, workers, front);
+    let supervisor = supervise(Arc::clone(&core), mirror, workers, front, meters);
     let supervisor = runtime.spawn(trace::in_span(&span, supervisor));
     let results = BoundedFanOut::new(receiver, End::new(Arc::clone(&core) as _));
     let handle = ShutdownHandle::new(supervisor, End::new(core));

@@ -97,6 +97,38 @@
 //! * After `join` returns, every future the pipeline spawned has been
 //!   dropped, with everything it owned, and every closure it was given.
 //!
+//! # Optional features
+//!
+//! Both off by default; without them none of their code is compiled.
+//!
+//! * `tracing`: a span per pipeline (`bounded_fan_out`, with the
+//!   [`FanOutConfig::name`] in its `pipeline` field), an event per
+//!   overload edge and one with the final report.
+//! * `metrics`: every pipeline exports through the
+//!   [`metrics`](https://docs.rs/metrics) facade, to the recorder the
+//!   application installed before starting it, these series, each labelled
+//!   `pipeline` (the [`FanOutConfig::name`]):
+//!
+//! | series | type | unit |
+//! |---|---|---|
+//! | `backpressure_pipeline_{produced,processed,delivered,discarded,failed,timed_out,expired,cancelled,errored}_total` | counter | items (results for `delivered` and `discarded`): the [`Report`] field of that name |
+//! | `backpressure_pipeline_dropped_total`, labelled `reason`: `newest` or `oldest` ([`ShedReason`]) | counter | items |
+//! | `backpressure_pipeline_overload_episodes_total` | counter | episodes ([`OverloadEvent::Started`]) |
+//! | `backpressure_pipeline_{queue_depth,queue_capacity,in_flight,results_waiting,workers_alive}` | gauge | items (tasks for `workers_alive`) |
+//! | `backpressure_pipeline_keys_tracked` | gauge | keys ([`Stats::keys`]; 0 unless [`FanOutConfig::key_by`] is set) |
+//! | `backpressure_pipeline_oldest_queued_age_seconds` | gauge | seconds (0 when nothing is queued) |
+//! | `backpressure_pipeline_queue_wait_seconds` | histogram | seconds from an item's push to its handler's call |
+//! | `backpressure_pipeline_handler_duration_seconds`, labelled `outcome`: `processed`, `failed`, `timed_out` or `cancelled` | histogram | seconds |
+//!
+//!   The counters are the books' own: the pipeline's supervisor adds what
+//!   they grew to the recorder's counters every second and once more when
+//!   the pipeline ends, so the last values equal the [`Report`]'s and the
+//!   hot path does nothing per item for them (pipelines that share a name
+//!   add up). Gauges are set at the same moments. The histograms are
+//!   recorded per item, with two clock reads, only with the feature on.
+//!   The supervisor's flush timer wakes it once a second: on a paused
+//!   clock, tasks woken at that same instant may then run in another order.
+//!
 //! # Testing with paused time
 //!
 //! The examples that assert timings run on a paused current-thread runtime
@@ -142,6 +174,7 @@
 mod books;
 mod config;
 mod control;
+mod export;
 mod ext;
 mod front;
 mod isolate;

@@ -116,6 +116,25 @@ macro_rules! with_counters {
                     $( $field, )*
                 }
             }
+
+            /// The counters of both laws, back as the books' [`Counts`]
+            /// (nothing in flight), for the `metrics` feature's flush.
+            #[cfg(feature = "metrics")]
+            pub(crate) fn counts(&self) -> Counts {
+                Counts {
+                    produced: self.produced,
+                    processed: self.processed,
+                    delivered: self.delivered,
+                    discarded: self.discarded,
+                    dropped: self.dropped,
+                    failed: self.failed,
+                    timed_out: self.timed_out,
+                    expired: self.expired,
+                    errored: self.errored,
+                    cancelled: self.cancelled,
+                    ..Counts::default()
+                }
+            }
         }
     };
 }
@@ -216,10 +235,23 @@ with_counters! {
         pub in_flight: usize,
         /// The largest `queue_depth` seen since the pipeline started.
         pub high_water_mark: usize,
-        /// How long the oldest queued item has waited, if an item is queued
-        /// and the queue stamps its items (a
-        /// [`max_queue_age`](crate::FanOutConfig::max_queue_age) is set):
-        /// what an operator checks first when a pipeline lags.
+        /// How long the oldest queued item has waited, if an item is
+        /// queued and the queue stamps its items: what an operator checks
+        /// first when a pipeline lags.
+        ///
+        /// The queue stamps its items when something needs the stamps: a
+        /// [`max_queue_age`](crate::FanOutConfig::max_queue_age), or the
+        /// `metrics` feature (its queue-wait histogram and its
+        /// `oldest_queued_age_seconds` gauge); otherwise this is `None`.
+        /// A stamp is one clock read per push, made outside the queue's
+        /// lock (a stream front's batch of up to
+        /// [`MAX_INTAKE_BATCH`](crate::FanOutConfig::MAX_INTAKE_BATCH) items
+        /// shares one; a push front reads the clock once per offer), and a
+        /// take costs one addition. Always on, that measured 35 more
+        /// instructions per item through a lossless pipeline (3.3 %) and 5
+        /// more per item shed under overload (12 %): a cost every pipeline
+        /// would pay for a reading few take, so it is paid by those that
+        /// ask. The age counts from the moment the item's push began.
         pub oldest_queued_age: Option<Duration>,
         /// Keyed pipelines ([`FanOutConfig::key_by`](crate::FanOutConfig::key_by)):
         /// the keys tracked now, those with an item queued or in flight (at

@@ -14,10 +14,16 @@ pub(crate) type Span = tracing::Span;
 #[derive(Clone)]
 pub(crate) struct Span;
 
+/// The pipeline's span: `bounded_fan_out`, its name in the `pipeline` field.
 #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
-pub(crate) fn pipeline_span(workers: usize, capacity: usize, policy: ShedPolicy) -> Span {
+pub(crate) fn pipeline_span(
+    name: &str,
+    workers: usize,
+    capacity: usize,
+    policy: ShedPolicy,
+) -> Span {
     #[cfg(feature = "tracing")]
-    return tracing::info_span!("bounded_fan_out", workers, capacity, %policy);
+    return tracing::info_span!("bounded_fan_out", pipeline = %name, workers, capacity, %policy);
     #[cfg(not(feature = "tracing"))]
     Span
 }

@@ -11,6 +11,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::books::{Books, Exit, Fate, WorkerCounters};
 use crate::control::{Hooks, Phase, Start, Stopper};
+use crate::export::ItemMeters;
 use crate::isolate::{Quiet, catching, drop_quietly, timer_at};
 use crate::queue::{HandOff, KeyId, Taken};
 use crate::results::Sender;
@@ -32,6 +33,8 @@ pub(crate) struct WorkerParts<Item, O> {
     /// Counts `Err` outputs, for a fallible handler.
     pub(crate) is_err: Option<fn(&O) -> bool>,
     pub(crate) yielder: Yielder,
+    /// Its items' timings (the `metrics` feature; zero-sized without it).
+    pub(crate) meters: ItemMeters,
 }
 
 /// How one handler run ended, with its output.
@@ -60,6 +63,7 @@ where
         timeout,
         is_err,
         yielder,
+        meters,
     } = parts;
     // The last worker out drops the handler: its `Drop` is user code.
     let handler = Quiet::new(handler);
@@ -86,6 +90,7 @@ where
         let Some(Taken {
             seq,
             item,
+            queued_at,
             expired,
             woke_producer,
             key,
@@ -135,6 +140,7 @@ where
             results.deliver(seq, None).await;
             continue;
         }
+        let started = meters.start(queued_at);
         let outcome = run_one(&**handler, item, killed.as_mut(), timeout).await;
         let cut_off = matches!(outcome, Ran::Cancelled);
         // Counted before the hand-over: `processed` means the handler
@@ -152,6 +158,7 @@ where
             }
         }
         counters.ended(fate);
+        meters.ran(started, fate);
         if let (Some(recorder), Some(key)) = (recorder, key) {
             recorder.record_key(key, fate.outcome());
         }

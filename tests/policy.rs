@@ -329,7 +329,9 @@ async fn a_panicking_on_shed_is_caught_and_intake_goes_on() {
     send(&tx, 1..=4);
     settle().await;
     // Intake survived the panics: later items are still taken and queued.
-    sleep(BUSY * 3).await;
+    // Sent while item 1 runs and the queue is empty: 5 is queued, 6 shed,
+    // whichever task runs first at that instant (no idle worker to race).
+    sleep(BUSY + BUSY / 2).await;
     send(&tx, 5..=6);
     drop(tx);
     let (out, report) = drain_and_join(results, handle, GUARD).await;

@@ -69,6 +69,46 @@ async fn stats_are_exact_at_chosen_instants() {
     drop(tx);
 }
 
+/// The oldest queued item's age is known where the queue stamps its items
+/// (a `max_queue_age`, here one no item reaches, or the `metrics` feature),
+/// and exact; elsewhere it is `None` (the stamps would cost every pipeline
+/// instructions per item).
+#[tokio::test(start_paused = true)]
+async fn oldest_queued_age_is_exact_where_the_queue_stamps() {
+    let stamping = FanOutConfig::new(2, DropNewest)
+        .capacity(4)
+        .max_queue_age(std::time::Duration::from_secs(3600));
+    for (config, stamps) in [
+        (stamping, true),
+        (FanOutConfig::new(2, DropNewest).capacity(4), false),
+    ] {
+        let stamps = stamps || cfg!(feature = "metrics");
+        let age = |at: u64| stamps.then_some(ms(at));
+        let (tx, results, handle) = gated(config);
+        assert_eq!(handle.stats().oldest_queued_age, None);
+        // t = 0: 0 and 1 are taken, 2..6 queued; 4 and 5 still at 100 ms.
+        send(&tx, 0..6);
+        settle().await;
+        assert_eq!(handle.stats().oldest_queued_age, age(0));
+        sleep(ms(100)).await;
+        settle().await;
+        assert_eq!(handle.stats().oldest_queued_age, age(100));
+        // t = 200 ms: 4 and 5 taken, nothing queued.
+        sleep(ms(100)).await;
+        settle().await;
+        assert_eq!(handle.stats().oldest_queued_age, None);
+        // t = 230 ms: 6, 7 and 8 queued at 200 ms, behind 4 and 5 in flight.
+        send(&tx, 6..9);
+        settle().await;
+        sleep(ms(30)).await;
+        assert_eq!(handle.stats().oldest_queued_age, age(30));
+        drop(tx);
+        let (out, report) = drain_sorted(results, handle).await;
+        assert_eq!(out, (0..9).collect::<Vec<_>>());
+        assert_eq!((report.processed, report.expired), (9, 0));
+    }
+}
+
 // ===== Debug =====
 
 #[tokio::test(start_paused = true)]

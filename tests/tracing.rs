@@ -14,6 +14,8 @@ use tracing::{Event, Metadata, Subscriber};
 #[derive(Clone, Default)]
 struct Recorder {
     spans: Arc<Mutex<Vec<String>>>,
+    /// Each span's fields, as `name=value ` pairs.
+    span_fields: Arc<Mutex<Vec<String>>>,
     events: Arc<Mutex<Vec<String>>>,
 }
 
@@ -30,6 +32,9 @@ impl Subscriber for Recorder {
         true
     }
     fn new_span(&self, span: &Attributes<'_>) -> Id {
+        let mut fields = Message(String::new());
+        span.record(&mut fields);
+        self.span_fields.lock().unwrap().push(fields.0);
         let mut spans = self.spans.lock().unwrap();
         spans.push(span.metadata().name().to_owned());
         Id::from_u64(spans.len() as u64)
@@ -68,6 +73,8 @@ fn one_span_per_pipeline_and_events_for_overload_and_report() {
         })
     });
     assert_eq!(*recorder.spans.lock().unwrap(), ["bounded_fan_out"]);
+    let fields = recorder.span_fields.lock().unwrap();
+    assert!(fields[0].starts_with("pipeline=default "), "{fields:?}");
     let events = recorder.events.lock().unwrap();
     assert_eq!(events.len(), 3, "{events:?}");
     assert!(events[0].contains("overload started"), "{events:?}");
@@ -77,4 +84,27 @@ fn one_span_per_pipeline_and_events_for_overload_and_report() {
     );
     assert!(events[2].contains("pipeline finished"), "{events:?}");
     assert!(events[2].contains("conserved=true"), "{events:?}");
+}
+
+#[test]
+fn the_span_carries_the_pipeline_name() {
+    let recorder = Recorder::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(recorder.clone(), || {
+        runtime.block_on(async {
+            let config = FanOutConfig::new(2, ShedPolicy::DropOldest).name(format!("shard-{}", 7));
+            let (results, shutdown) =
+                futures::stream::iter(0..3u32).bounded_fan_out_with(config, |x| async move { x });
+            let (_, report) = shutdown.join_collect(results).await;
+            assert_eq!(report.processed, 3);
+        })
+    });
+    assert_eq!(*recorder.spans.lock().unwrap(), ["bounded_fan_out"]);
+    assert_eq!(
+        *recorder.span_fields.lock().unwrap(),
+        ["pipeline=shard-7 workers=2 capacity=64 policy=DropOldest "]
+    );
 }

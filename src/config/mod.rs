@@ -15,6 +15,7 @@ mod order;
 mod policy;
 mod settle;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -58,6 +59,7 @@ pub(crate) type ItemHook<Item> = Arc<dyn Fn(Item) + Send + Sync>;
 /// | [`settle_capacity`](Self::settle_capacity) | [`DEFAULT_SETTLE_CAPACITY`](Self::DEFAULT_SETTLE_CAPACITY) = 1024 unsettled items | yes | yes |
 /// | [`key_by`](Self::key_by) | none: one FIFO for every item | yes | yes |
 /// | [`per_key_capacity`](Self::per_key_capacity) | no limit beyond `capacity` (keyed only) | yes | yes |
+/// | [`name`](Self::name) | [`DEFAULT_NAME`](Self::DEFAULT_NAME) = `"default"` | yes | yes |
 /// | input hand-back | none | wrap the input with [`hand_back`](crate::hand_back) | not needed: producers keep what they did not push |
 ///
 /// Every cell marked "yes" is tested on that front (`tests/settings.rs`).
@@ -94,6 +96,8 @@ pub struct FanOutConfig<Item, Kind = Plain> {
 
 /// Every setting, whatever the handler kind.
 pub(crate) struct Settings<Item> {
+    /// The `pipeline` label of its metrics and field of its span.
+    pub(crate) name: Cow<'static, str>,
     pub(crate) sizes: Sizes,
     pub(crate) timing: Timing,
     pub(crate) hooks: ConfigHooks<Item>,
@@ -107,6 +111,7 @@ pub(crate) struct Settings<Item> {
 impl<Item> Clone for Settings<Item> {
     fn clone(&self) -> Self {
         Settings {
+            name: self.name.clone(),
             sizes: self.sizes,
             timing: self.timing,
             hooks: self.hooks.clone(),
@@ -240,6 +245,11 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// Default [`overload_quiet_period`](Self::overload_quiet_period): 1
     /// second without shedding ends an overload episode.
     pub const DEFAULT_OVERLOAD_QUIET_PERIOD: Duration = Duration::from_secs(1);
+
+    /// Default [`name`](Self::name): `"default"`, the `pipeline` label of a
+    /// pipeline nobody named, so that a dashboard shows a series for it
+    /// and the missing name stands out.
+    pub const DEFAULT_NAME: &'static str = "default";
 }
 
 impl<Item> FanOutConfig<Item> {
@@ -270,6 +280,7 @@ impl<Item> FanOutConfig<Item> {
         );
         FanOutConfig {
             settings: Settings {
+                name: Cow::Borrowed(Self::DEFAULT_NAME),
                 sizes: Sizes {
                     workers,
                     policy,
@@ -510,6 +521,37 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
         self.settings.timing.max_queue_age = Some(age);
         self
     }
+
+    /// Names the pipeline: a `&'static str` or a `String`, for the
+    /// operators who read its metrics and traces.
+    ///
+    /// With the `metrics` feature, the name is the `pipeline` label of
+    /// every series the pipeline exports (the crate docs list them); give
+    /// each pipeline of a process its own, or their counters add up under
+    /// one label. With the `tracing` feature, it is the `pipeline` field
+    /// of the pipeline's span (named `bounded_fan_out`: a `tracing` span's
+    /// name is fixed where it is written, so the name goes in a field, as
+    /// `tracing` advises for values known at run time). Without either
+    /// feature it is kept and unused. Unnamed pipelines are
+    /// [`DEFAULT_NAME`](Self::DEFAULT_NAME).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
+    ///
+    /// let ingest = FanOutConfig::<u64>::new(4, ShedPolicy::DropOldest).name("ingest");
+    /// assert!(format!("{ingest:?}").contains(r#"name: "ingest""#));
+    /// let shard = 3;
+    /// let sharded = FanOutConfig::<u64>::new(4, ShedPolicy::DropOldest).name(format!("shard-{shard}"));
+    /// assert!(format!("{sharded:?}").contains(r#"name: "shard-3""#));
+    /// let unnamed = FanOutConfig::<u64>::new(4, ShedPolicy::DropOldest);
+    /// assert!(format!("{unnamed:?}").contains(r#"name: "default""#));
+    /// ```
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.settings.name = name.into();
+        self
+    }
 }
 
 impl<Item, Kind> Clone for FanOutConfig<Item, Kind> {
@@ -548,6 +590,7 @@ impl<Item, Kind> fmt::Debug for FanOutConfig<Item, Kind> {
             overload_quiet_period,
         } = self.settings.timing;
         f.debug_struct("FanOutConfig")
+            .field("name", &self.settings.name)
             .field("workers", &workers)
             .field("policy", &policy)
             .field("capacity", &capacity)

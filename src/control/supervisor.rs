@@ -11,16 +11,20 @@ use tokio::time::Sleep;
 
 use super::{Core, StopMirror};
 use crate::books::Exit;
+use crate::export::Meters;
 use crate::isolate::timer_at;
 use crate::report::{IntakeEnd, Report};
 
 /// Ends only when no other task of the pipeline is alive, every closure the
-/// caller gave has been dropped, and the report is published.
+/// caller gave has been dropped, and the report is published. With the
+/// `metrics` feature it also flushes the books to the recorder, at an
+/// interval and once more from the report (see `export`).
 pub(crate) async fn supervise<Item: Send + 'static>(
     core: Arc<Core<Item>>,
     mut stop: StopMirror,
     mut workers: JoinSet<Exit>,
     front: JoinHandle<IntakeEnd>,
+    mut meters: Meters,
 ) -> Report {
     let (mut joined, mut aborted) = (0usize, 0usize);
     let mut stop_seen = false;
@@ -29,6 +33,9 @@ pub(crate) async fn supervise<Item: Send + 'static>(
     let mut deadline: Option<Pin<Box<Sleep>>> = None;
     poll_fn(|cx| {
         loop {
+            while meters.poll_due(cx) {
+                meters.flush_stats(&core.snapshot(), workers.len());
+            }
             if !stop_seen && stop.poll_stopped(cx).is_ready() {
                 // Also reached by a cancelled parent token, whose `cancel()`
                 // already ran the stop (see `mirror`).
@@ -82,6 +89,7 @@ pub(crate) async fn supervise<Item: Send + 'static>(
     let report = core.report(joined, aborted, intake);
     debug_assert!(report.is_conserved(), "books do not balance: {report}");
     crate::trace::finished(&report);
+    meters.flush_report(&report);
     // Every closure the caller gave is dropped before anyone sees the
     // report, whatever handles (a controller, the ended results stream, a
     // spare feeder) keep the core alive. The settlement records stream

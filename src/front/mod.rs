@@ -31,6 +31,7 @@ pub use overload::OverloadEvent;
 pub(crate) use overload::{Overload, OverloadHook};
 pub use push::{Feeder, Offer};
 pub(crate) use push::{Producers, run as run_push};
+pub(crate) use shed::reason as shed_reason;
 pub use sink::SinkError;
 pub(crate) use stream::run as run_stream;
 

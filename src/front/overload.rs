@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::export::EpisodeMeter;
 use crate::isolate::catching;
 use crate::sync::{Mutex, lock};
 
@@ -69,12 +70,14 @@ struct Episode {
 }
 
 /// The episode detector, shared by a front's producers. Costs nothing per
-/// item unless a hook is set (or the `tracing` feature is on), and then one
-/// clock read and one uncontended lock per batch that sheds.
+/// item unless a hook is set (or the `tracing` or `metrics` feature is on),
+/// and then one clock read and one uncontended lock per batch that sheds.
 pub(crate) struct Overload {
     enabled: bool,
     quiet: Duration,
     state: Mutex<State>,
+    /// Counts episodes as they start (the `metrics` feature).
+    episodes: EpisodeMeter,
 }
 
 struct State {
@@ -87,10 +90,11 @@ struct State {
 }
 
 impl Overload {
-    pub(crate) fn new(hook: bool, quiet: Duration) -> Self {
+    pub(crate) fn new(hook: bool, quiet: Duration, episodes: EpisodeMeter) -> Self {
         Overload {
-            enabled: hook || cfg!(feature = "tracing"),
+            enabled: hook || cfg!(feature = "tracing") || cfg!(feature = "metrics"),
             quiet,
+            episodes,
             state: Mutex::new(State {
                 current: None,
                 pending: VecDeque::new(),
@@ -194,6 +198,9 @@ impl Overload {
             return;
         }
         while let Some(event) = lock(&self.state).pending.pop_front() {
+            if event == OverloadEvent::Started {
+                self.episodes.started();
+            }
             #[cfg(feature = "tracing")]
             tracing::warn!(%event, "backpressure_pipeline overload");
             if let Some(hook) = hook {

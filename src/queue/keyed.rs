@@ -42,6 +42,7 @@ use super::keys::{KeyId, KeyTable};
 use super::list::{Links, List};
 use super::{HandOff, Pushed, Room, State, Taken, WaitList, wake};
 use crate::ShedPolicy;
+use crate::export::stamp;
 use crate::isolate::drop_quietly;
 use crate::settle::ShedReason;
 use crate::sync::MutexGuard;
@@ -576,6 +577,7 @@ impl<T> HandOff<T> {
         Poll::Ready(Some(Taken {
             seq,
             item,
+            queued_at: stamp(Some(at)),
             expired,
             woke_producer,
             key: Some(key),

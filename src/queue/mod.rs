@@ -34,8 +34,15 @@
 //! 5. **Take order is numbered.** Each take gets the next sequence number
 //!    under the lock, so taken items are numbered densely in queue order
 //!    (ordered output reorders by it).
-//! 6. **Stamps follow items.** With a maximum queue age, `stamps` holds one
-//!    instant per item of `items`, pushed, evicted and taken in step.
+//! 6. **Stamps follow items.** While the queue keeps stamps (`stamped`: a
+//!    maximum queue age is set, or the `metrics` feature is on), `stamps`
+//!    knows when each item of `items` was queued (one run per push: see
+//!    [`Stamps`]), pushed, evicted and taken in step. The instant is read
+//!    once per push, before the lock (the lock is held no longer for it),
+//!    so an item that waited for the lock is stamped when its push began.
+//!    Without stamps nothing of this runs: stamping every push would cost
+//!    the hot path 35 instructions per item without shedding and 5 per
+//!    item shed (callgrind, `BENCHMARKS.md`).
 //! 7. **No foreign code under the lock.** Shed, evicted and abandoned items
 //!    are moved out under the lock and dropped (or handed to a hook) by the
 //!    caller after it is released; wakers are woken after unlocking.
@@ -49,6 +56,7 @@ mod keyed;
 mod keys;
 mod list;
 mod room;
+mod stamps;
 mod waitlist;
 
 use std::collections::VecDeque;
@@ -60,6 +68,7 @@ use tokio::task::coop;
 use tokio::time::Instant;
 
 use crate::ShedPolicy;
+use crate::export::{Stamp, stamp};
 use crate::isolate::drop_quietly;
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, lock};
 use std::sync::atomic::Ordering::Relaxed;
@@ -70,6 +79,7 @@ pub(crate) use room::{NoRoom, Room};
 pub(crate) use waitlist::{WaitList, wake};
 
 use room::Batch;
+use stamps::Stamps;
 
 /// How a queue is built: sizes, policy, and how its producers wait for room.
 pub(crate) struct QueueSettings {
@@ -91,6 +101,8 @@ pub(crate) struct QueueSettings {
 
 pub(crate) struct HandOff<T> {
     max_age: Option<Duration>,
+    /// The queue keeps stamps (invariant 6).
+    stamped: bool,
     room: Room,
     /// `items.len()`, written under the lock, read without it by a front
     /// sizing its next pull.
@@ -105,7 +117,7 @@ pub(crate) struct HandOff<T> {
 struct State<T> {
     items: VecDeque<T>,
     /// When each item of `items` was queued (invariant 6).
-    stamps: VecDeque<Instant>,
+    stamps: Stamps,
     closed: bool,
     abandoned: bool,
     high_water_mark: usize,
@@ -146,6 +158,9 @@ pub(crate) struct Taken<T> {
     /// Its place in take order (invariant 5).
     pub(crate) seq: u64,
     pub(crate) item: T,
+    /// When it was queued, for the `metrics` feature (zero-sized without
+    /// it).
+    pub(crate) queued_at: Stamp,
     /// It waited longer than the maximum queue age: it must not be started.
     pub(crate) expired: bool,
     /// This take woke the batching producer waiting for room and left the
@@ -176,12 +191,15 @@ impl<T> HandOff<T> {
         };
         HandOff {
             max_age,
+            // Expiry needs the stamps, and so do the `metrics` feature's
+            // queue-wait histogram and oldest-age gauge.
+            stamped: max_age.is_some() || cfg!(feature = "metrics"),
             room,
             len: AtomicUsize::new(0),
             state: Mutex::new(State {
                 // Grows on demand: a huge capacity is a bound, not a reservation.
                 items: VecDeque::with_capacity(capacity.min(1024)),
-                stamps: VecDeque::new(),
+                stamps: Stamps::default(),
                 closed: false,
                 abandoned: false,
                 high_water_mark: 0,
@@ -224,6 +242,8 @@ impl<T> HandOff<T> {
         shed: &mut Vec<T>,
         count: impl FnOnce(usize, usize),
     ) -> Pushed {
+        // One clock read per push, outside the lock (invariant 6).
+        let now = (self.stamped && !batch.is_empty()).then(Instant::now);
         let (woken, pushed) = {
             let mut state = self.lock();
             if state.closed {
@@ -236,11 +256,10 @@ impl<T> HandOff<T> {
                 state.batch.reserved -= offered.min(state.batch.reserved);
             }
             let overflow = self.shed_into(&mut state, batch, shed);
-            if self.max_age.is_some() {
-                // One clock read per batch: its items were queued together.
-                let now = Instant::now();
+            if let Some(now) = now {
+                // The batch's items were queued together: one run.
                 let unstamped = state.items.len() - state.stamps.len();
-                state.stamps.extend(std::iter::repeat_n(now, unstamped));
+                state.stamps.push(now, unstamped);
             }
             let len = state.items.len();
             debug_assert!(
@@ -249,7 +268,7 @@ impl<T> HandOff<T> {
             );
             debug_assert!(!self.keep_shed || shed.len() - shed_before == overflow);
             debug_assert!(
-                self.max_age.is_none() || state.stamps.len() == len,
+                !self.stamped || state.stamps.len() == len,
                 "HandOff: stamps out of step with items (invariant 6)"
             );
             self.len.store(len, Relaxed);
@@ -304,8 +323,8 @@ impl<T> HandOff<T> {
                 } else {
                     state.items.drain(..evicted);
                 }
-                if self.max_age.is_some() {
-                    state.stamps.drain(..evicted);
+                if self.stamped {
+                    state.stamps.leave(evicted);
                 }
                 // With `keep_shed` the first `arrivals` are gone already.
                 let skip = if self.keep_shed { 0 } else { arrivals };
@@ -450,12 +469,19 @@ impl<T> HandOff<T> {
             };
             state.idle.forget(ticket);
             self.len.store(state.items.len(), Relaxed);
-            let expired = match (self.max_age, state.stamps.pop_front()) {
+            let queued_at = if self.stamped {
+                let queued_at = state.stamps.oldest();
+                state.stamps.leave(1);
+                queued_at
+            } else {
+                None
+            };
+            let expired = match (self.max_age, queued_at) {
                 (Some(max_age), Some(queued_at)) => queued_at.elapsed() > max_age,
                 _ => false,
             };
             debug_assert!(
-                self.max_age.is_none() || state.stamps.len() == state.items.len(),
+                !self.stamped || state.stamps.len() == state.items.len(),
                 "HandOff: stamps out of step with items (invariant 6)"
             );
             // Invariant 5: numbered under the lock, densely.
@@ -467,6 +493,7 @@ impl<T> HandOff<T> {
             let taken = Taken {
                 seq,
                 item,
+                queued_at: stamp(queued_at),
                 expired,
                 woke_producer,
                 key: None,
@@ -537,12 +564,12 @@ impl<T> HandOff<T> {
     }
 
     /// When the oldest queued item was queued, if one is queued and the
-    /// queue keeps stamps (a maximum queue age is set).
+    /// queue keeps stamps (invariant 6).
     pub(crate) fn oldest_stamp(&self) -> Option<Instant> {
-        let state = self.lock();
+        let mut state = self.lock();
         match &state.keyed {
             Some(keyed) => keyed.oldest_stamp(),
-            None => state.stamps.front().copied(),
+            None => state.stamps.oldest(),
         }
     }
 
