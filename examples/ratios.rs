@@ -893,6 +893,10 @@ fn profile(args: &[String]) {
             &current_thread(),
             crate_run(n, CAPACITY, ShedPolicy::Backpressure, double),
         ),
+        "crate-keyed-ct" => run_on(
+            &current_thread(),
+            crate_keyed_run(n, CAPACITY, ShedPolicy::Backpressure, 1024, double),
+        ),
         "bare-intake" => run_on(&mt, bare_run(n, CAPACITY, ShedPolicy::DropOldest, sleepy)),
         other => panic!("unknown contender {other:?}"),
     };

@@ -17,8 +17,11 @@ pub(crate) trait Keying<Item>: Send + Sync {
     fn table(&self) -> Box<dyn KeyTable>;
     /// A fresh, empty `VecDeque<K>` for a front's keys.
     fn new_keys(&self) -> Box<dyn Any + Send>;
-    /// Appends `item`'s key to `keys`; `false` if the key function panicked.
-    fn key_into(&self, item: &Item, keys: &mut dyn Any) -> bool;
+    /// Appends the key of every item of `batch` to `keys` (a
+    /// `VecDeque<K>`), in order; moves the items whose key function
+    /// panicked from `batch` to `unkeyed`. One call per batch: one
+    /// downcast, no allocation.
+    fn key_batch(&self, batch: &mut Vec<Item>, keys: &mut dyn Any, unkeyed: &mut Vec<Item>);
 }
 
 struct KeyBy<F, K> {
@@ -39,16 +42,20 @@ where
         Box::new(VecDeque::<K>::new())
     }
 
-    fn key_into(&self, item: &Item, keys: &mut dyn Any) -> bool {
+    fn key_batch(&self, batch: &mut Vec<Item>, keys: &mut dyn Any, unkeyed: &mut Vec<Item>) {
         let Some(keys) = keys.downcast_mut::<VecDeque<K>>() else {
             unreachable!("Keying: keys of another type")
         };
-        match catching(|| (self.key)(item)) {
-            Some(key) => {
-                keys.push_back(key);
-                true
+        let mut at = 0;
+        while let Some(item) = batch.get(at) {
+            match catching(|| (self.key)(item)) {
+                Some(key) => {
+                    keys.push_back(key);
+                    at += 1;
+                }
+                // O(batch), only after a panic.
+                None => unkeyed.push(batch.remove(at)),
             }
-            None => false,
         }
     }
 }

@@ -41,15 +41,7 @@ impl Keyer {
         batch: &mut Vec<Item>,
         unkeyed: &mut Vec<Item>,
     ) {
-        let mut keyed = Vec::with_capacity(batch.len());
-        for item in batch.drain(..) {
-            if keying.key_into(&item, &mut *self.keys) {
-                keyed.push(item);
-            } else {
-                unkeyed.push(item);
-            }
-        }
-        *batch = keyed;
+        keying.key_batch(batch, &mut *self.keys, unkeyed);
     }
 
     /// Pushes `batch` (keyed by [`key`](Self::key)) into the queue.

@@ -273,7 +273,9 @@ impl<T> Keyed<T> {
             );
             slot.live = false;
             self.live -= 1;
-            self.forgotten.extend(self.table.forget(id));
+            if let Some(key) = self.table.forget(id) {
+                self.forgotten.push(key);
+            }
         }
     }
 
