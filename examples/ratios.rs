@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Targets: floor, goodput, goodput-bare, goodput-backpressure, goodput-ct,
-//! fairness-ct, keyed-cost, speedup, speedup-cap16, intake-mt, intake-ct,
+//! fairness-ct, keyed-cost, keyed-cost-ct, speedup, speedup-cap16, intake-mt, intake-ct,
 //! crossover, freshness.
 //!
 //! The `-ct` targets run on a current-thread runtime, which is what
@@ -78,7 +78,7 @@ const FLOOR_CAPACITY: usize = 16;
 /// Items per fairness round (the scenario of the fairness issue).
 const FAIRNESS_ITEMS: u64 = 100_000;
 
-const ALL: [&str; 13] = [
+const ALL: [&str; 14] = [
     "floor",
     "goodput",
     "goodput-bare",
@@ -86,6 +86,7 @@ const ALL: [&str; 13] = [
     "goodput-ct",
     "fairness-ct",
     "keyed-cost",
+    "keyed-cost-ct",
     "speedup",
     "speedup-cap16",
     "intake-mt",
@@ -150,7 +151,8 @@ fn main() {
             "goodput-backpressure" => goodput(&env, "backpressure"),
             "goodput-ct" => goodput_ct(&env),
             "fairness-ct" => fairness_ct(&env),
-            "keyed-cost" => keyed_cost(&env),
+            "keyed-cost" => keyed_cost(&env, false),
+            "keyed-cost-ct" => keyed_cost(&env, true),
             "speedup" => speedup(&env, false),
             "speedup-cap16" => speedup(&env, true),
             "intake-mt" => intake(&env, &env.mt, "multi-thread"),
@@ -481,25 +483,27 @@ fn fairness_ct(env: &Env) {
 /// The cost of keying (`key_by`, 1,024 keys) with a trivial handler,
 /// lossless, against the same pipeline unkeyed: items per second, so a
 /// ratio of 0.77 is a cost of 1.3× per item.
-fn keyed_cost(env: &Env) {
+fn keyed_cost(env: &Env, current_thread: bool) {
     let n = GOODPUT_ITEMS;
+    let (rt, label) = match current_thread {
+        false => (
+            &env.mt,
+            "6. keyed (1,024 keys) vs unkeyed, trivial handler, Backpressure (items/s)",
+        ),
+        true => (&env.ct, "6b. same, current-thread runtime"),
+    };
     let (runs_a, runs_b) = interleave(
         env.rounds,
         || {
             run_on(
-                &env.mt,
+                rt,
                 crate_keyed_run(n, CAPACITY, ShedPolicy::Backpressure, 1024, double),
             )
         },
-        || {
-            run_on(
-                &env.mt,
-                crate_run(n, CAPACITY, ShedPolicy::Backpressure, double),
-            )
-        },
+        || run_on(rt, crate_run(n, CAPACITY, ShedPolicy::Backpressure, double)),
     );
     row(
-        "6. keyed (1,024 keys) vs unkeyed, trivial handler, Backpressure (items/s)",
+        label,
         "≥ 0.77× (cost ≤ 1.3×)",
         "items/s",
         &runs_a,
