@@ -312,7 +312,11 @@ impl<T> Keyed<T> {
         } else if self.total >= capacity {
             // The whole queue is full: the fattest key gives way, unless
             // the arrival's own key is (one of) the fattest.
-            let fattest = self.by_len[self.fattest].head();
+            // Among equally fat keys, the one that grew last gives way:
+            // keys already waiting keep their place until their turn
+            // (evicting the longest waiting instead would, under sustained
+            // overload, evict every key before its turn came).
+            let fattest = self.by_len[self.fattest].tail();
             match (policy, fattest) {
                 (ShedPolicy::DropOldest, _) if own == self.fattest => {
                     self.displace(id, ShedReason::Oldest, id, item, at)

@@ -30,6 +30,10 @@ impl List {
         self.ends.map(|(head, _)| head)
     }
 
+    pub(super) fn tail(&self) -> Option<KeyId> {
+        self.ends.map(|(_, tail)| tail)
+    }
+
     /// Appends `id`, which must not be in this list, at the tail.
     pub(super) fn push_back<S>(
         &mut self,
@@ -114,6 +118,7 @@ mod tests {
         assert!(list.remove(&mut slots, 3, |links| links));
         list.push_back(&mut slots, 0, |links| links);
         assert_eq!(order(&list, &slots), [1, 0]);
+        assert_eq!((list.head(), list.tail()), (Some(1), Some(0)));
         assert!(list.remove(&mut slots, 1, |links| links));
         assert!(list.remove(&mut slots, 0, |links| links));
         assert_eq!(list.head(), None);
