@@ -419,6 +419,28 @@ impl<T> HandOff<T> {
         Poll::Ready(Some(taken))
     }
 
+    /// Takes the oldest queued item that `is_it` picks out of the queue, if
+    /// one is still queued: a producer withdrawing what it pushed (a caller
+    /// that went away). Its slot is freed as a take frees one; the item is
+    /// the caller's to count. `is_it` runs under the lock: crate code only,
+    /// never user code. O(queued items).
+    pub(crate) fn withdraw(&self, is_it: impl Fn(&T) -> bool) -> Option<T> {
+        let (item, producer) = {
+            let mut state = self.lock();
+            let at = state.items.iter().position(is_it)?;
+            let item = state.items.remove(at)?;
+            if self.max_age.is_some() {
+                state.stamps.remove(at);
+            }
+            let queued = state.items.len();
+            self.len.store(queued, Relaxed);
+            (item, state.batch.on_take(queued, self.capacity))
+        };
+        wake(producer);
+        self.room.freed_one();
+        Some(item)
+    }
+
     // ===== ending =====
 
     /// No more pushes; workers drain what is queued, then see `None`

@@ -180,3 +180,24 @@ fn a_closed_queue_refuses_a_push_and_leaves_the_batch_untouched() {
     );
     assert!(q.take_now().is_none());
 }
+
+#[test]
+fn a_withdrawn_item_leaves_the_queue_and_frees_its_slot() {
+    let q = HandOff::new(QueueSettings {
+        capacity: 2,
+        policy: ShedPolicy::Backpressure,
+        max_age: None,
+        many_producers: true,
+        keep_shed: false,
+    });
+    for item in [1, 2] {
+        assert_eq!(q.room().try_reserve_one(), Ok(()));
+        push(&q, &[item]);
+    }
+    assert_eq!(q.room().try_reserve_one(), Err(NoRoom::Full));
+    assert_eq!(q.withdraw(|item| *item == 1), Some(1));
+    assert_eq!(q.withdraw(|item| *item == 1), None, "gone already");
+    assert_eq!(q.room().try_reserve_one(), Ok(()), "its slot is free");
+    assert_eq!(q.take_now().map(|t| (t.seq, t.item)), Some((0, 2)));
+    assert_eq!(q.depth(), (0, 2));
+}
