@@ -421,10 +421,13 @@ impl<T> HandOff<T> {
 
     /// Takes the oldest queued item that `is_it` picks out of the queue, if
     /// one is still queued: a producer withdrawing what it pushed (a caller
-    /// that went away). Its slot is freed as a take frees one; the item is
-    /// the caller's to count. `is_it` runs under the lock: crate code only,
-    /// never user code. O(queued items).
-    pub(crate) fn withdraw(&self, is_it: impl Fn(&T) -> bool) -> Option<T> {
+    /// that went away). Its slot is freed as a take frees one. `count` runs
+    /// under the lock once the item is out, as `abandon`'s does: a worker
+    /// that then finds the queue closed and empty, exits, and lets the
+    /// report be built, finds the withdrawn item counted (invariant 2).
+    /// `is_it` and `count` run under the lock: crate code only, never user
+    /// code. O(queued items).
+    pub(crate) fn withdraw(&self, is_it: impl Fn(&T) -> bool, count: impl FnOnce()) -> Option<T> {
         let (item, producer) = {
             let mut state = self.lock();
             let at = state.items.iter().position(is_it)?;
@@ -434,6 +437,11 @@ impl<T> HandOff<T> {
             }
             let queued = state.items.len();
             self.len.store(queued, Relaxed);
+            debug_assert!(
+                self.max_age.is_none() || state.stamps.len() == queued,
+                "HandOff: stamps out of step with items (invariant 6)"
+            );
+            count();
             (item, state.batch.on_take(queued, self.capacity))
         };
         wake(producer);

@@ -195,8 +195,14 @@ fn a_withdrawn_item_leaves_the_queue_and_frees_its_slot() {
         push(&q, &[item]);
     }
     assert_eq!(q.room().try_reserve_one(), Err(NoRoom::Full));
-    assert_eq!(q.withdraw(|item| *item == 1), Some(1));
-    assert_eq!(q.withdraw(|item| *item == 1), None, "gone already");
+    let mut counted = 0;
+    assert_eq!(q.withdraw(|item| *item == 1, || counted += 1), Some(1));
+    assert_eq!(
+        q.withdraw(|item| *item == 1, || counted += 1),
+        None,
+        "gone already"
+    );
+    assert_eq!(counted, 1, "counted once, for the item that left");
     assert_eq!(q.room().try_reserve_one(), Ok(()), "its slot is free");
     assert_eq!(q.take_now().map(|t| (t.seq, t.item)), Some((0, 2)));
     assert_eq!(q.depth(), (0, 2));
