@@ -162,8 +162,11 @@ mod models;
 
 pub use config::{Fallible, FanOutConfig, HandlerKind, Plain, ResultOrder, ShedPolicy};
 pub use control::{Controller, JoinReport, ShutdownHandle};
-pub use ext::{FanOutExt, feeder};
-pub use front::{Feeder, Offer, OverloadEvent, SinkError};
+pub use ext::{FanOutExt, caller, feeder};
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use front::CallLayer;
+pub use front::{Call, Caller, Feeder, Offer, OverloadEvent, RejectReason, Rejected, SinkError};
 #[doc(hidden)]
 pub use probe::QueueProbe;
 pub use report::{IntakeEnd, Report, Stats};

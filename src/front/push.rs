@@ -97,7 +97,7 @@ impl<Item> Producers<Item> {
 
     /// A credit (with settlement) and a slot (under `Backpressure`) for one
     /// item, without waiting. On `Err` nothing is held.
-    fn try_admit(&self) -> Result<(), NoRoom> {
+    pub(super) fn try_admit(&self) -> Result<(), NoRoom> {
         let front = &self.front;
         if let Some(credits) = &front.credits {
             if !credits.try_take_one() {
@@ -117,7 +117,7 @@ impl<Item> Producers<Item> {
     ///
     /// Cancel safe: a credit taken before the wait for room is given back
     /// if the future is dropped.
-    async fn admit(&self) -> Result<(), NoRoom> {
+    pub(super) async fn admit(&self) -> Result<(), NoRoom> {
         let front = &self.front;
         let credit = match &front.credits {
             Some(credits) => {
@@ -131,6 +131,18 @@ impl<Item> Producers<Item> {
             std::mem::forget(credit);
         }
         room
+    }
+}
+
+impl<Item> Producers<Item> {
+    /// Gives back what [`try_admit`](Self::try_admit) took for an item
+    /// that will not be pushed: its slot and its credit.
+    pub(super) fn unadmit(&self) {
+        let front = &self.front;
+        front.queue.room().freed_one();
+        if let Some(credits) = &front.credits {
+            credits.unused(1);
+        }
     }
 }
 

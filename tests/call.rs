@@ -1,0 +1,295 @@
+//! The call front: every answer and every rejection under its own name,
+//! and withdrawal at every stage (not offered, queued, running, answered),
+//! with both laws exact.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::task::Poll;
+
+use backpressure_pipeline::{
+    FanOutConfig, Outcome, RejectReason, Rejected, Report, Settlement, ShedPolicy, Stage, caller,
+};
+use common::{ms, recorder, snapshot};
+use futures::StreamExt;
+use tokio::time::{Instant, sleep};
+use tokio_test::{assert_pending, task};
+
+/// (produced, processed, delivered, discarded, dropped, expired, cancelled, withdrawn)
+fn books(r: &Report) -> (u64, u64, u64, u64, u64, u64, u64, u64) {
+    (
+        r.produced,
+        r.processed,
+        r.delivered,
+        r.discarded,
+        r.dropped,
+        r.expired,
+        r.cancelled,
+        r.withdrawn,
+    )
+}
+
+async fn slow(x: u32) -> u32 {
+    sleep(ms(10)).await;
+    x
+}
+
+/// Sets its flag when dropped: a handler's future was dropped.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, SeqCst);
+    }
+}
+
+fn by_key(records: &[Settlement<u32>]) -> BTreeMap<u32, Outcome> {
+    let map: BTreeMap<_, _> = records.iter().map(|r| (r.key, r.outcome)).collect();
+    assert_eq!(map.len(), records.len(), "a request settled twice");
+    map
+}
+
+#[tokio::test(start_paused = true)]
+async fn answers_count_processed_and_delivered() {
+    let (caller, shutdown) = caller(FanOutConfig::new(2, ShedPolicy::DropNewest), slow);
+    let answers = futures::future::join_all((0..4).map(|x| caller.call(x))).await;
+    let answers: Vec<_> = answers.into_iter().map(Result::ok).collect();
+    assert_eq!(answers, [Some(0), Some(1), Some(2), Some(3)]);
+    drop(caller);
+    let report = shutdown.join().await;
+    assert_eq!(books(&report), (4, 4, 4, 0, 0, 0, 0, 0));
+    assert!(report.is_conserved(), "{report}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shed_call_hands_its_request_back_and_never_waits() {
+    let config = FanOutConfig::new(1, ShedPolicy::DropNewest).capacity(2);
+    let (caller, shutdown) = caller(config, slow);
+    let start = Instant::now();
+    // Offered in one poll, before the worker runs: 0 and 1 fill the queue.
+    let (a, b, c) = tokio::join!(caller.call(0), caller.call(1), caller.call(2));
+    assert_eq!((a.ok(), b.ok()), (Some(0), Some(1)));
+    let shed = c.unwrap_err();
+    assert_eq!(shed.reason(), RejectReason::Shed);
+    assert_eq!(shed.into_request(), Some(2));
+    assert_eq!(start.elapsed(), ms(20), "two served one after the other");
+    drop(caller);
+    let report = shutdown.join().await;
+    assert_eq!(books(&report), (3, 2, 2, 0, 1, 0, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_evicted_call_gets_its_request_back() {
+    let config = FanOutConfig::new(1, ShedPolicy::DropOldest).capacity(1);
+    let (caller, shutdown) = caller(config, slow);
+    let (a, b) = tokio::join!(caller.call(0), caller.call(1));
+    assert!(matches!(a, Err(Rejected::Evicted(0))), "{a:?}");
+    assert_eq!(b.ok(), Some(1));
+    drop(caller);
+    assert_eq!(books(&shutdown.join().await), (2, 1, 1, 0, 1, 0, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn timed_out_failed_and_expired_calls_say_so() {
+    common::quiet_planned_panics();
+    let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+        .handler_timeout(ms(15))
+        .max_queue_age(ms(25));
+    let (caller, shutdown) = caller(config, |ms_: u64| async move {
+        if ms_ == 0 {
+            common::planned_panic();
+        }
+        sleep(ms(ms_)).await;
+        ms_
+    });
+    // One worker, in order: 0 fails at once, 20 times out at 15 ms, 10
+    // answers at 25 ms, and 5 has waited 25 ms: not past its age, served
+    // at 30 ms; 7 has waited 30 ms: expired.
+    let calls = [0, 20, 10, 5, 7].map(|x| tokio::spawn(caller.call(x)));
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.unwrap());
+    }
+    assert!(matches!(answers[0], Err(Rejected::Failed)));
+    assert!(matches!(answers[1], Err(Rejected::TimedOut)));
+    assert_eq!(answers[2].as_ref().ok(), Some(&10));
+    assert_eq!(answers[3].as_ref().ok(), Some(&5));
+    assert!(matches!(answers[4], Err(Rejected::Expired(7))));
+    drop(caller);
+    let report = shutdown.join().await;
+    assert_eq!(books(&report), (5, 2, 2, 0, 0, 1, 0, 0));
+    assert_eq!((report.failed, report.timed_out), (1, 1));
+    assert!(report.is_conserved(), "{report}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_cuts_off_the_running_call_and_hands_the_queued_one_back() {
+    let (cancelled, on_cancel) = recorder::<u32>();
+    let config = FanOutConfig::new(1, ShedPolicy::DropNewest).on_cancel(on_cancel);
+    let (caller, shutdown) = caller(config, |_: u32| std::future::pending::<u32>());
+    let running = tokio::spawn(caller.call(1));
+    let queued = tokio::spawn(caller.call(2));
+    sleep(ms(1)).await;
+    shutdown.abort();
+    assert!(matches!(running.await.unwrap(), Err(Rejected::Aborted)));
+    assert!(matches!(queued.await.unwrap(), Err(Rejected::Closed(2))));
+    assert!(
+        snapshot(&cancelled).is_empty(),
+        "its caller got it back instead"
+    );
+    // Refused at the call: not counted.
+    assert!(matches!(caller.call(3).await, Err(Rejected::Closed(3))));
+    assert!(caller.is_closed());
+    let report = shutdown.join().await;
+    assert_eq!(books(&report), (2, 0, 0, 0, 0, 0, 2, 0));
+    assert_eq!(report.aborted, 1);
+    assert!(report.is_conserved(), "{report}");
+}
+
+// ===== withdrawal, stage by stage =====
+
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_before_it_was_offered_counts_nothing() {
+    let (caller, shutdown) = caller(FanOutConfig::new(1, ShedPolicy::DropNewest), slow);
+    drop(caller.call(1)); // never polled
+    drop(caller);
+    let report = shutdown.join().await;
+    assert_eq!(books(&report), (0, 0, 0, 0, 0, 0, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_withdrawn_queued_call_leaves_the_queue_and_its_slot_goes_to_the_next_caller() {
+    let (cancelled, on_cancel) = recorder::<u32>();
+    let (config, settlements) = FanOutConfig::new(1, ShedPolicy::DropNewest)
+        .capacity(1)
+        .on_cancel(on_cancel)
+        .settle_by(|x: &u32| *x);
+    let records = tokio::spawn(settlements.collect::<Vec<_>>());
+    let (caller, shutdown) = caller(config, slow);
+    let first = tokio::spawn(caller.call(1));
+    sleep(ms(1)).await; // the worker runs 1
+    let mut second = task::spawn(caller.call(2));
+    assert_pending!(second.poll()); // queued
+    assert_eq!(shutdown.stats().queue_depth, 1);
+    drop(second);
+    assert_eq!(shutdown.stats().queue_depth, 0, "taken out at once");
+    assert_eq!(snapshot(&cancelled), [2]);
+    // Its slot is free: the next call is queued, not shed.
+    let third = caller.call(3).await;
+    assert_eq!(third.ok(), Some(3));
+    assert_eq!(first.await.unwrap().ok(), Some(1));
+    drop(caller);
+    let report = shutdown.join().await;
+    assert_eq!(books(&report), (3, 2, 2, 0, 0, 0, 1, 1));
+    assert!(report.is_conserved(), "{report}");
+    let settled = by_key(&records.await.unwrap());
+    assert_eq!(settled[&2], Outcome::Cancelled(Stage::Withdrawn));
+    assert_eq!(
+        (settled[&1], settled[&3]),
+        (Outcome::Processed, Outcome::Processed)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_withdrawn_running_call_is_cancelled_at_its_next_await_and_frees_its_worker() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&dropped);
+    let (config, settlements) =
+        FanOutConfig::new(1, ShedPolicy::DropNewest).settle_by(|x: &u32| *x);
+    let records = tokio::spawn(settlements.collect::<Vec<_>>());
+    let (caller, shutdown) = caller(config, move |x: u32| {
+        let guard = (x == 1).then(|| DropFlag(Arc::clone(&flag)));
+        async move {
+            let _guard = guard;
+            sleep(ms(100)).await;
+            x
+        }
+    });
+    let mut first = task::spawn(caller.call(1));
+    assert_pending!(first.poll());
+    let second = tokio::spawn(caller.call(2));
+    sleep(ms(10)).await;
+    assert_eq!(
+        (shutdown.stats().in_flight, shutdown.stats().queue_depth),
+        (1, 1)
+    );
+    let withdrawn_at = Instant::now();
+    drop(first);
+    assert!(
+        !dropped.load(SeqCst),
+        "cancelled at its next await, not here"
+    );
+    tokio::task::yield_now().await;
+    assert!(dropped.load(SeqCst), "the worker dropped the handler");
+    // The worker went straight on to 2: 100 ms from the withdrawal.
+    assert_eq!(second.await.unwrap().ok(), Some(2));
+    assert_eq!(withdrawn_at.elapsed(), ms(100));
+    drop(caller);
+    let report = shutdown.join().await;
+    assert_eq!(books(&report), (2, 1, 1, 0, 0, 0, 1, 1));
+    assert_eq!((report.workers_joined, report.aborted), (1, 0));
+    assert!(report.is_conserved(), "{report}");
+    let settled = by_key(&records.await.unwrap());
+    assert_eq!(settled[&1], Outcome::Cancelled(Stage::Withdrawn));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_after_its_answer_counts_delivered() {
+    let (caller, shutdown) = caller(FanOutConfig::new(1, ShedPolicy::DropNewest), slow);
+    let mut call = task::spawn(caller.call(1));
+    assert_pending!(call.poll());
+    sleep(ms(20)).await; // answered at 10 ms
+    assert!(call.is_woken(), "the answer woke the caller");
+    drop(call); // never read
+    drop(caller);
+    let report = shutdown.join().await;
+    assert_eq!(books(&report), (1, 1, 1, 0, 0, 0, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_for_room_under_backpressure_gives_up_its_place_when_dropped() {
+    let config = FanOutConfig::new(1, ShedPolicy::Backpressure).capacity(1);
+    let (caller, shutdown) = caller(config, slow);
+    let first = tokio::spawn(caller.call(1));
+    sleep(ms(1)).await; // 1 runs
+    let second = tokio::spawn(caller.call(2)); // queued
+    let mut third = task::spawn(caller.call(3));
+    sleep(ms(1)).await;
+    assert_pending!(third.poll()); // waits for room
+    assert_eq!(shutdown.stats().produced, 2);
+    drop(third);
+    // Its place went to the next in line, which gets the slot 2 frees.
+    let fourth = caller.call(4).await;
+    assert_eq!(fourth.ok(), Some(4));
+    assert_eq!(first.await.unwrap().ok(), Some(1));
+    assert_eq!(second.await.unwrap().ok(), Some(2));
+    drop(caller);
+    let report = shutdown.join().await;
+    assert_eq!(books(&report), (3, 3, 3, 0, 0, 0, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_call_answers_its_waiting_caller_with_the_request() {
+    let (cancelled, on_cancel) = recorder::<u32>();
+    let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+        .max_queue_age(ms(5))
+        .on_cancel(on_cancel);
+    let (caller, shutdown) = caller(config, slow);
+    let mut served = task::spawn(caller.call(1));
+    let mut expiring = task::spawn(caller.call(2));
+    assert_pending!(served.poll());
+    assert_pending!(expiring.poll());
+    sleep(ms(20)).await; // 2 expired at 10 ms, when the worker took it
+    let answer = expiring.poll();
+    assert!(
+        matches!(answer, Poll::Ready(Err(Rejected::Expired(2)))),
+        "{answer:?}"
+    );
+    assert!(matches!(served.poll(), Poll::Ready(Ok(1))));
+    drop(caller);
+    let report = shutdown.join().await;
+    assert_eq!(books(&report), (2, 1, 1, 0, 0, 1, 0, 0));
+    assert!(snapshot(&cancelled).is_empty(), "its caller still waited");
+}
