@@ -293,3 +293,238 @@ async fn an_expired_call_answers_its_waiting_caller_with_the_request() {
     assert_eq!(books(&report), (2, 1, 1, 0, 0, 1, 0, 0));
     assert!(snapshot(&cancelled).is_empty(), "its caller still waited");
 }
+
+// ===== calls dropped at random points: both laws, and the callers' own counts =====
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+    use tokio::task::JoinSet;
+
+    #[derive(Debug, Clone)]
+    struct Case {
+        workers: usize,
+        capacity: usize,
+        policy: ShedPolicy,
+        max_age_ms: Option<u64>,
+        timeout_ms: Option<u64>,
+        /// Per call: (work in ms, ms after which its caller gives up, ms
+        /// before it calls).
+        calls: Vec<(u64, Option<u64>, u64)>,
+        /// Stop after this many ms: (abort?, when).
+        stop: Option<(bool, u64)>,
+    }
+
+    fn cases() -> impl Strategy<Value = Case> {
+        (
+            1usize..4,
+            1usize..4,
+            common::any_policy(),
+            proptest::option::of(1u64..6),
+            proptest::option::of(2u64..8),
+            proptest::collection::vec((0u64..6, proptest::option::of(0u64..12), 0u64..4), 1..24),
+            proptest::option::weighted(0.2, (any::<bool>(), 0u64..10)),
+        )
+            .prop_map(
+                |(workers, capacity, policy, max_age_ms, timeout_ms, calls, stop)| Case {
+                    workers,
+                    capacity,
+                    policy,
+                    max_age_ms,
+                    timeout_ms,
+                    calls,
+                    stop,
+                },
+            )
+    }
+
+    /// What one caller saw: its answer's reason (`Ok` as `None`), or that
+    /// it gave up.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    enum Seen {
+        Answered,
+        Rejected(u8),
+        GaveUp,
+    }
+
+    fn reason_code(reason: RejectReason) -> u8 {
+        match reason {
+            RejectReason::Shed | RejectReason::Evicted => 0,
+            RejectReason::Expired => 1,
+            RejectReason::TimedOut => 2,
+            RejectReason::Failed => 3,
+            RejectReason::Closed => 4,
+            _ => 5, // aborted
+        }
+    }
+
+    async fn run_case(case: Case) -> Result<(), TestCaseError> {
+        let mut config = FanOutConfig::new(case.workers, case.policy).capacity(case.capacity);
+        if let Some(age) = case.max_age_ms {
+            config = config.max_queue_age(ms(age));
+        }
+        if let Some(timeout) = case.timeout_ms {
+            config = config.handler_timeout(ms(timeout));
+        }
+        let (config, settlements) = config.settle_by(|(id, _): &(u32, u64)| *id);
+        let records = tokio::spawn(settlements.collect::<Vec<_>>());
+        let (caller, shutdown) = caller(config, |(id, work): (u32, u64)| async move {
+            if work == 5 {
+                common::planned_panic();
+            }
+            sleep(ms(work)).await;
+            id
+        });
+        let mut clients = JoinSet::new();
+        for (id, &(work, give_up, delay)) in case.calls.iter().enumerate() {
+            let caller = caller.clone();
+            clients.spawn(async move {
+                sleep(ms(delay)).await;
+                let call = caller.call((id as u32, work));
+                let answer = match give_up {
+                    None => Some(call.await),
+                    // Biased to the call: a caller that gives up never had
+                    // its answer waiting (current-thread: nothing answers
+                    // between that poll and the drop).
+                    Some(after) => tokio::select! {
+                        biased;
+                        answer = call => Some(answer),
+                        () = sleep(ms(after)) => None,
+                    },
+                };
+                match answer {
+                    Some(Ok(got)) => {
+                        assert_eq!(got, id as u32, "an answer for another call");
+                        Seen::Answered
+                    }
+                    Some(Err(rejected)) => Seen::Rejected(reason_code(rejected.reason())),
+                    None => Seen::GaveUp,
+                }
+            });
+        }
+        drop(caller);
+        if let Some((abort, at)) = case.stop {
+            let controller = shutdown.controller();
+            tokio::spawn(async move {
+                sleep(ms(at)).await;
+                if abort {
+                    controller.abort()
+                } else {
+                    controller.shutdown()
+                }
+            });
+        }
+        let mut seen = BTreeMap::<Seen, u64>::new();
+        while let Some(client) = clients.join_next().await {
+            *seen.entry(client.expect("client")).or_default() += 1;
+        }
+        let report = shutdown.join().await;
+        let records = records.await.expect("settlements");
+        let count = |s: Seen| seen.get(&s).copied().unwrap_or(0);
+        let calls = case.calls.len() as u64;
+        prop_assert!(report.is_conserved(), "{}", report);
+        // The callers' counts, outcome by outcome.
+        prop_assert_eq!(count(Seen::Answered), report.delivered, "{}", report);
+        prop_assert_eq!(count(Seen::Rejected(0)), report.dropped);
+        prop_assert_eq!(count(Seen::Rejected(1)), report.expired);
+        prop_assert_eq!(count(Seen::Rejected(2)), report.timed_out);
+        prop_assert_eq!(count(Seen::Rejected(3)), report.failed);
+        // Closed (abandoned or refused), cut off, or gone: cancelled (with
+        // the withdrawn), discarded, or never offered (refused at the call,
+        // or given up while waiting for room).
+        prop_assert_eq!(
+            count(Seen::Rejected(4)) + count(Seen::Rejected(5)) + count(Seen::GaveUp),
+            report.cancelled + report.discarded + (calls - report.produced),
+            "{}",
+            report
+        );
+        prop_assert!(report.withdrawn <= count(Seen::GaveUp));
+        if case.stop.is_none() {
+            prop_assert_eq!(count(Seen::Rejected(4)) + count(Seen::Rejected(5)), 0);
+            prop_assert_eq!(report.cancelled, report.withdrawn);
+        }
+        if case.policy != ShedPolicy::Backpressure && case.stop.is_none() {
+            prop_assert_eq!(report.produced, calls, "every call offered at once");
+            prop_assert_eq!(count(Seen::GaveUp), report.withdrawn + report.discarded);
+        }
+        // Settlement agrees: one record per call taken, withdrawn ones so named.
+        prop_assert_eq!(records.len() as u64, report.produced);
+        let withdrawn = records
+            .iter()
+            .filter(|r| r.outcome == Outcome::Cancelled(Stage::Withdrawn))
+            .count();
+        prop_assert_eq!(withdrawn as u64, report.withdrawn);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+        #[test]
+        fn calls_dropped_at_random_points_keep_both_laws_and_the_callers_counts(case in cases()) {
+            common::quiet_planned_panics();
+            common::paused_runtime().block_on(run_case(case))?;
+        }
+    }
+}
+
+// ===== on a multi-thread runtime =====
+
+/// Many callers on many threads, giving up at random: every call counted
+/// once, both laws exact, and no caller got an answer that was not counted
+/// delivered. Bounded: 20 rounds of 200 calls.
+#[test]
+fn callers_giving_up_on_a_multi_thread_runtime_keep_the_books_exact() {
+    common::with_deadlock_guard(common::DEADLOCK, || {
+        let runtime = common::multi_thread_runtime();
+        for round in 0..20u64 {
+            let policy = common::POLICIES[round as usize % 3];
+            let config = FanOutConfig::new(3, policy).capacity(4);
+            let (caller, shutdown) = runtime.block_on(async {
+                caller(config, |x: u64| async move {
+                    if x % 3 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                    x
+                })
+            });
+            let seen = runtime.block_on(async move {
+                let mut clients = tokio::task::JoinSet::new();
+                for x in 0..200u64 {
+                    let call = caller.call(x);
+                    clients.spawn(async move {
+                        let answer = if (x + round) % 4 == 0 {
+                            // Gives up after one poll, wherever the call is.
+                            let mut call = std::pin::pin!(call);
+                            match futures::poll!(call.as_mut()) {
+                                Poll::Ready(answer) => answer,
+                                Poll::Pending => return 2,
+                            }
+                        } else {
+                            call.await
+                        };
+                        usize::from(answer.is_err())
+                    });
+                }
+                drop(caller);
+                let mut seen = [0u64; 3]; // answered, rejected, gave up
+                while let Some(done) = clients.join_next().await {
+                    seen[done.expect("client")] += 1;
+                }
+                seen
+            });
+            let report = runtime.block_on(shutdown.join());
+            let [answered, rejected, gave_up] = seen;
+            assert!(report.is_conserved(), "{report}");
+            assert_eq!(answered + rejected + gave_up, 200);
+            // Nothing but withdrawals cancels here (no stop).
+            assert_eq!(report.cancelled, report.withdrawn, "{report}");
+            // A caller that gave up may have left just after its answer was
+            // stored (counted delivered or dropped, never read): on this
+            // runtime a worker or a pusher on another thread can answer
+            // between its last poll and its drop. What callers read, the
+            // books counted.
+            assert!(answered <= report.delivered, "{report}");
+            assert!(rejected <= report.dropped, "{report}");
+        }
+    });
+}

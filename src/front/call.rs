@@ -342,8 +342,8 @@ impl<Req, Resp> Shared<Req, Resp> {
 /// `Clone`, `Send` and `Sync`: give a clone to every task or request
 /// handler (an axum `State`). Intake ends, and the pipeline drains, once
 /// every clone and every [`Call`] has been dropped, or at a shutdown.
-/// With the `tower` feature it is also a `tower::Service` (see
-/// [`CallLayer`](crate::CallLayer)).
+/// With the `tower` feature it is also a `tower::Service`, and `CallLayer`
+/// puts one in front of any infallible service.
 ///
 /// # Examples
 ///
@@ -527,7 +527,7 @@ enum State<Req, Resp> {
     /// Waiting for room (`Backpressure`) or a settlement credit.
     Admit {
         request: Req,
-        admit: Pin<Box<dyn Future<Output = Result<(), NoRoom>> + Send>>,
+        admit: Pin<Box<dyn Future<Output = Result<(), NoRoom>> + Send + Sync>>,
     },
     /// Queued or running: waiting for the answer.
     Waiting(Arc<Slot<Req, Resp>>),

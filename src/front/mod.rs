@@ -43,6 +43,8 @@ pub use push::{Feeder, Offer};
 pub(crate) use push::{Producers, run as run_push};
 pub use rejected::{RejectReason, Rejected};
 pub use sink::SinkError;
+#[cfg(all(test, loom))]
+pub(crate) use slot::Slot;
 pub(crate) use stream::run as run_stream;
 #[cfg(feature = "tower")]
 pub use tower::CallLayer;

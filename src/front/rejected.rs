@@ -73,10 +73,10 @@ pub enum Rejected<Req> {
 
 /// Why a call got no response: [`Rejected`] without the request.
 ///
-/// The error the tower `Service` of [`Caller`](crate::Caller) would give if
-/// it could not hand the request back, and what a `match` on
-/// [`Rejected::reason`] reads. `Copy`, `Send`, `Sync` and a
-/// [`std::error::Error`], so it also travels in a `tower::BoxError`.
+/// What a `match` on [`Rejected::reason`] reads, and what to keep of a
+/// rejection once the request is taken back: `Copy`, `Send`, `Sync` and a
+/// [`std::error::Error`] (`From<Rejected<Req>>`), so it also travels in a
+/// `tower::BoxError`, whatever the request type.
 ///
 /// # Examples
 ///

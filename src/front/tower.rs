@@ -15,6 +15,12 @@ use super::call::{Call, Caller};
 use super::rejected::Rejected;
 use crate::{Controller, FanOutConfig};
 
+/// `Service::call` uses the slot and credit `poll_ready` holds; the
+/// inherent [`Caller::call`] takes `&self` and waits for its own (method
+/// resolution picks it for `caller.call(..)`: after a `poll_ready` under
+/// `Backpressure`, write `Service::call(&mut caller, request)`, as
+/// middleware does).
+///
 /// Readiness follows the policy: under the shedding policies `poll_ready`
 /// is always ready (a call that finds the queue full is answered
 /// [`Rejected::Shed`] at once, so a `load_shed` in front is not needed);
@@ -32,7 +38,7 @@ use crate::{Controller, FanOutConfig};
 /// ```
 /// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
 /// use std::future::poll_fn;
-/// use tower_service::Service;
+/// use tower::Service;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -40,7 +46,7 @@ use crate::{Controller, FanOutConfig};
 /// let (mut service, shutdown) =
 ///     backpressure_pipeline::caller(config, |x: u32| async move { x + 1 });
 /// poll_fn(|cx| service.poll_ready(cx)).await.unwrap(); // a slot is held
-/// assert_eq!(service.call(41).await.unwrap(), 42);
+/// assert_eq!(Service::call(&mut service, 41).await.unwrap(), 42);
 /// drop(service);
 /// assert_eq!(shutdown.join().await.delivered, 1);
 /// # }
@@ -68,10 +74,11 @@ where
 /// `workers` workers at once, behind a queue of `capacity` that sheds by the
 /// policy, and a request whose caller went away is withdrawn.
 ///
-/// Each [`layer`](Layer::layer) starts one pipeline (as tower's
-/// `BufferLayer` spawns one worker per service it wraps: axum's
-/// `Router::layer` wraps each route on its own, `route_layer` likewise, and
-/// `ServiceBuilder::service(router)` the whole router once). A pipeline's
+/// Each [`layer`](Layer::layer) starts one pipeline, as tower's
+/// `BufferLayer` spawns one worker per service it wraps. axum's
+/// `Router::route_layer` wraps each route on its own, `Router::layer` each
+/// route and the fallback, and `ServiceBuilder::service(router)` the whole
+/// router once. A pipeline's
 /// [`ShutdownHandle`](crate::ShutdownHandle) is not kept: it runs while its
 /// service (any clone) lives, and drains when the last clone is dropped.
 /// [`controllers`](Self::controllers) gives one [`Controller`] per pipeline
@@ -91,8 +98,8 @@ where
 /// use std::convert::Infallible;
 /// use backpressure_pipeline::{CallLayer, FanOutConfig, ShedPolicy};
 /// use std::future::poll_fn;
-/// use tower_layer::Layer;
-/// use tower_service::Service;
+/// use tower::Layer;
+/// use tower::Service;
 ///
 /// #[derive(Clone)]
 /// struct Double;
@@ -113,7 +120,7 @@ where
 /// let layer = CallLayer::new(FanOutConfig::new(4, ShedPolicy::DropNewest).capacity(16));
 /// let mut service = layer.layer(Double);
 /// poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
-/// assert_eq!(service.call(21).await.unwrap(), 42);
+/// assert_eq!(Service::call(&mut service, 21).await.unwrap(), 42);
 /// drop(service);
 /// let [controller] = &layer.controllers()[..] else { unreachable!() };
 /// assert_eq!(controller.finished().await.delivered, 1);

@@ -18,6 +18,7 @@
 
 mod abort;
 mod books;
+mod call;
 mod lease;
 mod phase;
 mod queue;
