@@ -47,7 +47,12 @@ async fn on_rejected(rejected: Rejected<Request>) -> Response {
         _ => {
             let retry_after = QUEUE_WAIT.as_secs().max(1).to_string();
             let headers = [(RETRY_AFTER, retry_after)];
-            return (StatusCode::SERVICE_UNAVAILABLE, headers, rejected.to_string()).into_response();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                headers,
+                rejected.to_string(),
+            )
+                .into_response();
         }
     };
     (status, rejected.to_string()).into_response()
@@ -61,8 +66,14 @@ async fn get_status(addr: std::net::SocketAddr) -> (u16, bool) {
         .expect("write");
     let mut response = String::new();
     conn.read_to_string(&mut response).await.expect("read");
-    let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, response.to_ascii_lowercase().contains("retry-after: 1"))
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        response.to_ascii_lowercase().contains("retry-after: 1"),
+    )
 }
 
 #[tokio::main]
@@ -82,7 +93,9 @@ async fn main() {
             .layer(layer.clone())
             .service(get(work)),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let stop = tokio_util::sync::CancellationToken::new();
     let stopped = stop.clone();
@@ -116,6 +129,10 @@ async fn main() {
     assert!(report.is_conserved());
     assert_eq!(ok + unavailable, 400, "every request answered");
     assert_eq!(report.delivered, ok, "one 200 per delivered answer");
-    assert_eq!(report.dropped + report.expired, unavailable, "one 503 per shed or expired call");
+    assert_eq!(
+        report.dropped + report.expired,
+        unavailable,
+        "one 503 per shed or expired call"
+    );
     println!("axum OK");
 }

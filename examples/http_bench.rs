@@ -61,7 +61,13 @@ const BUDGET: Duration = Duration::from_millis(20);
 const MAX_AGE: Duration = Duration::from_millis(10);
 const CAPACITY_PER_S: f64 = WORKERS as f64 / 0.003;
 
-const CONTENDERS: [&str; 5] = ["call", "call+age", "layer", "tower-ls-cl", "tower-ls-buf-cl"];
+const CONTENDERS: [&str; 5] = [
+    "call",
+    "call+age",
+    "layer",
+    "tower-ls-cl",
+    "tower-ls-buf-cl",
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -155,9 +161,12 @@ async fn work() -> &'static str {
 /// 500 for a failure.
 fn rejected(reason: RejectReason) -> Response {
     match reason {
-        reason if reason.is_overload() || reason == RejectReason::Closed => {
-            (StatusCode::SERVICE_UNAVAILABLE, [(RETRY_AFTER, "1")], "overloaded").into_response()
-        }
+        reason if reason.is_overload() || reason == RejectReason::Closed => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(RETRY_AFTER, "1")],
+            "overloaded",
+        )
+            .into_response(),
         RejectReason::TimedOut => (StatusCode::GATEWAY_TIMEOUT, "timed out").into_response(),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "failed").into_response(),
     }
@@ -173,7 +182,11 @@ async fn via_call(State(caller): State<Caller<(), ()>>) -> Response {
 /// The pipeline's settings: 8 workers, a queue of 64, shedding the newest.
 fn config<Req>(max_age: bool) -> FanOutConfig<Req> {
     let config = FanOutConfig::new(WORKERS, ShedPolicy::DropNewest).capacity(QUEUE);
-    if max_age { config.max_queue_age(MAX_AGE) } else { config }
+    if max_age {
+        config.max_queue_age(MAX_AGE)
+    } else {
+        config
+    }
 }
 
 /// The pipeline behind a contender, to stop it and read its report.
@@ -188,7 +201,9 @@ fn app(name: &str, counters: Arc<Counters>) -> (Router, Pipeline) {
         "call" | "call+age" => {
             let settings = config::<()>(name == "call+age");
             let (caller, shutdown) = backpressure_pipeline::caller(settings, |()| work_unit());
-            let router = Router::new().route("/work", get(via_call)).with_state(caller);
+            let router = Router::new()
+                .route("/work", get(via_call))
+                .with_state(caller);
             (router, Pipeline::Handle(shutdown))
         }
         "layer" => {
@@ -196,9 +211,9 @@ fn app(name: &str, counters: Arc<Counters>) -> (Router, Pipeline) {
             let router = Router::new().route_service(
                 "/work",
                 ServiceBuilder::new()
-                    .layer(HandleErrorLayer::new(|rejection: Rejected<Request>| async move {
-                        rejected(rejection.reason())
-                    }))
+                    .layer(HandleErrorLayer::new(
+                        |rejection: Rejected<Request>| async move { rejected(rejection.reason()) },
+                    ))
                     .layer(layer.clone())
                     .service(get(work)),
             );
@@ -245,7 +260,9 @@ fn schedstat(pid: &str) -> (u64, u64) {
         let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
             continue;
         };
-        let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
+        let mut fields = text
+            .split_whitespace()
+            .map(|f| f.parse::<u64>().unwrap_or(0));
         total.0 += fields.next().unwrap_or(0);
         total.1 += fields.next().unwrap_or(0);
     }
@@ -261,14 +278,20 @@ fn serve(name: &str) {
     runtime.block_on(async {
         let counters = Arc::new(Counters::default());
         let (router, pipeline) = app(name, Arc::clone(&counters));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         println!("addr {}", listener.local_addr().expect("addr"));
         std::io::stdout().flush().expect("stdout");
         let start = schedstat("self");
         // The driver closes our stdin when the run is over.
         let stdin_closed = tokio::task::spawn_blocking(|| {
             let mut sink = String::new();
-            while std::io::stdin().read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {}
+            while std::io::stdin()
+                .read_line(&mut sink)
+                .map(|n| n > 0)
+                .unwrap_or(false)
+            {}
         });
         let server = axum::serve(listener, router).with_graceful_shutdown(async {
             let _ = stdin_closed.await;
@@ -374,7 +397,12 @@ type Pool = Arc<Mutex<Vec<TcpStream>>>;
 async fn one(addr: std::net::SocketAddr, pool: Pool, give_up: bool, stats: Arc<ClientStats>) {
     let sent_at = Instant::now();
     // Without client timeouts, a guard against a stuck run only.
-    let deadline = sent_at + if give_up { BUDGET } else { Duration::from_secs(5) };
+    let deadline = sent_at
+        + if give_up {
+            BUDGET
+        } else {
+            Duration::from_secs(5)
+        };
     let pooled = pool.lock().expect("pool").pop();
     let mut buf = Vec::with_capacity(256);
     let exchange = async {
@@ -418,7 +446,12 @@ async fn one(addr: std::net::SocketAddr, pool: Pool, give_up: bool, stats: Arc<C
 }
 
 /// Sends `rate` requests/s for `length`, open loop; returns the stats.
-async fn load(addr: std::net::SocketAddr, rate: f64, length: Duration, give_up: bool) -> Arc<ClientStats> {
+async fn load(
+    addr: std::net::SocketAddr,
+    rate: f64,
+    length: Duration,
+    give_up: bool,
+) -> Arc<ClientStats> {
     let stats = Arc::new(ClientStats::default());
     let pool: Pool = Arc::default();
     let mut requests = tokio::task::JoinSet::new();
@@ -471,7 +504,11 @@ fn check(name: &str, line: &str, client: &ClientStats) {
         get("other"),
         get("abandoned"),
     );
-    assert_eq!(arrived, ok + unavailable + other + abandoned, "{name}: server counts: {line}");
+    assert_eq!(
+        arrived,
+        ok + unavailable + other + abandoned,
+        "{name}: server counts: {line}"
+    );
     let sent = client.sent.load(Relaxed);
     let (c_ok, c_503, c_other, c_timeout, c_err) = (
         client.ok.load(Relaxed),
@@ -480,8 +517,15 @@ fn check(name: &str, line: &str, client: &ClientStats) {
         client.timed_out.load(Relaxed),
         client.errors.load(Relaxed),
     );
-    assert_eq!(sent, c_ok + c_503 + c_other + c_timeout + c_err, "{name}: client counts");
-    assert!(c_ok <= ok && c_503 <= unavailable, "{name}: the client saw more than was sent: {line}");
+    assert_eq!(
+        sent,
+        c_ok + c_503 + c_other + c_timeout + c_err,
+        "{name}: client counts"
+    );
+    assert!(
+        c_ok <= ok && c_503 <= unavailable,
+        "{name}: the client saw more than was sent: {line}"
+    );
     assert!(arrived <= sent, "{name}: more arrived than sent: {line}");
     if line.contains("conserved=") {
         assert!(line.contains("conserved=true"), "{name}: {line}");
@@ -524,7 +568,13 @@ fn machine() -> (f64, f64) {
     (load, pressure)
 }
 
-fn run(runtime: &tokio::runtime::Runtime, name: &str, rate: f64, give_up: bool, length: Duration) -> Row {
+fn run(
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    rate: f64,
+    give_up: bool,
+    length: Duration,
+) -> Row {
     let mut child: Child = Command::new(std::env::current_exe().expect("exe"))
         .args(["serve", name])
         .stdin(Stdio::piped())
@@ -534,7 +584,12 @@ fn run(runtime: &tokio::runtime::Runtime, name: &str, rate: f64, give_up: bool, 
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
     out.read_line(&mut line).expect("addr line");
-    let addr = line.trim().strip_prefix("addr ").expect("addr").parse().expect("addr");
+    let addr = line
+        .trim()
+        .strip_prefix("addr ")
+        .expect("addr")
+        .parse()
+        .expect("addr");
     let client = runtime.block_on(load(addr, rate, length, give_up));
     drop(child.stdin.take()); // the run is over: the server stops and reports
     line.clear();
@@ -594,7 +649,13 @@ fn drive(rounds: usize, length: Duration, only: &str) {
                 (0..CONTENDERS.len()).rev().collect()
             };
             for c in order {
-                let row = run(&runtime, CONTENDERS[c], factor * CAPACITY_PER_S, give_up, length);
+                let row = run(
+                    &runtime,
+                    CONTENDERS[c],
+                    factor * CAPACITY_PER_S,
+                    give_up,
+                    length,
+                );
                 eprintln!("round {round} {label:>28} {:>16}: {row:?}", CONTENDERS[c]);
                 rows.entry((l, c)).or_default().push(row);
             }
