@@ -24,14 +24,12 @@ use crate::settle::{Outcome, ShedReason, Stage};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let config = FanOutConfig::new(1, ShedPolicy::DropNewest).capacity(1);
+/// let config = FanOutConfig::new(1, ShedPolicy::DropNewest).capacity(2);
 /// let (caller, shutdown) =
 ///     backpressure_pipeline::caller(config, |x: u32| async move { x * 2 });
-/// let first = caller.call(1);
-/// let second = caller.call(2);
-/// let third = caller.call(3);
-/// // Polled together: 1 and 2 fill the worker's queue of one; 3 is shed.
-/// let (a, b, c) = tokio::join!(first, second, third);
+/// // Offered together, before the worker runs: 1 and 2 fill the queue of
+/// // two; 3 is shed.
+/// let (a, b, c) = tokio::join!(caller.call(1), caller.call(2), caller.call(3));
 /// assert_eq!((a.unwrap(), b.unwrap()), (2, 4));
 /// let rejected = c.unwrap_err();
 /// assert_eq!(rejected.reason(), RejectReason::Shed);
