@@ -32,6 +32,7 @@ use pin_project_lite::pin_project;
 use super::push::{Feeder, Offer, Producers};
 use super::rejected::{RejectReason, Rejected};
 use super::shed::Disposal;
+#[cfg(feature = "tower")]
 use super::sink::SinkState;
 use super::slot::{Answer, Slot};
 use crate::ResultOrder;
@@ -364,6 +365,7 @@ impl<Req, Resp> Shared<Req, Resp> {
 pub struct Caller<Req, Resp> {
     shared: Arc<Shared<Req, Resp>>,
     /// Room and credit held by the tower `Service`'s `poll_ready`.
+    #[cfg(feature = "tower")]
     ready: SinkState,
 }
 
@@ -372,13 +374,13 @@ impl<Req, Resp> Caller<Req, Resp> {
         feeder: Feeder<Job<Req, Resp>>,
         results: BoundedFanOut<Answered<Req, Resp>>,
     ) -> Self {
-        let ready = SinkState::new(&feeder.producers.front);
         Caller {
+            #[cfg(feature = "tower")]
+            ready: SinkState::new(&feeder.producers.front),
             shared: Arc::new(Shared {
                 feeder,
                 _results: results,
             }),
-            ready,
         }
     }
 
@@ -461,11 +463,13 @@ impl<Req, Resp> Clone for Caller<Req, Resp> {
     fn clone(&self) -> Self {
         Caller {
             shared: Arc::clone(&self.shared),
+            #[cfg(feature = "tower")]
             ready: SinkState::new(&self.shared.producers().front),
         }
     }
 }
 
+#[cfg(feature = "tower")]
 impl<Req, Resp> Drop for Caller<Req, Resp> {
     fn drop(&mut self) {
         self.ready.release(&self.shared.producers().front);
@@ -513,6 +517,35 @@ impl<Req, Resp> fmt::Debug for Caller<Req, Resp> {
 ///
 /// Polling it again after it returned `Ready` panics, as an `async fn`'s
 /// future does.
+///
+/// # Examples
+///
+/// A caller that gives up takes its request out of the queue:
+///
+/// ```
+/// use std::time::Duration;
+/// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
+///
+/// // Needs tokio's `test-util` feature: paused time, so timings are exact.
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let config = FanOutConfig::new(1, ShedPolicy::DropNewest);
+/// let (caller, shutdown) = backpressure_pipeline::caller(config, |ms: u64| async move {
+///     tokio::time::sleep(Duration::from_millis(ms)).await;
+///     ms
+/// });
+/// let busy = tokio::spawn(caller.call(100)); // the one worker: 100 ms
+/// tokio::task::yield_now().await; // it is offered first
+/// // Queued behind it, this caller waits 10 ms and gives up.
+/// let impatient = tokio::time::timeout(Duration::from_millis(10), caller.call(5)).await;
+/// assert!(impatient.is_err());
+/// assert_eq!(shutdown.stats().queue_depth, 0, "withdrawn: out of the queue");
+/// assert_eq!(busy.await.unwrap().ok(), Some(100));
+/// drop(caller);
+/// let report = shutdown.join().await;
+/// assert_eq!((report.processed, report.cancelled, report.withdrawn), (1, 1, 1));
+/// # }
+/// ```
 #[must_use = "a call does nothing unless polled, and dropping it withdraws the request"]
 pub struct Call<Req, Resp> {
     /// `None` once answered: a finished call holds no pipeline open.
