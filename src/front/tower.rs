@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use super::call::{Call, Caller};
 use super::rejected::Rejected;
-use crate::{Controller, FanOutConfig};
+use crate::{Controller, FanOutConfig, ShutdownHandle};
 
 /// `Service::call` uses the slot and credit `poll_ready` holds; the
 /// inherent [`Caller::call`] takes `&self` and waits for its own (method
@@ -78,12 +78,14 @@ where
 /// `BufferLayer` spawns one worker per service it wraps. axum's
 /// `Router::route_layer` wraps each route on its own, `Router::layer` each
 /// route and the fallback, and `ServiceBuilder::service(router)` the whole
-/// router once. A pipeline's
-/// [`ShutdownHandle`](crate::ShutdownHandle) is not kept: it runs while its
-/// service (any clone) lives, and drains when the last clone is dropped.
-/// [`controllers`](Self::controllers) gives one [`Controller`] per pipeline
-/// started, to shut them down and read their reports; a parent token
-/// ([`FanOutConfig::cancel_token`]) shuts them all down.
+/// router once. The layer (and its clones) keeps each pipeline's
+/// [`ShutdownHandle`]: a pipeline runs while its service (any clone) lives,
+/// and when the last clone is dropped its intake ends and it drains and
+/// finishes on its own. [`controllers`](Self::controllers) gives one
+/// [`Controller`] per pipeline started, to shut them down and read their
+/// reports; a parent token ([`FanOutConfig::cancel_token`]) shuts them all
+/// down. Dropping the layer and every clone of the services aborts what is
+/// left (nothing: every caller is gone).
 ///
 /// The inner service must be infallible (`Error = Infallible`, as axum's
 /// handlers and `Router` are); the layered service's error is
@@ -128,7 +130,7 @@ where
 /// ```
 pub struct CallLayer<Req> {
     config: FanOutConfig<Req>,
-    controllers: Arc<Mutex<Vec<Controller>>>,
+    pipelines: Arc<Mutex<Vec<ShutdownHandle>>>,
 }
 
 impl<Req> CallLayer<Req> {
@@ -137,17 +139,23 @@ impl<Req> CallLayer<Req> {
     pub fn new(config: FanOutConfig<Req>) -> Self {
         CallLayer {
             config,
-            controllers: Arc::default(),
+            pipelines: Arc::default(),
         }
     }
 
     /// One [`Controller`] for each pipeline this layer (or a clone of it)
     /// has started, in the order they were started.
+    ///
+    /// # Examples
+    ///
+    /// See [`CallLayer`]: `controller.finished().await` is the report of a
+    /// pipeline whose services are all dropped.
     pub fn controllers(&self) -> Vec<Controller> {
-        self.controllers
+        let pipelines = self
+            .pipelines
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .unwrap_or_else(PoisonError::into_inner);
+        pipelines.iter().map(ShutdownHandle::controller).collect()
     }
 }
 
@@ -157,7 +165,7 @@ impl<Req> Clone for CallLayer<Req> {
     fn clone(&self) -> Self {
         CallLayer {
             config: self.config.clone(),
-            controllers: Arc::clone(&self.controllers),
+            pipelines: Arc::clone(&self.pipelines),
         }
     }
 }
@@ -191,10 +199,10 @@ where
             let service = inner.clone();
             oneshot(service, request)
         });
-        self.controllers
+        self.pipelines
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(shutdown.controller());
+            .push(shutdown);
         caller
     }
 }
