@@ -34,6 +34,11 @@ keyed-finished-wakes ~ src/queue/keyed.rs ~ (if ready { state.idle.wake_one() } 
 keyed-take-after-finishes ~ src/queue/keyed.rs ~             keyed.finished(done); ~             let _ = done; ~ loom_the_take_that_empties_a_closed_keyed_queue_wakes_every_waiter
 keyed-end-wakes-all ~ src/queue/keyed.rs ~             woken.extend(state.idle.wake_all()); ~             let _ = (); ~ loom_the_take_that_empties_a_closed_keyed_queue_wakes_every_waiter
 deadline-before-phase ~ src/control/phase.rs ~     pub(crate) fn drain(&self) {\n ~     pub(crate) fn drain(&self) {\n        self.phase.fetch_max(DRAINING, Release);\n ~ loom_a_worker_that_sees_the_stop_sees_the_drain_deadline
+slot-answer-wakes-caller ~ src/front/slot.rs ~             // Invariant 2: taken under the lock the answer was stored under.\n            state.caller.take() ~             None::<std::task::Waker> ~ loom_an_answer_wakes_the_caller_waiting_for_it
+slot-leave-wakes-handler ~ src/front/slot.rs ~ (state.answer.take(), state.answered, state.handler.take()) ~ (state.answer.take(), state.answered, None::<Waker>) ~ loom_a_caller_leaving_wakes_the_handler_listening_for_it
+slot-answer-checks-gone-under-its-lock ~ src/front/slot.rs ~             if state.gone || state.answered {\n                return Err(value);\n            } ~             let gone = state.gone;\n            drop(state);\n            if gone || self.lock().answered {\n                return Err(value);\n            }\n            let mut state = self.lock(); ~ loom_an_answer_racing_the_callers_leaving_ends_exactly_once
+withdraw-counts-under-lock ~ src/queue/mod.rs ~             count();\n            let producer = state.batch.on_take(queued, self.capacity);\n            (item, producer, woken, forgotten)\n        }; ~             let producer = state.batch.on_take(queued, self.capacity);\n            (item, producer, woken, forgotten)\n        };\n        count(); ~ loom_a_withdrawal_is_counted_before_a_worker_can_find_the_queue_empty
+keyed-withdraw-ends-waiters ~ src/queue/mod.rs ~                         woken.extend(state.idle.wake_all());\n                    } ~                     } ~ loom_a_withdrawal_that_empties_a_closed_keyed_queue_ends_the_waiting_worker
 '
 
 status=0
@@ -42,7 +47,7 @@ while IFS= read -r row; do
   name=${row%% ~ *}
   if [ $# -gt 0 ] && [[ " $* " != *" $name "* ]]; then continue; fi
   rm -rf "$work/crate" && mkdir -p "$work/crate"
-  cp -r Cargo.toml Cargo.lock README.md src benches "$work/crate/"
+  cp -r Cargo.toml Cargo.lock README.md src benches examples "$work/crate/"
   model=$(python3 - "$work/crate" "$row" <<'PY'
 import sys
 root, row = sys.argv[1], sys.argv[2]
@@ -61,7 +66,7 @@ PY
     # process before the test harness prints its line.)
     echo "$name: the model did not run (build failed?); fix this script"; status=1
   else
-    why=$(grep -m1 -iE "deadlock|assertion|outlived|stop without|more finished|hooks released" "$work/out" | cut -c1-110)
+    why=$(grep -m1 -iE "deadlock|assertion|outlived|stop without|more finished|hooks released|exited before|exactly one|saw it" "$work/out" | cut -c1-110)
     echo "$name: caught by $model: ${why:-failed}"
   fi
 done <<<"$mutations"

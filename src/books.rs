@@ -40,10 +40,13 @@ pub(crate) enum Fate {
     Expired,
     /// An abort cut its handler off.
     Cancelled,
+    /// Its caller went away (a dropped call): not started, or its handler
+    /// was cancelled at its next await. Counted `cancelled`.
+    Withdrawn,
 }
 
 impl Fate {
-    const COUNT: usize = 5;
+    const COUNT: usize = 6;
 
     /// The settlement outcome of an item that ended this way at a worker.
     pub(crate) fn outcome(self) -> Outcome {
@@ -53,6 +56,7 @@ impl Fate {
             Fate::TimedOut => Outcome::TimedOut,
             Fate::Expired => Outcome::Expired,
             Fate::Cancelled => Outcome::Cancelled(Stage::InFlight),
+            Fate::Withdrawn => Outcome::Cancelled(Stage::Withdrawn),
         }
     }
 }
@@ -134,6 +138,9 @@ pub(crate) struct Books {
     /// Items that failed before they were queued: their key function
     /// panicked (keyed pipelines).
     unqueued_failed: AtomicU64,
+    /// Items their caller withdrew from the queue (a part of `cancelled`,
+    /// counted under the queue's lock).
+    withdrawn_queued: AtomicU64,
 }
 
 /// The counters summed at one moment: what a `Report` and `Stats` show.
@@ -149,6 +156,9 @@ pub(crate) struct Counts {
     pub(crate) timed_out: u64,
     pub(crate) expired: u64,
     pub(crate) cancelled: u64,
+    /// Items withdrawn by their caller, queued or running (a part of
+    /// `cancelled`).
+    pub(crate) withdrawn: u64,
     /// Items a worker holds whose fate is not decided yet.
     pub(crate) in_flight: usize,
     /// Items workers have taken (invariant 2: never fewer than finished).
@@ -170,6 +180,7 @@ impl Books {
             workers: (0..workers).map(|_| WorkerCounters::default()).collect(),
             unqueued_cancelled: AtomicU64::new(0),
             unqueued_failed: AtomicU64::new(0),
+            withdrawn_queued: AtomicU64::new(0),
         }
     }
 
@@ -191,9 +202,15 @@ impl Books {
         self.unqueued_failed.fetch_add(n as u64, Release);
     }
 
+    /// A queued item was withdrawn by its caller (under the queue's lock).
+    pub(crate) fn withdraw_queued(&self) {
+        self.withdrawn_queued.fetch_add(1, Release);
+    }
+
     /// Sums every counter, in the order invariants 2 and 3 need.
     pub(crate) fn counts(&self, results: &dyn ResultCounts) -> Counts {
         let (delivered, discarded) = (results.delivered(), results.discarded());
+        let withdrawn_queued = self.withdrawn_queued.load(Acquire);
         let mut fates = [0u64; Fate::COUNT];
         let (mut errored, mut in_flight, mut taken_all) = (0, 0, 0);
         for worker in &self.workers {
@@ -221,7 +238,11 @@ impl Books {
             failed: of(Fate::Failed) + self.unqueued_failed.load(Acquire),
             timed_out: of(Fate::TimedOut),
             expired: of(Fate::Expired),
-            cancelled: of(Fate::Cancelled) + self.unqueued_cancelled.load(Acquire),
+            cancelled: of(Fate::Cancelled)
+                + of(Fate::Withdrawn)
+                + self.unqueued_cancelled.load(Acquire)
+                + withdrawn_queued,
+            withdrawn: of(Fate::Withdrawn) + withdrawn_queued,
             in_flight,
             taken: taken_all,
             produced: self.intake.produced.load(Acquire),

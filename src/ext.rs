@@ -7,8 +7,9 @@ use std::future::Future;
 use futures_core::Stream;
 
 use crate::config::HandlerKind;
-use crate::launch::{Front, NoInput, launch};
-use crate::{BoundedFanOut, FanOutConfig, Feeder, ShedPolicy, ShutdownHandle};
+use crate::front::{call_handler, call_outputs, settings_for_calls};
+use crate::launch::{Front, NoInput, Outputs, launch};
+use crate::{BoundedFanOut, Caller, FanOutConfig, Feeder, ShedPolicy, ShutdownHandle};
 
 /// Adds [`bounded_fan_out`](FanOutExt::bounded_fan_out) to every [`Stream`].
 pub trait FanOutExt: Stream {
@@ -179,7 +180,12 @@ pub trait FanOutExt: Stream {
         Fut: Future<Output: Send + 'static> + Send + 'static,
         Kind: HandlerKind<Fut::Output>,
     {
-        launch(config, handler, Front::Stream(self))
+        launch(
+            config.settings,
+            Outputs::of::<Kind>(),
+            handler,
+            Front::Stream(self),
+        )
     }
 }
 
@@ -236,9 +242,127 @@ where
     Kind: HandlerKind<Fut::Output>,
 {
     let mut feeder = None;
-    let (results, shutdown) = launch(config, handler, Front::<NoInput<Item>>::Push(&mut feeder));
+    let (results, shutdown) = launch(
+        config.settings,
+        Outputs::of::<Kind>(),
+        handler,
+        Front::<NoInput<Item>>::Push(&mut feeder),
+    );
     let Some(feeder) = feeder else {
         unreachable!("feeder: launch always builds the push front's handle")
     };
     (feeder, results, shutdown)
+}
+
+/// Starts a request/response pipeline: returns a [`Caller`], whose
+/// [`call`](Caller::call) sends a request to a worker and resolves to the
+/// handler's response (or to [`Rejected`](crate::Rejected) saying why there
+/// is none), and the [`ShutdownHandle`].
+///
+/// The push front of [`feeder`], with each answer going back to its own
+/// caller instead of to a results stream (so there is none to read, and
+/// `join` never waits for a reader). A call whose caller goes away (its
+/// [`Call`](crate::Call) dropped, as a web framework drops a handler whose
+/// client disconnected) is withdrawn: taken out of the queue if it is still
+/// queued, its handler cancelled at its next await if it is running, so
+/// the workers serve callers who still wait.
+///
+/// # Settings
+///
+/// Every setting of the [`FanOutConfig`] works as on the push front, with
+/// three differences: a call hands what its push sheds back to its caller
+/// (`Rejected::Shed` / `Evicted` with the request), so
+/// [`on_shed`](FanOutConfig::on_shed) is never called;
+/// [`on_cancel`](FanOutConfig::on_cancel) receives the requests that were
+/// never started and whose caller is gone (withdrawn from the queue, or
+/// abandoned by an abort after their caller left: a caller still waiting
+/// gets its request back in `Rejected::Closed` instead); and
+/// [`result_order`](FanOutConfig::result_order) and
+/// [`output_capacity`](FanOutConfig::output_capacity) do not apply (each
+/// caller gets its own answer as soon as it exists).
+///
+/// # Books
+///
+/// Each answered call counts `processed` and `delivered`; one whose caller
+/// left just as the response was ready, `processed` and `discarded`; a
+/// withdrawn one, `cancelled` and [`withdrawn`](crate::Report::withdrawn).
+/// Both laws hold in every report.
+///
+/// # Sizing it for HTTP
+///
+/// A request that finds `q` requests queued waits about `q × service
+/// time ÷ workers` before it starts. With a latency budget `B`, a handler
+/// time `S` (its slow end, not its mean) and a margin `M` for the way in and
+/// out and for scheduling (a few ms on a loaded machine), keep that wait
+/// under `B − S − M`: `capacity ≈ (B − S − M) × workers ÷ S`. With 8
+/// workers at 3 ms, a 20 ms budget and a 7 ms margin: `(20 − 3 − 7) × 8 ÷
+/// 3 ≈ 26`. Then set [`max_queue_age`](FanOutConfig::max_queue_age) to
+/// the same `B − S − M` (10 ms here): when handlers run slower than planned
+/// the queue waits longer than its size says, and a request that waited
+/// past the age is answered `Rejected::Expired` instead of being served
+/// after its client gave up. Under overload the workers then serve a short
+/// queue of fresh requests whose answers still arrive in time
+/// (`BENCHMARKS.md`: 2,481 timely answers/s of a possible 2,500, against
+/// 372 without the age and 289 for tower's `buffer`). Answer the overload
+/// rejections ([`Rejected::is_overload`](crate::Rejected::is_overload))
+/// with 503 and a `Retry-After` of about one queue's wait, rounded up to the
+/// header's whole seconds (1).
+///
+/// # Panics
+///
+/// As [`bounded_fan_out`](crate::FanOutExt::bounded_fan_out): outside a
+/// Tokio runtime, or on one without a time driver.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use backpressure_pipeline::{FanOutConfig, RejectReason, ShedPolicy};
+///
+/// // Needs tokio's `test-util` feature: paused time, so timings are exact.
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+///     .capacity(4)
+///     .max_queue_age(Duration::from_millis(25));
+/// let (caller, shutdown) = backpressure_pipeline::caller(config, |ms: u64| async move {
+///     tokio::time::sleep(Duration::from_millis(ms)).await;
+///     ms
+/// });
+/// // One worker, 10 ms per request: the fourth would wait 30 ms.
+/// let calls: Vec<_> = (0..4).map(|_| tokio::spawn(caller.call(10))).collect();
+/// let mut answers = Vec::new();
+/// for call in calls {
+///     answers.push(call.await.unwrap().map_err(|rejected| rejected.reason()));
+/// }
+/// assert_eq!(answers, [Ok(10), Ok(10), Ok(10), Err(RejectReason::Expired)]);
+/// drop(caller);
+/// let report = shutdown.join().await;
+/// assert_eq!((report.processed, report.delivered, report.expired), (3, 3, 1));
+/// assert!(report.is_conserved());
+/// # }
+/// ```
+#[track_caller]
+pub fn caller<Req, Resp, F, Fut, Kind>(
+    config: FanOutConfig<Req, Kind>,
+    handler: F,
+) -> (Caller<Req, Resp>, ShutdownHandle)
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    F: Fn(Req) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Resp> + Send + 'static,
+    Kind: HandlerKind<Resp>,
+{
+    let mut feeder = None;
+    let (results, shutdown) = launch(
+        settings_for_calls(config.settings),
+        call_outputs::<Req, Resp, Kind>(),
+        call_handler(handler),
+        Front::<NoInput<_>>::Push(&mut feeder),
+    );
+    let Some(feeder) = feeder else {
+        unreachable!("caller: launch always builds the push front's handle")
+    };
+    (Caller::new(feeder, results), shutdown)
 }

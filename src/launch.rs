@@ -20,16 +20,16 @@ use futures_core::Stream;
 use tokio::task::JoinSet;
 
 use crate::books::Books;
-use crate::config::{FanOutConfig, HandlerKind, Settings};
+use crate::config::{HandlerKind, Settings};
 use crate::control::{Core, End, Hooks, Phase, ShutdownHandle, StopMirror, Stopper, supervise};
 use crate::export::Meters;
 use crate::front::{Feeder, FrontParts, Overload, Producers, run_push, run_stream, shed_reason};
 use crate::isolate::{Quiet, has_time_driver};
 use crate::queue::{HandOff, QueueSettings};
-use crate::results::{self, BoundedFanOut};
+use crate::results::{self, BoundedFanOut, Direct};
 use crate::sched::Yielder;
 use crate::trace;
-use crate::worker::{self, WorkerParts};
+use crate::worker::{self, Verdict, WorkerParts};
 
 /// Which front feeds the pipeline.
 pub(crate) enum Front<'a, S: Stream> {
@@ -50,6 +50,25 @@ impl<Item> Stream for NoInput<Item> {
     }
 }
 
+/// How a pipeline reads its handler's outputs: what each says about its
+/// item, and where it goes.
+pub(crate) struct Outputs<O> {
+    /// `None`: every output is a plain completion.
+    pub(crate) verdict: Option<fn(&O) -> Verdict>,
+    /// `None`: outputs go through the results buffer to the results stream.
+    pub(crate) direct: Option<Direct<O>>,
+}
+
+impl<O> Outputs<O> {
+    /// Outputs read as `Kind` says, delivered to the results stream.
+    pub(crate) fn of<Kind: HandlerKind<O>>() -> Self {
+        Outputs {
+            verdict: Kind::IS_ERR.map(|_| Verdict::of::<O, Kind> as fn(&O) -> Verdict),
+            direct: None,
+        }
+    }
+}
+
 /// Starts a pipeline: every stage, every task.
 ///
 /// # Panics
@@ -57,8 +76,9 @@ impl<Item> Stream for NoInput<Item> {
 /// Outside a Tokio runtime, or on one without a time driver (see
 /// [`FanOutExt::bounded_fan_out`](crate::FanOutExt::bounded_fan_out)).
 #[track_caller]
-pub(crate) fn launch<S, F, Fut, Kind>(
-    config: FanOutConfig<S::Item, Kind>,
+pub(crate) fn launch<S, F, Fut>(
+    settings: Settings<S::Item>,
+    outputs: Outputs<Fut::Output>,
     handler: F,
     front: Front<'_, S>,
 ) -> (BoundedFanOut<Fut::Output>, ShutdownHandle)
@@ -66,7 +86,6 @@ where
     S: Stream<Item: Send + 'static> + Send + 'static,
     F: Fn(S::Item) -> Fut + Send + Sync + 'static,
     Fut: Future<Output: Send + 'static> + Send + 'static,
-    Kind: HandlerKind<Fut::Output>,
 {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         panic!("bounded_fan_out: must be called from the context of a Tokio runtime");
@@ -87,7 +106,7 @@ where
         order,
         settle,
         keying,
-    } = config.settings;
+    } = settings;
     let push = matches!(front, Front::Push(_));
     let queue = Arc::new(HandOff::new(QueueSettings {
         capacity: sizes.capacity,
@@ -102,13 +121,15 @@ where
         }),
     }));
     let (sender, receiver, result_books) =
-        results::channel(sizes.output_capacity, order, sizes.workers);
+        results::channel(sizes.output_capacity, order, sizes.workers, outputs.direct);
     let phase = Arc::new(Phase::new(cancel_token.as_ref(), timing.drain_timeout));
     let books = Arc::new(Books::new(sizes.workers));
     let (recorder, credits) = match settle {
         Some(settle) => {
-            settle.credits.grant(sizes.settle_capacity);
-            (Some(settle.recorder), Some(settle.credits))
+            if let Some(credits) = &settle.credits {
+                credits.grant(sizes.settle_capacity);
+            }
+            (Some(settle.recorder), settle.credits)
         }
         None => (None, None),
     };
@@ -151,7 +172,7 @@ where
             stopper: Stopper::new(&core),
             results: sender.clone(),
             timeout: timing.handler_timeout,
-            is_err: Kind::IS_ERR,
+            verdict: outputs.verdict,
             yielder,
             meters: meters.items(),
         };

@@ -32,9 +32,11 @@
 //!  report: Report, Stats                supervisor, ShutdownHandle, Controller
 //! ```
 //!
-//! * `front/`: the stream front ([`FanOutExt`]) and the push front
-//!   ([`feeder`], [`Feeder`], also a `futures::Sink`), with one after-shed
-//!   path for both.
+//! * `front/`: the stream front ([`FanOutExt`]), the push front
+//!   ([`feeder`], [`Feeder`], also a `futures::Sink`) and on it the call
+//!   front for request/response ([`caller`], [`Caller`], [`Call`]: each
+//!   answer to its own caller, a dropped call withdrawn), with one
+//!   after-shed path for all.
 //! * `queue/`: the hand-off between a front and the workers, its wait list,
 //!   and the room `Backpressure` waits for.
 //! * `worker`: takes an item, runs the handler with every panic caught,
@@ -195,8 +197,11 @@ mod models;
 
 pub use config::{Fallible, FanOutConfig, HandlerKind, Plain, ResultOrder, ShedPolicy};
 pub use control::{Controller, JoinReport, ShutdownHandle};
-pub use ext::{FanOutExt, feeder};
-pub use front::{Feeder, Offer, OverloadEvent, SinkError};
+pub use ext::{FanOutExt, caller, feeder};
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use front::CallLayer;
+pub use front::{Call, Caller, Feeder, Offer, OverloadEvent, RejectReason, Rejected, SinkError};
 #[doc(hidden)]
 pub use probe::QueueProbe;
 pub use report::{IntakeEnd, Report, Stats};

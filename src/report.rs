@@ -93,10 +93,16 @@ macro_rules! with_counters {
             /// otherwise. A part of `processed` (`errored <= processed`),
             /// not a separate outcome.
             pub errored: u64,
-            /// Items accepted but abandoned by a shutdown before their
-            /// handler completed: still queued at an abort, or cut off in
-            /// flight.
+            /// Items accepted but abandoned before their handler completed:
+            /// still queued at an abort, cut off in flight, or withdrawn by
+            /// a caller that went away (`withdrawn`).
             pub cancelled: u64,
+            /// Calls whose caller went away before the answer
+            /// ([`Caller::call`](crate::Caller::call) futures dropped):
+            /// withdrawn from the queue, or their handler cancelled at its
+            /// next await. A part of `cancelled` (`withdrawn <= cancelled`),
+            /// not a separate outcome; 0 on the other fronts.
+            pub withdrawn: u64,
             $( $(#[$field_meta])* pub $field : $ty, )*
         }
 
@@ -113,6 +119,7 @@ macro_rules! with_counters {
                     expired: counts.expired,
                     errored: counts.errored,
                     cancelled: counts.cancelled,
+                    withdrawn: counts.withdrawn,
                     $( $field, )*
                 }
             }
@@ -269,6 +276,7 @@ impl Report {
     /// processed      == delivered + discarded
     /// workers        == workers_joined + aborted
     /// errored        <= processed
+    /// withdrawn      <= cancelled
     /// ```
     ///
     /// This holds in every report the crate returns; the method exists so
@@ -301,6 +309,7 @@ impl Report {
             && self.delivered.checked_add(self.discarded) == Some(self.processed)
             && self.workers_joined.checked_add(self.aborted) == Some(self.workers)
             && self.errored <= self.processed
+            && self.withdrawn <= self.cancelled
     }
 }
 
@@ -319,6 +328,13 @@ impl fmt::Display for Report {
         // The opt-in counts, only where they say something.
         if self.expired > 0 {
             write!(f, ", expired {}", self.expired)?;
+        }
+        if self.withdrawn > 0 {
+            write!(
+                f,
+                " ({} of the cancelled withdrawn by their caller)",
+                self.withdrawn
+            )?;
         }
         if self.errored > 0 {
             write!(f, " ({} of the processed errored)", self.errored)?;

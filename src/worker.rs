@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use crate::books::{Books, Exit, Fate, WorkerCounters};
+use crate::config::HandlerKind;
 use crate::control::{Hooks, Phase, Start, Stopper};
 use crate::export::ItemMeters;
 use crate::isolate::{Quiet, catching, drop_quietly, timer_at};
@@ -30,11 +31,34 @@ pub(crate) struct WorkerParts<Item, O> {
     pub(crate) stopper: Stopper<Item>,
     pub(crate) results: Sender<O>,
     pub(crate) timeout: Option<Duration>,
-    /// Counts `Err` outputs, for a fallible handler.
-    pub(crate) is_err: Option<fn(&O) -> bool>,
+    /// What an output says about its item (an `Err` of a fallible
+    /// handler, a withdrawn call); `None`: a plain completion.
+    pub(crate) verdict: Option<fn(&O) -> Verdict>,
     pub(crate) yielder: Yielder,
     /// Its items' timings (the `metrics` feature; zero-sized without it).
     pub(crate) meters: ItemMeters,
+}
+
+/// What a completed handler's output says about its item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Processed.
+    Ok,
+    /// Processed, and counted `errored` (a fallible handler's `Err`).
+    Err,
+    /// Not processed: its caller went away and the handler stopped for it
+    /// (counted `cancelled`, settled `Cancelled(Withdrawn)`).
+    Withdrawn,
+}
+
+impl Verdict {
+    /// The verdict of a handler of kind `Kind` on `output`.
+    pub(crate) fn of<O, Kind: HandlerKind<O>>(output: &O) -> Verdict {
+        match Kind::IS_ERR {
+            Some(is_err) if is_err(output) => Verdict::Err,
+            _ => Verdict::Ok,
+        }
+    }
 }
 
 /// How one handler run ended, with its output.
@@ -61,7 +85,7 @@ where
         stopper,
         results,
         timeout,
-        is_err,
+        verdict,
         yielder,
         meters,
     } = parts;
@@ -147,16 +171,21 @@ where
         // completed. The hand-over waits for the consumer until an abort
         // begins; then the result is discarded (and counted so).
         let (fate, result) = match outcome {
-            Ran::Done(output) => (Fate::Processed, Some(output)),
+            Ran::Done(output) => match verdict.map_or(Verdict::Ok, |verdict| verdict(&output)) {
+                Verdict::Ok => (Fate::Processed, Some(output)),
+                Verdict::Err => {
+                    counters.errored();
+                    (Fate::Processed, Some(output))
+                }
+                Verdict::Withdrawn => {
+                    drop_quietly(output);
+                    (Fate::Withdrawn, None)
+                }
+            },
             Ran::Panicked => (Fate::Failed, None),
             Ran::TimedOut => (Fate::TimedOut, None),
             Ran::Cancelled => (Fate::Cancelled, None),
         };
-        if let (Some(output), Some(is_err)) = (&result, is_err) {
-            if is_err(output) {
-                counters.errored();
-            }
-        }
         counters.ended(fate);
         meters.ran(started, fate);
         if let (Some(recorder), Some(key)) = (recorder, key) {

@@ -173,3 +173,27 @@ async fn halves_and_join_future_move_across_tasks() {
     assert_eq!(moved.0.produced, 16);
     assert_eq!(moved.1, ShedPolicy::DropOldest);
 }
+
+// ===== the call front =====
+
+/// `Caller` and `Call` are Send, Sync and Unpin for `Send` requests and
+/// responses, whatever else they are: a `Call` never pins its request, and
+/// an axum handler holds a `Call` across its await.
+const _: fn() = || {
+    use backpressure_pipeline::{Call, Caller, RejectReason, Rejected};
+    assert_send::<Caller<String, Vec<u8>>>();
+    assert_sync::<Caller<String, Vec<u8>>>();
+    assert_unpin::<Caller<PhantomPinned, PhantomPinned>>();
+    assert_send::<Call<String, Vec<u8>>>();
+    assert_sync::<Call<String, Vec<u8>>>();
+    assert_unpin::<Call<PhantomPinned, PhantomPinned>>();
+    // A `Send + !Sync` request (axum's body) keeps the handles `Sync`.
+    assert_sync::<Caller<Cell<u8>, Cell<u8>>>();
+    assert_send::<Rejected<Cell<u8>>>();
+    assert_send::<RejectReason>();
+    assert_sync::<RejectReason>();
+    assert_unpin::<Rejected<String>>();
+};
+
+assert_not_impl!(backpressure_pipeline::Caller<Rc<u8>, u8>: Send);
+assert_not_impl!(backpressure_pipeline::Call<Rc<u8>, u8>: Send);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
 use backpressure_pipeline::{
-    FanOutConfig, FanOutExt, Offer, OverloadEvent, Report, ShedPolicy, feeder,
+    FanOutConfig, FanOutExt, Offer, OverloadEvent, RejectReason, Report, ShedPolicy, feeder,
 };
 use common::{ms, paused_runtime};
 use futures::StreamExt;
@@ -414,6 +414,47 @@ fn a_keyed_pipeline_exports_the_keys_tracked() {
         all.assert_counters_match("keyed", &report, "oldest");
         assert_eq!(report.dropped, 1);
         all.assert_finished_gauges("keyed", FanOutConfig::<u64>::DEFAULT_CAPACITY);
+    });
+}
+
+/// The call front exports under its pipeline's name: answers delivered, a
+/// shed call dropped, a withdrawn call cancelled.
+#[test]
+fn a_call_front_exports_under_its_name() {
+    with_recorder(|snapshotter| async move {
+        let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+            .capacity(2)
+            .name("calls");
+        let (caller, shutdown) = backpressure_pipeline::caller(config, |n: u64| async move {
+            sleep(ms(10)).await;
+            n
+        });
+        // Offered before the worker runs: 0 and 1 fill the queue, 2 is shed;
+        // then 3 is withdrawn from the queue while 4 runs.
+        let (a, b, c) = tokio::join!(caller.call(0), caller.call(1), caller.call(2));
+        assert_eq!(
+            (a.ok(), b.ok(), c.map_err(|r| r.reason())),
+            (Some(0), Some(1), Err(RejectReason::Shed))
+        );
+        let running = tokio::spawn(caller.call(4));
+        sleep(ms(1)).await; // 4 runs
+        let withdrawn = tokio::time::timeout(ms(1), caller.call(3)).await;
+        assert!(withdrawn.is_err(), "gave up while queued");
+        assert_eq!(running.await.unwrap().ok(), Some(4));
+        drop(caller);
+        let report = shutdown.join().await;
+        assert_eq!(
+            (
+                report.produced,
+                report.delivered,
+                report.dropped,
+                report.withdrawn
+            ),
+            (5, 3, 1, 1)
+        );
+        let readings = Readings::take(&snapshotter);
+        readings.assert_counters_match("calls", &report, "newest");
+        readings.assert_finished_gauges("calls", 2);
     });
 }
 

@@ -22,6 +22,10 @@ pub(crate) trait Keying<Item>: Send + Sync {
     /// panicked from `batch` to `unkeyed`. One call per batch: one
     /// downcast, no allocation.
     fn key_batch(&self, batch: &mut Vec<Item>, keys: &mut dyn Any, unkeyed: &mut Vec<Item>);
+    /// Appends the key of `item` to `keys` (a `VecDeque<K>`); `false` if
+    /// the key function panicked (nothing appended). For a front whose
+    /// items wrap the caller's (the call front's jobs).
+    fn key_one(&self, item: &Item, keys: &mut dyn Any) -> bool;
 }
 
 struct KeyBy<F, K> {
@@ -57,6 +61,15 @@ where
                 None => unkeyed.push(batch.remove(at)),
             }
         }
+    }
+
+    fn key_one(&self, item: &Item, keys: &mut dyn Any) -> bool {
+        let Some(keys) = keys.downcast_mut::<VecDeque<K>>() else {
+            unreachable!("Keying: keys of another type")
+        };
+        catching(|| (self.key)(item))
+            .map(|key| keys.push_back(key))
+            .is_some()
     }
 }
 

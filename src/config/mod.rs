@@ -41,28 +41,29 @@ pub(crate) type ItemHook<Item> = Arc<dyn Fn(Item) + Send + Sync>;
 /// make (worker count and [`ShedPolicy`]), then adjusted with the builder
 /// methods. Every size is a count of items; every time is a [`Duration`].
 ///
-/// | setting | default | stream front | push front |
-/// |---|---|---|---|
-/// | [`capacity`](Self::capacity) | [`DEFAULT_CAPACITY`](Self::DEFAULT_CAPACITY) = 64 queued items | yes | yes |
-/// | [`output_capacity`](Self::output_capacity) | [`DEFAULT_OUTPUT_CAPACITY`](Self::DEFAULT_OUTPUT_CAPACITY) = 64 undelivered results | yes | yes |
-/// | [`result_order`](Self::result_order) | [`ResultOrder::Completion`] | yes | yes |
-/// | [`drain_timeout`](Self::drain_timeout) | [`DEFAULT_DRAIN_TIMEOUT`](Self::DEFAULT_DRAIN_TIMEOUT) = 5 s | yes | yes |
-/// | [`cancel_token`](Self::cancel_token) | none: a fresh, parentless token | yes | yes |
-/// | [`handler_timeout`](Self::handler_timeout) | none: a handler may run as long as it likes | yes | yes |
-/// | [`max_queue_age`](Self::max_queue_age) | none: an item may wait as long as it takes | yes | yes |
-/// | [`fallible`](Self::fallible) | off: outputs are not inspected | yes | yes |
-/// | [`on_shed`](Self::on_shed) | none: shed items are dropped | every shed item | items shed through the `Sink` (an offer hands them back instead) |
-/// | [`on_cancel`](Self::on_cancel) | none: abandoned items are dropped | yes | yes |
-/// | [`on_overload`](Self::on_overload) | none | yes | yes |
-/// | [`overload_quiet_period`](Self::overload_quiet_period) | [`DEFAULT_OVERLOAD_QUIET_PERIOD`](Self::DEFAULT_OVERLOAD_QUIET_PERIOD) = 1 s | yes | yes |
-/// | [`settle_by`](Self::settle_by) | none: no settlement records | yes (intake waits for credits) | yes (an offer answers `Full` without a credit; `send` waits) |
-/// | [`settle_capacity`](Self::settle_capacity) | [`DEFAULT_SETTLE_CAPACITY`](Self::DEFAULT_SETTLE_CAPACITY) = 1024 unsettled items | yes | yes |
-/// | [`key_by`](Self::key_by) | none: one FIFO for every item | yes | yes |
-/// | [`per_key_capacity`](Self::per_key_capacity) | no limit beyond `capacity` (keyed only) | yes | yes |
-/// | [`name`](Self::name) | [`DEFAULT_NAME`](Self::DEFAULT_NAME) = `"default"` | yes | yes |
-/// | input hand-back | none | wrap the input with [`hand_back`](crate::hand_back) | not needed: producers keep what they did not push |
+/// | setting | default | stream front | push front | call front ([`caller`](crate::caller)) |
+/// |---|---|---|---|---|
+/// | [`capacity`](Self::capacity) | [`DEFAULT_CAPACITY`](Self::DEFAULT_CAPACITY) = 64 queued items | yes | yes | yes |
+/// | [`output_capacity`](Self::output_capacity) | [`DEFAULT_OUTPUT_CAPACITY`](Self::DEFAULT_OUTPUT_CAPACITY) = 64 undelivered results | yes | yes | no: each answer goes to its caller |
+/// | [`result_order`](Self::result_order) | [`ResultOrder::Completion`] | yes | yes | no: each caller gets its answer when it exists |
+/// | [`drain_timeout`](Self::drain_timeout) | [`DEFAULT_DRAIN_TIMEOUT`](Self::DEFAULT_DRAIN_TIMEOUT) = 5 s | yes | yes | yes |
+/// | [`cancel_token`](Self::cancel_token) | none: a fresh, parentless token | yes | yes | yes |
+/// | [`handler_timeout`](Self::handler_timeout) | none: a handler may run as long as it likes | yes | yes | yes (`Rejected::TimedOut`) |
+/// | [`max_queue_age`](Self::max_queue_age) | none: an item may wait as long as it takes | yes | yes | yes (`Rejected::Expired`) |
+/// | [`fallible`](Self::fallible) | off: outputs are not inspected | yes | yes | yes |
+/// | [`on_shed`](Self::on_shed) | none: shed items are dropped | every shed item | items shed through the `Sink` (an offer hands them back instead) | never: a call hands what it sheds back in `Rejected` |
+/// | [`on_cancel`](Self::on_cancel) | none: abandoned items are dropped | yes | yes | requests never started whose caller is gone (withdrawn, or abandoned after it left) |
+/// | [`on_overload`](Self::on_overload) | none | yes | yes | yes |
+/// | [`overload_quiet_period`](Self::overload_quiet_period) | [`DEFAULT_OVERLOAD_QUIET_PERIOD`](Self::DEFAULT_OVERLOAD_QUIET_PERIOD) = 1 s | yes | yes | yes |
+/// | [`settle_by`](Self::settle_by) | none: no settlement records | yes (intake waits for credits) | yes (an offer answers `Full` without a credit; `send` waits) | yes (a call waits for a credit) |
+/// | [`settle_capacity`](Self::settle_capacity) | [`DEFAULT_SETTLE_CAPACITY`](Self::DEFAULT_SETTLE_CAPACITY) = 1024 unsettled items | yes | yes | yes |
+/// | [`key_by`](Self::key_by) | none: one FIFO for every item | yes | yes | yes (a withdrawn call leaves its key's queue) |
+/// | [`per_key_capacity`](Self::per_key_capacity) | no limit beyond `capacity` (keyed only) | yes | yes | yes |
+/// | [`name`](Self::name) | [`DEFAULT_NAME`](Self::DEFAULT_NAME) = `"default"` | yes | yes | yes |
+/// | input hand-back | none | wrap the input with [`hand_back`](crate::hand_back) | not needed: producers keep what they did not push | not needed: rejections hand the request back |
 ///
-/// Every cell marked "yes" is tested on that front (`tests/settings.rs`).
+/// Every cell marked "yes" is tested on that front (`tests/settings.rs`; the
+/// call front's in `tests/call.rs` and `tests/tower.rs`).
 ///
 /// # Examples
 ///

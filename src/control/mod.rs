@@ -166,7 +166,7 @@ impl<Item> Core<Item> {
         // consumer has not read is discarded: a stalled consumer cannot hold
         // an aborted pipeline.
         self.results.discard_undelivered();
-        hand_back(hooks.as_deref(), abandoned);
+        hand_back(hooks.as_deref(), abandoned, Stage::Queued);
     }
 
     /// Counts accepted items that will never reach a handler as cancelled,
@@ -176,7 +176,7 @@ impl<Item> Core<Item> {
     pub(crate) fn cancel_unqueued(&self, items: Vec<Item>) {
         self.books.cancel_unqueued(items.len());
         let hooks = self.hooks.lease();
-        hand_back(hooks.as_deref(), items);
+        hand_back(hooks.as_deref(), items, Stage::Queued);
     }
 
     fn snapshot(&self) -> Stats {
@@ -216,16 +216,16 @@ impl<Item> Core<Item> {
 }
 
 /// Hands accepted items that will never reach a handler back: settled
-/// `Cancelled(Queued)`, then given to `on_cancel` (or dropped). `None`
+/// `Cancelled(stage)`, then given to `on_cancel` (or dropped). `None`
 /// hooks: the pipeline has finished, and there is nothing to hand back.
-fn hand_back<Item>(hooks: Option<&Hooks<Item>>, items: Vec<Item>) {
+fn hand_back<Item>(hooks: Option<&Hooks<Item>>, items: Vec<Item>, stage: Stage) {
     let Some(hooks) = hooks else {
         debug_assert!(items.is_empty(), "hooks released with items to hand back");
         items.into_iter().for_each(drop_quietly);
         return;
     };
     for item in items {
-        hooks.record(&item, Outcome::Cancelled(Stage::Queued));
+        hooks.record(&item, Outcome::Cancelled(stage));
         match &hooks.on_cancel {
             Some(hook) => {
                 catching(|| hook(item));
@@ -250,6 +250,23 @@ impl<Item> Stopper<Item> {
 
     pub(crate) fn cancel_unqueued(&self, items: Vec<Item>) {
         self.0.cancel_unqueued(items);
+    }
+
+    /// Takes the queued item `is_it` picks out, if it is still queued: its
+    /// producer withdraws it (a caller that went away). Counted `cancelled`
+    /// (withdrawn) under the queue's lock, settled `Cancelled(Withdrawn)`,
+    /// handed to `on_cancel`. Whether it was still queued.
+    pub(crate) fn withdraw(&self, is_it: impl Fn(&Item) -> bool) -> bool {
+        let core = &self.0;
+        // The hooks first, as an abort takes them: once the item is out the
+        // queue may drain and the supervisor release the hooks; this lease
+        // holds them until the item is settled and handed back.
+        let hooks = core.hooks.lease();
+        let Some(item) = core.queue.withdraw(is_it, || core.books.withdraw_queued()) else {
+            return false;
+        };
+        hand_back(hooks.as_deref(), vec![item], Stage::Withdrawn);
+        true
     }
 
     /// The hooks, lent for as long as the caller holds the lease.

@@ -7,17 +7,26 @@
 //! * `shed`: the one after-shed path both fronts take (settle, `on_shed`
 //!   or hand back, overload episode).
 //! * `overload`: the overload episodes and [`OverloadEvent`].
+//! * `call`: the call front, request/response on the push front
+//!   ([`Caller`], [`Call`]), with withdrawal; `slot`: one call's answer
+//!   slot; `rejected`: [`Rejected`] and [`RejectReason`]; `tower` (the
+//!   `tower` feature): `Caller` as a tower `Service`, and `CallLayer`.
 //!
 //! Each front gets the same [`FrontParts`] and pushes through the same
 //! queue; what differs is only how items arrive and who gets a shed item
 //! back.
 
+mod call;
 mod keys;
 mod overload;
 mod push;
+mod rejected;
 mod shed;
 mod sink;
+mod slot;
 mod stream;
+#[cfg(feature = "tower")]
+mod tower;
 
 use std::sync::Arc;
 
@@ -27,13 +36,20 @@ use crate::queue::HandOff;
 use crate::sched::Yielder;
 use crate::settle::Credits;
 
+pub use call::{Call, Caller};
+pub(crate) use call::{handler as call_handler, outputs as call_outputs, settings_for_calls};
 pub use overload::OverloadEvent;
 pub(crate) use overload::{Overload, OverloadHook};
 pub use push::{Feeder, Offer};
 pub(crate) use push::{Producers, run as run_push};
+pub use rejected::{RejectReason, Rejected};
 pub(crate) use shed::reason as shed_reason;
 pub use sink::SinkError;
+#[cfg(all(test, loom))]
+pub(crate) use slot::Slot;
 pub(crate) use stream::run as run_stream;
+#[cfg(feature = "tower")]
+pub use tower::CallLayer;
 
 /// What a front needs of the pipeline.
 pub(crate) struct FrontParts<Item> {

@@ -148,7 +148,7 @@ impl<Item> Producers<Item> {
 
     /// A credit (with settlement) and a slot (under `Backpressure`) for one
     /// item, without waiting. On `Err` nothing is held.
-    fn try_admit(&self) -> Result<(), NoRoom> {
+    pub(super) fn try_admit(&self) -> Result<(), NoRoom> {
         let front = &self.front;
         if let Some(credits) = &front.credits {
             if !credits.try_take_one() {
@@ -168,7 +168,7 @@ impl<Item> Producers<Item> {
     ///
     /// Cancel safe: a credit taken before the wait for room is given back
     /// if the future is dropped.
-    async fn admit(&self) -> Result<(), NoRoom> {
+    pub(super) async fn admit(&self) -> Result<(), NoRoom> {
         let front = &self.front;
         let credit = match &front.credits {
             Some(credits) => {

@@ -11,6 +11,7 @@ use tokio_util::sync::PollSemaphore;
 use super::FrontParts;
 use super::push::{Feeder, Offer, Pushing};
 use super::shed::Disposal;
+use crate::queue::NoRoom;
 
 /// What one handle has reserved for its next `start_send`.
 pub(crate) struct SinkState {
@@ -57,6 +58,37 @@ impl SinkState {
     /// Whether the next item may be pushed: its credit and slot are held.
     fn is_ready(&self) -> bool {
         (self.credits.is_none() || self.has_credit) && (self.room.is_none() || self.has_room)
+    }
+
+    /// Waits for a settlement credit and a free slot, where the pipeline
+    /// has them, and holds them for the next push. `Err` once the queue has
+    /// closed.
+    pub(crate) fn poll_admit(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), NoRoom>> {
+        if let (Some(credits), false) = (&mut self.credits, self.has_credit) {
+            // A closed semaphore: nobody reads the records; no limit.
+            if let Some(permit) = std::task::ready!(credits.poll_acquire(cx)) {
+                permit.forget();
+            }
+            self.has_credit = true;
+        }
+        if let (Some(room), false) = (&mut self.room, self.has_room) {
+            match std::task::ready!(room.poll_acquire(cx)) {
+                Some(permit) => permit.forget(),
+                None => return Poll::Ready(Err(NoRoom::Closed)), // the queue closed
+            }
+            self.has_room = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Uses what is held for one push: whether it was everything the push
+    /// needs (then nothing is held any more).
+    pub(crate) fn take(&mut self) -> bool {
+        let ready = self.is_ready();
+        if ready {
+            self.forget_reserved();
+        }
+        ready
     }
 }
 
@@ -176,22 +208,9 @@ impl<Item> Sink<Item> for Feeder<Item> {
         if !this.live || this.producers.front.phase.is_stopping() {
             return Poll::Ready(Err(refused(None, Refusal::Closed)));
         }
-        let sink = &mut this.sink;
-        if let (Some(credits), false) = (&mut sink.credits, sink.has_credit) {
-            // A closed semaphore: nobody reads the records; no limit.
-            if let Some(permit) = std::task::ready!(credits.poll_acquire(cx)) {
-                permit.forget();
-            }
-            sink.has_credit = true;
-        }
-        if let (Some(room), false) = (&mut sink.room, sink.has_room) {
-            match std::task::ready!(room.poll_acquire(cx)) {
-                Some(permit) => permit.forget(),
-                None => return Poll::Ready(Err(refused(None, Refusal::Closed))), // the queue closed
-            }
-            sink.has_room = true;
-        }
-        Poll::Ready(Ok(()))
+        this.sink
+            .poll_admit(cx)
+            .map(|admitted| admitted.map_err(|_| refused(None, Refusal::Closed)))
     }
 
     fn start_send(self: Pin<&mut Self>, item: Item) -> Result<(), Self::Error> {
@@ -199,7 +218,9 @@ impl<Item> Sink<Item> for Feeder<Item> {
         if !this.live {
             return Err(refused(Some(item), Refusal::Closed));
         }
-        if !this.sink.is_ready() {
+        // What was reserved goes with the push: into the queue, or back
+        // with a refused item.
+        if !this.sink.take() {
             let why = if this.is_closed() {
                 Refusal::Closed
             } else {
@@ -210,19 +231,12 @@ impl<Item> Sink<Item> for Feeder<Item> {
         match this.producers.push(item, None, Disposal::Hook) {
             Pushing::Done(Offer::Closed(item)) => Err(refused(Some(item), Refusal::Closed)),
             // Its room and credit went back with the item: poll again.
-            Pushing::Done(Offer::Unkeyed(item)) => {
-                this.sink.forget_reserved();
-                Err(refused(Some(item), Refusal::Unkeyed))
-            }
+            Pushing::Done(Offer::Unkeyed(item)) => Err(refused(Some(item), Refusal::Unkeyed)),
             Pushing::KeyFull(item, _) => {
                 this.producers.unadmit();
-                this.sink.forget_reserved();
                 Err(refused(Some(item), Refusal::KeyFull))
             }
-            Pushing::Done(_) => {
-                this.sink.forget_reserved();
-                Ok(())
-            }
+            Pushing::Done(_) => Ok(()),
         }
     }
 

@@ -53,7 +53,7 @@ fn loom_an_abort_settles_what_it_abandoned_before_the_hooks_are_released() {
             keyed: None,
         }));
         queue.push(&mut vec![1, 2], &mut Vec::new(), |_, _| {});
-        let (_, _, results) = crate::results::channel::<u32>(1, ResultOrder::Completion, 1);
+        let (_, _, results) = crate::results::channel::<u32>(1, ResultOrder::Completion, 1, None);
         let core = Arc::new(Core::new(
             Arc::clone(&queue),
             Arc::new(Phase::new(None, std::time::Duration::MAX)),

@@ -96,3 +96,29 @@ fn loom_the_take_that_empties_a_closed_keyed_queue_wakes_every_waiter() {
         assert_eq!(all, [1, 2]);
     });
 }
+
+/// A withdrawal (a caller that went away) that empties a closed keyed
+/// queue wakes the workers waiting behind a key in flight, to see the end,
+/// as the take that empties it does.
+///
+/// Guard: `HandOff::withdraw` wakes every idle worker when it empties a
+/// closed keyed queue. Shown to fail by not waking them: the waiting worker
+/// parks forever (deadlock; the key's `finished` wakes nobody, as the key
+/// has nothing left).
+#[test]
+fn loom_a_withdrawal_that_empties_a_closed_keyed_queue_ends_the_waiting_worker() {
+    loom::model(|| {
+        let queue = closed_queue(&[1, 2]);
+        let Some(first) = block_on(queue.take()) else {
+            panic!("the key's first item");
+        };
+        let waiting = super::spawn(&queue, |queue| block_on(queue.take()).map(|t| t.item));
+        // 2 waits behind 1, in flight: only the withdrawal can have it.
+        let withdrawn = queue.withdraw(|item| *item == 2, || {});
+        if let Some(key) = first.key {
+            queue.finished(key);
+        }
+        assert_eq!((withdrawn, waiting.join().unwrap()), (Some(2), None));
+        assert_eq!(queue.keys_tracked(), 0);
+    });
+}

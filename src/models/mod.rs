@@ -18,6 +18,7 @@
 
 mod abort;
 mod books;
+mod call;
 mod keyed;
 mod lease;
 mod phase;

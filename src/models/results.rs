@@ -28,7 +28,7 @@ fn read_all(rx: &mut Receiver<u32>) -> Vec<u32> {
 #[test]
 fn loom_an_abort_releases_a_waiting_sender_and_each_result_ends_once() {
     loom::model(|| {
-        let (tx, mut rx, books) = channel::<u32>(1, ResultOrder::Completion, 2);
+        let (tx, mut rx, books) = channel::<u32>(1, ResultOrder::Completion, 2, None);
         let second = tx.clone();
         block_on(tx.deliver(0, Some(10)));
         // The buffer is full: this one waits for room, or for the abort.
@@ -55,7 +55,7 @@ fn loom_an_abort_releases_a_waiting_sender_and_each_result_ends_once() {
 #[test]
 fn loom_the_last_sender_leaving_ends_the_stream_for_a_waiting_consumer() {
     loom::model(|| {
-        let (tx, mut rx, books) = channel::<u32>(2, ResultOrder::Completion, 2);
+        let (tx, mut rx, books) = channel::<u32>(2, ResultOrder::Completion, 2, None);
         let other = tx.clone();
         let a = loom::thread::spawn(move || block_on(tx.deliver(0, Some(1))));
         let b = loom::thread::spawn(move || block_on(other.deliver(1, Some(2))));
@@ -83,7 +83,7 @@ fn loom_a_woken_hand_over_that_is_dropped_passes_its_wake_up_on() {
         use std::pin::pin;
         use std::task::{Context, Waker};
 
-        let (tx, mut rx, books) = channel::<u32>(1, ResultOrder::Completion, 3);
+        let (tx, mut rx, books) = channel::<u32>(1, ResultOrder::Completion, 3, None);
         let (first, second) = (tx.clone(), tx.clone());
         block_on(tx.deliver(0, Some(10)));
         let dropped = loom::thread::spawn(move || {

@@ -394,6 +394,28 @@ impl<T> Keyed<T> {
         }
     }
 
+    /// Takes the oldest queued item that `is_it` picks out of its key (a
+    /// caller that went away), with the producers waiting for room in that
+    /// key, to wake. The key leaves the ring if it has no item left, and is
+    /// forgotten if nothing else needs it (invariants 2 to 4). O(keys +
+    /// queued items).
+    pub(crate) fn withdraw(&mut self, is_it: impl Fn(&T) -> bool) -> Option<(T, Vec<Waker>)> {
+        let (id, at) = self.slots.iter().enumerate().find_map(|(id, slot)| {
+            let at = slot.items.iter().position(|(item, _)| is_it(item))?;
+            Some((id, at))
+        })?;
+        let slot = &mut self.slots[id];
+        let (item, _) = slot.items.remove(at)?;
+        let len = slot.items.len();
+        self.total -= 1;
+        if self.track_fattest {
+            self.rebucket(id, len + 1, len);
+        }
+        let woken = self.room_freed(id);
+        self.after_shed(id);
+        Some((item, woken))
+    }
+
     /// Empties every key, returning the items (oldest first within a key)
     /// and every producer waiting for room, to wake.
     pub(crate) fn drain(&mut self) -> (Vec<T>, Vec<std::task::Waker>) {
@@ -436,7 +458,10 @@ impl<T> Keyed<T> {
 
 /// After unlocking: wakes `woken` and drops `forgotten` keys (quietly:
 /// their `Drop` may be user code). Both are empty on most calls.
-fn wake_and_drop(woken: impl IntoIterator<Item = Waker>, forgotten: Vec<Box<dyn Any + Send>>) {
+pub(super) fn wake_and_drop(
+    woken: impl IntoIterator<Item = Waker>,
+    forgotten: Vec<Box<dyn Any + Send>>,
+) {
     woken.into_iter().for_each(Waker::wake);
     if !forgotten.is_empty() {
         forgotten.into_iter().for_each(drop_quietly);

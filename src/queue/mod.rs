@@ -505,6 +505,53 @@ impl<T> HandOff<T> {
         Poll::Ready(Some(taken))
     }
 
+    /// Takes the oldest queued item that `is_it` picks out of the queue, if
+    /// one is still queued: a producer withdrawing what it pushed (a caller
+    /// that went away). Its slot is freed as a take frees one. `count` runs
+    /// under the lock once the item is out, as `abandon`'s does: a worker
+    /// that then finds the queue closed and empty, exits, and lets the
+    /// report be built, finds the withdrawn item counted (invariant 2).
+    /// `is_it` and `count` run under the lock: crate code only, never user
+    /// code. O(queued items).
+    pub(crate) fn withdraw(&self, is_it: impl Fn(&T) -> bool, count: impl FnOnce()) -> Option<T> {
+        let (item, producer, woken, forgotten) = {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            let (item, woken, forgotten) = match &mut state.keyed {
+                Some(keyed) => {
+                    let (item, mut woken) = keyed.withdraw(is_it)?;
+                    if state.closed && keyed.total() == 0 {
+                        // Workers waiting for a key in flight must see the
+                        // end, as after the last take (keyed mode).
+                        woken.extend(state.idle.wake_all());
+                    }
+                    (item, woken, keyed.take_forgotten())
+                }
+                None => {
+                    let at = state.items.iter().position(is_it)?;
+                    let item = state.items.remove(at)?;
+                    if self.stamped {
+                        state.stamps.remove(at);
+                    }
+                    (item, Vec::new(), Vec::new())
+                }
+            };
+            let queued = state.queued();
+            self.len.store(queued, Relaxed);
+            debug_assert!(
+                !self.stamped || state.keyed.is_some() || state.stamps.len() == queued,
+                "HandOff: stamps out of step with items (invariant 6)"
+            );
+            count();
+            let producer = state.batch.on_take(queued, self.capacity);
+            (item, producer, woken, forgotten)
+        };
+        wake(producer);
+        keyed::wake_and_drop(woken, forgotten);
+        self.room.freed_one();
+        Some(item)
+    }
+
     // ===== ending =====
 
     /// No more pushes; workers drain what is queued, then see `None`

@@ -1,8 +1,10 @@
 //! When queued items were queued: one stamp per push, nothing per take.
 //!
-//! Items leave the queue from its front only (taken, evicted, abandoned),
-//! in the order they were pushed, so an item is known by its place in push
-//! order, and the oldest queued item is the first that has not left. A push
+//! Items leave the queue from its front (taken, evicted, abandoned), in the
+//! order they were pushed, so an item is known by its place in push order,
+//! and the oldest queued item is the first that has not left. The one
+//! exception, a withdrawn item leaving from the middle, renumbers the items
+//! pushed after it (O(runs), as the withdrawal's own search is O(items)). A push
 //! records one run: its instant and the count of items ever pushed once it
 //! was queued. A take or an eviction only counts the items that left; runs
 //! whose items have all left are dropped at the next push or read. So a
@@ -54,6 +56,25 @@ impl Stamps {
     pub(super) fn leave(&mut self, n: usize) {
         self.left += n as u64;
         debug_assert!(self.left <= self.pushed, "Stamps: more left than pushed");
+    }
+
+    /// The queued item `at` places behind the oldest left from the middle
+    /// of the queue (withdrawn): the items pushed after it move one place
+    /// forward, and a run left empty goes (invariant 1).
+    pub(super) fn remove(&mut self, at: usize) {
+        let index = self.left + at as u64;
+        debug_assert!(index < self.pushed, "Stamps: removed an item not queued");
+        self.pushed -= 1;
+        // The run holding the item: the first whose end is past it.
+        let run = self.runs.partition_point(|&(_, end)| end <= index);
+        self.runs.range_mut(run..).for_each(|(_, end)| *end -= 1);
+        let start = match run {
+            0 => self.left,
+            _ => self.runs[run - 1].1.max(self.left),
+        };
+        if self.runs.get(run).is_some_and(|&(_, end)| end <= start) {
+            self.runs.remove(run);
+        }
     }
 
     /// When the oldest queued item was queued (invariant 2).
@@ -109,6 +130,27 @@ mod tests {
         assert_eq!((stamps.len(), stamps.oldest()), (0, None));
         stamps.push(t0, 4);
         stamps.clear();
+        assert_eq!((stamps.len(), stamps.oldest()), (0, None));
+        stamps.push(t1, 1);
+        assert_eq!((stamps.len(), stamps.oldest()), (1, Some(t1)));
+    }
+
+    #[test]
+    fn a_withdrawn_item_leaves_from_the_middle() {
+        let t0 = Instant::now();
+        let [t1, t2] = [1, 2].map(|ms| t0 + Duration::from_millis(ms));
+        let mut stamps = Stamps::default();
+        stamps.push(t0, 2);
+        stamps.push(t1, 1);
+        stamps.push(t2, 2);
+        stamps.remove(2); // t1's only item: its run goes
+        assert_eq!((stamps.len(), stamps.runs.len()), (4, 2));
+        stamps.remove(0); // the oldest, by withdrawal
+        assert_eq!((stamps.len(), stamps.oldest()), (3, Some(t0)));
+        stamps.leave(1); // t0's last item taken
+        assert_eq!((stamps.len(), stamps.oldest()), (2, Some(t2)));
+        stamps.remove(1);
+        stamps.remove(0);
         assert_eq!((stamps.len(), stamps.oldest()), (0, None));
         stamps.push(t1, 1);
         assert_eq!((stamps.len(), stamps.oldest()), (1, Some(t1)));

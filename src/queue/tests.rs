@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use super::*;
 use tokio_test::{assert_pending, assert_ready, task};
 
@@ -182,4 +184,120 @@ fn a_closed_queue_refuses_a_push_and_leaves_the_batch_untouched() {
         "closing is not emptiness"
     );
     assert!(q.take_now().is_none());
+}
+
+#[test]
+fn a_withdrawn_item_leaves_the_queue_and_frees_its_slot() {
+    let q = HandOff::new(QueueSettings {
+        capacity: 2,
+        policy: ShedPolicy::Backpressure,
+        max_age: None,
+        many_producers: true,
+        keep_shed: false,
+        keyed: None,
+    });
+    for item in [1, 2] {
+        assert_eq!(q.room().try_reserve_one(), Ok(()));
+        push(&q, &[item]);
+    }
+    assert_eq!(q.room().try_reserve_one(), Err(NoRoom::Full));
+    let mut counted = 0;
+    assert_eq!(q.withdraw(|item| *item == 1, || counted += 1), Some(1));
+    assert_eq!(
+        q.withdraw(|item| *item == 1, || counted += 1),
+        None,
+        "gone already"
+    );
+    assert_eq!(counted, 1, "counted once, for the item that left");
+    assert_eq!(q.room().try_reserve_one(), Ok(()), "its slot is free");
+    assert_eq!(q.take_now().map(|t| (t.seq, t.item)), Some((0, 2)));
+    assert_eq!(q.depth(), (0, 2));
+}
+
+/// A keyed queue of `capacity` items (no per-key limit beyond it), whose
+/// items are `(key, value)` keyed by `key`.
+fn keyed_queue(capacity: usize, policy: ShedPolicy, max_age: Option<Duration>) -> HandOff<u32> {
+    HandOff::new(QueueSettings {
+        capacity,
+        policy,
+        max_age,
+        many_producers: true,
+        keep_shed: false,
+        keyed: Some((table::<char>(), capacity)),
+    })
+}
+
+fn push_keyed(queue: &HandOff<u32>, items: &[(char, u32)]) {
+    let mut keys: std::collections::VecDeque<char> = items.iter().map(|(key, _)| *key).collect();
+    let mut batch: Vec<u32> = items.iter().map(|(_, item)| *item).collect();
+    queue.push_keyed(
+        &mut batch,
+        &mut keys,
+        &mut Vec::new(),
+        &mut Vec::new(),
+        |_, _| {},
+    );
+}
+
+#[test]
+fn a_withdrawn_keyed_item_leaves_its_key_and_an_emptied_key_is_forgotten() {
+    let q = keyed_queue(4, ShedPolicy::DropNewest, None);
+    push_keyed(&q, &[('a', 1), ('a', 2), ('b', 3)]);
+    assert_eq!((q.keys_tracked(), q.depth()), (2, (3, 3)));
+    let mut counted = 0;
+    assert_eq!(q.withdraw(|item| *item == 3, || counted += 1), Some(3));
+    assert_eq!((q.keys_tracked(), q.depth()), (1, (2, 3)), "b had only 3");
+    assert_eq!(q.withdraw(|item| *item == 1, || counted += 1), Some(1));
+    assert_eq!(q.withdraw(|item| *item == 3, || counted += 1), None);
+    assert_eq!(counted, 2);
+    let taken = q.take_now().expect("a's next item");
+    assert_eq!(taken.item, 2);
+    assert!(
+        q.take_now().is_none(),
+        "a is in flight, nothing else queued"
+    );
+}
+
+#[test]
+fn withdrawing_the_last_item_of_a_closed_keyed_queue_wakes_the_waiting_workers() {
+    let q = keyed_queue(4, ShedPolicy::DropNewest, None);
+    push_keyed(&q, &[('a', 1), ('a', 2)]);
+    q.close();
+    let first = q.take_now().expect("a's first item");
+    // A second worker waits: a's next item sits behind the one in flight.
+    let mut waiting = task::spawn(q.take());
+    assert_pending!(waiting.poll());
+    assert_eq!(q.withdraw(|item| *item == 2, || {}), Some(2));
+    assert!(waiting.is_woken(), "the queue is closed and empty: the end");
+    assert!(assert_ready!(waiting.poll()).is_none());
+    q.finished(first.key.expect("keyed"));
+    assert_eq!(q.keys_tracked(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_item_withdrawn_from_the_middle_keeps_the_others_stamps() {
+    let ms = Duration::from_millis;
+    let q = HandOff::new(QueueSettings {
+        capacity: 4,
+        policy: ShedPolicy::DropNewest,
+        max_age: Some(ms(10)),
+        many_producers: true,
+        keep_shed: false,
+        keyed: None,
+    });
+    for item in [1, 2, 3] {
+        if item > 1 {
+            tokio::time::advance(ms(5)).await;
+        }
+        push(&q, &[item]);
+    }
+    // Queued at 0, 5 and 10 ms; now 10 ms. 2 leaves from the middle.
+    assert_eq!(q.withdraw(|item| *item == 2, || {}), Some(2));
+    tokio::time::advance(ms(3)).await;
+    let take = |q: &HandOff<u32>| q.take_now().map(|t| (t.item, t.expired));
+    // 13 ms: 1 is 13 ms old (had 2's stamp gone with it, 8 ms).
+    assert_eq!(take(&q), Some((1, true)));
+    tokio::time::advance(ms(3)).await;
+    // 16 ms: 3 is 6 ms old (had it taken 2's stamp, 11 ms).
+    assert_eq!(take(&q), Some((3, false)));
 }

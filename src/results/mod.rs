@@ -45,7 +45,11 @@
 //!    discarded in the critical section that takes it out of the buffer (or
 //!    refuses it), with `Release`, so whoever next takes the lock, or loads
 //!    the count with `Acquire`, sees it counted: the last sender deciding
-//!    the results side has ended, or a snapshot (see `books`).
+//!    the results side has ended, or a snapshot (see `books`). Handed over
+//!    directly (the call front), a result never enters the buffer: the
+//!    sender counts it with `fetch_add` and `Release` as the hand-over
+//!    returns, before it drops its sender; the buffer stays empty, so the
+//!    consumer never writes `delivered` there.
 //! 5. **Discarding is final.** Once `discarding` is set (under the lock) no
 //!    result enters the buffer; every waiting sender is woken, sees it, and
 //!    discards its result.
@@ -119,12 +123,19 @@ struct Inner<T> {
     discarding: bool,
 }
 
+/// Hands a result straight to whoever waits for it (the call front's
+/// answers): `None` when it was taken, the result back when its taker is
+/// gone (it is then discarded).
+pub(crate) type Direct<T> = fn(T) -> Option<T>;
+
 /// A results buffer of `capacity` undelivered results, in `order`; in
-/// input order the reorder window is `workers + capacity`.
+/// input order the reorder window is `workers + capacity`. With `direct`,
+/// results bypass the buffer and go to their own takers.
 pub(crate) fn channel<T: Send + 'static>(
     capacity: usize,
     order: ResultOrder,
     workers: usize,
+    direct: Option<Direct<T>>,
 ) -> (Sender<T>, Receiver<T>, Arc<dyn ResultBooks>) {
     let (buf, window) = Buf::new(capacity, order, workers);
     let outlet = Arc::new(Outlet {
@@ -139,7 +150,7 @@ pub(crate) fn channel<T: Send + 'static>(
         discarded: AtomicU64::new(0),
         ended: CancellationToken::new(),
     });
-    let sender = Sender::new(Arc::clone(&outlet), window, order);
+    let sender = Sender::new(Arc::clone(&outlet), window, order, direct);
     let receiver = Receiver::new(Arc::clone(&outlet));
     (sender, receiver, outlet)
 }
@@ -182,6 +193,20 @@ impl<T> Outlet<T> {
     /// The consumer took a result, under the lock (invariant 4).
     fn count_delivered(&self) {
         bump(&self.delivered, 1);
+    }
+
+    /// Hands `result` to its own taker; counted delivered or, if the taker
+    /// is gone, discarded and dropped (invariant 4, direct hand-over).
+    fn hand_over_direct(&self, direct: Direct<T>, result: T) {
+        match direct(result) {
+            None => {
+                self.delivered.fetch_add(1, Release);
+            }
+            Some(unsent) => {
+                self.count_discarded(1);
+                drop_quietly(unsent);
+            }
+        }
     }
 }
 

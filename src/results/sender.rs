@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 use tokio::sync::Semaphore;
 use tokio::task::coop;
 
-use super::{Inner, Outlet, wake};
+use super::{Direct, Inner, Outlet, wake};
 use crate::ResultOrder;
 use crate::isolate::drop_quietly;
 use std::sync::Arc;
@@ -17,6 +17,8 @@ pub(crate) struct Sender<T> {
     /// Input order's reorder window.
     window: Option<Arc<Semaphore>>,
     order: ResultOrder,
+    /// Results go straight to their takers instead of the buffer.
+    direct: Option<Direct<T>>,
 }
 
 impl<T> Sender<T> {
@@ -24,11 +26,13 @@ impl<T> Sender<T> {
         outlet: Arc<Outlet<T>>,
         window: Option<Arc<Semaphore>>,
         order: ResultOrder,
+        direct: Option<Direct<T>>,
     ) -> Self {
         Sender {
             outlet,
             window,
             order,
+            direct,
         }
     }
 
@@ -59,6 +63,13 @@ impl<T> Sender<T> {
     /// Dropping the future discards its result (counted) and passes on a
     /// wake-up it was given, so no other sender misses room.
     pub(crate) async fn deliver(&self, seq: u64, result: Option<T>) {
+        if let Some(direct) = self.direct {
+            // Never waits: the taker's slot always has room for its answer.
+            if let Some(result) = result {
+                self.outlet.hand_over_direct(direct, result);
+            }
+            return;
+        }
         match self.order {
             ResultOrder::Completion => {
                 if let Some(result) = result {
@@ -111,6 +122,7 @@ impl<T> Clone for Sender<T> {
             outlet: Arc::clone(&self.outlet),
             window: self.window.clone(),
             order: self.order,
+            direct: self.direct,
         }
     }
 }

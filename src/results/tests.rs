@@ -29,7 +29,7 @@ fn two_waiting<'a>(
 
 #[test]
 fn senders_wait_in_line_for_room_and_are_woken_one_per_result_taken() {
-    let (tx, mut rx, books) = channel::<u32>(1, ResultOrder::Completion, 2);
+    let (tx, mut rx, books) = channel::<u32>(1, ResultOrder::Completion, 2, None);
     let tx2 = tx.clone();
     let (mut a, mut b) = two_waiting(&tx, &tx2);
     assert_eq!(recv(&mut rx), Some(10));
@@ -44,7 +44,7 @@ fn senders_wait_in_line_for_room_and_are_woken_one_per_result_taken() {
 
 #[test]
 fn a_hand_over_dropped_after_its_wake_up_passes_it_on_and_discards_its_result() {
-    let (tx, mut rx, books) = channel::<u32>(1, ResultOrder::Completion, 2);
+    let (tx, mut rx, books) = channel::<u32>(1, ResultOrder::Completion, 2, None);
     let tx2 = tx.clone();
     let (a, mut b) = two_waiting(&tx, &tx2);
     assert_eq!(recv(&mut rx), Some(10));
@@ -61,7 +61,7 @@ fn a_hand_over_dropped_after_its_wake_up_passes_it_on_and_discards_its_result() 
 
 #[test]
 fn an_abort_wakes_waiting_senders_and_the_consumer_and_discards_everything() {
-    let (tx, mut rx, books) = channel::<u32>(1, ResultOrder::Completion, 1);
+    let (tx, mut rx, books) = channel::<u32>(1, ResultOrder::Completion, 1, None);
     assert_ready!(task::spawn(tx.deliver(0, Some(10))).poll());
     let mut waiting = task::spawn(tx.deliver(1, Some(11)));
     assert_pending!(waiting.poll());
@@ -75,7 +75,7 @@ fn an_abort_wakes_waiting_senders_and_the_consumer_and_discards_everything() {
 
 #[test]
 fn the_last_sender_gone_ends_the_stream_after_the_buffer() {
-    let (tx, mut rx, books) = channel::<u32>(4, ResultOrder::Completion, 2);
+    let (tx, mut rx, books) = channel::<u32>(4, ResultOrder::Completion, 2, None);
     let tx2 = tx.clone();
     assert_ready!(task::spawn(tx.deliver(0, Some(1))).poll());
     drop(tx);
@@ -94,7 +94,7 @@ fn the_last_sender_gone_ends_the_stream_after_the_buffer() {
 
 #[test]
 fn the_results_side_ends_once_the_last_result_is_read_after_the_senders_left() {
-    let (tx, mut rx, books) = channel::<u32>(4, ResultOrder::Completion, 1);
+    let (tx, mut rx, books) = channel::<u32>(4, ResultOrder::Completion, 1, None);
     assert_ready!(task::spawn(tx.deliver(0, Some(1))).poll());
     drop(tx);
     assert!(!books.ended().is_cancelled(), "a result exists");
@@ -107,7 +107,7 @@ fn the_results_side_ends_once_the_last_result_is_read_after_the_senders_left() {
 
 #[test]
 fn input_order_delivers_by_sequence_and_latest_only_replaces_unread_results() {
-    let (tx, mut rx, _) = channel::<u32>(2, ResultOrder::Input, 2);
+    let (tx, mut rx, _) = channel::<u32>(2, ResultOrder::Input, 2, None);
     assert_ready!(task::spawn(tx.deliver(1, Some(11))).poll());
     let mut next = task::spawn(poll_fn(|cx| rx.poll_recv(cx)));
     assert_pending!(next.poll());
@@ -117,7 +117,7 @@ fn input_order_delivers_by_sequence_and_latest_only_replaces_unread_results() {
     drop(next);
     assert_eq!(recv(&mut rx), Some(11));
 
-    let (tx, mut rx, books) = channel::<u32>(2, ResultOrder::LatestOnly, 2);
+    let (tx, mut rx, books) = channel::<u32>(2, ResultOrder::LatestOnly, 2, None);
     for (seq, result) in [(0, 1), (1, 2), (2, 3)] {
         assert_ready!(task::spawn(tx.deliver(seq, Some(result))).poll());
     }

@@ -29,7 +29,8 @@ pub enum Outcome {
     /// It waited in the queue longer than the maximum queue age
     /// (`Report::expired`).
     Expired,
-    /// Accepted, then abandoned by a shutdown (`Report::cancelled`).
+    /// Accepted, then abandoned by a shutdown or withdrawn by its caller
+    /// (`Report::cancelled`).
     Cancelled(Stage),
 }
 
@@ -59,6 +60,10 @@ pub enum Stage {
     Queued,
     /// Its handler had started and was cut off by an abort.
     InFlight,
+    /// Its caller went away before the answer (a dropped
+    /// [`Call`](crate::Call)): taken out of the queue, or its handler
+    /// cancelled at its next await.
+    Withdrawn,
 }
 
 /// The outcome of one item, with the key the caller's key function took
@@ -86,10 +91,11 @@ pub(crate) trait Record<Item>: Send + Sync {
     fn record_key(&self, key: Option<PendingKey>, outcome: Outcome);
 }
 
-/// Settlement as configured: the recorder and its credits.
+/// Settlement as configured: the recorder and its credits (none for a
+/// recorder the crate installs itself, which bounds nothing).
 pub(crate) struct Settle<Item> {
     pub(crate) recorder: Arc<dyn Record<Item>>,
-    pub(crate) credits: Credits,
+    pub(crate) credits: Option<Credits>,
 }
 
 impl<Item> Clone for Settle<Item> {
@@ -153,7 +159,7 @@ where
     };
     let settle = Settle {
         recorder: Arc::new(recorder),
-        credits: credits.clone(),
+        credits: Some(credits.clone()),
     };
     let stream = Settlements {
         records: rx,
