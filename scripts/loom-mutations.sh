@@ -47,7 +47,7 @@ while IFS= read -r row; do
   name=${row%% ~ *}
   if [ $# -gt 0 ] && [[ " $* " != *" $name "* ]]; then continue; fi
   rm -rf "$work/crate" && mkdir -p "$work/crate"
-  cp -r Cargo.toml Cargo.lock README.md src benches examples "$work/crate/"
+  cp -r Cargo.toml Cargo.lock README.md src benches examples tests "$work/crate/"
   model=$(python3 - "$work/crate" "$row" <<'PY'
 import sys
 root, row = sys.argv[1], sys.argv[2]
