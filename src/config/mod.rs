@@ -62,8 +62,7 @@ pub(crate) type ItemHook<Item> = Arc<dyn Fn(Item) + Send + Sync>;
 /// | [`name`](Self::name) | [`DEFAULT_NAME`](Self::DEFAULT_NAME) = `"default"` | yes | yes | yes |
 /// | input hand-back | none | wrap the input with [`hand_back`](crate::hand_back) | not needed: producers keep what they did not push | not needed: rejections hand the request back |
 ///
-/// Every cell marked "yes" is tested on that front (`tests/settings.rs`; the
-/// call front's in `tests/call.rs` and `tests/tower.rs`).
+/// Every cell marked "yes" has an exact-value test on that front.
 ///
 /// # Examples
 ///
