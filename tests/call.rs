@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::task::Poll;
 
 use backpressure_pipeline::{
-    FanOutConfig, Outcome, RejectReason, Rejected, Report, Settlement, ShedPolicy, Stage, caller,
+    Caller, FanOutConfig, Outcome, RejectReason, Rejected, Report, Settlement, ShedPolicy,
+    ShutdownHandle, Stage, caller,
 };
 use common::{ms, recorder, snapshot};
 use futures::StreamExt;
@@ -29,6 +30,12 @@ fn books(r: &Report) -> (u64, u64, u64, u64, u64, u64, u64, u64) {
         r.cancelled,
         r.withdrawn,
     )
+}
+
+/// The end of a test: the last caller goes, and the report comes.
+async fn end<Req, Resp>(caller: Caller<Req, Resp>, shutdown: ShutdownHandle) -> Report {
+    drop(caller);
+    shutdown.join().await
 }
 
 async fn slow(x: u32) -> u32 {
@@ -57,8 +64,7 @@ async fn answers_count_processed_and_delivered() {
     let answers = futures::future::join_all((0..4).map(|x| caller.call(x))).await;
     let answers: Vec<_> = answers.into_iter().map(Result::ok).collect();
     assert_eq!(answers, [Some(0), Some(1), Some(2), Some(3)]);
-    drop(caller);
-    let report = shutdown.join().await;
+    let report = end(caller, shutdown).await;
     assert_eq!(books(&report), (4, 4, 4, 0, 0, 0, 0, 0));
     assert!(report.is_conserved(), "{report}");
 }
@@ -75,8 +81,7 @@ async fn a_shed_call_hands_its_request_back_and_never_waits() {
     assert_eq!(shed.reason(), RejectReason::Shed);
     assert_eq!(shed.into_request(), Some(2));
     assert_eq!(start.elapsed(), ms(20), "two served one after the other");
-    drop(caller);
-    let report = shutdown.join().await;
+    let report = end(caller, shutdown).await;
     assert_eq!(books(&report), (3, 2, 2, 0, 1, 0, 0, 0));
 }
 
@@ -87,8 +92,10 @@ async fn an_evicted_call_gets_its_request_back() {
     let (a, b) = tokio::join!(caller.call(0), caller.call(1));
     assert!(matches!(a, Err(Rejected::Evicted(0))), "{a:?}");
     assert_eq!(b.ok(), Some(1));
-    drop(caller);
-    assert_eq!(books(&shutdown.join().await), (2, 1, 1, 0, 1, 0, 0, 0));
+    assert_eq!(
+        books(&end(caller, shutdown).await),
+        (2, 1, 1, 0, 1, 0, 0, 0)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -117,8 +124,7 @@ async fn timed_out_failed_and_expired_calls_say_so() {
     assert_eq!(answers[2].as_ref().ok(), Some(&10));
     assert_eq!(answers[3].as_ref().ok(), Some(&5));
     assert!(matches!(answers[4], Err(Rejected::Expired(7))));
-    drop(caller);
-    let report = shutdown.join().await;
+    let report = end(caller, shutdown).await;
     assert_eq!(books(&report), (5, 2, 2, 0, 0, 1, 0, 0));
     assert_eq!((report.failed, report.timed_out), (1, 1));
     assert!(report.is_conserved(), "{report}");
@@ -154,8 +160,7 @@ async fn an_abort_cuts_off_the_running_call_and_hands_the_queued_one_back() {
 async fn a_call_dropped_before_it_was_offered_counts_nothing() {
     let (caller, shutdown) = caller(FanOutConfig::new(1, ShedPolicy::DropNewest), slow);
     drop(caller.call(1)); // never polled
-    drop(caller);
-    let report = shutdown.join().await;
+    let report = end(caller, shutdown).await;
     assert_eq!(books(&report), (0, 0, 0, 0, 0, 0, 0, 0));
 }
 
@@ -180,8 +185,7 @@ async fn a_withdrawn_queued_call_leaves_the_queue_and_its_slot_goes_to_the_next_
     let third = caller.call(3).await;
     assert_eq!(third.ok(), Some(3));
     assert_eq!(first.await.unwrap().ok(), Some(1));
-    drop(caller);
-    let report = shutdown.join().await;
+    let report = end(caller, shutdown).await;
     assert_eq!(books(&report), (3, 2, 2, 0, 0, 0, 1, 1));
     assert!(report.is_conserved(), "{report}");
     let settled = by_key(&records.await.unwrap());
@@ -226,8 +230,7 @@ async fn a_withdrawn_running_call_is_cancelled_at_its_next_await_and_frees_its_w
     // The worker went straight on to 2: 100 ms from the withdrawal.
     assert_eq!(second.await.unwrap().ok(), Some(2));
     assert_eq!(withdrawn_at.elapsed(), ms(100));
-    drop(caller);
-    let report = shutdown.join().await;
+    let report = end(caller, shutdown).await;
     assert_eq!(books(&report), (2, 1, 1, 0, 0, 0, 1, 1));
     assert_eq!((report.workers_joined, report.aborted), (1, 0));
     assert!(report.is_conserved(), "{report}");
@@ -243,8 +246,7 @@ async fn a_call_dropped_after_its_answer_counts_delivered() {
     sleep(ms(20)).await; // answered at 10 ms
     assert!(call.is_woken(), "the answer woke the caller");
     drop(call); // never read
-    drop(caller);
-    let report = shutdown.join().await;
+    let report = end(caller, shutdown).await;
     assert_eq!(books(&report), (1, 1, 1, 0, 0, 0, 0, 0));
 }
 
@@ -265,8 +267,7 @@ async fn a_call_waiting_for_room_under_backpressure_gives_up_its_place_when_drop
     assert_eq!(fourth.ok(), Some(4));
     assert_eq!(first.await.unwrap().ok(), Some(1));
     assert_eq!(second.await.unwrap().ok(), Some(2));
-    drop(caller);
-    let report = shutdown.join().await;
+    let report = end(caller, shutdown).await;
     assert_eq!(books(&report), (3, 3, 3, 0, 0, 0, 0, 0));
 }
 
@@ -295,8 +296,7 @@ async fn keyed_calls_run_one_at_a_time_per_key_in_their_order() {
     let expected: Vec<_> = (0..8).map(|x| (u64::from(x / 2 + 1) * 10, Ok(x))).collect();
     assert_eq!(answers, expected);
     assert_eq!(shutdown.stats().keys, 0, "no key tracked once idle");
-    drop(caller);
-    let report = shutdown.join().await;
+    let report = end(caller, shutdown).await;
     assert_eq!(books(&report), (8, 8, 8, 0, 0, 0, 0, 0));
 }
 
@@ -323,8 +323,7 @@ async fn a_full_call_key_sheds_within_itself_under_each_policy() {
         let rejected = answers.iter().filter(|(_, a)| *a == Err(overload)).count();
         assert_eq!(rejected, 5, "{policy:?}");
         assert_eq!(first.await.unwrap().ok(), Some(0));
-        drop(caller);
-        let report = shutdown.join().await;
+        let report = end(caller, shutdown).await;
         assert_eq!(books(&report), (10, 5, 5, 0, 5, 0, 0, 0), "{policy:?}");
     }
 }
@@ -347,8 +346,7 @@ async fn a_withdrawn_keyed_call_leaves_its_key_and_an_emptied_key_is_forgotten()
         (1, 0)
     );
     assert_eq!(first.await.unwrap().ok(), Some(0));
-    drop(caller);
-    let report = shutdown.join().await;
+    let report = end(caller, shutdown).await;
     assert_eq!(books(&report), (2, 1, 1, 0, 0, 0, 1, 1));
     assert!(report.is_conserved(), "{report}");
 }
@@ -377,8 +375,7 @@ async fn a_keyed_call_waits_for_room_in_its_key_and_gives_its_place_up_when_drop
     assert_eq!(fourth, [(18, Ok(6))]);
     assert_eq!(first.await.unwrap().ok(), Some(0));
     assert_eq!(second.await.unwrap().ok(), Some(2));
-    drop(caller);
-    let report = shutdown.join().await;
+    let report = end(caller, shutdown).await;
     assert_eq!(books(&report), (4, 4, 4, 0, 0, 0, 0, 0));
 }
 
@@ -395,8 +392,7 @@ async fn a_call_whose_key_function_panics_gets_its_request_back_uncounted() {
     let rejected = caller.call(13).await.unwrap_err();
     assert!(matches!(rejected, Rejected::Unkeyed(13)), "{rejected:?}");
     assert_eq!(caller.call(1).await.ok(), Some(1));
-    drop(caller);
-    let report = shutdown.join().await;
+    let report = end(caller, shutdown).await;
     assert_eq!(books(&report), (1, 1, 1, 0, 0, 0, 0, 0));
     assert_eq!(report.failed, 0);
 }
@@ -419,8 +415,7 @@ async fn an_expired_call_answers_its_waiting_caller_with_the_request() {
         "{answer:?}"
     );
     assert!(matches!(served.poll(), Poll::Ready(Ok(1))));
-    drop(caller);
-    let report = shutdown.join().await;
+    let report = end(caller, shutdown).await;
     assert_eq!(books(&report), (2, 1, 1, 0, 0, 1, 0, 0));
     assert!(snapshot(&cancelled).is_empty(), "its caller still waited");
 }
