@@ -502,10 +502,16 @@ impl<T> HandOff<T> {
             let (mut offered, mut overflow, mut ready) = (0, 0, 0);
             let mut blocked = false;
             let keyed = Self::keyed(&mut state);
-            let mut arrivals = std::mem::take(batch).into_iter();
-            for item in arrivals.by_ref() {
+            // Drained in place, so the caller's batch keeps its capacity for
+            // the next pull (taking the `Vec` cost a regrowth per batch).
+            // What a block leaves goes back after the drain.
+            let mut arrivals = std::mem::take(batch);
+            let mut left = Vec::new();
+            let mut drain = arrivals.drain(..);
+            while let Some(item) = drain.next() {
                 let placed = keyed.place(item, keys, self.policy, self.capacity, at);
-                let Ok((placed, woke)) = placed.map_err(|item| batch.push(item)) else {
+                let Ok((placed, woke)) = placed.map_err(|item| left.push(item)) else {
+                    left.extend(drain.by_ref());
                     blocked = true;
                     break;
                 };
@@ -524,7 +530,9 @@ impl<T> HandOff<T> {
                 }
                 // Otherwise it has no drop glue: nothing runs.
             }
-            batch.extend(arrivals);
+            drop(drain);
+            *batch = arrivals;
+            batch.append(&mut left);
             let len = keyed.total();
             let forgotten = keyed.take_forgotten();
             if let Room::Batch = self.room {
