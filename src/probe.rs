@@ -32,14 +32,7 @@ impl QueueProbe {
             "QueueProbe::new: Backpressure needs a reservation per push"
         );
         QueueProbe {
-            queue: HandOff::new(QueueSettings {
-                capacity,
-                policy,
-                max_age: None,
-                many_producers: false,
-                keep_shed: false,
-                keyed: None,
-            }),
+            queue: HandOff::new(QueueSettings::plain(capacity, policy)),
         }
     }
 

@@ -44,14 +44,10 @@ impl Record<u32> for Counter {
 fn loom_an_abort_settles_what_it_abandoned_before_the_hooks_are_released() {
     loom::model(|| {
         let records = Arc::new(AtomicUsize::new(0));
-        let queue = Arc::new(HandOff::new(QueueSettings {
-            capacity: 2,
-            policy: ShedPolicy::DropNewest,
-            max_age: None,
-            many_producers: false,
-            keep_shed: false,
-            keyed: None,
-        }));
+        let queue = Arc::new(HandOff::new(QueueSettings::plain(
+            2,
+            ShedPolicy::DropNewest,
+        )));
         queue.push(&mut vec![1, 2], &mut Vec::new(), |_, _| {});
         let (_, _, results) = crate::results::channel::<u32>(1, ResultOrder::Completion, 1, None);
         let core = Arc::new(Core::new(

@@ -98,12 +98,8 @@ fn loom_an_answer_racing_the_callers_leaving_ends_exactly_once() {
 fn loom_a_withdrawal_is_counted_before_a_worker_can_find_the_queue_empty() {
     loom::model(|| {
         let q = Arc::new(HandOff::new(QueueSettings {
-            capacity: 2,
-            policy: ShedPolicy::DropNewest,
-            max_age: None,
             many_producers: true,
-            keep_shed: false,
-            keyed: None,
+            ..QueueSettings::plain(2, ShedPolicy::DropNewest)
         }));
         q.push(&mut vec![1], &mut Vec::new(), |_, _| {});
         q.close();

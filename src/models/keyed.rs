@@ -12,12 +12,8 @@ use crate::queue::{HandOff, QueueSettings, table};
 /// A closed keyed queue holding `items`, all of key `'a'`.
 fn closed_queue(items: &[u32]) -> Arc<HandOff<u32>> {
     let queue = Arc::new(HandOff::new(QueueSettings {
-        capacity: 4,
-        policy: ShedPolicy::DropNewest,
-        max_age: None,
-        many_producers: false,
-        keep_shed: false,
         keyed: Some((table::<char>(), 4)),
+        ..QueueSettings::plain(4, ShedPolicy::DropNewest)
     }));
     let mut keys: VecDeque<char> = items.iter().map(|_| 'a').collect();
     queue.push_keyed(

@@ -15,14 +15,7 @@ use crate::ShedPolicy;
 use crate::queue::{HandOff, Pushed, QueueSettings};
 
 fn queue(capacity: usize, policy: ShedPolicy) -> Arc<HandOff<u32>> {
-    Arc::new(HandOff::new(QueueSettings {
-        capacity,
-        policy,
-        max_age: None,
-        many_producers: false,
-        keep_shed: false,
-        keyed: None,
-    }))
+    Arc::new(HandOff::new(QueueSettings::plain(capacity, policy)))
 }
 
 fn push(queue: &HandOff<u32>, items: &[u32]) -> Pushed {

@@ -99,6 +99,22 @@ pub(crate) struct QueueSettings {
     pub(crate) keyed: Option<(Box<dyn KeyTable>, usize)>,
 }
 
+impl QueueSettings {
+    /// A queue of `capacity` items under `policy` and nothing more: no
+    /// maximum age, one batching producer, shed items counted in place,
+    /// unkeyed. The fields say what to change.
+    pub(crate) fn plain(capacity: usize, policy: ShedPolicy) -> Self {
+        QueueSettings {
+            capacity,
+            policy,
+            max_age: None,
+            many_producers: false,
+            keep_shed: false,
+            keyed: None,
+        }
+    }
+}
+
 pub(crate) struct HandOff<T> {
     max_age: Option<Duration>,
     /// The queue keeps stamps (invariant 6).

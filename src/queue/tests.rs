@@ -4,14 +4,7 @@ use super::*;
 use tokio_test::{assert_pending, assert_ready, task};
 
 fn queue(capacity: usize, policy: ShedPolicy) -> HandOff<u32> {
-    HandOff::new(QueueSettings {
-        capacity,
-        policy,
-        max_age: None,
-        many_producers: false,
-        keep_shed: false,
-        keyed: None,
-    })
+    HandOff::new(QueueSettings::plain(capacity, policy))
 }
 
 fn push(queue: &HandOff<u32>, items: &[u32]) -> Pushed {
@@ -139,12 +132,8 @@ fn shed_items_nobody_needs_are_counted_in_place_and_the_newest_stay() {
     ] {
         for keep_shed in [false, true] {
             let q = HandOff::new(QueueSettings {
-                capacity: 3,
-                policy,
-                max_age: None,
-                many_producers: false,
                 keep_shed,
-                keyed: None,
+                ..QueueSettings::plain(3, policy)
             });
             let (mut batch, mut shed) = ((0..8).collect::<Vec<u32>>(), Vec::new());
             let mut counted = (0, 0);
@@ -189,12 +178,8 @@ fn a_closed_queue_refuses_a_push_and_leaves_the_batch_untouched() {
 #[test]
 fn a_withdrawn_item_leaves_the_queue_and_frees_its_slot() {
     let q = HandOff::new(QueueSettings {
-        capacity: 2,
-        policy: ShedPolicy::Backpressure,
-        max_age: None,
         many_producers: true,
-        keep_shed: false,
-        keyed: None,
+        ..QueueSettings::plain(2, ShedPolicy::Backpressure)
     });
     for item in [1, 2] {
         assert_eq!(q.room().try_reserve_one(), Ok(()));
@@ -218,12 +203,10 @@ fn a_withdrawn_item_leaves_the_queue_and_frees_its_slot() {
 /// items are `(key, value)` keyed by `key`.
 fn keyed_queue(capacity: usize, policy: ShedPolicy, max_age: Option<Duration>) -> HandOff<u32> {
     HandOff::new(QueueSettings {
-        capacity,
-        policy,
         max_age,
         many_producers: true,
-        keep_shed: false,
         keyed: Some((table::<char>(), capacity)),
+        ..QueueSettings::plain(capacity, policy)
     })
 }
 
@@ -278,12 +261,9 @@ fn withdrawing_the_last_item_of_a_closed_keyed_queue_wakes_the_waiting_workers()
 async fn an_item_withdrawn_from_the_middle_keeps_the_others_stamps() {
     let ms = Duration::from_millis;
     let q = HandOff::new(QueueSettings {
-        capacity: 4,
-        policy: ShedPolicy::DropNewest,
         max_age: Some(ms(10)),
         many_producers: true,
-        keep_shed: false,
-        keyed: None,
+        ..QueueSettings::plain(4, ShedPolicy::DropNewest)
     });
     for item in [1, 2, 3] {
         if item > 1 {
