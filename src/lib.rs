@@ -114,7 +114,7 @@
 //! | series | type | unit |
 //! |---|---|---|
 //! | `backpressure_pipeline_{produced,processed,delivered,discarded,failed,timed_out,expired,cancelled,errored}_total` | counter | items (results for `delivered` and `discarded`): the [`Report`] field of that name |
-//! | `backpressure_pipeline_dropped_total`, labelled `reason`: `newest` or `oldest` ([`ShedReason`]) | counter | items |
+//! | `backpressure_pipeline_dropped_total`, labelled `reason`: `newest` or `oldest` ([`ShedReason`]; a key's superseded item counts `oldest`) | counter | items |
 //! | `backpressure_pipeline_overload_episodes_total` | counter | episodes ([`OverloadEvent::Started`]) |
 //! | `backpressure_pipeline_{queue_depth,queue_capacity,in_flight,results_waiting,workers_alive}` | gauge | items (tasks for `workers_alive`) |
 //! | `backpressure_pipeline_keys_tracked` | gauge | keys ([`Stats::keys`]; 0 unless [`FanOutConfig::key_by`] is set) |

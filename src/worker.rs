@@ -97,8 +97,8 @@ where
     // One wait on the kill token per worker, not per item: it stays valid
     // until it fires, and the worker exits when it does.
     let mut killed = pin!(phase.kill.cancelled());
-    // Keyed: the key of the last item, once its result is handed over
-    // without waiting: reported finished with the next take, under one lock.
+    // Keyed: the key of the last item, once its result is handed over:
+    // reported finished with the next take, under one lock.
     let mut done = KeyGuard {
         queue: &queue,
         key: None,
@@ -191,21 +191,12 @@ where
         if let (Some(recorder), Some(key)) = (recorder, key) {
             recorder.record_key(key, fate.outcome());
         }
-        if in_flight.key.is_none() {
-            drop(in_flight);
-            results.deliver(seq, result).await;
-        } else {
-            // Keyed: a hand-over that completes at once passes the key to
-            // the next take; one that waits (for room, or for its turn)
-            // lets the key's next item start meanwhile.
-            let mut delivery = pin!(results.deliver(seq, result));
-            if poll_fn(|cx| Poll::Ready(delivery.as_mut().poll(cx).is_ready())).await {
-                done = in_flight;
-            } else {
-                drop(in_flight);
-                delivery.await;
-            }
-        }
+        // Keyed: the key stays in flight until its result is handed over,
+        // so the key's next item cannot start, finish and hand over first
+        // (a hand-over can wait: for room, or for tokio's budget); it is
+        // then reported finished with the next take, under one lock.
+        results.deliver(seq, result).await;
+        done = in_flight;
         if cut_off {
             return Exit::Aborted;
         }

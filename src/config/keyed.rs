@@ -107,13 +107,22 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     ///   counts the keys tracked.
     ///
     /// `key` is called once per item as it enters the queue, outside every
-    /// lock. A panic in it is caught: the item counts
-    /// [`failed`](crate::Report::failed) and is never started. The key
+    /// lock. A panic in it is caught and the item is never started: taken
+    /// from a stream it counts [`failed`](crate::Report::failed); offered,
+    /// sent through the `Sink` or called, it comes back uncounted
+    /// ([`Offer::Unkeyed`](crate::Offer::Unkeyed), a [`SinkError`](crate::SinkError)
+    /// holding it, [`Rejected::Unkeyed`](crate::Rejected::Unkeyed)). The key
     /// type's `Hash` and `Eq` run under the queue's lock: they must not
     /// panic or block (derived impls do neither).
     ///
-    /// [`ResultOrder::Input`](crate::ResultOrder::Input) still delivers in
-    /// global input order, so one slow key holds back every later result;
+    /// A key's item stays in flight until its result is handed over to the
+    /// results buffer, so a key's results come out in its order whatever
+    /// the [`ResultOrder`](crate::ResultOrder).
+    /// [`ResultOrder::Input`](crate::ResultOrder::Input) delivers in the
+    /// order items are taken: input order, except that an item held back
+    /// behind its key's item in flight is taken, and delivered, after items
+    /// of other keys that arrived later; one slow item still holds back
+    /// every result taken after it.
     /// [`ResultOrder::LatestOnly`](crate::ResultOrder::LatestOnly) keeps the
     /// latest result of any key.
     ///

@@ -317,9 +317,13 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// queued, the workers take them, and the other 2 take their slots;
     /// nothing is shed. A burst is shed only when it meets a full queue
     /// while the workers are busy (on a multi-thread runtime, or a
-    /// current-thread one once the woken workers have run). To absorb
-    /// bursts larger than the workers can take, size the capacity to the
-    /// burst, or use [`ShedPolicy::Backpressure`].
+    /// current-thread one once the woken workers have run). The push and
+    /// call fronts cannot yield between one producer's offers: a burst of
+    /// offers or calls made before the woken workers have run fills the
+    /// queue and sheds the rest (10 calls at once into `capacity(2)` with 3
+    /// idle workers on one thread: 2 served, 8 shed). To absorb bursts
+    /// larger than the workers can take, size the capacity to the burst, or
+    /// use [`ShedPolicy::Backpressure`].
     ///
     /// # Panics
     ///

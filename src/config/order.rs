@@ -21,7 +21,10 @@ pub enum ResultOrder {
     /// on shedding by policy.
     #[default]
     Completion,
-    /// In input order, as futures' `buffered` and Akka's `mapAsync` deliver.
+    /// In input order, as futures' `buffered` and Akka's `mapAsync` deliver
+    /// (precisely: in the order workers take items, which is input order
+    /// unless the pipeline is keyed; see
+    /// [`key_by`](FanOutConfig::key_by)).
     ///
     /// Items that never produce a result (shed, failed, timed out,
     /// cancelled) are skipped. A slow item holds back the results of items
