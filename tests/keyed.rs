@@ -188,6 +188,28 @@ fn a_keys_results_stay_in_order_on_a_multi_thread_runtime() {
     }
 }
 
+/// `ResultOrder::Input` in a keyed pipeline delivers in the order items
+/// are taken: a2, held back behind a1 (in flight for 30 ms), is taken after
+/// c1 and b2, and delivered after them.
+#[tokio::test(start_paused = true)]
+async fn input_order_in_a_keyed_pipeline_is_the_order_items_are_taken() {
+    let config = FanOutConfig::new(3, ShedPolicy::Backpressure)
+        .key_by(key)
+        .result_order(backpressure_pipeline::ResultOrder::Input);
+    let input = items(&[('a', 30), ('b', 10), ('a', 5), ('c', 1), ('b', 1)]);
+    let (results, shutdown) =
+        stream::iter(input).bounded_fan_out_with(config, |item: Item| async move {
+            sleep(ms(u64::from(item.1))).await;
+            item
+        });
+    let (out, report) = within(GUARD, "join", shutdown.join_collect(results)).await;
+    assert_eq!(
+        out,
+        items(&[('a', 30), ('b', 10), ('c', 1), ('b', 1), ('a', 5)])
+    );
+    assert!(report.is_conserved(), "{report}");
+}
+
 // ===== round-robin service =====
 
 #[tokio::test(start_paused = true)]

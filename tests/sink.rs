@@ -176,3 +176,104 @@ async fn a_dropped_handle_returns_the_slot_it_reserved() {
     assert_eq!(out, [1]);
     assert_eq!(report.produced, 1);
 }
+
+// ===== keyed, under Backpressure: an item held for its key's room =====
+
+type Keyed = (char, u32);
+
+/// A keyed `Backpressure` pipeline, one queued item per key, one worker
+/// whose handler takes 10 ms.
+fn keyed_feeder() -> (
+    Feeder<Keyed>,
+    backpressure_pipeline::BoundedFanOut<Keyed>,
+    backpressure_pipeline::ShutdownHandle,
+) {
+    let config = FanOutConfig::new(1, ShedPolicy::Backpressure)
+        .capacity(8)
+        .key_by(|item: &Keyed| item.0)
+        .per_key_capacity(1);
+    feeder(config, |item: Keyed| async move {
+        sleep(ms(10)).await;
+        item
+    })
+}
+
+/// `poll_ready` cannot know the next item's key: `start_send` accepts an
+/// item whose key is full and holds it, and the next `poll_ready` waits
+/// for its key's room and pushes it, so `send_all` and `forward` wait per
+/// key instead of failing.
+#[tokio::test(start_paused = true)]
+async fn send_all_waits_for_a_full_keys_room() {
+    let (mut feeder, results, shutdown) = keyed_feeder();
+    let controller = shutdown.controller();
+    let joined = tokio::spawn(shutdown.join_collect(results));
+    let input = [('a', 1), ('a', 2), ('a', 3), ('b', 1)];
+    let mut sending = task::spawn(async move {
+        let sent = feeder.send_all(&mut stream::iter(input).map(Ok)).await;
+        (sent.map_err(|e| e.to_string()), feeder)
+    });
+    assert_pending!(sending.poll());
+    // a1 runs, a2 is queued (the key is full), a3 is held: b1 waits behind
+    // it, as it would behind any sink's `poll_ready`.
+    sleep(ms(1)).await;
+    assert_pending!(sending.poll());
+    let stats = controller.stats();
+    assert_eq!((stats.produced, stats.queue_depth), (2, 1));
+    sleep(ms(30)).await;
+    let (sent, feeder) = assert_ready!(sending.poll());
+    assert_eq!(sent, Ok(()));
+    drop(feeder);
+    let (out, report) = within(GUARD, "join", joined).await.unwrap();
+    assert_eq!(out, input);
+    assert_eq!(
+        (report.produced, report.processed, report.dropped),
+        (4, 4, 0)
+    );
+}
+
+/// Closing flushes the held item first; a stop refuses it and hands it
+/// back; a handle dropped holding one gives its room back.
+#[tokio::test(start_paused = true)]
+async fn a_held_item_is_pushed_by_close_handed_back_by_a_stop_and_dropped_with_its_handle() {
+    // Closed: the held item is pushed before the handle retires.
+    let (mut feeder, results, shutdown) = keyed_feeder();
+    for item in [('a', 1), ('a', 2), ('a', 3)] {
+        SinkExt::feed(&mut feeder, item).await.unwrap();
+    }
+    assert_eq!(shutdown.stats().produced, 2, "a3 held");
+    within(GUARD, "close", feeder.close()).await.unwrap();
+    let (out, report) = shutdown.join_collect(results).await;
+    assert_eq!(out, [('a', 1), ('a', 2), ('a', 3)]);
+    assert_eq!((report.produced, report.processed), (3, 3));
+
+    // Stopped: the next `poll_ready` hands the held item back, uncounted.
+    let (mut feeder, results, shutdown) = keyed_feeder();
+    for item in [('a', 1), ('a', 2), ('a', 3)] {
+        SinkExt::feed(&mut feeder, item).await.unwrap();
+    }
+    shutdown.shutdown();
+    let refused = poll_fn(|cx| Pin::new(&mut feeder).poll_ready(cx)).await;
+    assert_eq!(refused.map_err(|e| e.into_item()), Err(Some(('a', 3))));
+    drop(feeder);
+    let (_, report) = shutdown.join_collect(results).await;
+    assert_eq!((report.produced, report.processed), (2, 2));
+
+    // Dropped unflushed: the held item goes (a buffered sink's rule), and
+    // the key's room and the queue's slot with it, so b1 and a4 fit.
+    let (mut feeder, results, shutdown) = keyed_feeder();
+    let spare = feeder.clone();
+    for item in [('a', 1), ('a', 2), ('a', 3)] {
+        SinkExt::feed(&mut feeder, item).await.unwrap();
+    }
+    drop(feeder);
+    assert!(spare.send(('b', 1)).await.is_queued());
+    // Keys in turn: b1 runs after a1, then a2; a4 is queued once a2 has
+    // left a's queue (at 20 ms).
+    let start = tokio::time::Instant::now();
+    assert!(spare.send(('a', 4)).await.is_queued());
+    assert_eq!(start.elapsed(), ms(20));
+    drop(spare);
+    let (out, report) = shutdown.join_collect(results).await;
+    assert_eq!(out, [('a', 1), ('b', 1), ('a', 2), ('a', 4)]);
+    assert_eq!((report.produced, report.processed), (4, 4));
+}

@@ -310,6 +310,10 @@ pub struct Feeder<Item> {
     pub(crate) live: bool,
     /// The sink's readiness, per handle.
     pub(crate) sink: super::sink::SinkState,
+    /// Keyed, under `Backpressure`: an item the sink accepted, waiting for
+    /// its key's room. Behind a lock never taken (`get_mut`) only so that a
+    /// `Feeder` stays `Sync` whatever the item and key types.
+    pub(crate) held: super::sink::HeldSlot<Item>,
 }
 
 impl<Item> Feeder<Item> {
@@ -320,12 +324,14 @@ impl<Item> Feeder<Item> {
             producers,
             live: true,
             sink,
+            held: super::sink::HeldSlot::default(),
         }
     }
 
     /// This handle stops being a producer (dropped, or closed as a sink).
     pub(crate) fn retire(&mut self) {
         if std::mem::take(&mut self.live) {
+            super::sink::drop_held(&self.producers, self.held.get_mut().take());
             self.sink.release(&self.producers.front);
             self.producers.leave();
         }
@@ -425,6 +431,9 @@ impl<Item> Feeder<Item> {
         !self.live || self.producers.is_closed()
     }
 }
+
+// No item is ever pinned: one the sink holds is moved into the queue.
+impl<Item> Unpin for Feeder<Item> {}
 
 impl<Item> Clone for Feeder<Item> {
     fn clone(&self) -> Self {

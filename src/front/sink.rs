@@ -9,9 +9,41 @@ use futures_sink::Sink;
 use tokio_util::sync::PollSemaphore;
 
 use super::FrontParts;
-use super::push::{Feeder, Offer, Pushing};
+use super::keys::Keyer;
+use super::push::{Feeder, Offer, Producers, Pushing};
 use super::shed::Disposal;
 use crate::queue::NoRoom;
+
+/// An item `start_send` accepted whose key was full (keyed, under
+/// `Backpressure`: `poll_ready` cannot know the next item's key). It keeps
+/// the room and credit it was given, and the next `poll_ready`,
+/// `poll_flush` or `poll_close` waits for its key's room and pushes it.
+pub(crate) struct Held<Item> {
+    item: Item,
+    keyer: Keyer,
+    /// Its place in line for the key's room.
+    ticket: Option<u64>,
+}
+
+/// A handle's [`Held`] item, behind a lock that is never taken (only
+/// `get_mut`, through `&mut Feeder`): it keeps the `Feeder` `Sync` whatever
+/// the item and key types.
+pub(crate) struct HeldSlot<Item>(std::sync::Mutex<Option<Held<Item>>>);
+
+impl<Item> Default for HeldSlot<Item> {
+    fn default() -> Self {
+        HeldSlot(std::sync::Mutex::new(None))
+    }
+}
+
+impl<Item> HeldSlot<Item> {
+    pub(crate) fn get_mut(&mut self) -> &mut Option<Held<Item>> {
+        // Never locked, so never poisoned; taken as it is if it were.
+        self.0
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// What one handle has reserved for its next `start_send`.
 pub(crate) struct SinkState {
@@ -105,7 +137,6 @@ pub struct SinkError<Item> {
 enum Refusal {
     Closed,
     NotReady,
-    KeyFull,
     Unkeyed,
 }
 
@@ -119,9 +150,8 @@ impl<Item> SinkError<Item> {
     /// Whether intake is over (a stop, or this handle was closed): every
     /// later push is refused too. Otherwise the item alone was refused:
     /// `start_send` was called without a successful `poll_ready` and there
-    /// was no room or credit; or, in a keyed pipeline, its key was full
-    /// under `Backpressure` (`poll_ready` cannot know the next item's key)
-    /// or its key function panicked.
+    /// was no room or credit; or, in a keyed pipeline, its key function
+    /// panicked.
     pub fn is_closed(&self) -> bool {
         self.why == Refusal::Closed
     }
@@ -143,7 +173,6 @@ impl<Item> fmt::Display for SinkError<Item> {
             Refusal::NotReady => {
                 "start_send without a successful poll_ready, and no room for the item"
             }
-            Refusal::KeyFull => "the item's key has no room",
             Refusal::Unkeyed => "the key function panicked on the item",
         })
     }
@@ -166,9 +195,16 @@ fn refused<Item>(item: Option<Item>, why: Refusal) -> SinkError<Item> {
 ///   itself under `DropNewest`, the evicted oldest under `DropOldest`; it
 ///   counts `dropped`, and is settled. A refused item comes back in the
 ///   [`SinkError`].
-/// * `poll_flush` is always ready: a pushed item is already queued.
-/// * `poll_close` closes this handle as a producer: intake ends when every
-///   handle is closed or dropped. The handle accepts nothing afterwards.
+///   In a keyed pipeline under `Backpressure` (`poll_ready` cannot know
+///   the next item's key), an item whose key is full is accepted and held,
+///   with its slot, until its key has room: the next `poll_ready` waits for
+///   that and pushes it first (a stop hands it back in the error).
+/// * `poll_flush` is ready once nothing is held: a pushed item is already
+///   queued.
+/// * `poll_close` pushes a held item, then closes this handle as a
+///   producer: intake ends when every handle is closed or dropped. The
+///   handle accepts nothing afterwards. A handle dropped without a flush
+///   drops an item it held, uncounted, as any buffered sink does.
 ///
 /// Two things to know. [`Feeder::send`] is an inherent method (it answers
 /// an [`Offer`]) and shadows `SinkExt::send`: write
@@ -204,6 +240,7 @@ impl<Item> Sink<Item> for Feeder<Item> {
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let this = self.get_mut();
+        std::task::ready!(poll_held(&this.producers, this.held.get_mut(), cx))?;
         // One atomic load: a live handle's queue closes only at a stop.
         if !this.live || this.producers.front.phase.is_stopping() {
             return Poll::Ready(Err(refused(None, Refusal::Closed)));
@@ -232,20 +269,89 @@ impl<Item> Sink<Item> for Feeder<Item> {
             Pushing::Done(Offer::Closed(item)) => Err(refused(Some(item), Refusal::Closed)),
             // Its room and credit went back with the item: poll again.
             Pushing::Done(Offer::Unkeyed(item)) => Err(refused(Some(item), Refusal::Unkeyed)),
-            Pushing::KeyFull(item, _) => {
-                this.producers.unadmit();
-                Err(refused(Some(item), Refusal::KeyFull))
+            Pushing::KeyFull(item, keyer) => {
+                // `poll_ready` pushed what was held before it was ready.
+                let held = this.held.get_mut();
+                debug_assert!(held.is_none(), "Feeder: a second item held");
+                *held = Some(Held {
+                    item,
+                    keyer,
+                    ticket: None,
+                });
+                Ok(())
             }
             Pushing::Done(_) => Ok(()),
         }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = self.get_mut();
+        poll_held(&this.producers, this.held.get_mut(), cx)
     }
 
-    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.get_mut().retire();
-        Poll::Ready(Ok(()))
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = self.get_mut();
+        let flushed = std::task::ready!(poll_held(&this.producers, this.held.get_mut(), cx));
+        this.retire();
+        Poll::Ready(flushed)
+    }
+}
+
+/// Pushes the item `held` for its key's room once the key has room
+/// (again if the key filled meanwhile). `Err` with the item if the queue
+/// closed first.
+fn poll_held<Item>(
+    producers: &Producers<Item>,
+    held: &mut Option<Held<Item>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), SinkError<Item>>> {
+    let queue = &producers.front.queue;
+    while let Some(waiting) = held {
+        let room =
+            std::task::ready!(queue.poll_key_room(waiting.keyer.keys(), &mut waiting.ticket, cx));
+        let Some(Held {
+            item,
+            mut keyer,
+            ticket,
+        }) = held.take()
+        else {
+            unreachable!("Feeder: the held item went")
+        };
+        queue.leave_key_room(keyer.keys(), ticket);
+        if !room {
+            producers.unadmit();
+            return Poll::Ready(Err(refused(Some(item), Refusal::Closed)));
+        }
+        match producers.push(item, Some(keyer), Disposal::Hook) {
+            Pushing::KeyFull(item, keyer) => {
+                *held = Some(Held {
+                    item,
+                    keyer,
+                    ticket: None,
+                });
+            }
+            Pushing::Done(Offer::Closed(item)) => {
+                return Poll::Ready(Err(refused(Some(item), Refusal::Closed)));
+            }
+            Pushing::Done(_) => {}
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// A handle retires with an item still held (closed or dropped without a
+/// flush): its place in line and its room go back, and the item is
+/// dropped, uncounted, as any buffered sink drops what it was never asked
+/// to flush.
+pub(crate) fn drop_held<Item>(producers: &Producers<Item>, held: Option<Held<Item>>) {
+    if let Some(Held {
+        item,
+        mut keyer,
+        ticket,
+    }) = held
+    {
+        producers.front.queue.leave_key_room(keyer.keys(), ticket);
+        producers.unadmit();
+        crate::isolate::drop_quietly(item);
     }
 }
