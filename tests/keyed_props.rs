@@ -1,7 +1,8 @@
 //! Keyed pipelines under random keys, sizes, policies, fronts and stops
 //! (property-based, paused time), and on a 2-thread runtime at speed: both
 //! laws hold, every item ends once, at most one item of a key is in a
-//! handler at a time, and a key's items start in arrival order.
+//! handler at a time, and a key's items start (and their results come out)
+//! in arrival order.
 
 mod common;
 
@@ -116,6 +117,13 @@ async fn run(case: Case) -> (Report, Watch) {
         producer.await.expect("producer");
     }
     assert_eq!(out.len() as u64, report.delivered);
+    // A key's results come out in its arrival order, as its items start.
+    let mut last = std::collections::HashMap::new();
+    for (seq, key) in &out {
+        if let Some(before) = last.insert(*key, *seq) {
+            assert!(before < *seq, "key {key}: result {seq} after {before}");
+        }
+    }
     let watch = Arc::try_unwrap(watch)
         .ok()
         .expect("the handler is dropped by join")
@@ -165,6 +173,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
     #[test]
     fn keyed_pipelines_keep_the_laws_per_key_order_and_one_in_flight_per_key(case in cases()) {
+        // (`run` also checks each key's results against its arrival order.)
         let runtime = paused_runtime();
         let (report, watch) = runtime.block_on(run(case.clone()));
         prop_assert!(report.is_conserved(), "{}", report);
