@@ -191,12 +191,18 @@ where
         if let (Some(recorder), Some(key)) = (recorder, key) {
             recorder.record_key(key, fate.outcome());
         }
-        // Keyed: the key stays in flight until its result is handed over,
-        // so the key's next item cannot start, finish and hand over first
-        // (a hand-over can wait: for room, or for tokio's budget); it is
-        // then reported finished with the next take, under one lock.
-        results.deliver(seq, result).await;
-        done = in_flight;
+        if in_flight.key.is_none() {
+            drop(in_flight);
+            results.deliver(seq, result).await;
+        } else {
+            // Keyed: the key stays in flight until its result is handed
+            // over, so the key's next item cannot start, finish and hand
+            // over first (a hand-over can wait: for room, or for tokio's
+            // budget); it is then reported finished with the next take,
+            // under one lock.
+            results.deliver(seq, result).await;
+            done = in_flight;
+        }
         if cut_off {
             return Exit::Aborted;
         }
