@@ -20,8 +20,8 @@ export RUSTFLAGS="--cfg loom -C debug-assertions" LOOM_MAX_PREEMPTIONS="${LOOM_M
 mutations='
 push-wake ~ src/queue/mod.rs ~ let woken = state.idle.wake(len - before); ~ let woken = state.idle.wake(0); ~ loom_a_push_wakes_a_worker_that_is_registering
 take-drop-pass-on ~ src/queue/mod.rs ~ let next = self.queue.lock().idle.leave(self.ticket.take()); ~ let next: Option<Waker> = { self.queue.lock().idle.forget(&mut self.ticket); None }; ~ loom_a_woken_take_that_is_dropped_passes_its_wake_up_on
-close-wake ~ src/queue/mod.rs ~ (state.idle.wake_all(), state.batch.waiter.take()) ~ (Vec::new(), state.batch.waiter.take()) ~ loom_close_wakes_a_worker_that_is_registering
-abandon-count-under-lock ~ src/queue/mod.rs ~ count(items.len());\n            (items, state.idle.wake_all(), state.batch.waiter.take()) ~ (items, state.idle.wake_all(), state.batch.waiter.take()) ~ loom_abandon_push_and_take_end_every_item_exactly_once
+close-wake ~ src/queue/mod.rs ~ let mut idle = state.idle.wake_all(); ~ let mut idle: Vec<Waker> = Vec::new(); ~ loom_close_wakes_a_worker_that_is_registering
+abandon-count-under-lock ~ src/queue/mod.rs ~             count(items.len());\n            (items, idle, state.batch.waiter.take(), forgotten)\n        }; ~             (items, idle, state.batch.waiter.take(), forgotten)\n        };\n        count(items.len()); ~ loom_abandon_push_and_take_end_every_item_exactly_once
 low-water-wake ~ src/queue/room.rs ~             self.waiter.take() ~             None ~ loom_a_take_at_the_low_water_mark_wakes_the_producer_waiting_for_room
 abort-wakes-senders ~ src/results/mod.rs ~ let senders = inner.waiting.wake_all(); ~ let senders: Vec<Waker> = Vec::new(); ~ loom_an_abort_releases_a_waiting_sender_and_each_result_ends_once
 last-sender-wakes-consumer ~ src/results/sender.rs ~ (inner.consumer.take(), inner.buf.holds_no_result()) ~ (None, inner.buf.holds_no_result()) ~ loom_the_last_sender_leaving_ends_the_stream_for_a_waiting_consumer
