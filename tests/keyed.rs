@@ -103,17 +103,23 @@ async fn one_item_of_a_key_runs_at_a_time_in_arrival_order_and_keys_run_in_paral
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_keys_results_are_delivered_in_its_arrival_order() {
-    let config = FanOutConfig::new(3, ShedPolicy::Backpressure).key_by(key);
-    // Later items of a key are faster: without keys they would overtake.
-    let input = items(&[('a', 30), ('a', 20), ('a', 10), ('b', 5), ('b', 1)]);
+/// Runs `input` through a pipeline whose handler sleeps each item's number
+/// of milliseconds: the results, in the order delivered, and the report.
+async fn sleeping(config: FanOutConfig<Item>, input: Vec<Item>) -> (Vec<Item>, Report) {
     let (results, shutdown) =
         stream::iter(input).bounded_fan_out_with(config, |item: Item| async move {
             sleep(ms(u64::from(item.1))).await;
             item
         });
-    let (out, _) = within(GUARD, "join", shutdown.join_collect(results)).await;
+    within(GUARD, "join", shutdown.join_collect(results)).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_keys_results_are_delivered_in_its_arrival_order() {
+    let config = FanOutConfig::new(3, ShedPolicy::Backpressure).key_by(key);
+    // Later items of a key are faster: without keys they would overtake.
+    let input = items(&[('a', 30), ('a', 20), ('a', 10), ('b', 5), ('b', 1)]);
+    let (out, _) = sleeping(config, input).await;
     let a: Vec<u32> = out
         .iter()
         .filter(|(k, _)| *k == 'a')
@@ -197,12 +203,7 @@ async fn input_order_in_a_keyed_pipeline_is_the_order_items_are_taken() {
         .key_by(key)
         .result_order(backpressure_pipeline::ResultOrder::Input);
     let input = items(&[('a', 30), ('b', 10), ('a', 5), ('c', 1), ('b', 1)]);
-    let (results, shutdown) =
-        stream::iter(input).bounded_fan_out_with(config, |item: Item| async move {
-            sleep(ms(u64::from(item.1))).await;
-            item
-        });
-    let (out, report) = within(GUARD, "join", shutdown.join_collect(results)).await;
+    let (out, report) = sleeping(config, input).await;
     assert_eq!(
         out,
         items(&[('a', 30), ('b', 10), ('c', 1), ('b', 1), ('a', 5)])
