@@ -21,10 +21,11 @@ pub enum ResultOrder {
     /// on shedding by policy.
     #[default]
     Completion,
-    /// In input order, as futures' `buffered` and Akka's `mapAsync` deliver
-    /// (precisely: in the order workers take items, which is input order
-    /// unless the pipeline is keyed; see
-    /// [`key_by`](FanOutConfig::key_by)).
+    /// In input order, as futures' `buffered` and Akka's `mapAsync` deliver.
+    /// Precisely: in the order workers take items, which is input order
+    /// unless the pipeline is keyed (then an item held back behind its key's
+    /// item in flight comes after items of other keys that arrived later;
+    /// see [`key_by`](FanOutConfig::key_by)).
     ///
     /// Items that never produce a result (shed, failed, timed out,
     /// cancelled) are skipped. A slow item holds back the results of items

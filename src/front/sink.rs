@@ -141,8 +141,10 @@ enum Refusal {
 }
 
 impl<Item> SinkError<Item> {
-    /// The item `start_send` refused; `None` for an error from
-    /// `poll_ready`, which has no item.
+    /// The item refused or handed back: by `start_send`, or by
+    /// `poll_ready`, `poll_flush` or `poll_close` when a stop came while the
+    /// handle held an item for its key's room; otherwise `None` (an error
+    /// from `poll_ready` with nothing held).
     pub fn into_item(self) -> Option<Item> {
         self.item
     }
