@@ -277,3 +277,30 @@ async fn a_held_item_is_pushed_by_close_handed_back_by_a_stop_and_dropped_with_i
     assert_eq!(out, [('a', 1), ('b', 1), ('a', 2), ('a', 4)]);
     assert_eq!((report.produced, report.processed), (4, 4));
 }
+
+/// A key's room goes to its producers in the order they began to wait: a
+/// handle that accepted an item for a full key takes its place in line at
+/// once, so it gets in before a handle that accepted one later (even if
+/// that one is polled first) and before a `send` that began waiting later.
+#[tokio::test(start_paused = true)]
+async fn producers_waiting_for_a_keys_room_get_in_in_the_order_they_began_to_wait() {
+    let (mut first, results, shutdown) = keyed_feeder();
+    let (mut second, third) = (first.clone(), first.clone());
+    for item in [('a', 1), ('a', 2)] {
+        assert!(third.send(item).await.is_queued()); // a1 runs, a2 queued
+    }
+    SinkExt::feed(&mut first, ('a', 3)).await.unwrap(); // held, first in line
+    SinkExt::feed(&mut second, ('a', 4)).await.unwrap(); // held, second
+    let sending = tokio::spawn(async move {
+        assert!(third.send(('a', 5)).await.is_queued()); // third in line
+    });
+    // The later handle is polled first: it still waits its turn.
+    let (closed_second, closed_first, out) = tokio::join!(second.close(), first.close(), async {
+        sending.await.unwrap();
+        shutdown.join_collect(results).await
+    });
+    assert_eq!((closed_second, closed_first), (Ok(()), Ok(())));
+    let (out, report) = out;
+    assert_eq!(out, [('a', 1), ('a', 2), ('a', 3), ('a', 4), ('a', 5)]);
+    assert_eq!((report.produced, report.processed), (5, 5));
+}

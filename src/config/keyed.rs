@@ -82,13 +82,11 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     ///   time, and the items of a key start in arrival order (those not
     ///   shed); different keys run in parallel, up to the worker count. A
     ///   key's results are therefore delivered in its arrival order, as
-    ///   Akka's `mapAsyncPartitioned` and Kafka's partitions keep it. An
-    ///   item arrives when it enters the queue. Under `Backpressure`,
-    ///   producers waiting for room in the same key (sends, calls, items a
-    ///   `Sink` handle holds) are all woken when it has room and get in in
-    ///   the order they run, not the order they began waiting; one
-    ///   producer's items (a task sending one after another, one `Sink`
-    ///   handle) keep their order.
+    ///   Akka's `mapAsyncPartitioned` and Kafka's partitions keep it. Under
+    ///   `Backpressure`, producers that find a key full (sends, calls, items
+    ///   a `Sink` handle accepted) wait in line for its room, first come,
+    ///   first served: a freed place is kept for the oldest waiter, and a
+    ///   producer that did not wait cannot take it.
     /// * **Per-key shedding.** With
     ///   [`per_key_capacity`](Self::per_key_capacity), a key whose own queue
     ///   is full sheds within itself: `DropNewest` sheds the arrival,

@@ -724,14 +724,17 @@ where
                     let producers = shared.producers();
                     let mut keyer = keyer.into_inner().unwrap_or_else(PoisonError::into_inner);
                     let queue = &producers.front.queue;
-                    let room = queue.poll_key_room(keyer.keys(), &mut ticket, cx);
+                    let (keys, granted) = keyer.waiting();
+                    let room = queue.poll_key_room(keys, &mut ticket, granted, cx);
                     let Poll::Ready(room) = room else {
                         let keyer = Mutex::new(keyer);
                         this.state = State::KeyRoom { job, keyer, ticket };
                         return Poll::Pending;
                     };
-                    queue.leave_key_room(keyer.keys(), ticket);
                     if !room {
+                        // Closed: the place in line goes (grants lapsed).
+                        let (keys, granted) = keyer.leaving();
+                        queue.leave_key_room(keys, ticket, granted);
                         producers.unadmit();
                         return Poll::Ready(Err(job.reject(RejectReason::Closed)));
                     }
@@ -811,7 +814,8 @@ impl<Req, Resp> Drop for Call<Req, Resp> {
             State::KeyRoom { job, keyer, ticket } => {
                 let producers = shared.producers();
                 let mut keyer = keyer.into_inner().unwrap_or_else(PoisonError::into_inner);
-                producers.front.queue.leave_key_room(keyer.keys(), ticket);
+                let (keys, granted) = keyer.leaving();
+                producers.front.queue.leave_key_room(keys, ticket, granted);
                 producers.unadmit();
                 drop_quietly(job);
             }

@@ -18,6 +18,9 @@ pub(crate) struct Keyer {
     /// One reason per shed item of the last push, and whether it was the
     /// arrival itself.
     pub(crate) reasons: Vec<(ShedReason, bool)>,
+    /// The front key's room was kept for this producer (it waited for it in
+    /// line): its next push uses it.
+    granted: bool,
 }
 
 impl Keyer {
@@ -25,12 +28,18 @@ impl Keyer {
         Keyer {
             keys: keying.new_keys(),
             reasons: Vec::new(),
+            granted: false,
         }
     }
 
-    /// The keys, for a wait for a key's room.
-    pub(crate) fn keys(&mut self) -> &mut (dyn Any + Send) {
-        &mut *self.keys
+    /// The keys and the grant, for a wait for the front key's room.
+    pub(crate) fn waiting(&mut self) -> (&mut (dyn Any + Send), &mut bool) {
+        (&mut *self.keys, &mut self.granted)
+    }
+
+    /// The keys, and whether a grant is held, for leaving a wait.
+    pub(crate) fn leaving(&mut self) -> (&mut (dyn Any + Send), bool) {
+        (&mut *self.keys, std::mem::take(&mut self.granted))
     }
 
     /// Takes the key of every item of `batch`, in order; the items whose key
@@ -53,14 +62,21 @@ impl Keyer {
         count: impl FnOnce(usize, usize),
     ) -> Pushed {
         self.reasons.clear();
-        front
-            .queue
-            .push_keyed(batch, &mut *self.keys, shed, &mut self.reasons, count)
+        front.queue.push_keyed(
+            batch,
+            &mut *self.keys,
+            &mut self.granted,
+            shed,
+            &mut self.reasons,
+            count,
+        )
     }
 
     /// Forgets the keys of items that will not be pushed after all.
     pub(crate) fn clear<Item>(&mut self, keying: &dyn Keying<Item>) {
         self.keys = keying.new_keys();
+        // (The queue is closed: its grants have lapsed.)
+        self.granted = false;
     }
 }
 

@@ -415,7 +415,8 @@ impl<Item> Feeder<Item> {
                 Pushing::Done(offer) => return offer,
                 Pushing::KeyFull(full, mut held) => {
                     // Keyed, under `Backpressure`: wait for room in the key.
-                    if !self.producers.front.queue.key_room(held.keys()).await {
+                    let (keys, granted) = held.waiting();
+                    if !self.producers.front.queue.key_room(keys, granted).await {
                         self.producers.unadmit();
                         return Offer::Closed(full);
                     }

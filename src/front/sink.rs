@@ -271,14 +271,20 @@ impl<Item> Sink<Item> for Feeder<Item> {
             Pushing::Done(Offer::Closed(item)) => Err(refused(Some(item), Refusal::Closed)),
             // Its room and credit went back with the item: poll again.
             Pushing::Done(Offer::Unkeyed(item)) => Err(refused(Some(item), Refusal::Unkeyed)),
-            Pushing::KeyFull(item, keyer) => {
+            Pushing::KeyFull(item, mut keyer) => {
                 // `poll_ready` pushed what was held before it was ready.
                 let held = this.held.get_mut();
                 debug_assert!(held.is_none(), "Feeder: a second item held");
+                // Its place in the key's line is taken now, not at the next
+                // poll: producers get in in the order they began to wait.
+                let mut ticket = None;
+                let (keys, granted) = keyer.waiting();
+                let queue = &this.producers.front.queue;
+                queue.line_up_for_key_room(keys, &mut ticket, granted);
                 *held = Some(Held {
                     item,
                     keyer,
-                    ticket: None,
+                    ticket,
                 });
                 Ok(())
             }
@@ -309,8 +315,8 @@ fn poll_held<Item>(
 ) -> Poll<Result<(), SinkError<Item>>> {
     let queue = &producers.front.queue;
     while let Some(waiting) = held {
-        let room =
-            std::task::ready!(queue.poll_key_room(waiting.keyer.keys(), &mut waiting.ticket, cx));
+        let (keys, granted) = waiting.keyer.waiting();
+        let room = std::task::ready!(queue.poll_key_room(keys, &mut waiting.ticket, granted, cx));
         let Some(Held {
             item,
             mut keyer,
@@ -319,8 +325,10 @@ fn poll_held<Item>(
         else {
             unreachable!("Feeder: the held item went")
         };
-        queue.leave_key_room(keyer.keys(), ticket);
         if !room {
+            // Closed: the place in line goes (grants lapsed).
+            let (keys, granted) = keyer.leaving();
+            queue.leave_key_room(keys, ticket, granted);
             producers.unadmit();
             return Poll::Ready(Err(refused(Some(item), Refusal::Closed)));
         }
@@ -352,7 +360,8 @@ pub(crate) fn drop_held<Item>(producers: &Producers<Item>, held: Option<Held<Ite
         ticket,
     }) = held
     {
-        producers.front.queue.leave_key_room(keyer.keys(), ticket);
+        let (keys, granted) = keyer.leaving();
+        producers.front.queue.leave_key_room(keys, ticket, granted);
         producers.unadmit();
         crate::isolate::drop_quietly(item);
     }

@@ -9,6 +9,11 @@ use loom::future::block_on;
 use crate::ShedPolicy;
 use crate::queue::{HandOff, QueueSettings, table};
 
+/// One key, `a`, as a front hands keys over.
+fn key_a() -> VecDeque<char> {
+    ['a'].into()
+}
+
 /// A closed keyed queue holding `items`, all of key `'a'`.
 fn closed_queue(items: &[u32]) -> Arc<HandOff<u32>> {
     let queue = Arc::new(HandOff::new(QueueSettings {
@@ -19,6 +24,7 @@ fn closed_queue(items: &[u32]) -> Arc<HandOff<u32>> {
     queue.push_keyed(
         &mut items.to_vec(),
         &mut keys,
+        &mut false,
         &mut Vec::new(),
         &mut Vec::new(),
         |_, _| {},
@@ -116,5 +122,45 @@ fn loom_a_withdrawal_that_empties_a_closed_keyed_queue_ends_the_waiting_worker()
         }
         assert_eq!((withdrawn, waiting.join().unwrap()), (Some(2), None));
         assert_eq!(queue.keys_tracked(), 0);
+    });
+}
+
+/// Invariant 5 of `keyed`: a take that frees a full key's place wakes the
+/// producer waiting for it (the place kept for it), whether that producer
+/// is registering or already registered, and its push then gets in.
+///
+/// Guard: `Keyed::room_freed` wakes one waiter per free place. Shown to
+/// fail by waking none: the producer parks forever (deadlock).
+#[test]
+fn loom_a_take_gives_a_full_keys_place_to_the_producer_waiting_for_it() {
+    loom::model(|| {
+        let queue = Arc::new(HandOff::new(QueueSettings {
+            keyed: Some((table::<char>(), 1)),
+            many_producers: true,
+            ..QueueSettings::plain(4, ShedPolicy::Backpressure)
+        }));
+        let push = |queue: &HandOff<u32>, item: u32, granted: &mut bool| {
+            let mut batch = vec![item];
+            let (mut shed, mut reasons) = (Vec::new(), Vec::new());
+            let mut keys = key_a();
+            queue.push_keyed(
+                &mut batch,
+                &mut keys,
+                granted,
+                &mut shed,
+                &mut reasons,
+                |_, _| {},
+            );
+            batch.is_empty()
+        };
+        assert!(push(&queue, 1, &mut false), "a is empty");
+        let producer = super::spawn(&queue, move |queue| {
+            let (mut keys, mut granted) = (key_a(), false);
+            assert!(block_on(queue.key_room(&mut keys, &mut granted)));
+            push(&queue, 2, &mut granted)
+        });
+        assert_eq!(block_on(queue.take()).map(|t| t.item), Some(1));
+        assert!(producer.join().unwrap(), "the waiting producer got in");
+        assert_eq!(queue.depth().0, 1);
     });
 }

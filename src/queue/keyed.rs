@@ -23,10 +23,19 @@
 //!    the slots, so a key that loses its last item to shedding leaves it in
 //!    O(1), and the ring never holds more than the keys with work.
 //! 4. A slot is live (its key interned in the table) exactly while it has
-//!    queued items, an item in flight, or producers waiting for its room:
+//!    queued items, an item in flight, or producers waiting for its room
+//!    (in line or granted):
 //!    keys tracked never exceed capacity + workers + waiting producers,
 //!    whatever the number of distinct keys ever seen.
-//! 5. No user code runs here: the caller's key type is only hashed and
+//! 5. **Room per key is first come, first served** (`Backpressure`): a
+//!    key's room is `per_key_capacity` less its queued items less its
+//!    `granted` places (waiters woken for room they have not used yet). A
+//!    push takes room only if the key has room left and nobody waits in
+//!    its line, so a waiter woken for room keeps it; each freed place wakes
+//!    the oldest waiter with a grant, a waiter dropped with its grant
+//!    passes it on, and a grant nobody is left to use lapses. Registered
+//!    waiters exist only while the key has no room left.
+//! 6. No user code runs here: the caller's key type is only hashed and
 //!    compared (by its own `Hash` and `Eq`, which must not panic or lock),
 //!    and a forgotten key whose `Drop` could be user code is handed back to
 //!    be dropped after unlocking.
@@ -62,6 +71,9 @@ struct Slot<T> {
     room: WaitList,
     /// Its key is interned (invariant 4).
     live: bool,
+    /// Waiters woken for room in this key who have not pushed yet
+    /// (invariant 5).
+    granted: usize,
 }
 
 impl<T> Slot<T> {
@@ -73,11 +85,12 @@ impl<T> Slot<T> {
             by_len: Links::default(),
             room: WaitList::default(),
             live: false,
+            granted: 0,
         }
     }
 
     fn is_idle(&self) -> bool {
-        self.items.is_empty() && !self.in_flight && self.room.is_empty()
+        self.items.is_empty() && !self.in_flight && self.room.is_empty() && self.granted == 0
     }
 }
 
@@ -147,34 +160,69 @@ impl<T> Keyed<T> {
     }
 
     /// Registers a producer waiting for room in the front key of `keys`;
-    /// `false` if that key has room (an untracked key is empty: it has).
+    /// `false` if it may push: the key has room and nobody in line (an
+    /// untracked key is empty: it has), or the producer was woken with a
+    /// grant (then `granted` is set and its ticket spent; invariant 5).
     pub(crate) fn wait_room(
         &mut self,
         keys: &dyn Any,
         ticket: &mut Option<u64>,
+        granted: &mut bool,
         waker: &std::task::Waker,
     ) -> bool {
+        if *granted {
+            return false;
+        }
         let Some(id) = self.table.find_front(keys) else {
             return false;
         };
+        let per_key = self.per_key_capacity;
         let slot = &mut self.slots[id];
-        if slot.items.len() < self.per_key_capacity {
-            slot.room.forget(ticket);
+        if ticket.is_some() && !slot.room.is_registered(*ticket) {
+            // Woken by `room_freed`: the place is this producer's.
+            *ticket = None;
+            *granted = true;
+            return false;
+        }
+        debug_assert!(
+            slot.room.is_empty() || slot.items.len() + slot.granted >= per_key,
+            "Keyed: waiters in line beside free room (invariant 5)"
+        );
+        if slot.items.len() + slot.granted < per_key && slot.room.is_empty() {
             return false;
         }
         slot.room.register(ticket, waker);
         true
     }
 
-    /// A producer stops waiting for room in the front key of `keys`; a
-    /// wake-up it held but did not use passes on.
+    /// A producer stops waiting for room in the front key of `keys`
+    /// (dropped): its place in line goes, and a grant it held (woken, or
+    /// `granted`) passes to the next in line, or lapses (invariant 5).
     pub(crate) fn leave_room(
         &mut self,
         keys: &dyn Any,
-        ticket: Option<u64>,
+        mut ticket: Option<u64>,
+        granted: bool,
+        closed: bool,
     ) -> Option<std::task::Waker> {
         let id = self.table.find_front(keys)?;
-        let next = self.slots[id].room.leave(ticket);
+        let slot = &mut self.slots[id];
+        if closed {
+            // Grants lapsed at the close, and nobody is let in any more.
+            slot.room.forget(&mut ticket);
+            self.forget_if_idle(id);
+            return None;
+        }
+        let held_grant = granted || (ticket.is_some() && !slot.room.is_registered(ticket));
+        let next = if granted {
+            slot.room.wake_one()
+        } else {
+            slot.room.leave(ticket)
+        };
+        if held_grant && next.is_none() {
+            debug_assert!(slot.granted > 0, "Keyed: a grant not counted");
+            slot.granted -= 1;
+        }
         self.forget_if_idle(id);
         next
     }
@@ -288,20 +336,32 @@ impl<T> Keyed<T> {
         &mut self,
         item: T,
         keys: &mut dyn Any,
+        granted: &mut bool,
         policy: ShedPolicy,
         capacity: usize,
         at: Instant,
     ) -> Result<(Placed<T>, bool), T> {
-        let (slots, per_key) = (&self.slots, self.per_key_capacity);
+        let (slots, per_key, with_grant) = (&self.slots, self.per_key_capacity, *granted);
+        // Invariant 5: a grant is room kept for its holder; anyone else
+        // finds the key full while its room is granted or others wait.
         let full = |id: KeyId| {
             policy == ShedPolicy::Backpressure
-                && slots
-                    .get(id)
-                    .is_some_and(|slot| slot.items.len() >= per_key)
+                && slots.get(id).is_some_and(|slot| {
+                    if with_grant {
+                        slot.items.len() >= per_key
+                    } else {
+                        slot.items.len() + slot.granted >= per_key || !slot.room.is_empty()
+                    }
+                })
         };
         let Some(id) = self.table.intern_front(keys, &full) else {
             return Err(item);
         };
+        if std::mem::take(granted) {
+            let slot = &mut self.slots[id];
+            debug_assert!(slot.granted > 0, "Keyed: a grant not counted");
+            slot.granted = slot.granted.saturating_sub(1);
+        }
         let own = self.slot(id).items.len();
         let placed = if own >= self.per_key_capacity {
             // The key's own queue is full: the policy applies within it.
@@ -385,11 +445,18 @@ impl<T> Keyed<T> {
         woke
     }
 
-    /// After a take or an eviction from `id`: the producers waiting for
-    /// room in it, to wake.
+    /// After a take or a withdrawal from `id`: the oldest producers waiting
+    /// for room in it, one per free place, each woken with a grant
+    /// (invariant 5).
     pub(crate) fn room_freed(&mut self, id: KeyId) -> Vec<std::task::Waker> {
+        let per_key = self.per_key_capacity;
         match self.slots.get_mut(id) {
-            Some(slot) if !slot.room.is_empty() => slot.room.wake_all(),
+            Some(slot) if !slot.room.is_empty() => {
+                let free = per_key.saturating_sub(slot.items.len() + slot.granted);
+                let woken = slot.room.wake(free);
+                slot.granted += woken.len();
+                woken
+            }
             _ => Vec::new(),
         }
     }
@@ -425,6 +492,7 @@ impl<T> Keyed<T> {
             let slot = &mut self.slots[id];
             items.extend(slot.items.drain(..).map(|(item, _)| item));
             wakers.extend(slot.room.wake_all());
+            slot.granted = 0;
             (slot.ready, slot.by_len) = (Links::default(), Links::default());
         }
         self.ready = List::default();
@@ -447,12 +515,18 @@ impl<T> Keyed<T> {
 }
 
 impl<T> Keyed<T> {
-    /// Every producer waiting for a key's room, to wake (the queue closed).
+    /// Every producer waiting for a key's room, to wake (the queue closed:
+    /// they are refused), and every grant lapses (nothing is pushed any
+    /// more).
     pub(crate) fn wake_room_all(&mut self) -> Vec<std::task::Waker> {
-        self.slots
-            .iter_mut()
-            .flat_map(|slot| slot.room.wake_all())
-            .collect()
+        let mut woken = Vec::new();
+        for id in 0..self.slots.len() {
+            let slot = &mut self.slots[id];
+            woken.extend(slot.room.wake_all());
+            slot.granted = 0;
+            self.forget_if_idle(id);
+        }
+        woken
     }
 }
 
@@ -489,6 +563,7 @@ impl<T> HandOff<T> {
         &self,
         batch: &mut Vec<T>,
         keys: &mut dyn Any,
+        granted: &mut bool,
         shed: &mut Vec<T>,
         reasons: &mut Vec<(ShedReason, bool)>,
         count: impl FnOnce(usize, usize),
@@ -509,7 +584,7 @@ impl<T> HandOff<T> {
             let mut left = Vec::new();
             let mut drain = arrivals.drain(..);
             while let Some(item) = drain.next() {
-                let placed = keyed.place(item, keys, self.policy, self.capacity, at);
+                let placed = keyed.place(item, keys, granted, self.policy, self.capacity, at);
                 let Ok((placed, woke)) = placed.map_err(|item| left.push(item)) else {
                     left.extend(drain.by_ref());
                     blocked = true;
@@ -637,35 +712,57 @@ impl<T> HandOff<T> {
         wake_and_drop(woken, forgotten);
     }
 
-    /// Ready with `true` once the front key of `keys` has room, `false` if
-    /// the queue closed; registers under `ticket` to wait.
+    /// Ready with `true` once the front key of `keys` has room for this
+    /// producer (`granted` is set if it was kept for it: push with it),
+    /// `false` if the queue closed; registers under `ticket` to wait.
     pub(crate) fn poll_key_room(
         &self,
         keys: &dyn Any,
         ticket: &mut Option<u64>,
+        granted: &mut bool,
         cx: &mut Context<'_>,
     ) -> Poll<bool> {
         let mut state = self.lock();
         if state.closed {
             return Poll::Ready(false);
         }
-        if Self::keyed(&mut state).wait_room(keys, ticket, cx.waker()) {
+        if Self::keyed(&mut state).wait_room(keys, ticket, granted, cx.waker()) {
             Poll::Pending
         } else {
             Poll::Ready(true)
         }
     }
 
-    /// A wait for a key's room ends unfinished (dropped): its place goes,
-    /// and a wake-up it held passes on.
-    pub(crate) fn leave_key_room(&self, keys: &dyn Any, ticket: Option<u64>) {
-        if ticket.is_none() {
+    /// Takes a place in line for room in the front key of `keys` before
+    /// the producer can wait for it (a `Sink` that accepted an item outside
+    /// a poll): its first poll refreshes the waker in that place, so a
+    /// key's producers get in in the order they began to wait (invariant
+    /// 5 of `keyed`).
+    pub(crate) fn line_up_for_key_room(
+        &self,
+        keys: &dyn Any,
+        ticket: &mut Option<u64>,
+        granted: &mut bool,
+    ) {
+        let mut state = self.lock();
+        if !state.closed {
+            Self::keyed(&mut state).wait_room(keys, ticket, granted, Waker::noop());
+        }
+    }
+
+    /// A wait for a key's room ends without a push (dropped, or the
+    /// producer gives up): its place goes, and a grant it held (`granted`,
+    /// or a wake-up not yet used) passes on (invariant 5 of `keyed`).
+    pub(crate) fn leave_key_room(&self, keys: &dyn Any, ticket: Option<u64>, granted: bool) {
+        if ticket.is_none() && !granted {
             return;
         }
         let (next, forgotten) = {
             let mut state = self.lock();
+            let closed = state.closed;
             let keyed = Self::keyed(&mut state);
-            (keyed.leave_room(keys, ticket), keyed.take_forgotten())
+            let next = keyed.leave_room(keys, ticket, granted, closed);
+            (next, keyed.take_forgotten())
         };
         wake_and_drop(next, forgotten);
     }
@@ -676,7 +773,7 @@ impl<T> HandOff<T> {
     /// # Cancel safety
     ///
     /// Cancel safe: dropped, it gives up its place and passes on a wake-up.
-    pub(crate) async fn key_room(&self, keys: &mut (dyn Any + Send)) -> bool {
+    pub(crate) async fn key_room(&self, keys: &mut (dyn Any + Send), granted: &mut bool) -> bool {
         // `&mut`, not `&`: a future holding it stays `Send` for any key type.
         struct Wait<'a, T> {
             queue: &'a HandOff<T>,
@@ -685,7 +782,9 @@ impl<T> HandOff<T> {
         }
         impl<T> Drop for Wait<'_, T> {
             fn drop(&mut self) {
-                self.queue.leave_key_room(&*self.keys, self.ticket.take());
+                // Not granted: a grant is only ever set on the way out.
+                self.queue
+                    .leave_key_room(&*self.keys, self.ticket.take(), false);
             }
         }
         let mut wait = Wait {
@@ -699,7 +798,7 @@ impl<T> HandOff<T> {
                 keys,
                 ticket,
             } = &mut wait;
-            queue.poll_key_room(&**keys, ticket, cx)
+            queue.poll_key_room(&**keys, ticket, granted, cx)
         })
         .await
     }

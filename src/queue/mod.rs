@@ -573,17 +573,20 @@ impl<T> HandOff<T> {
     /// No more pushes; workers drain what is queued, then see `None`
     /// (invariant 3). Producers waiting for room are refused.
     pub(crate) fn close(&self) {
-        let (idle, producer) = {
+        let (idle, producer, forgotten) = {
             let mut state = self.lock();
             state.closed = true;
             let mut idle = state.idle.wake_all();
+            let mut forgotten = Vec::new();
             if let Some(keyed) = &mut state.keyed {
                 // Producers waiting for a key's room are refused too.
                 idle.extend(keyed.wake_room_all());
+                forgotten = keyed.take_forgotten();
             }
-            (idle, state.batch.waiter.take())
+            (idle, state.batch.waiter.take(), forgotten)
         };
         idle.into_iter().chain(producer).for_each(Waker::wake);
+        forgotten.into_iter().for_each(drop_quietly);
         self.room.close();
     }
 

@@ -210,16 +210,94 @@ fn keyed_queue(capacity: usize, policy: ShedPolicy, max_age: Option<Duration>) -
     })
 }
 
-fn push_keyed(queue: &HandOff<u32>, items: &[(char, u32)]) {
+/// Pushes `items`, with or without a grant; what was not pushed (a full
+/// key under `Backpressure`), and whether the grant is still held.
+fn push_keyed_with(queue: &HandOff<u32>, items: &[(char, u32)], granted: bool) -> (Vec<u32>, bool) {
     let mut keys: std::collections::VecDeque<char> = items.iter().map(|(key, _)| *key).collect();
     let mut batch: Vec<u32> = items.iter().map(|(_, item)| *item).collect();
+    let mut granted = granted;
     queue.push_keyed(
         &mut batch,
         &mut keys,
+        &mut granted,
         &mut Vec::new(),
         &mut Vec::new(),
         |_, _| {},
     );
+    (batch, granted)
+}
+
+fn push_keyed(queue: &HandOff<u32>, items: &[(char, u32)]) {
+    push_keyed_with(queue, items, false);
+}
+
+/// A producer waiting for room in key `key`: polls once, registering.
+fn wait_for_room(
+    queue: &HandOff<u32>,
+    key: char,
+    ticket: &mut Option<u64>,
+    granted: &mut bool,
+    waker: &std::task::Waker,
+) -> std::task::Poll<bool> {
+    let keys: std::collections::VecDeque<char> = [key].into();
+    queue.poll_key_room(
+        &keys,
+        ticket,
+        granted,
+        &mut std::task::Context::from_waker(waker),
+    )
+}
+
+/// A keyed `Backpressure` queue: capacity 8, two queued items per key.
+fn two_per_key() -> HandOff<u32> {
+    HandOff::new(QueueSettings {
+        keyed: Some((table::<char>(), 2)),
+        many_producers: true,
+        ..QueueSettings::plain(8, ShedPolicy::Backpressure)
+    })
+}
+
+#[test]
+fn a_full_keys_room_goes_to_its_producers_in_the_order_they_began_waiting() {
+    let q = two_per_key();
+    push_keyed(&q, &[('a', 1), ('a', 2)]);
+    let waker = std::task::Waker::noop();
+    // Two producers wait for a's room, first then second.
+    let (mut first, mut second) = ((None, false), (None, false));
+    assert!(wait_for_room(&q, 'a', &mut first.0, &mut first.1, waker).is_pending());
+    assert!(wait_for_room(&q, 'a', &mut second.0, &mut second.1, waker).is_pending());
+    // A take frees one place: it is kept for the first waiter, so a fresh
+    // push (a producer that never waited) and the second waiter find the
+    // key full.
+    assert_eq!(q.take_now().map(|t| t.item), Some(1));
+    assert_eq!(push_keyed_with(&q, &[('a', 9)], false).0, [9], "no barging");
+    assert!(wait_for_room(&q, 'a', &mut second.0, &mut second.1, waker).is_pending());
+    let ready = wait_for_room(&q, 'a', &mut first.0, &mut first.1, waker);
+    assert_eq!(ready, std::task::Poll::Ready(true));
+    assert!(first.1, "the place was kept for it");
+    assert_eq!(push_keyed_with(&q, &[('a', 3)], true), (vec![], false));
+    assert_eq!(q.depth().0, 2);
+}
+
+#[test]
+fn a_waiter_dropped_with_its_place_passes_it_on_and_the_last_lets_it_lapse() {
+    let q = two_per_key();
+    push_keyed(&q, &[('a', 1), ('a', 2)]);
+    let waker = std::task::Waker::noop();
+    let keys: std::collections::VecDeque<char> = ['a'].into();
+    let (mut first, mut second) = ((None, false), (None, false));
+    assert!(wait_for_room(&q, 'a', &mut first.0, &mut first.1, waker).is_pending());
+    assert!(wait_for_room(&q, 'a', &mut second.0, &mut second.1, waker).is_pending());
+    assert_eq!(q.take_now().map(|t| t.item), Some(1)); // the first is woken
+    q.leave_key_room(&keys, first.0, false); // and dropped before it ran
+    let ready = wait_for_room(&q, 'a', &mut second.0, &mut second.1, waker);
+    assert_eq!(ready, std::task::Poll::Ready(true), "the place passed on");
+    assert!(second.1);
+    // The second gives up too, holding the grant: nobody waits, so the
+    // place lapses and a fresh push gets it.
+    q.leave_key_room(&keys, None, true);
+    assert_eq!(push_keyed_with(&q, &[('a', 9)], false).0, Vec::<u32>::new());
+    assert_eq!(q.depth().0, 2);
 }
 
 #[test]

@@ -89,7 +89,6 @@ impl WaitList {
     }
 
     /// Whether `ticket` is registered and not yet woken.
-    #[cfg(all(test, not(loom)))]
     pub(crate) fn is_registered(&self, ticket: Option<u64>) -> bool {
         let Some(index) = ticket.and_then(|t| t.checked_sub(self.base)) else {
             return false;
