@@ -34,7 +34,9 @@
 //!    its line, so a waiter woken for room keeps it; each freed place wakes
 //!    the oldest waiter with a grant, a waiter dropped with its grant
 //!    passes it on, and a grant nobody is left to use lapses. Registered
-//!    waiters exist only while the key has no room left.
+//!    waiters exist only while the key has no room left. Grants are not
+//!    ordered among themselves: waiters granted places freed together push
+//!    in the order they run.
 //! 6. No user code runs here: the caller's key type is only hashed and
 //!    compared (by its own `Hash` and `Eq`, which must not panic or lock),
 //!    and a forgotten key whose `Drop` could be user code is handed back to
