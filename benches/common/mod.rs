@@ -176,30 +176,12 @@ where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = u64> + Send + 'static,
 {
-    let done = Arc::new(OnceLock::new());
-    let start = Instant::now();
     let config = FanOutConfig::new(workers, policy).capacity(capacity);
-    let (results, shutdown) = timed_source(n, done.clone()).bounded_fan_out_with(config, handler);
-    let consume = results.fold(0u64, |count, output| {
-        black_box(output);
-        async move { count + 1 }
-    });
-    let (received, report) = tokio::join!(consume, shutdown.join());
-    let wall = start.elapsed();
-    assert!(report.is_conserved(), "{report}");
-    assert_eq!(received, report.processed, "results received vs processed");
-    Run {
-        wall,
-        intake: *done.get().expect("input exhausted") - start,
-        taken: report.produced,
-        processed: report.processed,
-        dropped: report.dropped,
-        ..Run::default()
-    }
+    crate_run_config(n, config, handler).await
 }
 
 /// This crate keyed by `x % keys` (`FanOutConfig::key_by`): the cost of
-/// keying, against [`crate_run`].
+/// keying, against [`crate_run`] (the same run otherwise).
 pub async fn crate_keyed_run<F, Fut>(
     n: u64,
     capacity: usize,
@@ -211,19 +193,30 @@ where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = u64> + Send + 'static,
 {
-    let done = Arc::new(OnceLock::new());
-    let start = Instant::now();
     let config = FanOutConfig::new(WORKERS, policy)
         .capacity(capacity)
         .key_by(move |x: &u64| x % keys);
+    crate_run_config(n, config, handler).await
+}
+
+/// This crate: `0..n` through a pipeline configured by `config`, every
+/// result read by one consumer.
+async fn crate_run_config<F, Fut>(n: u64, config: FanOutConfig<u64>, handler: F) -> Run
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = u64> + Send + 'static,
+{
+    let done = Arc::new(OnceLock::new());
+    let start = Instant::now();
     let (results, shutdown) = timed_source(n, done.clone()).bounded_fan_out_with(config, handler);
-    let report = shutdown
-        .join_for_each(results, |output| {
-            black_box(output);
-        })
-        .await;
+    let consume = results.fold(0u64, |count, output| {
+        black_box(output);
+        async move { count + 1 }
+    });
+    let (received, report) = tokio::join!(consume, shutdown.join());
     let wall = start.elapsed();
     assert!(report.is_conserved(), "{report}");
+    assert_eq!(received, report.processed, "results received vs processed");
     Run {
         wall,
         intake: *done.get().expect("input exhausted") - start,
