@@ -54,9 +54,9 @@ use tokio::runtime::Runtime;
 
 use common::{
     CAPACITY, Fairness, Run, WORKERS, bare_run, buffer_unordered_run, busy, calibrate, channel_run,
-    crate_keyed_run, crate_run, crossover_items, current_thread, double, fairness_channel,
-    fairness_crate, freshness_channel, freshness_crate, iterations_for, multi_thread, quantile,
-    run_on, sleepy,
+    crate_keyed_run, crate_run, crate_skewed_run, crossover_items, current_thread, double,
+    fairness_channel, fairness_crate, freshness_channel, freshness_crate, iterations_for,
+    multi_thread, quantile, run_on, sleepy,
 };
 
 const GOODPUT_ITEMS: u64 = 1_000_000;
@@ -900,6 +900,14 @@ fn profile(args: &[String]) {
         "crate-keyed-ct" => run_on(
             &current_thread(),
             crate_keyed_run(n, CAPACITY, ShedPolicy::Backpressure, 1024, double),
+        ),
+        "crate-skewed" => run_on(
+            &mt,
+            crate_skewed_run(n, CAPACITY, ShedPolicy::Backpressure, double),
+        ),
+        "crate-skewed-ct" => run_on(
+            &current_thread(),
+            crate_skewed_run(n, CAPACITY, ShedPolicy::Backpressure, double),
         ),
         "bare-intake" => run_on(&mt, bare_run(n, CAPACITY, ShedPolicy::DropOldest, sleepy)),
         other => panic!("unknown contender {other:?}"),

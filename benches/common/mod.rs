@@ -199,6 +199,60 @@ where
     crate_run_config(n, config, handler).await
 }
 
+/// Keys in the mix of the skewed feed of issue 19
+/// (`examples/keyed_feed.rs`): half the items on one
+/// hot key (0), half on 1,000 cold keys with Zipf weights (key `k` with
+/// weight `1/k`), drawn once from a fixed seed, so the key function is a
+/// table lookup as cheap as `x % keys`.
+pub fn skewed_keys() -> Arc<[u64]> {
+    const COLD: u32 = 1_000;
+    let mut weights = Vec::with_capacity(COLD as usize);
+    let mut total = 0.0;
+    for k in 1..=COLD {
+        total += 1.0 / f64::from(k);
+        weights.push(total);
+    }
+    // splitmix64 (Steele, Lea and Flood, OOPSLA 2014), a fixed seed.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    (0..SKEWED_KEYS)
+        .map(|_| {
+            if next() % 2 == 0 {
+                return 0;
+            }
+            let draw = (next() % 1_000_000) as f64 / 1_000_000.0 * total;
+            1 + weights.partition_point(|w| *w < draw) as u64
+        })
+        .collect()
+}
+
+/// Items `x` take key `skewed_keys()[x % SKEWED_KEYS]`.
+pub const SKEWED_KEYS: usize = 4_096;
+
+/// [`crate_keyed_run`] with the keys of [`skewed_keys`].
+pub async fn crate_skewed_run<F, Fut>(
+    n: u64,
+    capacity: usize,
+    policy: ShedPolicy,
+    handler: F,
+) -> Run
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = u64> + Send + 'static,
+{
+    let keys = skewed_keys();
+    let config = FanOutConfig::new(WORKERS, policy)
+        .capacity(capacity)
+        .key_by(move |x: &u64| keys[*x as usize % SKEWED_KEYS]);
+    crate_run_config(n, config, handler).await
+}
+
 /// This crate: `0..n` through a pipeline configured by `config`, every
 /// result read by one consumer.
 async fn crate_run_config<F, Fut>(n: u64, config: FanOutConfig<u64>, handler: F) -> Run

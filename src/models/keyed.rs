@@ -164,3 +164,61 @@ fn loom_a_take_gives_a_full_keys_place_to_the_producer_waiting_for_it() {
         assert_eq!(queue.depth().0, 1);
     });
 }
+
+/// Invariant 5 of `keyed`, one grant at a time: two places of a full key
+/// free before either waiting producer runs; the first place is kept for
+/// one of them, and its push passes the second to the other, so both get
+/// in, whatever the interleaving.
+///
+/// Guard: a grant holder's push wakes the next in line
+/// (`Keyed::place` sets `passed`). Shown to fail by not passing it on:
+/// the second producer parks forever (deadlock).
+#[test]
+fn loom_a_grant_holders_push_passes_the_next_place_on() {
+    loom::model(|| {
+        let queue = Arc::new(HandOff::new(QueueSettings {
+            keyed: Some((table::<char>(), 2)),
+            many_producers: true,
+            ..QueueSettings::plain(4, ShedPolicy::Backpressure)
+        }));
+        let push = |queue: &HandOff<u32>, item: u32, granted: &mut bool| {
+            let mut batch = vec![item];
+            let mut keys = key_a();
+            let (mut shed, mut reasons) = (Vec::new(), Vec::new());
+            queue.push_keyed(
+                &mut batch,
+                &mut keys,
+                granted,
+                &mut shed,
+                &mut reasons,
+                |_, _| {},
+            );
+            batch.is_empty()
+        };
+        let mut granted = false;
+        assert!(push(&queue, 1, &mut granted) && push(&queue, 2, &mut granted));
+        let producers: Vec<_> = [10, 11]
+            .into_iter()
+            .map(|item| {
+                super::spawn(&queue, move |queue| {
+                    // As a front does: a push that finds the key full again
+                    // (a place it saw free, not kept for it, went to the
+                    // other producer) waits again.
+                    let (mut keys, mut granted) = (key_a(), false);
+                    while block_on(queue.key_room(&mut keys, &mut granted)) {
+                        if push(&queue, item, &mut granted) {
+                            return true;
+                        }
+                    }
+                    false
+                })
+            })
+            .collect();
+        assert_eq!(take_one(&queue), Some(1));
+        assert_eq!(take_one(&queue), Some(2));
+        for producer in producers {
+            assert!(producer.join().unwrap(), "each waiting producer got in");
+        }
+        assert_eq!(queue.depth().0, 2);
+    });
+}

@@ -29,14 +29,16 @@
 //!    whatever the number of distinct keys ever seen.
 //! 5. **Room per key is first come, first served** (`Backpressure`): a
 //!    key's room is `per_key_capacity` less its queued items less its
-//!    `granted` places (waiters woken for room they have not used yet). A
+//!    `granted` place (a waiter woken for room it has not used yet). A
 //!    push takes room only if the key has room left and nobody waits in
-//!    its line, so a waiter woken for room keeps it; each freed place wakes
-//!    the oldest waiter with a grant, a waiter dropped with its grant
-//!    passes it on, and a grant nobody is left to use lapses. Registered
-//!    waiters exist only while the key has no room left. Grants are not
-//!    ordered among themselves: waiters granted places freed together push
-//!    in the order they run.
+//!    its line, so a waiter woken for room keeps it. **At most one grant is
+//!    outstanding per key** (`granted <= 1`): a freed place wakes the
+//!    oldest waiter only while no grant is outstanding, and the holder,
+//!    once it has pushed, passes the next place on to the next in line, so
+//!    waiters enter in the order they began to wait even when several
+//!    places free at once. A waiter dropped with its grant passes it on,
+//!    and a grant nobody is left to use lapses. Waiters are in line only
+//!    while the key has no room left or a grant is outstanding.
 //! 6. No user code runs here: the caller's key type is only hashed and
 //!    compared (by its own `Hash` and `Eq`, which must not panic or lock),
 //!    and a forgotten key whose `Drop` could be user code is handed back to
@@ -73,7 +75,7 @@ struct Slot<T> {
     room: WaitList,
     /// Its key is interned (invariant 4).
     live: bool,
-    /// Waiters woken for room in this key who have not pushed yet
+    /// Waiters woken for room in this key who have not pushed yet: 0 or 1
     /// (invariant 5).
     granted: usize,
 }
@@ -125,6 +127,9 @@ pub(crate) struct Keyed<T> {
     /// Forgotten keys whose `Drop` may be user code, for the caller to drop
     /// after unlocking.
     forgotten: Vec<Box<dyn Any + Send>>,
+    /// The next waiter for room, granted its place by a grant holder's
+    /// push (invariant 5), for the caller to wake after unlocking.
+    passed: Option<Waker>,
 }
 
 impl<T> Keyed<T> {
@@ -144,6 +149,7 @@ impl<T> Keyed<T> {
             per_key_capacity,
             track_fattest: policy != ShedPolicy::Backpressure,
             forgotten: Vec::new(),
+            passed: None,
         }
     }
 
@@ -157,8 +163,12 @@ impl<T> Keyed<T> {
     }
 
     /// Forgotten keys to drop after unlocking.
-    pub(crate) fn take_forgotten(&mut self) -> Vec<Box<dyn Any + Send>> {
-        std::mem::take(&mut self.forgotten)
+    pub(crate) fn take_forgotten(&mut self) -> Forgotten {
+        if self.forgotten.is_empty() {
+            None // the common case, and the only one for keys without drop glue
+        } else {
+            Some(std::mem::take(&mut self.forgotten))
+        }
     }
 
     /// Registers a producer waiting for room in the front key of `keys`;
@@ -187,8 +197,8 @@ impl<T> Keyed<T> {
             return false;
         }
         debug_assert!(
-            slot.room.is_empty() || slot.items.len() + slot.granted >= per_key,
-            "Keyed: waiters in line beside free room (invariant 5)"
+            slot.room.is_empty() || slot.items.len() >= per_key || slot.granted == 1,
+            "Keyed: waiters in line beside free room, no grant out (invariant 5)"
         );
         if slot.items.len() + slot.granted < per_key && slot.room.is_empty() {
             return false;
@@ -216,19 +226,21 @@ impl<T> Keyed<T> {
             return None;
         }
         let held_grant = granted || (ticket.is_some() && !slot.room.is_registered(ticket));
-        let next = if granted {
-            slot.room.wake_one()
+        // Still in line: its place goes. Held a grant: it lapses, and the
+        // next in line gets it if the place is still free.
+        slot.room.forget(&mut ticket);
+        let next = if held_grant {
+            debug_assert!(slot.granted == 1, "Keyed: a grant not counted");
+            slot.granted = 0;
+            self.grant_next(id)
         } else {
-            slot.room.leave(ticket)
+            None
         };
-        if held_grant && next.is_none() {
-            debug_assert!(slot.granted > 0, "Keyed: a grant not counted");
-            slot.granted -= 1;
-        }
         self.forget_if_idle(id);
         next
     }
 
+    #[inline]
     fn slot(&mut self, id: KeyId) -> &mut Slot<T> {
         if id >= self.slots.len() {
             self.slots.resize_with(id + 1, Slot::new);
@@ -261,8 +273,11 @@ impl<T> Keyed<T> {
         }
     }
 
+    /// Queues `item` in `id`, whose slot is live (`slot` was called).
+    #[inline]
     fn push_back(&mut self, id: KeyId, item: T, at: Instant) {
-        let slot = self.slot(id);
+        let slot = &mut self.slots[id];
+        debug_assert!(slot.live, "Keyed: a push into a slot not live");
         slot.items.push_back((item, at));
         let len = slot.items.len();
         self.total += 1;
@@ -271,6 +286,7 @@ impl<T> Keyed<T> {
         }
     }
 
+    #[inline]
     fn pop(&mut self, id: KeyId, newest: bool) -> Option<(T, Instant)> {
         let slot = &mut self.slots[id];
         let popped = if newest {
@@ -288,6 +304,7 @@ impl<T> Keyed<T> {
 
     /// Marks `id` ready if it has items and nothing in flight: at the
     /// ring's tail. True if it became ready.
+    #[inline]
     fn make_ready(&mut self, id: KeyId) -> bool {
         let slot = &self.slots[id];
         if slot.items.is_empty() || slot.in_flight || slot.ready.is_linked() {
@@ -359,10 +376,11 @@ impl<T> Keyed<T> {
         let Some(id) = self.table.intern_front(keys, &full) else {
             return Err(item);
         };
-        if std::mem::take(granted) {
+        let used_grant = std::mem::take(granted);
+        if used_grant {
             let slot = &mut self.slots[id];
-            debug_assert!(slot.granted > 0, "Keyed: a grant not counted");
-            slot.granted = slot.granted.saturating_sub(1);
+            debug_assert!(slot.granted == 1, "Keyed: a grant not counted");
+            slot.granted = 0;
         }
         let own = self.slot(id).items.len();
         let placed = if own >= self.per_key_capacity {
@@ -395,8 +413,16 @@ impl<T> Keyed<T> {
             self.push_back(id, item, at);
             Placed::Queued
         };
+        if used_grant {
+            // The holder is in: the next in line may have the next place.
+            self.passed = self.grant_next(id);
+        }
         let woke = self.make_ready(id);
-        self.forget_if_idle(id);
+        if let Placed::Shed(..) = placed {
+            // Only an arrival shed itself can leave its key idle (a new
+            // key that got nothing queued).
+            self.forget_if_idle(id);
+        }
         Ok((placed, woke))
     }
 
@@ -424,8 +450,9 @@ impl<T> Keyed<T> {
     /// The oldest item of the key whose turn it is, marking the key in
     /// flight; `None` if no key is ready.
     pub(crate) fn take(&mut self) -> Option<(KeyId, T, Instant)> {
-        let id = self.ready.head()?;
-        self.unready(id);
+        let id = self
+            .ready
+            .pop_front(&mut self.slots, |slot| &mut slot.ready)?;
         let Some((item, at)) = self.pop(id, false) else {
             unreachable!("Keyed: a key in the ring without items (invariant 3)");
         };
@@ -447,20 +474,29 @@ impl<T> Keyed<T> {
         woke
     }
 
-    /// After a take or a withdrawal from `id`: the oldest producers waiting
-    /// for room in it, one per free place, each woken with a grant
+    /// After a take or a withdrawal from `id`: the oldest producer waiting
+    /// for room in it, woken with a grant, if none is outstanding
     /// (invariant 5).
-    pub(crate) fn room_freed(&mut self, id: KeyId) -> Vec<std::task::Waker> {
-        let per_key = self.per_key_capacity;
-        match self.slots.get_mut(id) {
-            Some(slot) if !slot.room.is_empty() => {
-                let free = per_key.saturating_sub(slot.items.len() + slot.granted);
-                let woken = slot.room.wake(free);
-                slot.granted += woken.len();
-                woken
-            }
-            _ => Vec::new(),
+    #[inline]
+    pub(crate) fn room_freed(&mut self, id: KeyId) -> Option<Waker> {
+        if self.slots.get(id).is_none_or(|slot| slot.room.is_empty()) {
+            return None; // nobody waits: the common case on a take
         }
+        self.grant_next(id)
+    }
+
+    /// The next waiter for room in `id`, woken with a grant, if the key has
+    /// a free place and no grant is outstanding (invariant 5: one at a
+    /// time, so waiters enter in the order they began to wait).
+    fn grant_next(&mut self, id: KeyId) -> Option<Waker> {
+        let per_key = self.per_key_capacity;
+        let slot = self.slots.get_mut(id)?;
+        if slot.granted > 0 || slot.items.len() >= per_key {
+            return None;
+        }
+        let next = slot.room.wake_one()?;
+        slot.granted = 1;
+        Some(next)
     }
 
     /// Takes the oldest queued item that `is_it` picks out of its key (a
@@ -468,7 +504,7 @@ impl<T> Keyed<T> {
     /// key, to wake. The key leaves the ring if it has no item left, and is
     /// forgotten if nothing else needs it (invariants 2 to 4). O(keys +
     /// queued items).
-    pub(crate) fn withdraw(&mut self, is_it: impl Fn(&T) -> bool) -> Option<(T, Vec<Waker>)> {
+    pub(crate) fn withdraw(&mut self, is_it: impl Fn(&T) -> bool) -> Option<(T, Option<Waker>)> {
         let (id, at) = self.slots.iter().enumerate().find_map(|(id, slot)| {
             let at = slot.items.iter().position(|(item, _)| is_it(item))?;
             Some((id, at))
@@ -532,16 +568,23 @@ impl<T> Keyed<T> {
     }
 }
 
-/// After unlocking: wakes `woken` and drops `forgotten` keys (quietly:
-/// their `Drop` may be user code). Both are empty on most calls.
-pub(super) fn wake_and_drop(
-    woken: impl IntoIterator<Item = Waker>,
-    forgotten: Vec<Box<dyn Any + Send>>,
-) {
-    woken.into_iter().for_each(Waker::wake);
-    if !forgotten.is_empty() {
-        forgotten.into_iter().for_each(drop_quietly);
+/// Keys forgotten under the lock whose `Drop` may be user code, to drop
+/// after unlocking; `None` on most calls (no `Vec` to move or drop).
+pub(crate) type Forgotten = Option<Vec<Box<dyn Any + Send>>>;
+
+/// After unlocking: drops `forgotten` keys, quietly (their `Drop` may be
+/// user code).
+#[inline]
+pub(super) fn drop_forgotten(forgotten: Forgotten) {
+    if let Some(keys) = forgotten {
+        keys.into_iter().for_each(drop_quietly);
     }
+}
+
+/// After unlocking: wakes `woken` and drops `forgotten` keys.
+pub(super) fn wake_and_drop(woken: Vec<Waker>, forgotten: Forgotten) {
+    woken.into_iter().for_each(Waker::wake);
+    drop_forgotten(forgotten);
 }
 
 // ===== the queue's keyed operations =====
@@ -570,7 +613,7 @@ impl<T> HandOff<T> {
         reasons: &mut Vec<(ShedReason, bool)>,
         count: impl FnOnce(usize, usize),
     ) -> Pushed {
-        let (woken, forgotten, pushed) = {
+        let (woken, forgotten, pushed, passed) = {
             let mut state = self.lock();
             if state.closed {
                 return Pushed::Refused;
@@ -612,6 +655,7 @@ impl<T> HandOff<T> {
             batch.append(&mut left);
             let len = keyed.total();
             let forgotten = keyed.take_forgotten();
+            let passed = keyed.passed.take();
             if let Room::Batch = self.room {
                 // The reservation becomes items (invariant 4).
                 state.batch.reserved -= offered.min(state.batch.reserved);
@@ -632,8 +676,9 @@ impl<T> HandOff<T> {
                 taken: state.next_take,
                 blocked,
             };
-            (woken, forgotten, pushed)
+            (woken, forgotten, pushed, passed)
         };
+        wake(passed);
         wake_and_drop(woken, forgotten);
         pushed
     }
@@ -664,7 +709,7 @@ impl<T> HandOff<T> {
                 state.idle.register(ticket, cx.waker());
             }
             drop(state);
-            wake_and_drop(None, forgotten);
+            drop_forgotten(forgotten);
             return if ended {
                 Poll::Ready(None)
             } else {
@@ -672,13 +717,14 @@ impl<T> HandOff<T> {
             };
         };
         let queued = keyed.total();
-        let mut woken = keyed.room_freed(key);
+        let next = keyed.room_freed(key);
         let forgotten = keyed.take_forgotten();
         state.idle.forget(ticket);
+        let mut woken = None;
         if state.closed && queued == 0 {
             // Workers that waited for a key in flight must see the end: in
             // keyed mode they may wait on a closed queue (above).
-            woken.extend(state.idle.wake_all());
+            woken = Some(state.idle.wake_all());
         }
         self.len.store(queued, Relaxed);
         let expired = self.max_age.is_some_and(|max_age| at.elapsed() > max_age);
@@ -688,7 +734,9 @@ impl<T> HandOff<T> {
         let woke_producer = producer.is_some() && queued == 0;
         drop(state);
         wake(producer);
-        wake_and_drop(woken, forgotten);
+        wake(next);
+        woken.into_iter().flatten().for_each(Waker::wake);
+        drop_forgotten(forgotten);
         self.room.freed_one();
         Poll::Ready(Some(Taken {
             seq,
@@ -711,7 +759,8 @@ impl<T> HandOff<T> {
             let forgotten = keyed.take_forgotten();
             (if ready { state.idle.wake_one() } else { None }, forgotten)
         };
-        wake_and_drop(woken, forgotten);
+        wake(woken);
+        drop_forgotten(forgotten);
     }
 
     /// Ready with `true` once the front key of `keys` has room for this
@@ -766,7 +815,8 @@ impl<T> HandOff<T> {
             let next = keyed.leave_room(keys, ticket, granted, closed);
             (next, keyed.take_forgotten())
         };
-        wake_and_drop(next, forgotten);
+        wake(next);
+        drop_forgotten(forgotten);
     }
 
     /// Waits until the front key of `keys` has room; `false` if the queue

@@ -8,6 +8,7 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash};
 
+use hashbrown::hash_table::Entry;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 /// A key's dense id, its slot's index.
@@ -27,13 +28,15 @@ pub(crate) trait KeyTable: Send {
     fn forget(&mut self, id: KeyId) -> Option<Box<dyn Any + Send>>;
 }
 
-/// A [`KeyTable`] for keys of type `K`: a slab of keys (with their hash)
-/// by id, and a raw hash table of ids that compares through the slab, so
-/// each key is hashed once, when it is interned, and needs no `Clone`.
+/// A [`KeyTable`] for keys of type `K`: a raw hash table of keys with
+/// their ids, and each id's hash, so each key is hashed once, when it is
+/// interned, needs no `Clone`, and is compared in place.
 struct Table<K> {
-    keys: Vec<Option<(K, u64)>>,
+    /// The interned keys, with their ids.
+    ids: HashTable<(K, KeyId)>,
+    /// The hash of each id's key (stale for a free id).
+    hashes: Vec<u64>,
     free: Vec<KeyId>,
-    ids: HashTable<KeyId>,
     /// foldhash, seeded per table (hashbrown's default hasher), not std's
     /// SipHash, which cost this table most of its time. Keys may come from
     /// the network: foldhash is only "minimally DoS-resistant" (no set of
@@ -48,9 +51,9 @@ struct Table<K> {
 /// A key table for `K`.
 pub(crate) fn table<K: Hash + Eq + Send + 'static>() -> Box<dyn KeyTable> {
     Box::new(Table::<K> {
-        keys: Vec::new(),
-        free: Vec::new(),
         ids: HashTable::new(),
+        hashes: Vec::new(),
+        free: Vec::new(),
         hasher: DefaultHashBuilder::default(),
     })
 }
@@ -59,15 +62,6 @@ fn downcast<K: 'static>(keys: &dyn Any) -> &VecDeque<K> {
     match keys.downcast_ref::<VecDeque<K>>() {
         Some(keys) => keys,
         None => unreachable!("KeyTable: keys of another type"),
-    }
-}
-
-impl<K: Hash + Eq> Table<K> {
-    fn lookup(&self, key: &K, hash: u64) -> Option<KeyId> {
-        let keys = &self.keys;
-        self.ids
-            .find(hash, |id| keys[*id].as_ref().is_some_and(|(k, _)| k == key))
-            .copied()
     }
 }
 
@@ -84,41 +78,47 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
             unreachable!("KeyTable: one key per item")
         };
         let hash = self.hasher.hash_one(front);
-        if let Some(id) = self.lookup(front, hash) {
-            if refuse(id) {
-                return None;
+        // One probe sequence: finds the key, or the place to insert it.
+        let hasher = &self.hasher;
+        let entry = self
+            .ids
+            .entry(hash, |(k, _)| k == front, |(k, _)| hasher.hash_one(k));
+        let vacant = match entry {
+            Entry::Occupied(entry) => {
+                let id = entry.get().1;
+                if refuse(id) {
+                    return None;
+                }
+                keys.pop_front();
+                return Some(id);
             }
-            keys.pop_front();
-            return Some(id);
-        }
+            Entry::Vacant(vacant) => vacant,
+        };
         let key = keys.pop_front()?;
         let id = match self.free.pop() {
             Some(id) => {
-                self.keys[id] = Some((key, hash));
+                self.hashes[id] = hash;
                 id
             }
             None => {
-                self.keys.push(Some((key, hash)));
-                self.keys.len() - 1
+                self.hashes.push(hash);
+                self.hashes.len() - 1
             }
         };
-        let keys = &self.keys;
-        self.ids.insert_unique(hash, id, |id| {
-            keys[*id].as_ref().map_or(0, |(_, hash)| *hash)
-        });
+        vacant.insert((key, id));
         Some(id)
     }
 
     fn find_front(&self, keys: &dyn Any) -> Option<KeyId> {
         let key = downcast::<K>(keys).front()?;
-        self.lookup(key, self.hasher.hash_one(key))
+        let hash = self.hasher.hash_one(key);
+        self.ids.find(hash, |(k, _)| k == key).map(|(_, id)| *id)
     }
 
     fn forget(&mut self, id: KeyId) -> Option<Box<dyn Any + Send>> {
-        let (key, hash) = self.keys[id].take()?;
-        if let Ok(entry) = self.ids.find_entry(hash, |other| *other == id) {
-            entry.remove();
-        }
+        let hash = *self.hashes.get(id)?;
+        let entry = self.ids.find_entry(hash, |(_, other)| *other == id).ok()?;
+        let ((key, _), _) = entry.remove();
         self.free.push(id);
         std::mem::needs_drop::<K>().then(|| Box::new(key) as Box<dyn Any + Send>)
     }

@@ -56,6 +56,25 @@ impl List {
         }
     }
 
+    /// Unlinks the head and returns it (O(1), as `remove` of the head,
+    /// with fewer branches: the ring's take).
+    pub(super) fn pop_front<S>(
+        &mut self,
+        slots: &mut [S],
+        links: impl Fn(&mut S) -> &mut Links,
+    ) -> Option<KeyId> {
+        let (head, tail) = self.ends?;
+        let next = std::mem::take(links(&mut slots[head])).next;
+        self.ends = match next {
+            Some(next) => {
+                links(&mut slots[next]).prev = None;
+                Some((next, tail))
+            }
+            None => None,
+        };
+        Some(head)
+    }
+
     /// Unlinks `id` if it is in this list; false if it was not.
     pub(super) fn remove<S>(
         &mut self,
@@ -119,8 +138,10 @@ mod tests {
         list.push_back(&mut slots, 0, |links| links);
         assert_eq!(order(&list, &slots), [1, 0]);
         assert_eq!((list.head(), list.tail()), (Some(1), Some(0)));
-        assert!(list.remove(&mut slots, 1, |links| links));
-        assert!(list.remove(&mut slots, 0, |links| links));
+        assert_eq!(list.pop_front(&mut slots, |links| links), Some(1));
+        assert_eq!((list.head(), list.tail()), (Some(0), Some(0)));
+        assert_eq!(list.pop_front(&mut slots, |links| links), Some(0));
+        assert_eq!(list.pop_front(&mut slots, |links| links), None);
         assert_eq!(list.head(), None);
         assert!(slots.iter().all(|links| !links.is_linked()));
     }

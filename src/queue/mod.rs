@@ -69,7 +69,6 @@ use tokio::time::Instant;
 
 use crate::ShedPolicy;
 use crate::export::{Stamp, stamp};
-use crate::isolate::drop_quietly;
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, lock};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -535,7 +534,8 @@ impl<T> HandOff<T> {
             let state = &mut *guard;
             let (item, woken, forgotten) = match &mut state.keyed {
                 Some(keyed) => {
-                    let (item, mut woken) = keyed.withdraw(is_it)?;
+                    let (item, next) = keyed.withdraw(is_it)?;
+                    let mut woken: Vec<_> = next.into_iter().collect();
                     if state.closed && keyed.total() == 0 {
                         // Workers waiting for a key in flight must see the
                         // end, as after the last take (keyed mode).
@@ -549,7 +549,7 @@ impl<T> HandOff<T> {
                     if self.stamped {
                         state.stamps.remove(at);
                     }
-                    (item, Vec::new(), Vec::new())
+                    (item, Vec::new(), None)
                 }
             };
             let queued = state.queued();
@@ -577,7 +577,7 @@ impl<T> HandOff<T> {
             let mut state = self.lock();
             state.closed = true;
             let mut idle = state.idle.wake_all();
-            let mut forgotten = Vec::new();
+            let mut forgotten = None;
             if let Some(keyed) = &mut state.keyed {
                 // Producers waiting for a key's room are refused too.
                 idle.extend(keyed.wake_room_all());
@@ -586,7 +586,7 @@ impl<T> HandOff<T> {
             (idle, state.batch.waiter.take(), forgotten)
         };
         idle.into_iter().chain(producer).for_each(Waker::wake);
-        forgotten.into_iter().for_each(drop_quietly);
+        keyed::drop_forgotten(forgotten);
         self.room.close();
     }
 
@@ -601,7 +601,7 @@ impl<T> HandOff<T> {
             state.stamps.clear();
             let mut items: Vec<T> = state.items.drain(..).collect();
             let mut idle = state.idle.wake_all();
-            let mut forgotten = Vec::new();
+            let mut forgotten = None;
             if let Some(keyed) = &mut state.keyed {
                 let (queued, waiting) = keyed.drain();
                 items.extend(queued);
@@ -613,7 +613,7 @@ impl<T> HandOff<T> {
             (items, idle, state.batch.waiter.take(), forgotten)
         };
         idle.into_iter().chain(producer).for_each(Waker::wake);
-        forgotten.into_iter().for_each(drop_quietly);
+        keyed::drop_forgotten(forgotten);
         self.room.close();
         items
     }

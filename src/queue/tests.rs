@@ -279,6 +279,82 @@ fn a_full_keys_room_goes_to_its_producers_in_the_order_they_began_waiting() {
     assert_eq!(q.depth().0, 2);
 }
 
+/// Counts the wake-ups of the wakers it makes.
+struct Wakes(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Wakes {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn counting_waker() -> (std::sync::Arc<Wakes>, std::task::Waker) {
+    let wakes = std::sync::Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
+    (std::sync::Arc::clone(&wakes), wakes.into())
+}
+
+fn woken(wakes: &Wakes) -> usize {
+    wakes.0.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[test]
+fn places_freed_together_go_to_their_waiters_one_at_a_time_in_line_order() {
+    let q = two_per_key();
+    push_keyed(&q, &[('a', 1), ('a', 2)]);
+    // Three producers wait for a's room, in this order.
+    let mut waiters: Vec<_> = (0..3).map(|_| (counting_waker(), None, false)).collect();
+    for ((_, waker), ticket, granted) in &mut waiters {
+        assert!(wait_for_room(&q, 'a', ticket, granted, waker).is_pending());
+    }
+    let wakes = |waiters: &[((std::sync::Arc<Wakes>, _), _, _)]| -> Vec<usize> {
+        waiters.iter().map(|((w, _), _, _)| woken(w)).collect()
+    };
+    // Two places free before anyone runs (a take, its key finished, and
+    // a second take): only the first waiter holds a grant.
+    let first = q.take_now().expect("1");
+    q.finished(first.key.expect("keyed"));
+    let second = q.take_now().expect("2");
+    assert_eq!(second.item, 2);
+    assert_eq!(wakes(&waiters), [1, 0, 0], "one grant at a time");
+    // The youngest runs first: it is still in line.
+    let ((_, waker), ticket, granted) = &mut waiters[2];
+    assert!(wait_for_room(&q, 'a', ticket, granted, waker).is_pending());
+    let ((_, waker), ticket, granted) = &mut waiters[1];
+    assert!(wait_for_room(&q, 'a', ticket, granted, waker).is_pending());
+    // The first pushes with its grant, which passes the free place on.
+    let ((_, waker), ticket, granted) = &mut waiters[0];
+    assert_eq!(
+        wait_for_room(&q, 'a', ticket, granted, waker),
+        std::task::Poll::Ready(true)
+    );
+    assert_eq!(push_keyed_with(&q, &[('a', 10)], true), (vec![], false));
+    assert_eq!(wakes(&waiters), [1, 1, 0], "the second is next");
+    let ((_, waker), ticket, granted) = &mut waiters[2];
+    assert!(wait_for_room(&q, 'a', ticket, granted, waker).is_pending());
+    let ((_, waker), ticket, granted) = &mut waiters[1];
+    assert_eq!(
+        wait_for_room(&q, 'a', ticket, granted, waker),
+        std::task::Poll::Ready(true)
+    );
+    assert_eq!(push_keyed_with(&q, &[('a', 11)], true), (vec![], false));
+    // The key is full again: the third waits on, with no grant out.
+    assert_eq!(wakes(&waiters), [1, 1, 0]);
+    assert_eq!(q.depth().0, 2);
+    q.finished(second.key.expect("keyed"));
+    let order: Vec<u32> = std::iter::from_fn(|| {
+        let taken = q.take_now()?;
+        q.finished(taken.key.expect("keyed"));
+        Some(taken.item)
+    })
+    .collect();
+    assert_eq!(
+        order,
+        [10, 11],
+        "the key's items in the order their producers waited"
+    );
+    assert_eq!(wakes(&waiters), [1, 1, 1]);
+}
+
 #[test]
 fn a_waiter_dropped_with_its_place_passes_it_on_and_the_last_lets_it_lapse() {
     let q = two_per_key();

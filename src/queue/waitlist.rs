@@ -38,6 +38,7 @@ use std::collections::VecDeque;
 use std::task::Waker;
 
 /// Wakes `waker`, if there is one (after unlocking).
+#[inline]
 pub(crate) fn wake(waker: Option<Waker>) {
     if let Some(waker) = waker {
         waker.wake();
