@@ -351,6 +351,7 @@ impl<T> Keyed<T> {
     /// ready (a worker should be woken). Under `Backpressure` an arrival
     /// whose key is full is refused and comes back (`Err`), its key left
     /// in `keys`.
+    #[inline]
     pub(crate) fn place(
         &mut self,
         item: T,
@@ -449,6 +450,7 @@ impl<T> Keyed<T> {
 
     /// The oldest item of the key whose turn it is, marking the key in
     /// flight; `None` if no key is ready.
+    #[inline]
     pub(crate) fn take(&mut self) -> Option<(KeyId, T, Instant)> {
         let id = self
             .ready
@@ -463,6 +465,7 @@ impl<T> Keyed<T> {
     /// The item of `id` a worker took has finished: the key's next item may
     /// start. Returns whether the key became ready, and the producers
     /// waiting for room in it to wake.
+    #[inline]
     pub(crate) fn finished(&mut self, id: KeyId) -> bool {
         let Some(slot) = self.slots.get_mut(id) else {
             return false;
