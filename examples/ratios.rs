@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Targets: floor, goodput, goodput-bare, goodput-backpressure, goodput-ct,
-//! fairness-ct, keyed-cost, keyed-cost-ct, speedup, speedup-cap16, intake-mt, intake-ct,
+//! fairness-ct, keyed-cost, keyed-cost-ct, keyed-cost-skewed, keyed-cost-skewed-ct, speedup, speedup-cap16, intake-mt, intake-ct,
 //! crossover, freshness.
 //!
 //! The `-ct` targets run on a current-thread runtime, which is what
@@ -78,7 +78,7 @@ const FLOOR_CAPACITY: usize = 16;
 /// Items per fairness round (the scenario of the fairness issue).
 const FAIRNESS_ITEMS: u64 = 100_000;
 
-const ALL: [&str; 14] = [
+const ALL: [&str; 16] = [
     "floor",
     "goodput",
     "goodput-bare",
@@ -87,6 +87,8 @@ const ALL: [&str; 14] = [
     "fairness-ct",
     "keyed-cost",
     "keyed-cost-ct",
+    "keyed-cost-skewed",
+    "keyed-cost-skewed-ct",
     "speedup",
     "speedup-cap16",
     "intake-mt",
@@ -151,8 +153,10 @@ fn main() {
             "goodput-backpressure" => goodput(&env, "backpressure"),
             "goodput-ct" => goodput_ct(&env),
             "fairness-ct" => fairness_ct(&env),
-            "keyed-cost" => keyed_cost(&env, false),
-            "keyed-cost-ct" => keyed_cost(&env, true),
+            "keyed-cost" => keyed_cost(&env, false, false),
+            "keyed-cost-ct" => keyed_cost(&env, true, false),
+            "keyed-cost-skewed" => keyed_cost(&env, false, true),
+            "keyed-cost-skewed-ct" => keyed_cost(&env, true, true),
             "speedup" => speedup(&env, false),
             "speedup-cap16" => speedup(&env, true),
             "intake-mt" => intake(&env, &env.mt, "multi-thread"),
@@ -480,27 +484,30 @@ fn fairness_ct(env: &Env) {
     );
 }
 
-/// The cost of keying (`key_by`, 1,024 keys) with a trivial handler,
-/// lossless, against the same pipeline unkeyed: items per second, so a
-/// ratio of 0.77 is a cost of 1.3× per item.
-fn keyed_cost(env: &Env, current_thread: bool) {
+/// The cost of keying (`key_by`) with a trivial handler, lossless, against
+/// the same pipeline unkeyed: items per second, so a ratio of 0.77 is a
+/// cost of 1.3× per item. Keys: 1,024 in turn (nearly every item the first
+/// of its key: the worst case), or `skewed` (the mix of issue 19's feed:
+/// half on one hot key, half on 1,000 cold keys with Zipf weights).
+fn keyed_cost(env: &Env, current_thread: bool, skewed: bool) {
     let n = GOODPUT_ITEMS;
-    let (rt, label) = match current_thread {
-        false => (
-            &env.mt,
-            "6. keyed (1,024 keys) vs unkeyed, trivial handler, Backpressure (items/s)",
-        ),
-        true => (&env.ct, "6b. same, current-thread runtime"),
+    let label = match (current_thread, skewed) {
+        (false, false) => {
+            "6. keyed (1,024 keys) vs unkeyed, trivial handler, Backpressure (items/s)"
+        }
+        (true, false) => "6b. same, current-thread runtime",
+        (false, true) => "6c. keyed (skewed: 1 hot + 1,000 Zipf keys) vs unkeyed, trivial handler",
+        (true, true) => "6d. same, current-thread runtime",
     };
+    let rt = if current_thread { &env.ct } else { &env.mt };
+    let policy = ShedPolicy::Backpressure;
     let (runs_a, runs_b) = interleave(
         env.rounds,
-        || {
-            run_on(
-                rt,
-                crate_keyed_run(n, CAPACITY, ShedPolicy::Backpressure, 1024, double),
-            )
+        || match skewed {
+            false => run_on(rt, crate_keyed_run(n, CAPACITY, policy, 1024, double)),
+            true => run_on(rt, crate_skewed_run(n, CAPACITY, policy, double)),
         },
-        || run_on(rt, crate_run(n, CAPACITY, ShedPolicy::Backpressure, double)),
+        || run_on(rt, crate_run(n, CAPACITY, policy, double)),
     );
     row(
         label,

@@ -351,7 +351,9 @@ impl<T> Keyed<T> {
     /// ready (a worker should be woken). Under `Backpressure` an arrival
     /// whose key is full is refused and comes back (`Err`), its key left
     /// in `keys`.
-    #[inline]
+    // Always: its one caller is the keyed push loop, and its result (a
+    // large enum) is then matched in registers, not through memory.
+    #[inline(always)]
     pub(crate) fn place(
         &mut self,
         item: T,
