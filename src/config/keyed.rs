@@ -86,10 +86,11 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     ///   `Backpressure`, producers that find a key full (sends, calls, items
     ///   a `Sink` handle accepted) wait in line for its room, first come,
     ///   first served: a freed place is kept for the oldest waiter, and a
-    ///   producer that did not wait cannot take it. When several places
-    ///   free at once (a `per_key_capacity` above 1, or several queued
-    ///   calls withdrawn together), the waiters they are kept for enter in
-    ///   the order they next run.
+    ///   producer that did not wait cannot take it. One place is kept at a
+    ///   time: when several free at once (a `per_key_capacity` above 1, or
+    ///   several queued calls withdrawn together), the next waiter is woken
+    ///   once the one before it is in, so waiters enter in the order they
+    ///   began to wait.
     /// * **Per-key shedding.** With
     ///   [`per_key_capacity`](Self::per_key_capacity), a key whose own queue
     ///   is full sheds within itself: `DropNewest` sheds the arrival,
