@@ -60,7 +60,11 @@ macro_rules! with_counters {
         $(#[$meta])*
         pub struct $name {
             /// Items taken from the input (pulled from the stream, or
-            /// accepted from a producer of the push front).
+            /// accepted from a producer of the push front). Items a
+            /// stream front has pulled and holds while their key is full
+            /// (keyed `Backpressure`; at most
+            /// [`MAX_INTAKE_BATCH`](crate::FanOutConfig::MAX_INTAKE_BATCH))
+            /// count once queued, or as `cancelled` if a stop comes first.
             pub produced: u64,
             /// Items whose handler completed, whether or not the result
             /// was delivered: `processed == delivered + discarded`.

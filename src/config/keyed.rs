@@ -90,7 +90,17 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     ///   time: when several free at once (a `per_key_capacity` above 1, or
     ///   several queued calls withdrawn together), the next waiter is woken
     ///   once the one before it is in, so waiters enter in the order they
-    ///   began to wait.
+    ///   began to wait. A `send` or a call waits for its key's room first
+    ///   and only then for a queue slot (and a settlement credit), so
+    ///   producers waiting for a full key hold no slot and never keep other
+    ///   keys out. A `Sink` handle reserves its slot in `poll_ready`, before
+    ///   it sees the item, so an item it holds for a full key keeps that
+    ///   slot: with many producers of one hot key, prefer `send`. The
+    ///   stream front is one ordered intake: an item whose key is full holds
+    ///   up the items pulled after it (at most
+    ///   [`MAX_INTAKE_BATCH`](Self::MAX_INTAKE_BATCH) in hand, counted
+    ///   `produced` once queued), other keys' included, until its key has
+    ///   room; a per-key shedding policy never waits.
     /// * **Per-key shedding.** With
     ///   [`per_key_capacity`](Self::per_key_capacity), a key whose own queue
     ///   is full sheds within itself: `DropNewest` sheds the arrival,

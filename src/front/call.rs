@@ -36,13 +36,13 @@ use super::shed::Disposal;
 #[cfg(feature = "tower")]
 use super::sink::SinkState;
 use super::slot::{Answer, Slot};
-use crate::ResultOrder;
 use crate::config::{ConfigHooks, HandlerKind, Keying, Settings};
 use crate::isolate::drop_quietly;
 use crate::queue::{KeyTable, NoRoom};
 use crate::results::BoundedFanOut;
 use crate::settle::{Outcome, PendingKey, Record, Settle, Stage};
 use crate::worker::Verdict;
+use crate::{ResultOrder, ShedPolicy};
 
 // ===== the job =====
 
@@ -434,8 +434,10 @@ impl<Req, Resp> Caller<Req, Resp> {
     /// queues and the oldest queued call is `Evicted`), never waiting for
     /// room; under [`ShedPolicy::Backpressure`](crate::ShedPolicy::Backpressure)
     /// (and, with settlement, for a credit) the `Call` waits for room
-    /// first, in line. Once a stop has begun every call answers
-    /// [`Rejected::Closed`].
+    /// first, in line; keyed, it waits for room in its key first, in that
+    /// key's line, holding no queue slot, as
+    /// [`Feeder::send`](crate::Feeder::send) does. Once a stop has begun
+    /// every call answers [`Rejected::Closed`].
     ///
     /// The response counts `processed` and `delivered`; every rejection is
     /// the outcome named on its variant. A `Call` dropped before its answer
@@ -602,13 +604,21 @@ enum State<Req, Resp> {
         request: Req,
         admit: Pin<Box<dyn Future<Output = Result<(), NoRoom>> + Send + Sync>>,
     },
-    /// Keyed, under `Backpressure`: admitted, waiting for room in its key.
-    /// The keys sit behind a lock never taken (`get_mut`) only so that a
-    /// `Call` stays `Sync` whatever the key type.
+    /// Keyed, under `Backpressure`: keyed, waiting for room in its key
+    /// first (holding no slot or credit). The keys sit behind a lock never
+    /// taken (`get_mut`) only so that a `Call` stays `Sync` whatever the
+    /// key type.
     KeyRoom {
         job: Job<Req, Resp>,
         keyer: Mutex<Keyer>,
         ticket: Option<u64>,
+    },
+    /// Keyed, under `Backpressure`: its key has room (a place kept for it,
+    /// if it waited in line); waiting for a queue slot and a credit.
+    KeyAdmit {
+        job: Job<Req, Resp>,
+        keyer: Mutex<Keyer>,
+        admit: Pin<Box<dyn Future<Output = Result<(), NoRoom>> + Send + Sync>>,
     },
     /// Queued or running: waiting for the answer.
     Waiting(Arc<Slot<Req, Resp>>),
@@ -694,6 +704,32 @@ where
                         if producers.front.phase.is_stopping() {
                             return Poll::Ready(Err(Rejected::Closed(request)));
                         }
+                        let queue = &producers.front.queue;
+                        if queue.is_keyed() && queue.policy() == ShedPolicy::Backpressure {
+                            // The key's room first, then the queue's, as
+                            // `Feeder::send` (see `Producers::send_keyed`).
+                            let job = Job {
+                                request: Some(request),
+                                slot: Arc::new(Slot::new()),
+                            };
+                            match producers.key(job) {
+                                Ok((job, keyer)) => {
+                                    let keyer = Mutex::new(keyer);
+                                    this.state = State::KeyRoom {
+                                        job,
+                                        keyer,
+                                        ticket: None,
+                                    };
+                                    continue;
+                                }
+                                Err(job) if producers.is_closed() => {
+                                    return Poll::Ready(Err(job.reject(RejectReason::Closed)));
+                                }
+                                Err(job) => {
+                                    return Poll::Ready(Err(job.reject(RejectReason::Unkeyed)));
+                                }
+                            }
+                        }
                         match producers.try_admit() {
                             Ok(()) => {}
                             Err(NoRoom::Full) => {
@@ -711,7 +747,7 @@ where
                         request: Some(request),
                         slot: Arc::new(Slot::new()),
                     };
-                    match Self::offered(Self::offer(shared, job, None)) {
+                    match Self::offer_admitted(shared, job, None) {
                         Ok(state) => this.state = state,
                         Err(answer) => return Poll::Ready(answer),
                     }
@@ -735,14 +771,52 @@ where
                         // Closed: the place in line goes (grants lapsed).
                         let (keys, granted) = keyer.leaving();
                         queue.leave_key_room(keys, ticket, granted);
-                        producers.unadmit();
                         return Poll::Ready(Err(job.reject(RejectReason::Closed)));
                     }
-                    match Self::offered(Self::offer(shared, job, Some(keyer))) {
-                        Ok(state) => this.state = state,
-                        Err(answer) => return Poll::Ready(answer),
+                    match producers.try_admit() {
+                        Ok(()) => match Self::offer_admitted(shared, job, Some(keyer)) {
+                            Ok(state) => this.state = state,
+                            Err(answer) => return Poll::Ready(answer),
+                        },
+                        Err(NoRoom::Full) => {
+                            let producers = Arc::clone(producers);
+                            let admit = Box::pin(async move { producers.admit().await });
+                            let keyer = Mutex::new(keyer);
+                            this.state = State::KeyAdmit { job, keyer, admit };
+                        }
+                        Err(NoRoom::Closed) => {
+                            let (keys, granted) = keyer.leaving();
+                            queue.leave_key_room(keys, None, granted);
+                            return Poll::Ready(Err(job.reject(RejectReason::Closed)));
+                        }
                     }
                 }
+                State::KeyAdmit {
+                    job,
+                    keyer,
+                    mut admit,
+                } => match admit.as_mut().poll(cx) {
+                    Poll::Ready(admitted) => {
+                        let mut keyer = keyer.into_inner().unwrap_or_else(PoisonError::into_inner);
+                        if admitted.is_err() {
+                            let (keys, granted) = keyer.leaving();
+                            shared
+                                .producers()
+                                .front
+                                .queue
+                                .leave_key_room(keys, None, granted);
+                            return Poll::Ready(Err(job.reject(RejectReason::Closed)));
+                        }
+                        match Self::offer_admitted(shared, job, Some(keyer)) {
+                            Ok(state) => this.state = state,
+                            Err(answer) => return Poll::Ready(answer),
+                        }
+                    }
+                    Poll::Pending => {
+                        this.state = State::KeyAdmit { job, keyer, admit };
+                        return Poll::Pending;
+                    }
+                },
                 State::Admit { request, mut admit } => match admit.as_mut().poll(cx) {
                     Poll::Ready(Ok(())) => {
                         this.state = State::Start {
@@ -769,16 +843,30 @@ where
     }
 }
 
-impl<Req, Resp> Call<Req, Resp> {
-    /// The state after an offer, or its answer now.
-    fn offered(offered: Offered<Req, Resp>) -> Result<State<Req, Resp>, Answer<Req, Resp>> {
-        match offered {
+impl<Req, Resp> Call<Req, Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Offers an admitted job (keyed: with its key's room, a place kept
+    /// for it if it waited): the state after, or its answer now. A key
+    /// found full (its room, not kept for it, went to another producer)
+    /// gives the slot and credit back and waits in line again.
+    fn offer_admitted(
+        shared: &Shared<Req, Resp>,
+        job: Job<Req, Resp>,
+        keyer: Option<Keyer>,
+    ) -> Result<State<Req, Resp>, Answer<Req, Resp>> {
+        match Self::offer(shared, job, keyer) {
+            Offered::KeyFull(job, keyer) => {
+                shared.producers().unadmit();
+                Ok(State::KeyRoom {
+                    job,
+                    keyer: Mutex::new(keyer),
+                    ticket: None,
+                })
+            }
             Offered::Waiting(slot) => Ok(State::Waiting(slot)),
-            Offered::KeyFull(job, keyer) => Ok(State::KeyRoom {
-                job,
-                keyer: Mutex::new(keyer),
-                ticket: None,
-            }),
             Offered::Rejected(answer) => Err(answer),
         }
     }
@@ -809,14 +897,23 @@ impl<Req, Resp> Drop for Call<Req, Resp> {
                 shared.producers().unadmit();
                 drop_quietly(request);
             }
-            // Its place in line for the key's room goes too (a wake-up it
-            // held passes on).
+            // Its place in line for the key's room goes (a wake-up or a
+            // place kept for it passes on); it held no slot or credit yet.
             State::KeyRoom { job, keyer, ticket } => {
                 let producers = shared.producers();
                 let mut keyer = keyer.into_inner().unwrap_or_else(PoisonError::into_inner);
                 let (keys, granted) = keyer.leaving();
                 producers.front.queue.leave_key_room(keys, ticket, granted);
-                producers.unadmit();
+                drop_quietly(job);
+            }
+            // A place kept for it in its key passes on; a credit it took
+            // goes back with the dropped wait for room.
+            State::KeyAdmit { job, keyer, admit } => {
+                drop(admit);
+                let producers = shared.producers();
+                let mut keyer = keyer.into_inner().unwrap_or_else(PoisonError::into_inner);
+                let (keys, granted) = keyer.leaving();
+                producers.front.queue.leave_key_room(keys, None, granted);
                 drop_quietly(job);
             }
             _ => {}
@@ -830,6 +927,7 @@ impl<Req, Resp> fmt::Debug for Call<Req, Resp> {
             State::Start { .. } => "not offered",
             State::Admit { .. } => "waiting for room",
             State::KeyRoom { .. } => "waiting for room in its key",
+            State::KeyAdmit { .. } => "waiting for room in the queue, its key's kept",
             State::Waiting(_) => "waiting for the answer",
             State::Done => "done",
         };

@@ -77,14 +77,13 @@ impl<Item> Producers<Item> {
             let Some(keying) = hooks.as_deref().and_then(|hooks| hooks.keying.as_deref()) else {
                 unreachable!("a keyed queue without its key function");
             };
-            let mut fresh = Keyer::new(keying);
-            let mut unkeyed = Vec::new();
-            fresh.key(keying, &mut batch, &mut unkeyed);
-            if let Some(item) = unkeyed.pop() {
-                self.unadmit();
-                return Pushing::Done(Offer::Unkeyed(item));
+            match key_one(keying, batch.pop()) {
+                Ok((item, fresh)) => (batch, keyer) = (vec![item], Some(fresh)),
+                Err(item) => {
+                    self.unadmit();
+                    return Pushing::Done(Offer::Unkeyed(item));
+                }
             }
-            keyer = Some(fresh);
         }
         let mut shed = Vec::new();
         let count = |offered, shed| front.books.intake.count_shared(offered, shed);
@@ -138,6 +137,66 @@ impl<Item> Producers<Item> {
         })
     }
 
+    /// Keyed: the key of `item`, taken now, outside every lock. `Err` with
+    /// the item if the key function panicked, or if the pipeline's hooks
+    /// are gone (it ended: a push would find the queue closed).
+    pub(crate) fn key(&self, item: Item) -> Result<(Item, Keyer), Item> {
+        let hooks = self.front.stopper.hooks();
+        match hooks.as_deref().and_then(|hooks| hooks.keying.as_deref()) {
+            Some(keying) => key_one(keying, Some(item)),
+            None => Err(item),
+        }
+    }
+
+    /// Keyed, under `Backpressure`: waits for room in the item's key (in
+    /// its line, first come, first served: invariant 5 of
+    /// `queue/keyed.rs`), then for a queue slot and a credit, then pushes
+    /// with the place kept for it. Key first: a producer waiting for a full
+    /// key holds no queue slot, so other keys go on, and producers waiting
+    /// for one key enter in the order they began to wait, whatever the
+    /// queue's room.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped, it gives up its place in line (passing on a
+    /// place kept for it) and holds no slot or credit; the item is dropped
+    /// with it, uncounted.
+    pub(crate) async fn send_keyed(&self, item: Item, mut keyer: Keyer) -> Offer<Item> {
+        let queue = &self.front.queue;
+        let mut item = item;
+        loop {
+            let (keys, granted) = keyer.waiting();
+            if !queue.key_room(keys, granted).await {
+                return Offer::Closed(item);
+            }
+            // Holding the key's place (if one was kept), wait for a queue
+            // slot and a credit; dropped meanwhile, the place passes on.
+            let mut holding = HoldingKeyPlace {
+                producers: self,
+                keyer: Some(keyer),
+            };
+            let admitted = self.admit().await;
+            let Some(held) = holding.keyer.take() else {
+                unreachable!("the keys went")
+            };
+            keyer = held;
+            if admitted.is_err() {
+                let (keys, granted) = keyer.leaving();
+                queue.leave_key_room(keys, None, granted);
+                return Offer::Closed(item);
+            }
+            match self.push(item, Some(keyer), Disposal::Producer) {
+                Pushing::Done(offer) => return offer,
+                // The room it saw without a kept place went to another
+                // producer meanwhile: back in line, without a slot.
+                Pushing::KeyFull(full, held) => {
+                    self.unadmit();
+                    (item, keyer) = (full, held);
+                }
+            }
+        }
+    }
+
     /// Gives back the room and credit taken for an item not pushed.
     pub(crate) fn unadmit(&self) {
         self.front.queue.room().freed_one();
@@ -182,6 +241,46 @@ impl<Item> Producers<Item> {
             std::mem::forget(credit);
         }
         room
+    }
+}
+
+/// Keys `item` (always `Some`: an `Option` only so that callers can pass
+/// a batch's `pop`) with `keying`; `Err` with the item if the key function
+/// panicked.
+fn key_one<Item>(
+    keying: &dyn crate::config::Keying<Item>,
+    item: Option<Item>,
+) -> Result<(Item, Keyer), Item> {
+    let Some(item) = item else {
+        unreachable!("a push of one item")
+    };
+    let mut keyer = Keyer::new(keying);
+    let (mut batch, mut unkeyed) = (vec![item], Vec::new());
+    keyer.key(keying, &mut batch, &mut unkeyed);
+    match (batch.pop(), unkeyed.pop()) {
+        (Some(item), None) => Ok((item, keyer)),
+        (None, Some(item)) => Err(item),
+        _ => unreachable!("one item, keyed or not"),
+    }
+}
+
+/// A producer holding the place kept for it in its key while it waits for
+/// a queue slot: dropped there, the place passes on (invariant 5 of
+/// `queue/keyed.rs`).
+struct HoldingKeyPlace<'a, Item> {
+    producers: &'a Producers<Item>,
+    keyer: Option<Keyer>,
+}
+
+impl<Item> Drop for HoldingKeyPlace<'_, Item> {
+    fn drop(&mut self) {
+        if let Some(keyer) = &mut self.keyer {
+            let (keys, granted) = keyer.leaving();
+            self.producers
+                .front
+                .queue
+                .leave_key_room(keys, None, granted);
+        }
     }
 }
 
@@ -391,6 +490,12 @@ impl<Item> Feeder<Item> {
     /// and, with settlement, for a credit; otherwise it is
     /// [`offer`](Self::offer) and never waits.
     ///
+    /// In a keyed pipeline ([`FanOutConfig::key_by`](crate::FanOutConfig::key_by))
+    /// under `Backpressure`, `send` waits for room in its item's key first,
+    /// in that key's line (first come, first served), and only then for a
+    /// queue slot and a credit: sends waiting for a full key hold no slot,
+    /// so other keys' items go on.
+    ///
     /// Once a stop (a shutdown, an abort, a cancelled parent token) has
     /// returned, every `send` answers [`Offer::Closed`], also one that was
     /// waiting for room and was granted it just as the stop came: the push
@@ -403,25 +508,28 @@ impl<Item> Feeder<Item> {
     /// uncounted. Nothing else is lost: the place in line is given up, and
     /// a credit it held goes back.
     pub async fn send(&self, item: Item) -> Offer<Item> {
-        if !self.live || self.producers.front.phase.is_stopping() {
+        let producers = &self.producers;
+        if !self.live || producers.front.phase.is_stopping() {
             return Offer::Closed(item);
         }
-        if self.producers.admit().await.is_err() {
+        let queue = &producers.front.queue;
+        if queue.is_keyed() && queue.policy() == ShedPolicy::Backpressure {
+            // The key's room first, then the queue's (see `send_keyed`).
+            return match producers.key(item) {
+                Ok((item, keyer)) => producers.send_keyed(item, keyer).await,
+                Err(item) if producers.is_closed() => Offer::Closed(item),
+                Err(item) => Offer::Unkeyed(item),
+            };
+        }
+        if producers.admit().await.is_err() {
             return Offer::Closed(item);
         }
-        let (mut item, mut keyer) = (item, None);
-        loop {
-            match self.producers.push(item, keyer, Disposal::Producer) {
-                Pushing::Done(offer) => return offer,
-                Pushing::KeyFull(full, mut held) => {
-                    // Keyed, under `Backpressure`: wait for room in the key.
-                    let (keys, granted) = held.waiting();
-                    if !self.producers.front.queue.key_room(keys, granted).await {
-                        self.producers.unadmit();
-                        return Offer::Closed(full);
-                    }
-                    (item, keyer) = (full, Some(held));
-                }
+        match producers.push(item, None, Disposal::Producer) {
+            Pushing::Done(offer) => offer,
+            // Only `Backpressure` refuses a full key, and it went above.
+            Pushing::KeyFull(item, _) => {
+                producers.unadmit();
+                Offer::Full(item)
             }
         }
     }
