@@ -40,6 +40,7 @@ slot-answer-checks-gone-under-its-lock ~ src/front/slot.rs ~             if stat
 withdraw-counts-under-lock ~ src/queue/mod.rs ~             count();\n            let producer = state.batch.on_take(queued, self.capacity);\n            (item, producer, woken, forgotten)\n        }; ~             let producer = state.batch.on_take(queued, self.capacity);\n            (item, producer, woken, forgotten)\n        };\n        count(); ~ loom_a_withdrawal_is_counted_before_a_worker_can_find_the_queue_empty
 keyed-room-grants ~ src/queue/keyed.rs ~         slot.granted = 1;\n        Some(next) ~         slot.granted = 1;\n        drop(next);\n        None ~ loom_a_take_gives_a_full_keys_place_to_the_producer_waiting_for_it
 keyed-grant-passes-on ~ src/queue/keyed.rs ~             self.passed = self.grant_next(id); ~             self.passed = None; ~ loom_a_grant_holders_push_passes_the_next_place_on
+keyed-grant-lapse-passes-on ~ src/queue/keyed.rs ~             slot.granted = 0;\n            self.grant_next(id) ~             slot.granted = 0;\n            None ~ loom_a_producer_that_gives_up_its_kept_place_passes_it_on
 keyed-withdraw-ends-waiters ~ src/queue/mod.rs ~                         woken.extend(state.idle.wake_all());\n                    } ~                     } ~ loom_a_withdrawal_that_empties_a_closed_keyed_queue_ends_the_waiting_worker
 '
 

@@ -222,3 +222,57 @@ fn loom_a_grant_holders_push_passes_the_next_place_on() {
         assert_eq!(queue.depth().0, 2);
     });
 }
+
+/// Invariant 5 of `keyed`: a producer that is given a full key's place and
+/// then gives up (a `send` or call dropped while it waits for a queue
+/// slot, holding the place) passes the place on to the next in line.
+///
+/// Guard: `Keyed::leave_room` gives a lapsed grant to the next waiter
+/// (`grant_next`). Shown to fail by letting it lapse: the second producer
+/// parks forever (deadlock).
+#[test]
+fn loom_a_producer_that_gives_up_its_kept_place_passes_it_on() {
+    loom::model(|| {
+        let queue = Arc::new(HandOff::new(QueueSettings {
+            keyed: Some((table::<char>(), 1)),
+            many_producers: true,
+            ..QueueSettings::plain(4, ShedPolicy::Backpressure)
+        }));
+        let push = |queue: &HandOff<u32>, item: u32, granted: &mut bool| {
+            let mut batch = vec![item];
+            let mut keys = key_a();
+            let (mut shed, mut reasons) = (Vec::new(), Vec::new());
+            queue.push_keyed(
+                &mut batch,
+                &mut keys,
+                granted,
+                &mut shed,
+                &mut reasons,
+                |_, _| {},
+            );
+            batch.is_empty()
+        };
+        assert!(push(&queue, 1, &mut false), "a is empty");
+        // Gives up as soon as it has room (a kept place, or none).
+        let quitter = super::spawn(&queue, move |queue| {
+            let (mut keys, mut granted) = (key_a(), false);
+            assert!(block_on(queue.key_room(&mut keys, &mut granted)));
+            queue.leave_key_room(&keys, None, granted);
+        });
+        let stayer = super::spawn(&queue, move |queue| {
+            let (mut keys, mut granted) = (key_a(), false);
+            while block_on(queue.key_room(&mut keys, &mut granted)) {
+                if push(&queue, 2, &mut granted) {
+                    return true;
+                }
+            }
+            false
+        });
+        assert_eq!(take_one(&queue), Some(1));
+        assert!(stayer.join().unwrap(), "the producer that stayed got in");
+        // If the quitter came second, it waits for the place 2 holds.
+        assert_eq!(take_one(&queue), Some(2));
+        quitter.join().unwrap();
+        assert_eq!(queue.depth().0, 0);
+    });
+}
