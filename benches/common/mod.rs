@@ -193,9 +193,24 @@ where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = u64> + Send + 'static,
 {
+    crate_keyed_run_by(n, capacity, policy, move |x| x % keys, handler).await
+}
+
+/// This crate keyed by `key`.
+async fn crate_keyed_run_by<F, Fut>(
+    n: u64,
+    capacity: usize,
+    policy: ShedPolicy,
+    key: impl Fn(&u64) -> u64 + Send + Sync + 'static,
+    handler: F,
+) -> Run
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = u64> + Send + 'static,
+{
     let config = FanOutConfig::new(WORKERS, policy)
         .capacity(capacity)
-        .key_by(move |x: &u64| x % keys);
+        .key_by(key);
     crate_run_config(n, config, handler).await
 }
 
@@ -247,10 +262,8 @@ where
     Fut: Future<Output = u64> + Send + 'static,
 {
     let keys = skewed_keys();
-    let config = FanOutConfig::new(WORKERS, policy)
-        .capacity(capacity)
-        .key_by(move |x: &u64| keys[*x as usize % SKEWED_KEYS]);
-    crate_run_config(n, config, handler).await
+    let key = move |x: &u64| keys[*x as usize % SKEWED_KEYS];
+    crate_keyed_run_by(n, capacity, policy, key, handler).await
 }
 
 /// This crate: `0..n` through a pipeline configured by `config`, every

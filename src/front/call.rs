@@ -660,6 +660,29 @@ where
         };
         Offered::Rejected(Err(reason.0.reject(reason.1)))
     }
+
+    /// Offers an admitted job (keyed: with its key's room, a place kept
+    /// for it if it waited): the state after, or its answer now. A key
+    /// found full (its room, not kept for it, went to another producer)
+    /// gives the slot and credit back and waits in line again.
+    fn offer_admitted(
+        shared: &Shared<Req, Resp>,
+        job: Job<Req, Resp>,
+        keyer: Option<Keyer>,
+    ) -> Result<State<Req, Resp>, Answer<Req, Resp>> {
+        match Self::offer(shared, job, keyer) {
+            Offered::KeyFull(job, keyer) => {
+                shared.producers().unadmit();
+                Ok(State::KeyRoom {
+                    job,
+                    keyer: Mutex::new(keyer),
+                    ticket: None,
+                })
+            }
+            Offered::Waiting(slot) => Ok(State::Waiting(slot)),
+            Offered::Rejected(answer) => Err(answer),
+        }
+    }
 }
 
 /// What [`Call::offer`] did with a job.
@@ -839,35 +862,6 @@ where
                 },
                 State::Done => panic!("Call: polled after it returned its answer"),
             }
-        }
-    }
-}
-
-impl<Req, Resp> Call<Req, Resp>
-where
-    Req: Send + 'static,
-    Resp: Send + 'static,
-{
-    /// Offers an admitted job (keyed: with its key's room, a place kept
-    /// for it if it waited): the state after, or its answer now. A key
-    /// found full (its room, not kept for it, went to another producer)
-    /// gives the slot and credit back and waits in line again.
-    fn offer_admitted(
-        shared: &Shared<Req, Resp>,
-        job: Job<Req, Resp>,
-        keyer: Option<Keyer>,
-    ) -> Result<State<Req, Resp>, Answer<Req, Resp>> {
-        match Self::offer(shared, job, keyer) {
-            Offered::KeyFull(job, keyer) => {
-                shared.producers().unadmit();
-                Ok(State::KeyRoom {
-                    job,
-                    keyer: Mutex::new(keyer),
-                    ticket: None,
-                })
-            }
-            Offered::Waiting(slot) => Ok(State::Waiting(slot)),
-            Offered::Rejected(answer) => Err(answer),
         }
     }
 }

@@ -14,6 +14,32 @@ fn key_a() -> VecDeque<char> {
     ['a'].into()
 }
 
+/// A keyed `Backpressure` queue of capacity 4, `per_key` items per key,
+/// for several producers.
+fn backpressure_queue(per_key: usize) -> Arc<HandOff<u32>> {
+    Arc::new(HandOff::new(QueueSettings {
+        keyed: Some((table::<char>(), per_key)),
+        many_producers: true,
+        ..QueueSettings::plain(4, ShedPolicy::Backpressure)
+    }))
+}
+
+/// Pushes `item` of key `'a'` (with the place kept for it, if `granted`);
+/// whether it got in.
+fn push_a(queue: &HandOff<u32>, item: u32, granted: &mut bool) -> bool {
+    let mut batch = vec![item];
+    let (mut shed, mut reasons) = (Vec::new(), Vec::new());
+    queue.push_keyed(
+        &mut batch,
+        &mut key_a(),
+        granted,
+        &mut shed,
+        &mut reasons,
+        |_, _| {},
+    );
+    batch.is_empty()
+}
+
 /// A closed keyed queue holding `items`, all of key `'a'`.
 fn closed_queue(items: &[u32]) -> Arc<HandOff<u32>> {
     let queue = Arc::new(HandOff::new(QueueSettings {
@@ -134,30 +160,12 @@ fn loom_a_withdrawal_that_empties_a_closed_keyed_queue_ends_the_waiting_worker()
 #[test]
 fn loom_a_take_gives_a_full_keys_place_to_the_producer_waiting_for_it() {
     loom::model(|| {
-        let queue = Arc::new(HandOff::new(QueueSettings {
-            keyed: Some((table::<char>(), 1)),
-            many_producers: true,
-            ..QueueSettings::plain(4, ShedPolicy::Backpressure)
-        }));
-        let push = |queue: &HandOff<u32>, item: u32, granted: &mut bool| {
-            let mut batch = vec![item];
-            let (mut shed, mut reasons) = (Vec::new(), Vec::new());
-            let mut keys = key_a();
-            queue.push_keyed(
-                &mut batch,
-                &mut keys,
-                granted,
-                &mut shed,
-                &mut reasons,
-                |_, _| {},
-            );
-            batch.is_empty()
-        };
-        assert!(push(&queue, 1, &mut false), "a is empty");
+        let queue = backpressure_queue(1);
+        assert!(push_a(&queue, 1, &mut false), "a is empty");
         let producer = super::spawn(&queue, move |queue| {
             let (mut keys, mut granted) = (key_a(), false);
             assert!(block_on(queue.key_room(&mut keys, &mut granted)));
-            push(&queue, 2, &mut granted)
+            push_a(&queue, 2, &mut granted)
         });
         assert_eq!(block_on(queue.take()).map(|t| t.item), Some(1));
         assert!(producer.join().unwrap(), "the waiting producer got in");
@@ -176,27 +184,9 @@ fn loom_a_take_gives_a_full_keys_place_to_the_producer_waiting_for_it() {
 #[test]
 fn loom_a_grant_holders_push_passes_the_next_place_on() {
     loom::model(|| {
-        let queue = Arc::new(HandOff::new(QueueSettings {
-            keyed: Some((table::<char>(), 2)),
-            many_producers: true,
-            ..QueueSettings::plain(4, ShedPolicy::Backpressure)
-        }));
-        let push = |queue: &HandOff<u32>, item: u32, granted: &mut bool| {
-            let mut batch = vec![item];
-            let mut keys = key_a();
-            let (mut shed, mut reasons) = (Vec::new(), Vec::new());
-            queue.push_keyed(
-                &mut batch,
-                &mut keys,
-                granted,
-                &mut shed,
-                &mut reasons,
-                |_, _| {},
-            );
-            batch.is_empty()
-        };
+        let queue = backpressure_queue(2);
         let mut granted = false;
-        assert!(push(&queue, 1, &mut granted) && push(&queue, 2, &mut granted));
+        assert!(push_a(&queue, 1, &mut granted) && push_a(&queue, 2, &mut granted));
         let producers: Vec<_> = [10, 11]
             .into_iter()
             .map(|item| {
@@ -206,7 +196,7 @@ fn loom_a_grant_holders_push_passes_the_next_place_on() {
                     // other producer) waits again.
                     let (mut keys, mut granted) = (key_a(), false);
                     while block_on(queue.key_room(&mut keys, &mut granted)) {
-                        if push(&queue, item, &mut granted) {
+                        if push_a(&queue, item, &mut granted) {
                             return true;
                         }
                     }
@@ -233,26 +223,8 @@ fn loom_a_grant_holders_push_passes_the_next_place_on() {
 #[test]
 fn loom_a_producer_that_gives_up_its_kept_place_passes_it_on() {
     loom::model(|| {
-        let queue = Arc::new(HandOff::new(QueueSettings {
-            keyed: Some((table::<char>(), 1)),
-            many_producers: true,
-            ..QueueSettings::plain(4, ShedPolicy::Backpressure)
-        }));
-        let push = |queue: &HandOff<u32>, item: u32, granted: &mut bool| {
-            let mut batch = vec![item];
-            let mut keys = key_a();
-            let (mut shed, mut reasons) = (Vec::new(), Vec::new());
-            queue.push_keyed(
-                &mut batch,
-                &mut keys,
-                granted,
-                &mut shed,
-                &mut reasons,
-                |_, _| {},
-            );
-            batch.is_empty()
-        };
-        assert!(push(&queue, 1, &mut false), "a is empty");
+        let queue = backpressure_queue(1);
+        assert!(push_a(&queue, 1, &mut false), "a is empty");
         // Gives up as soon as it has room (a kept place, or none).
         let quitter = super::spawn(&queue, move |queue| {
             let (mut keys, mut granted) = (key_a(), false);
@@ -262,7 +234,7 @@ fn loom_a_producer_that_gives_up_its_kept_place_passes_it_on() {
         let stayer = super::spawn(&queue, move |queue| {
             let (mut keys, mut granted) = (key_a(), false);
             while block_on(queue.key_room(&mut keys, &mut granted)) {
-                if push(&queue, 2, &mut granted) {
+                if push_a(&queue, 2, &mut granted) {
                     return true;
                 }
             }
