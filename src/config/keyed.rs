@@ -93,11 +93,16 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     ///   began to wait. A `send` or a call waits for its key's room first
     ///   and only then for a queue slot (and a settlement credit), so
     ///   producers waiting for a full key hold no slot and never keep other
-    ///   keys out. A `Sink` handle reserves its slot in `poll_ready`, before
-    ///   it sees the item, so an item it holds for a full key keeps that
-    ///   slot: with many producers of one hot key, prefer `send`. The
-    ///   stream front is one ordered intake: an item whose key is full holds
-    ///   up the items pulled after it (at most
+    ///   keys out. One exception to the order: a `send` or call that found
+    ///   its key with room but the queue full waits for a slot without a
+    ///   place in the key; if the key fills meanwhile, it joins the key's
+    ///   line when it has its slot, behind producers that began waiting for
+    ///   the key after it (one producer's own items never reorder). A
+    ///   `Sink` handle reserves its slot in `poll_ready`, before it sees
+    ///   the item, so an item it holds for a full key keeps that slot: with
+    ///   many producers of one hot key, prefer `send`. The stream front is
+    ///   one ordered intake: an item whose key is full holds up the items
+    ///   pulled after it (at most
     ///   [`MAX_INTAKE_BATCH`](Self::MAX_INTAKE_BATCH) in hand, counted
     ///   `produced` once queued), other keys' included, until its key has
     ///   room; a per-key shedding policy never waits.
@@ -124,8 +129,10 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     ///   distinct keys ever seen. [`Stats::keys`](crate::Stats::keys)
     ///   counts the keys tracked.
     ///
-    /// `key` is called once per item as it enters the queue, outside every
-    /// lock. A panic in it is caught and the item is never started: taken
+    /// `key` is called once per item, outside every lock: as a stream's
+    /// item is queued, or as an item is offered, sent or called (an `offer`
+    /// refused for want of a slot or a credit is not keyed; a `send` that
+    /// waits is keyed once, before it waits). A panic in it is caught and the item is never started: taken
     /// from a stream it counts [`failed`](crate::Report::failed); offered,
     /// sent through the `Sink` or called, it comes back uncounted
     /// ([`Offer::Unkeyed`](crate::Offer::Unkeyed), a [`SinkError`](crate::SinkError)

@@ -221,7 +221,9 @@ impl<Item> Producers<Item> {
         })
     }
 
-    /// [`try_admit`](Self::try_admit), waiting for the credit and the slot.
+    /// [`try_admit`](Self::try_admit), waiting for the credit and the slot;
+    /// `Err(Closed)` once the queue closed, or a stop came while it waited
+    /// for a credit.
     ///
     /// # Cancel safety
     ///
@@ -231,7 +233,25 @@ impl<Item> Producers<Item> {
         let front = &self.front;
         let credit = match &front.credits {
             Some(credits) => {
-                credits.take_one().await;
+                // A stop refuses a producer waiting for a credit too (as the
+                // closed queue refuses one waiting for a slot): credits come
+                // back only as records are read, maybe after the stop, maybe
+                // never. The stop token is polled only while waiting.
+                let mut take = pin!(credits.take_one());
+                let mut stop = pin!(front.phase.stop.cancelled());
+                let taken = poll_fn(|cx| {
+                    if take.as_mut().poll(cx).is_ready() {
+                        Poll::Ready(true)
+                    } else if stop.as_mut().poll(cx).is_ready() {
+                        Poll::Ready(false)
+                    } else {
+                        Poll::Pending
+                    }
+                })
+                .await;
+                if !taken {
+                    return Err(NoRoom::Closed);
+                }
                 Some(CreditGuard(credits))
             }
             None => None,
@@ -590,7 +610,9 @@ pub enum Offer<Item> {
     /// offered item counts `produced`, the evicted one `dropped`.
     Evicted(Item),
     /// Not accepted, without waiting: the queue was full under
-    /// [`ShedPolicy::Backpressure`] (which never sheds), or, with
+    /// [`ShedPolicy::Backpressure`] (which never sheds), or, in a keyed
+    /// pipeline under `Backpressure`, the item's key was full (or had
+    /// producers waiting for its room, or a place kept for one), or, with
     /// settlement, `settle_capacity` items were unsettled. Not counted at
     /// all.
     Full(Item),
