@@ -41,6 +41,7 @@ withdraw-counts-under-lock ~ src/queue/mod.rs ~             count();\n          
 keyed-room-grants ~ src/queue/keyed.rs ~         slot.granted = 1;\n        Some(next) ~         slot.granted = 1;\n        drop(next);\n        None ~ loom_a_take_gives_a_full_keys_place_to_the_producer_waiting_for_it
 keyed-grant-passes-on ~ src/queue/keyed.rs ~             self.passed = self.grant_next(id); ~             self.passed = None; ~ loom_a_grant_holders_push_passes_the_next_place_on
 keyed-grant-lapse-passes-on ~ src/queue/keyed.rs ~             slot.granted = 0;\n            self.grant_next(id) ~             slot.granted = 0;\n            None ~ loom_a_producer_that_gives_up_its_kept_place_passes_it_on
+keyed-place-one-at-a-time ~ src/queue/keyed.rs ~         if ticket.is_none()\n            && slot.granted == 0\n ~         if ticket.is_none()\n ~ loom_places_taken_before_a_slot_go_one_at_a_time_in_line
 keyed-withdraw-ends-waiters ~ src/queue/mod.rs ~                         woken.extend(state.idle.wake_all());\n                    } ~                     } ~ loom_a_withdrawal_that_empties_a_closed_keyed_queue_ends_the_waiting_worker
 '
 
@@ -69,7 +70,7 @@ PY
     # process before the test harness prints its line.)
     echo "$name: the model did not run (build failed?); fix this script"; status=1
   else
-    why=$(grep -m1 -iE "deadlock|assertion|outlived|stop without|more finished|hooks released|exited before|exactly one|saw it" "$work/out" | cut -c1-110)
+    why=$(grep -m1 -iE "deadlock|assertion|outlived|stop without|more finished|hooks released|exited before|exactly one|saw it|not counted|got in" "$work/out" | cut -c1-110)
     echo "$name: caught by $model: ${why:-failed}"
   fi
 done <<<"$mutations"

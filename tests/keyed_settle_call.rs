@@ -188,9 +188,10 @@ async fn calls_waiting_for_one_full_key_never_keep_other_keys_out_per_key_1_2_3(
         enters(&rig, &mut cc);
         waits(&rig, &mut cd); // the queue is full
         let stats = rig.shutdown.stats();
+        // x, a, b, c, and d, whose place the waiting call holds.
         assert_eq!(
             (stats.queue_depth, stats.in_flight, stats.keys),
-            (per_key as usize + 2, 1, 4)
+            (per_key as usize + 2, 1, 5)
         );
         all.extend([(101, cb), (102, cc), (103, cd)]);
         rig.gate.add_permits(1);
@@ -893,4 +894,47 @@ async fn waiting_calls_outlive_the_caller_with_the_handle_kept_intake_exhausted(
         (2, 2, 2)
     );
     assert_eq!(report.intake, IntakeEnd::Exhausted, "{report:?}");
+}
+
+/// c2 began to wait (for a queue slot, its key having room) before c3 began
+/// to wait (in the key's line). "waiters enter in the order they began to
+/// wait": a's requests should start 1, 2, 3.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_began_waiting_first_enters_its_key_first_even_after_a_slot_wait() {
+    let rig = launch(config(1, 2, 1));
+    let mut cx = call(&rig, ('x', 0));
+    enters(&rig, &mut cx);
+    sleep(ms(1)).await;
+    let mut cb = call(&rig, ('b', 0));
+    let mut cc = call(&rig, ('c', 0));
+    enters(&rig, &mut cb);
+    enters(&rig, &mut cc); // the queue (2) is full
+    let mut c1 = call(&rig, ('a', 1));
+    let mut c2 = call(&rig, ('a', 2));
+    waits(&rig, &mut c1);
+    waits(&rig, &mut c2);
+    rig.gate.add_permits(1);
+    sleep(ms(1)).await; // x0 answered, b0 taken (gated): a slot for c1
+    enters(&rig, &mut c1);
+    let mut c3 = call(&rig, ('a', 3));
+    waits(&rig, &mut c3); // finds a full: in a's line
+    waits(&rig, &mut c2);
+    rig.gate.add_permits(1);
+    sleep(ms(1)).await; // b0 answered, c0 taken (gated): a slot for c2
+    waits(&rig, &mut c2); // its key is full
+    rig.gate.add_permits(1);
+    let all = vec![(0, cx), (100, cb), (101, cc), (1, c1), (2, c2), (3, c3)];
+    let (out, entered) = answers(&rig, all, None).await;
+    assert!(out.iter().all(|(_, a)| a.is_ok()));
+    let (starts, report) = finish(rig).await;
+    assert!(report.is_conserved(), "{report}");
+    assert_eq!(
+        (report.produced, report.processed, report.delivered),
+        (6, 6, 6)
+    );
+    assert_eq!(
+        (entered, of(&starts, 'a')),
+        (vec![2, 3], vec![1, 2, 3]),
+        "entry order (after the slot wait), start order of key a"
+    );
 }

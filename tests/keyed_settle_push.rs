@@ -209,9 +209,10 @@ async fn waiters_for_one_full_key_never_keep_other_keys_out_per_key_1_2_3() {
         let mut d = send_on(f, ('d', 1));
         assert_pending!(d.poll());
         let stats = rig.shutdown.stats();
+        // x, a, b, c, and d, whose place the waiting send holds.
         assert_eq!(
             (stats.queue_depth, stats.in_flight, stats.keys),
-            (per_key as usize + 2, 1, 4)
+            (per_key as usize + 2, 1, 5)
         );
         rig.gate.add_permits(1);
         waiters.push((100, d));
@@ -385,7 +386,9 @@ async fn sends_dropped_while_waiting_for_a_credit_give_back_place_and_credit() {
     rig.gate.add_permits(1);
     sleep(ms(1)).await; // x0, a1, b1 done; their records unread: no credit
     let stats = rig.shutdown.stats();
-    assert_eq!((stats.processed, stats.queue_depth, stats.keys), (3, 0, 1));
+    // Keys a and c are tracked: a has waiters, c a place s3 holds while it
+    // waits for a credit.
+    assert_eq!((stats.processed, stats.queue_depth, stats.keys), (3, 0, 2));
     assert_eq!((s1.is_woken(), s2.is_woken()), (true, false));
     assert_pending!(s1.poll()); // a's place kept; waits for a credit
     assert_eq!(f.offer(('a', 98)), Offer::Full(('a', 98)));
@@ -995,4 +998,42 @@ async fn an_abort_during_a_drain_cancels_what_is_left_once() {
         (5, 3, 2, 1, 3)
     );
     assert!(report.is_conserved(), "{report}");
+}
+
+/// s2 began to wait (for a queue slot, its key having room) before s3 began
+/// to wait (in the key's line, the key being full by then). The docs:
+/// "waiters enter in the order they began to wait"; a's items should start
+/// 1, 2, 3.
+#[tokio::test(start_paused = true)]
+async fn a_sender_that_began_waiting_first_enters_its_key_first_even_after_a_slot_wait() {
+    let rig = launch(config(1, 2, 1));
+    let f = &rig.feeder;
+    assert_eq!(f.offer(('x', 0)), Offer::Queued);
+    sleep(ms(1)).await; // x0 in flight, gated
+    assert_eq!(f.offer(('b', 0)), Offer::Queued);
+    assert_eq!(f.offer(('c', 0)), Offer::Queued); // the queue (2) is full
+    let mut s1 = send_on(f, ('a', 1));
+    let mut s2 = send_on(f, ('a', 2));
+    assert_pending!(s1.poll()); // key a has room: waits for a queue slot
+    assert_pending!(s2.poll());
+    rig.gate.add_permits(1);
+    sleep(ms(1)).await; // x0 ends, b0 taken (gated): one slot, s1's
+    assert_ready_eq!(s1.poll(), Offer::Queued); // key a is full now
+    let mut s3 = send_on(f, ('a', 3));
+    assert_pending!(s3.poll()); // finds a full: in a's line
+    assert_pending!(s2.poll());
+    rig.gate.add_permits(1);
+    sleep(ms(1)).await; // b0 ends, c0 taken (gated): a slot, s2's
+    assert_pending!(s2.poll()); // its key is full: it waits
+    rig.gate.add_permits(1);
+    sleep(ms(1)).await; // c0 ends, a1 taken: a's place frees
+    let entered = drive(vec![(2, s2), (3, s3)]).await;
+    let (starts, out, report) = finish(rig).await;
+    assert!(report.is_conserved(), "{report}");
+    assert_eq!((report.produced, report.processed), (6, 6));
+    assert_eq!(
+        (entered, of(&starts, 'a'), of(&out, 'a')),
+        (vec![2, 3], vec![1, 2, 3], vec![1, 2, 3]),
+        "entry order, start order, result order of key a"
+    );
 }

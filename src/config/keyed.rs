@@ -2,27 +2,26 @@
 //! keys.
 
 use std::any::Any;
-use std::collections::VecDeque;
 use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::FanOutConfig;
 use crate::isolate::catching;
-use crate::queue::{KeyTable, table};
+use crate::queue::{KeyTable, Keys, table};
 
 /// The caller's key function, erased: the queue sees keys only as ids.
 pub(crate) trait Keying<Item>: Send + Sync {
     /// A key table for a new pipeline.
     fn table(&self) -> Box<dyn KeyTable>;
-    /// A fresh, empty `VecDeque<K>` for a front's keys.
+    /// A fresh, empty `Keys<K>` for a front's keys.
     fn new_keys(&self) -> Box<dyn Any + Send>;
     /// Appends the key of every item of `batch` to `keys` (a
-    /// `VecDeque<K>`), in order; moves the items whose key function
+    /// `Keys<K>`), in order; moves the items whose key function
     /// panicked from `batch` to `unkeyed`. One call per batch: one
     /// downcast, no allocation.
     fn key_batch(&self, batch: &mut Vec<Item>, keys: &mut dyn Any, unkeyed: &mut Vec<Item>);
-    /// Appends the key of `item` to `keys` (a `VecDeque<K>`); `false` if
+    /// Appends the key of `item` to `keys` (a `Keys<K>`); `false` if
     /// the key function panicked (nothing appended). For a front whose
     /// items wrap the caller's (the call front's jobs).
     fn key_one(&self, item: &Item, keys: &mut dyn Any) -> bool;
@@ -43,11 +42,11 @@ where
     }
 
     fn new_keys(&self) -> Box<dyn Any + Send> {
-        Box::new(VecDeque::<K>::new())
+        Box::new(Keys::<K>::default())
     }
 
     fn key_batch(&self, batch: &mut Vec<Item>, keys: &mut dyn Any, unkeyed: &mut Vec<Item>) {
-        let Some(keys) = keys.downcast_mut::<VecDeque<K>>() else {
+        let Some(Keys { queue: keys, .. }) = keys.downcast_mut::<Keys<K>>() else {
             unreachable!("Keying: keys of another type")
         };
         let mut at = 0;
@@ -64,7 +63,7 @@ where
     }
 
     fn key_one(&self, item: &Item, keys: &mut dyn Any) -> bool {
-        let Some(keys) = keys.downcast_mut::<VecDeque<K>>() else {
+        let Some(Keys { queue: keys, .. }) = keys.downcast_mut::<Keys<K>>() else {
             unreachable!("Keying: keys of another type")
         };
         catching(|| (self.key)(item))
@@ -90,19 +89,17 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     ///   time: when several free at once (a `per_key_capacity` above 1, or
     ///   several queued calls withdrawn together), the next waiter is woken
     ///   once the one before it is in, so waiters enter in the order they
-    ///   began to wait. A `send` or a call waits for its key's room first
-    ///   and only then for a queue slot (and a settlement credit), so
-    ///   producers waiting for a full key hold no slot and never keep other
-    ///   keys out. One exception to the order: a `send` or call that found
-    ///   its key with room but the queue full waits for a slot without a
-    ///   place in the key; if the key fills meanwhile, it joins the key's
-    ///   line when it has its slot, behind producers that began waiting for
-    ///   the key after it (one producer's own items never reorder). A
-    ///   `Sink` handle reserves its slot in `poll_ready`, before it sees
-    ///   the item, so an item it holds for a full key keeps that slot: with
-    ///   many producers of one hot key, prefer `send`. The stream front is
-    ///   one ordered intake: an item whose key is full holds up the items
-    ///   pulled after it (at most
+    ///   began to wait. A `send` or a call takes its place in its key first
+    ///   (at once if the key has room and nobody waits for it) and only then
+    ///   waits for a queue slot (and a settlement credit), holding that
+    ///   place: producers waiting for a full key hold no slot and never keep
+    ///   other keys out, and a key's `send`s and calls enter in the order
+    ///   they began to wait whatever the queue's room. A `Sink` handle
+    ///   reserves its slot in `poll_ready`, before it sees the item, so an
+    ///   item it holds for a full key keeps that slot: with many producers
+    ///   of one hot key, prefer `send`. The stream front is one ordered
+    ///   intake: an item whose key is full holds up the items pulled after
+    ///   it (at most
     ///   [`MAX_INTAKE_BATCH`](Self::MAX_INTAKE_BATCH) in hand, counted
     ///   `produced` once queued), other keys' included, until its key has
     ///   room; a per-key shedding policy never waits.

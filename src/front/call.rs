@@ -661,18 +661,23 @@ where
         Offered::Rejected(Err(reason.0.reject(reason.1)))
     }
 
-    /// Offers an admitted job (keyed: with its key's room, a place kept
-    /// for it if it waited): the state after, or its answer now. A key
-    /// found full (its room, not kept for it, went to another producer)
-    /// gives the slot and credit back and waits in line again.
+    /// Offers an admitted job (keyed: with the place kept for it in its
+    /// key): the state after, or its answer now.
     fn offer_admitted(
         shared: &Shared<Req, Resp>,
         job: Job<Req, Resp>,
         keyer: Option<Keyer>,
     ) -> Result<State<Req, Resp>, Answer<Req, Resp>> {
         match Self::offer(shared, job, keyer) {
-            Offered::KeyFull(job, keyer) => {
-                shared.producers().unadmit();
+            // Unreachable while invariant 5 of `queue/keyed.rs` holds (a
+            // keyed call pushes with the place kept for it); should it
+            // break, the place goes back and the call takes one afresh.
+            Offered::KeyFull(job, mut keyer) => {
+                debug_assert!(false, "a call with a kept place found its key full");
+                let producers = shared.producers();
+                producers.unadmit();
+                let (keys, granted) = keyer.leaving();
+                producers.front.queue.leave_key_room(keys, None, granted);
                 Ok(State::KeyRoom {
                     job,
                     keyer: Mutex::new(keyer),
@@ -784,7 +789,7 @@ where
                     let mut keyer = keyer.into_inner().unwrap_or_else(PoisonError::into_inner);
                     let queue = &producers.front.queue;
                     let (keys, granted) = keyer.waiting();
-                    let room = queue.poll_key_room(keys, &mut ticket, granted, cx);
+                    let room = queue.poll_key_place(keys, &mut ticket, granted, cx);
                     let Poll::Ready(room) = room else {
                         let keyer = Mutex::new(keyer);
                         this.state = State::KeyRoom { job, keyer, ticket };

@@ -148,13 +148,14 @@ impl<Item> Producers<Item> {
         }
     }
 
-    /// Keyed, under `Backpressure`: waits for room in the item's key (in
-    /// its line, first come, first served: invariant 5 of
-    /// `queue/keyed.rs`), then for a queue slot and a credit, then pushes
-    /// with the place kept for it. Key first: a producer waiting for a full
-    /// key holds no queue slot, so other keys go on, and producers waiting
-    /// for one key enter in the order they began to wait, whatever the
-    /// queue's room.
+    /// Keyed, under `Backpressure`: takes a place in the item's key (at
+    /// once if it has room and nobody waits for it, else in its line, first
+    /// come, first served: invariant 5 of `queue/keyed.rs`), then waits for
+    /// a queue slot and a credit holding that place, then pushes with it.
+    /// Key first: a producer waiting for a full key holds no queue slot, so
+    /// other keys go on; and since every such producer holds its key's
+    /// place while it waits for a slot, a key's producers enter in the
+    /// order they began to wait, whatever the queue's room.
     ///
     /// # Cancel safety
     ///
@@ -166,11 +167,11 @@ impl<Item> Producers<Item> {
         let mut item = item;
         loop {
             let (keys, granted) = keyer.waiting();
-            if !queue.key_room(keys, granted).await {
+            if !queue.key_place(keys, granted).await {
                 return Offer::Closed(item);
             }
-            // Holding the key's place (if one was kept), wait for a queue
-            // slot and a credit; dropped meanwhile, the place passes on.
+            // Holding the key's place, wait for a queue slot and a credit;
+            // dropped meanwhile, the place passes on.
             let mut holding = HoldingKeyPlace {
                 producers: self,
                 keyer: Some(keyer),
@@ -187,10 +188,14 @@ impl<Item> Producers<Item> {
             }
             match self.push(item, Some(keyer), Disposal::Producer) {
                 Pushing::Done(offer) => return offer,
-                // The room it saw without a kept place went to another
-                // producer meanwhile: back in line, without a slot.
-                Pushing::KeyFull(full, held) => {
+                // Unreachable while invariant 5 holds (the place was kept
+                // for it); should it break, the place goes back and the
+                // producer takes one afresh rather than spin.
+                Pushing::KeyFull(full, mut held) => {
+                    debug_assert!(false, "a push with a kept place found its key full");
                     self.unadmit();
+                    let (keys, granted) = held.leaving();
+                    queue.leave_key_room(keys, None, granted);
                     (item, keyer) = (full, held);
                 }
             }

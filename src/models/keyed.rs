@@ -1,17 +1,16 @@
 //! Models of the keyed queue's wake-ups: a worker waiting while its key's
 //! item is in flight elsewhere, and the end of a closed keyed queue.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use loom::future::block_on;
 
 use crate::ShedPolicy;
-use crate::queue::{HandOff, QueueSettings, table};
+use crate::queue::{HandOff, Keys, QueueSettings, table};
 
 /// One key, `a`, as a front hands keys over.
-fn key_a() -> VecDeque<char> {
-    ['a'].into()
+fn key_a() -> Keys<char> {
+    ['a'].into_iter().collect()
 }
 
 /// A keyed `Backpressure` queue of capacity 4, `per_key` items per key,
@@ -46,7 +45,7 @@ fn closed_queue(items: &[u32]) -> Arc<HandOff<u32>> {
         keyed: Some((table::<char>(), 4)),
         ..QueueSettings::plain(4, ShedPolicy::DropNewest)
     }));
-    let mut keys: VecDeque<char> = items.iter().map(|_| 'a').collect();
+    let mut keys: Keys<char> = items.iter().map(|_| 'a').collect();
     queue.push_keyed(
         &mut items.to_vec(),
         &mut keys,
@@ -246,5 +245,49 @@ fn loom_a_producer_that_gives_up_its_kept_place_passes_it_on() {
         assert_eq!(take_one(&queue), Some(2));
         quitter.join().unwrap();
         assert_eq!(queue.depth().0, 0);
+    });
+}
+
+/// Invariant 5 of `keyed`, places taken before a queue slot: two
+/// producers of a key nothing tracks take places the way a `send` does
+/// (the first at once, interning the key; the second in line behind it),
+/// and the first one's push passes the next place on, whatever the
+/// interleaving.
+///
+/// Guard: `Keyed::take_place` registers a producer that finds a place
+/// kept for another (`granted`), rather than letting it push. Shown to
+/// fail by granting it a place of its own: both hold places at once and
+/// the debug assertion on the grant count fires, or the key takes more
+/// than one place.
+#[test]
+fn loom_places_taken_before_a_slot_go_one_at_a_time_in_line() {
+    loom::model(|| {
+        let queue = backpressure_queue(2);
+        let producers: Vec<_> = [10, 11]
+            .into_iter()
+            .map(|item| {
+                super::spawn(&queue, move |queue| {
+                    let (mut keys, mut granted) = (key_a(), false);
+                    assert!(block_on(queue.key_place(&mut keys, &mut granted)));
+                    assert!(granted, "a place of its own");
+                    let mut batch = vec![item];
+                    let (mut shed, mut reasons) = (Vec::new(), Vec::new());
+                    queue.push_keyed(
+                        &mut batch,
+                        &mut keys,
+                        &mut granted,
+                        &mut shed,
+                        &mut reasons,
+                        |_, _| {},
+                    );
+                    batch.is_empty()
+                })
+            })
+            .collect();
+        for producer in producers {
+            assert!(producer.join().unwrap(), "each producer got in");
+        }
+        assert_eq!(queue.depth().0, 2);
+        assert_eq!(take_one(&queue).map(|_| ()), Some(()));
     });
 }

@@ -24,7 +24,8 @@
 //!    O(1), and the ring never holds more than the keys with work.
 //! 4. A slot is live (its key interned in the table) exactly while it has
 //!    queued items, an item in flight, or producers waiting for its room
-//!    (in line or granted):
+//!    (in line or granted; a producer that takes a place in a key nothing
+//!    else tracks interns it, and holds its id in its `Keys`):
 //!    keys tracked never exceed capacity + workers + waiting producers,
 //!    whatever the number of distinct keys ever seen.
 //! 5. **Room per key is first come, first served** (`Backpressure`): a
@@ -38,7 +39,11 @@
 //!    waiters enter in the order they began to wait even when several
 //!    places free at once. A waiter dropped with its grant passes it on,
 //!    and a grant nobody is left to use lapses. Waiters are in line only
-//!    while the key has no room left or a grant is outstanding.
+//!    while the key has no room left or a grant is outstanding. A `send`
+//!    or a call takes a grant before it waits for a queue slot (at once if
+//!    the key has room, nobody in line and no grant out; else in line), so
+//!    a key's producers enter in the order they began to wait whatever the
+//!    queue's room (`take_place`).
 //! 6. No user code runs here: the caller's key type is only hashed and
 //!    compared (by its own `Hash` and `Eq`, which must not panic or lock),
 //!    and a forgotten key whose `Drop` could be user code is handed back to
@@ -205,6 +210,53 @@ impl<T> Keyed<T> {
         }
         slot.room.register(ticket, waker);
         true
+    }
+
+    /// A producer that will wait for a queue slot (a `send` or a call)
+    /// takes a place in the front key of `keys` first: at once if the key
+    /// has room, nobody in line and no place kept for anyone (an untracked
+    /// key is interned for it, held in `keys`), else in line, registering
+    /// under `ticket`. `true` once the place is its own (`granted` set:
+    /// push with it); `false` while it waits (invariant 5).
+    pub(crate) fn take_place(
+        &mut self,
+        keys: &mut dyn Any,
+        ticket: &mut Option<u64>,
+        granted: &mut bool,
+        waker: &Waker,
+    ) -> bool {
+        if *granted {
+            return true;
+        }
+        let per_key = self.per_key_capacity;
+        let Some(id) = self.table.find_front(keys) else {
+            // Nothing of this key queued, in flight or waited for: the
+            // place is free; the key is tracked from now on (invariant 4).
+            let Some(id) = self.table.hold_front(keys) else {
+                unreachable!("Keyed: a producer without its key")
+            };
+            self.slot(id).granted = 1;
+            *granted = true;
+            return true;
+        };
+        let slot = &mut self.slots[id];
+        if ticket.is_some() && !slot.room.is_registered(*ticket) {
+            // Woken by `grant_next`: the place is this producer's.
+            *ticket = None;
+            *granted = true;
+            return true;
+        }
+        if ticket.is_none()
+            && slot.granted == 0
+            && slot.items.len() < per_key
+            && slot.room.is_empty()
+        {
+            slot.granted = 1;
+            *granted = true;
+            return true;
+        }
+        slot.room.register(ticket, waker);
+        false
     }
 
     /// A producer stops waiting for room in the front key of `keys`
@@ -822,6 +874,64 @@ impl<T> HandOff<T> {
         };
         wake(next);
         drop_forgotten(forgotten);
+    }
+
+    /// Ready with `true` once this producer has a place in the front key of
+    /// `keys` (`granted` set: push with it), `false` if the queue closed;
+    /// registers under `ticket` to wait. See `Keyed::take_place`.
+    pub(crate) fn poll_key_place(
+        &self,
+        keys: &mut dyn Any,
+        ticket: &mut Option<u64>,
+        granted: &mut bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<bool> {
+        let mut state = self.lock();
+        if state.closed {
+            return Poll::Ready(false);
+        }
+        if Self::keyed(&mut state).take_place(keys, ticket, granted, cx.waker()) {
+            Poll::Ready(true)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Waits for a place in the front key of `keys` (see
+    /// [`poll_key_place`](Self::poll_key_place)); `false` if the queue
+    /// closed first.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped, it gives up its place in line and passes on a
+    /// place given to it.
+    pub(crate) async fn key_place(&self, keys: &mut (dyn Any + Send), granted: &mut bool) -> bool {
+        struct Wait<'a, T> {
+            queue: &'a HandOff<T>,
+            keys: &'a mut (dyn Any + Send),
+            ticket: Option<u64>,
+        }
+        impl<T> Drop for Wait<'_, T> {
+            fn drop(&mut self) {
+                // Not granted: a grant is only ever set on the way out.
+                self.queue
+                    .leave_key_room(&*self.keys, self.ticket.take(), false);
+            }
+        }
+        let mut wait = Wait {
+            queue: self,
+            keys,
+            ticket: None,
+        };
+        std::future::poll_fn(|cx| {
+            let Wait {
+                queue,
+                keys,
+                ticket,
+            } = &mut wait;
+            queue.poll_key_place(&mut **keys, ticket, granted, cx)
+        })
+        .await
     }
 
     /// Waits until the front key of `keys` has room; `false` if the queue

@@ -1,7 +1,7 @@
 //! The caller's key type, erased for the queue: keys interned to dense ids,
 //! exactly (by `Eq`, not by hash alone), and forgotten when idle.
 //!
-//! A front hands keys over in a `VecDeque<K>` behind `dyn Any` (one
+//! A front hands keys over in a [`Keys<K>`] behind `dyn Any` (one
 //! downcast per call, no allocation per key); the queue works with ids.
 
 use std::any::Any;
@@ -14,16 +14,47 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 /// A key's dense id, its slot's index.
 pub(crate) type KeyId = usize;
 
+/// A front's keys: one per item it pushes, in order, and the id of the
+/// front key if this producer holds a place in it (`held`): then that key
+/// is interned (moved into the table, even with nothing queued: the place
+/// keeps it tracked), and the push uses the id.
+pub(crate) struct Keys<K> {
+    pub(crate) queue: VecDeque<K>,
+    held: Option<KeyId>,
+}
+
+impl<K> Default for Keys<K> {
+    fn default() -> Self {
+        Keys {
+            queue: VecDeque::new(),
+            held: None,
+        }
+    }
+}
+
+impl<K> FromIterator<K> for Keys<K> {
+    fn from_iter<I: IntoIterator<Item = K>>(keys: I) -> Self {
+        Keys {
+            queue: keys.into_iter().collect(),
+            held: None,
+        }
+    }
+}
+
 /// The caller's key type, erased: interns keys to dense ids, exactly (by
 /// `Eq`, not by hash alone), and forgets them.
 pub(crate) trait KeyTable: Send {
-    /// Interns the front key of `keys` (a `VecDeque<K>`), popping it;
+    /// Interns the front key of `keys` (a [`Keys<K>`]), popping it;
     /// unless it is already interned and `refuse` says no to its id, which
-    /// leaves it in place (one hash either way).
+    /// leaves it in place (one hash either way). A held key's id is used
+    /// (and given up) without a lookup.
     fn intern_front(&mut self, keys: &mut dyn Any, refuse: &dyn Fn(KeyId) -> bool)
     -> Option<KeyId>;
-    /// The id of the front key of `keys` (a `VecDeque<K>`), if tracked.
+    /// The id of the front key of `keys` (a [`Keys<K>`]), if tracked.
     fn find_front(&self, keys: &dyn Any) -> Option<KeyId>;
+    /// Interns the front key of `keys` for a place this producer takes in
+    /// it, marking it held (see [`Keys`]); its id.
+    fn hold_front(&mut self, keys: &mut dyn Any) -> Option<KeyId>;
     /// Forgets `id`; returns the key if its `Drop` may run user code.
     fn forget(&mut self, id: KeyId) -> Option<Box<dyn Any + Send>>;
 }
@@ -58,8 +89,15 @@ pub(crate) fn table<K: Hash + Eq + Send + 'static>() -> Box<dyn KeyTable> {
     })
 }
 
-fn downcast<K: 'static>(keys: &dyn Any) -> &VecDeque<K> {
-    match keys.downcast_ref::<VecDeque<K>>() {
+fn downcast<K: 'static>(keys: &dyn Any) -> &Keys<K> {
+    match keys.downcast_ref::<Keys<K>>() {
+        Some(keys) => keys,
+        None => unreachable!("KeyTable: keys of another type"),
+    }
+}
+
+fn downcast_mut<K: 'static>(keys: &mut dyn Any) -> &mut Keys<K> {
+    match keys.downcast_mut::<Keys<K>>() {
         Some(keys) => keys,
         None => unreachable!("KeyTable: keys of another type"),
     }
@@ -71,9 +109,15 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
         keys: &mut dyn Any,
         refuse: &dyn Fn(KeyId) -> bool,
     ) -> Option<KeyId> {
-        let Some(keys) = keys.downcast_mut::<VecDeque<K>>() else {
-            unreachable!("KeyTable: keys of another type")
-        };
+        let keys = downcast_mut::<K>(keys);
+        if let Some(id) = keys.held {
+            if refuse(id) {
+                return None;
+            }
+            keys.held = None;
+            return Some(id);
+        }
+        let keys = &mut keys.queue;
         let Some(front) = keys.front() else {
             unreachable!("KeyTable: one key per item")
         };
@@ -110,9 +154,19 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
     }
 
     fn find_front(&self, keys: &dyn Any) -> Option<KeyId> {
-        let key = downcast::<K>(keys).front()?;
+        let keys = downcast::<K>(keys);
+        if keys.held.is_some() {
+            return keys.held;
+        }
+        let key = keys.queue.front()?;
         let hash = self.hasher.hash_one(key);
         self.ids.find(hash, |(k, _)| k == key).map(|(_, id)| *id)
+    }
+
+    fn hold_front(&mut self, keys: &mut dyn Any) -> Option<KeyId> {
+        let id = self.intern_front(keys, &|_| false)?;
+        downcast_mut::<K>(keys).held = Some(id);
+        Some(id)
     }
 
     fn forget(&mut self, id: KeyId) -> Option<Box<dyn Any + Send>> {

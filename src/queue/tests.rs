@@ -213,7 +213,7 @@ fn keyed_queue(capacity: usize, policy: ShedPolicy, max_age: Option<Duration>) -
 /// Pushes `items`, with or without a grant; what was not pushed (a full
 /// key under `Backpressure`), and whether the grant is still held.
 fn push_keyed_with(queue: &HandOff<u32>, items: &[(char, u32)], granted: bool) -> (Vec<u32>, bool) {
-    let mut keys: std::collections::VecDeque<char> = items.iter().map(|(key, _)| *key).collect();
+    let mut keys: Keys<char> = items.iter().map(|(key, _)| *key).collect();
     let mut batch: Vec<u32> = items.iter().map(|(_, item)| *item).collect();
     let mut granted = granted;
     queue.push_keyed(
@@ -239,7 +239,7 @@ fn wait_for_room(
     granted: &mut bool,
     waker: &std::task::Waker,
 ) -> std::task::Poll<bool> {
-    let keys: std::collections::VecDeque<char> = [key].into();
+    let keys: Keys<char> = [key].into_iter().collect();
     queue.poll_key_room(
         &keys,
         ticket,
@@ -360,7 +360,7 @@ fn a_waiter_dropped_with_its_place_passes_it_on_and_the_last_lets_it_lapse() {
     let q = two_per_key();
     push_keyed(&q, &[('a', 1), ('a', 2)]);
     let waker = std::task::Waker::noop();
-    let keys: std::collections::VecDeque<char> = ['a'].into();
+    let keys: Keys<char> = ['a'].into_iter().collect();
     let (mut first, mut second) = ((None, false), (None, false));
     assert!(wait_for_room(&q, 'a', &mut first.0, &mut first.1, waker).is_pending());
     assert!(wait_for_room(&q, 'a', &mut second.0, &mut second.1, waker).is_pending());
