@@ -4,6 +4,8 @@
 #![cfg(feature = "tower")]
 
 mod common;
+#[path = "keyed_fronts/tower.rs"]
+mod keyed;
 
 use std::convert::Infallible;
 use std::future::poll_fn;

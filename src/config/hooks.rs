@@ -43,7 +43,10 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
 
     /// Hands back every accepted item that a shutdown abandoned before any
     /// worker took it: still queued when [`abort`] ran or the drain timeout
-    /// expired, or pulled by intake just as the queue was abandoned. Modelled
+    /// expired, or pulled by intake just as the queue was abandoned (or, in
+    /// a keyed `Backpressure` pipeline, held by the stream front for a full
+    /// key's room when any stop came, a graceful `shutdown()` included:
+    /// they were pulled and never queued). Modelled
     /// on Java's `ExecutorService::shutdownNow`, which returns the tasks that
     /// never ran.
     ///

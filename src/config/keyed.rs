@@ -135,7 +135,8 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// ([`Offer::Unkeyed`](crate::Offer::Unkeyed), a [`SinkError`](crate::SinkError)
     /// holding it, [`Rejected::Unkeyed`](crate::Rejected::Unkeyed)). The key
     /// type's `Hash` and `Eq` run under the queue's lock: they must not
-    /// panic or block (derived impls do neither).
+    /// panic or block (derived impls do neither). Its `Drop` never does: a
+    /// key is dropped after unlocking, and a panic in it is caught.
     ///
     /// A key's item stays in flight until its result is handed over to the
     /// results buffer, so a key's results come out in its order whatever

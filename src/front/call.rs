@@ -726,14 +726,28 @@ where
         };
         loop {
             match std::mem::replace(&mut this.state, State::Done) {
-                State::Start { request, admitted } => {
+                State::Start {
+                    request,
+                    mut admitted,
+                } => {
                     let producers = shared.producers();
+                    let queue = &producers.front.queue;
+                    let keyed_backpressure =
+                        queue.is_keyed() && queue.policy() == ShedPolicy::Backpressure;
+                    if admitted && keyed_backpressure {
+                        // Room held from tower's `poll_ready` goes back: a
+                        // keyed call takes its key's place first and room
+                        // after, the order every producer takes them in
+                        // (a slot held while waiting for a key's place
+                        // could wait on a producer waiting for that slot).
+                        producers.unadmit();
+                        admitted = false;
+                    }
                     if !admitted {
                         if producers.front.phase.is_stopping() {
                             return Poll::Ready(Err(Rejected::Closed(request)));
                         }
-                        let queue = &producers.front.queue;
-                        if queue.is_keyed() && queue.policy() == ShedPolicy::Backpressure {
+                        if keyed_backpressure {
                             // The key's room first, then the queue's, as
                             // `Feeder::send` (see `Producers::send_keyed`).
                             let job = Job {

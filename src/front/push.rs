@@ -612,7 +612,12 @@ pub enum Offer<Item> {
     Shed(Item),
     /// The queue was full and [`ShedPolicy::DropOldest`] evicted its oldest
     /// item to queue the offered one; the evicted item comes back. The
-    /// offered item counts `produced`, the evicted one `dropped`.
+    /// offered item counts `produced`, the evicted one `dropped`. In a
+    /// keyed pipeline the evicted item is the one the key rules pick: the
+    /// key's own oldest when its queue is full
+    /// ([`ShedReason::Superseded`](crate::ShedReason::Superseded)), else the
+    /// fattest key's oldest, or under `DropNewest` its newest (a call that
+    /// loses it that way answers [`Rejected::Shed`](crate::Rejected::Shed)).
     Evicted(Item),
     /// Not accepted, without waiting: the queue was full under
     /// [`ShedPolicy::Backpressure`] (which never sheds), or, in a keyed

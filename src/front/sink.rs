@@ -15,9 +15,13 @@ use super::shed::Disposal;
 use crate::queue::NoRoom;
 
 /// An item `start_send` accepted whose key was full (keyed, under
-/// `Backpressure`: `poll_ready` cannot know the next item's key). It keeps
-/// the room and credit it was given, and the next `poll_ready`,
-/// `poll_flush` or `poll_close` waits for its key's room and pushes it.
+/// `Backpressure`: `poll_ready` cannot know the next item's key). The room
+/// and credit it was given go back at once, and it takes its place in its
+/// key's line; the next `poll_ready`, `poll_flush` or `poll_close` waits
+/// for that place, then for room and a credit again, and pushes it. Key
+/// first, room second, as every keyed producer takes them: a handle
+/// holding a slot while it waited for a key's place could wait on a `send`
+/// holding that place while it waits for the slot.
 pub(crate) struct Held<Item> {
     item: Item,
     keyer: Keyer,
@@ -244,7 +248,12 @@ impl<Item> Sink<Item> for Feeder<Item> {
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let this = self.get_mut();
-        std::task::ready!(poll_held(&this.producers, this.held.get_mut(), cx))?;
+        std::task::ready!(poll_held(
+            &this.producers,
+            &mut this.sink,
+            this.held.get_mut(),
+            cx
+        ))?;
         // One atomic load: a live handle's queue closes only at a stop.
         if !this.live || this.producers.front.phase.is_stopping() {
             return Poll::Ready(Err(refused(None, Refusal::Closed)));
@@ -277,12 +286,14 @@ impl<Item> Sink<Item> for Feeder<Item> {
                 // `poll_ready` pushed what was held before it was ready.
                 let held = this.held.get_mut();
                 debug_assert!(held.is_none(), "Feeder: a second item held");
-                // Its place in the key's line is taken now, not at the next
-                // poll: producers get in in the order they began to wait.
+                // The room and credit go back (see `Held`), and its place
+                // in the key's line is taken now, not at the next poll:
+                // producers get in in the order they began to wait.
+                this.producers.unadmit();
                 let mut ticket = None;
                 let (keys, granted) = keyer.waiting();
                 let queue = &this.producers.front.queue;
-                queue.line_up_for_key_room(keys, &mut ticket, granted);
+                queue.line_up_for_key_place(keys, &mut ticket, granted);
                 *held = Some(Held {
                     item,
                     keyer,
@@ -296,29 +307,42 @@ impl<Item> Sink<Item> for Feeder<Item> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let this = self.get_mut();
-        poll_held(&this.producers, this.held.get_mut(), cx)
+        poll_held(&this.producers, &mut this.sink, this.held.get_mut(), cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let this = self.get_mut();
-        let flushed = std::task::ready!(poll_held(&this.producers, this.held.get_mut(), cx));
+        let flushed = std::task::ready!(poll_held(
+            &this.producers,
+            &mut this.sink,
+            this.held.get_mut(),
+            cx
+        ));
         this.retire();
         Poll::Ready(flushed)
     }
 }
 
-/// Pushes the item `held` for its key's room once the key has room
-/// (again if the key filled meanwhile). `Err` with the item if the queue
-/// closed first.
+/// Pushes the item `held` for its key once it has its key's place (see
+/// [`Held`]) and then room and a credit (`sink`'s reservation, used for
+/// this push). `Err` with the item if the queue closed first.
 fn poll_held<Item>(
     producers: &Producers<Item>,
+    sink: &mut SinkState,
     held: &mut Option<Held<Item>>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), SinkError<Item>>> {
     let queue = &producers.front.queue;
     while let Some(waiting) = held {
         let (keys, granted) = waiting.keyer.waiting();
-        let room = std::task::ready!(queue.poll_key_room(keys, &mut waiting.ticket, granted, cx));
+        let placed =
+            std::task::ready!(queue.poll_key_place(keys, &mut waiting.ticket, granted, cx));
+        // Holding the key's place: room and a credit.
+        let admitted = if placed {
+            std::task::ready!(sink.poll_admit(cx)).is_ok() && sink.take()
+        } else {
+            false
+        };
         let Some(Held {
             item,
             mut keyer,
@@ -327,15 +351,21 @@ fn poll_held<Item>(
         else {
             unreachable!("Feeder: the held item went")
         };
-        if !room {
-            // Closed: the place in line goes (grants lapsed).
+        if !admitted {
+            // Closed: the place (or the place in line) goes.
             let (keys, granted) = keyer.leaving();
             queue.leave_key_room(keys, ticket, granted);
-            producers.unadmit();
             return Poll::Ready(Err(refused(Some(item), Refusal::Closed)));
         }
         match producers.push(item, Some(keyer), Disposal::Hook) {
-            Pushing::KeyFull(item, keyer) => {
+            // Unreachable while invariant 5 of `queue/keyed.rs` holds (the
+            // place was kept for it); should it break, the room goes back
+            // and the item takes a place afresh.
+            Pushing::KeyFull(item, mut keyer) => {
+                debug_assert!(false, "a push with a kept place found its key full");
+                producers.unadmit();
+                let (keys, granted) = keyer.leaving();
+                queue.leave_key_room(keys, None, granted);
                 *held = Some(Held {
                     item,
                     keyer,
@@ -352,9 +382,9 @@ fn poll_held<Item>(
 }
 
 /// A handle retires with an item still held (closed or dropped without a
-/// flush): its place in line and its room go back, and the item is
+/// flush): its place (or its place in line) goes back, and the item is
 /// dropped, uncounted, as any buffered sink drops what it was never asked
-/// to flush.
+/// to flush. It held no room or credit (see [`Held`]).
 pub(crate) fn drop_held<Item>(producers: &Producers<Item>, held: Option<Held<Item>>) {
     if let Some(Held {
         item,
@@ -364,7 +394,6 @@ pub(crate) fn drop_held<Item>(producers: &Producers<Item>, held: Option<Held<Ite
     {
         let (keys, granted) = keyer.leaving();
         producers.front.queue.leave_key_room(keys, ticket, granted);
-        producers.unadmit();
         crate::isolate::drop_quietly(item);
     }
 }

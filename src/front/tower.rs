@@ -26,7 +26,10 @@ use crate::{Controller, FanOutConfig, ShutdownHandle};
 /// [`Rejected::Shed`] at once, so a `load_shed` in front is not needed);
 /// under [`ShedPolicy::Backpressure`](crate::ShedPolicy::Backpressure)
 /// (and, with settlement, for a credit) it waits for a free slot and holds
-/// it for the next `call`, as tower's `Buffer` holds a channel slot. Once
+/// it for the next `call`, as tower's `Buffer` holds a channel slot (in a
+/// keyed pipeline the call gives that slot back, takes its key's place and
+/// then waits for room again, as every keyed producer takes them in that
+/// order; see [`FanOutConfig::key_by`]). Once
 /// intake is over it is ready, and the call answers [`Rejected::Closed`]
 /// with the request. The error is the [`Rejected`] itself: axum's
 /// `HandleErrorLayer` takes it as it is; map it to a

@@ -428,7 +428,7 @@ impl<T> Keyed<T> {
                     }
                 })
         };
-        let Some(id) = self.table.intern_front(keys, &full) else {
+        let Some(id) = self.table.intern_front(keys, &full, &mut self.forgotten) else {
             return Err(item);
         };
         let used_grant = std::mem::take(granted);
@@ -670,12 +670,14 @@ impl<T> HandOff<T> {
         reasons: &mut Vec<(ShedReason, bool)>,
         count: impl FnOnce(usize, usize),
     ) -> Pushed {
+        // Read outside the lock (as the unkeyed queue's stamps are): the
+        // batch's time in its keys' queues, for `max_queue_age`.
+        let at = Instant::now();
         let (woken, forgotten, pushed, passed) = {
             let mut state = self.lock();
             if state.closed {
                 return Pushed::Refused;
             }
-            let at = Instant::now();
             let (mut offered, mut overflow, mut ready) = (0, 0, 0);
             let mut blocked = false;
             let keyed = Self::keyed(&mut state);
@@ -841,20 +843,20 @@ impl<T> HandOff<T> {
         }
     }
 
-    /// Takes a place in line for room in the front key of `keys` before
-    /// the producer can wait for it (a `Sink` that accepted an item outside
-    /// a poll): its first poll refreshes the waker in that place, so a
-    /// key's producers get in in the order they began to wait (invariant
-    /// 5 of `keyed`).
-    pub(crate) fn line_up_for_key_room(
+    /// Takes a place in the front key of `keys`, or a place in its line,
+    /// before the producer can wait for it (a `Sink` that accepted an item
+    /// outside a poll): its first poll refreshes the waker in that place,
+    /// so a key's producers get in in the order they began to wait
+    /// (invariant 5 of `keyed`; see `Keyed::take_place`).
+    pub(crate) fn line_up_for_key_place(
         &self,
-        keys: &dyn Any,
+        keys: &mut dyn Any,
         ticket: &mut Option<u64>,
         granted: &mut bool,
     ) {
         let mut state = self.lock();
         if !state.closed {
-            Self::keyed(&mut state).wait_room(keys, ticket, granted, Waker::noop());
+            Self::keyed(&mut state).take_place(keys, ticket, granted, Waker::noop());
         }
     }
 

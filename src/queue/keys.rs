@@ -47,13 +47,20 @@ pub(crate) trait KeyTable: Send {
     /// Interns the front key of `keys` (a [`Keys<K>`]), popping it;
     /// unless it is already interned and `refuse` says no to its id, which
     /// leaves it in place (one hash either way). A held key's id is used
-    /// (and given up) without a lookup.
-    fn intern_front(&mut self, keys: &mut dyn Any, refuse: &dyn Fn(KeyId) -> bool)
-    -> Option<KeyId>;
+    /// (and given up) without a lookup. A popped key equal to one already
+    /// interned goes to `spare` if its `Drop` may be user code, to be
+    /// dropped after unlocking (invariant 6 of `keyed`).
+    fn intern_front(
+        &mut self,
+        keys: &mut dyn Any,
+        refuse: &dyn Fn(KeyId) -> bool,
+        spare: &mut Vec<Box<dyn Any + Send>>,
+    ) -> Option<KeyId>;
     /// The id of the front key of `keys` (a [`Keys<K>`]), if tracked.
     fn find_front(&self, keys: &dyn Any) -> Option<KeyId>;
     /// Interns the front key of `keys` for a place this producer takes in
-    /// it, marking it held (see [`Keys`]); its id.
+    /// it, marking it held (see [`Keys`]); its id. (Only for a key not
+    /// interned yet: nothing goes spare.)
     fn hold_front(&mut self, keys: &mut dyn Any) -> Option<KeyId>;
     /// Forgets `id`; returns the key if its `Drop` may run user code.
     fn forget(&mut self, id: KeyId) -> Option<Box<dyn Any + Send>>;
@@ -108,6 +115,7 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
         &mut self,
         keys: &mut dyn Any,
         refuse: &dyn Fn(KeyId) -> bool,
+        spare: &mut Vec<Box<dyn Any + Send>>,
     ) -> Option<KeyId> {
         let keys = downcast_mut::<K>(keys);
         if let Some(id) = keys.held {
@@ -133,7 +141,11 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
                 if refuse(id) {
                     return None;
                 }
-                keys.pop_front();
+                // The caller's copy of a key already interned: its `Drop`
+                // may be user code, so not under the lock.
+                if let Some(key) = keys.pop_front().filter(|_| std::mem::needs_drop::<K>()) {
+                    spare.push(Box::new(key));
+                }
                 return Some(id);
             }
             Entry::Vacant(vacant) => vacant,
@@ -164,7 +176,9 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
     }
 
     fn hold_front(&mut self, keys: &mut dyn Any) -> Option<KeyId> {
-        let id = self.intern_front(keys, &|_| false)?;
+        let mut spare = Vec::new();
+        let id = self.intern_front(keys, &|_| false, &mut spare)?;
+        debug_assert!(spare.is_empty(), "KeyTable: held a key already interned");
         downcast_mut::<K>(keys).held = Some(id);
         Some(id)
     }

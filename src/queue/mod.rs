@@ -632,6 +632,11 @@ impl<T> HandOff<T> {
     /// When the oldest queued item was queued, if one is queued and the
     /// queue keeps stamps (invariant 6).
     pub(crate) fn oldest_stamp(&self) -> Option<Instant> {
+        if !self.stamped {
+            // A keyed queue keeps a time per item for its own use; it is
+            // reported only as the unkeyed queue's stamps are.
+            return None;
+        }
         let mut state = self.lock();
         match &state.keyed {
             Some(keyed) => keyed.oldest_stamp(),

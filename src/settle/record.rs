@@ -39,10 +39,13 @@ pub enum Outcome {
 #[non_exhaustive]
 pub enum ShedReason {
     /// [`DropNewest`](crate::ShedPolicy::DropNewest): it arrived at a full
-    /// queue.
+    /// queue (or its key's full queue). In a keyed pipeline also the newest
+    /// queued item of the fattest key, shed for an arrival of a thinner key
+    /// when the whole queue was full.
     Newest,
     /// [`DropOldest`](crate::ShedPolicy::DropOldest): it was the oldest
-    /// queued item, evicted by a newer one.
+    /// queued item, evicted by a newer one; in a keyed pipeline, the
+    /// oldest of the fattest key (the arrival's own, if none is fatter).
     Oldest,
     /// Keyed pipelines ([`FanOutConfig::key_by`](crate::FanOutConfig::key_by))
     /// under `DropOldest`: its key's own queue was full
