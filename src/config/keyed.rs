@@ -95,9 +95,10 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     ///   place: producers waiting for a full key hold no slot and never keep
     ///   other keys out, and a key's `send`s and calls enter in the order
     ///   they began to wait whatever the queue's room. A `Sink` handle
-    ///   reserves its slot in `poll_ready`, before it sees the item, so an
-    ///   item it holds for a full key keeps that slot: with many producers
-    ///   of one hot key, prefer `send`. The stream front is one ordered
+    ///   reserves its slot in `poll_ready`, before it sees the item; an item
+    ///   it accepts for a full key gives that slot back, takes its place in
+    ///   the key's line, and is pushed by the next `poll_ready`, `poll_flush`
+    ///   or `poll_close` (its place, then room again). The stream front is one ordered
     ///   intake: an item whose key is full holds up the items pulled after
     ///   it (at most
     ///   [`MAX_INTAKE_BATCH`](Self::MAX_INTAKE_BATCH) in hand, counted

@@ -75,7 +75,15 @@ impl<Item> Producers<Item> {
         if front.queue.is_keyed() && keyer.is_none() {
             hooks = front.stopper.hooks();
             let Some(keying) = hooks.as_deref().and_then(|hooks| hooks.keying.as_deref()) else {
-                unreachable!("a keyed queue without its key function");
+                // The hooks are released once the pipeline has ended (its
+                // queue closed): a push that comes later is refused, as the
+                // closed queue would refuse it.
+                self.unadmit();
+                return Pushing::Done(Offer::Closed(
+                    batch
+                        .pop()
+                        .unwrap_or_else(|| unreachable!("a push of one item")),
+                ));
             };
             match key_one(keying, batch.pop()) {
                 Ok((item, fresh)) => (batch, keyer) = (vec![item], Some(fresh)),

@@ -203,8 +203,7 @@ fn refused<Item>(item: Option<Item>, why: Refusal) -> SinkError<Item> {
 ///   [`SinkError`].
 ///   In a keyed pipeline under `Backpressure` (`poll_ready` cannot know
 ///   the next item's key), an item whose key is full is accepted and held,
-///   with its slot (so handles waiting on one full key each keep a slot of
-///   the queue; [`Feeder::send`] waits for the key first and holds none),
+///   its slot and credit given back and its place taken in the key's line,
 ///   until its key has room: the next `poll_ready` waits for
 ///   that and pushes it first (a stop hands it back in the error).
 /// * `poll_flush` is ready once nothing is held: a pushed item is already

@@ -6,6 +6,7 @@
 //! dropped outside the queue's lock, and 2-thread stress loops. One test
 //! binary (one link) for the tests written in fresh-user trials.
 
+mod after_the_end;
 mod keys;
 mod room_call;
 mod room_push;
