@@ -908,32 +908,7 @@ impl<T> HandOff<T> {
     /// Cancel safe: dropped, it gives up its place in line and passes on a
     /// place given to it.
     pub(crate) async fn key_place(&self, keys: &mut (dyn Any + Send), granted: &mut bool) -> bool {
-        struct Wait<'a, T> {
-            queue: &'a HandOff<T>,
-            keys: &'a mut (dyn Any + Send),
-            ticket: Option<u64>,
-        }
-        impl<T> Drop for Wait<'_, T> {
-            fn drop(&mut self) {
-                // Not granted: a grant is only ever set on the way out.
-                self.queue
-                    .leave_key_room(&*self.keys, self.ticket.take(), false);
-            }
-        }
-        let mut wait = Wait {
-            queue: self,
-            keys,
-            ticket: None,
-        };
-        std::future::poll_fn(|cx| {
-            let Wait {
-                queue,
-                keys,
-                ticket,
-            } = &mut wait;
-            queue.poll_key_place(&mut **keys, ticket, granted, cx)
-        })
-        .await
+        self.wait_for_key(keys, granted, true).await
     }
 
     /// Waits until the front key of `keys` has room; `false` if the queue
@@ -943,6 +918,18 @@ impl<T> HandOff<T> {
     ///
     /// Cancel safe: dropped, it gives up its place and passes on a wake-up.
     pub(crate) async fn key_room(&self, keys: &mut (dyn Any + Send), granted: &mut bool) -> bool {
+        self.wait_for_key(keys, granted, false).await
+    }
+
+    /// [`key_place`](Self::key_place) (`place`) or
+    /// [`key_room`](Self::key_room): registered under a ticket while it
+    /// waits, which a drop gives up (passing on a wake-up it held).
+    async fn wait_for_key(
+        &self,
+        keys: &mut (dyn Any + Send),
+        granted: &mut bool,
+        place: bool,
+    ) -> bool {
         // `&mut`, not `&`: a future holding it stays `Send` for any key type.
         struct Wait<'a, T> {
             queue: &'a HandOff<T>,
@@ -967,7 +954,11 @@ impl<T> HandOff<T> {
                 keys,
                 ticket,
             } = &mut wait;
-            queue.poll_key_room(&**keys, ticket, granted, cx)
+            if place {
+                queue.poll_key_place(&mut **keys, ticket, granted, cx)
+            } else {
+                queue.poll_key_room(&**keys, ticket, granted, cx)
+            }
         })
         .await
     }

@@ -15,3 +15,4 @@ mod settle_call;
 mod settle_push;
 mod settle_stress;
 mod sink_and_send;
+mod support;

@@ -3,81 +3,17 @@
 //! places at once and when the queue is full too; calls waiting for one key
 //! hold no queue slot, so other keys go on. (From a fresh-user trial.)
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use backpressure_pipeline::{
-    Call, Caller, FanOutConfig, IntakeEnd, Rejected, Report, ShedPolicy, ShutdownHandle,
-};
-use tokio::sync::Semaphore;
+use super::support::{CallRig as Rig, Item, call, finish_calls as finish, launch_calls, ms, of};
+use backpressure_pipeline::{Call, IntakeEnd, Rejected};
 use tokio::time::sleep;
-use tokio_test::task::{self, Spawn};
+use tokio_test::task::Spawn;
 use tokio_test::{assert_pending, assert_ready_eq};
 
-type Item = (char, u32);
-type Log = Arc<Mutex<Vec<Item>>>;
-type Waiter = (u32, Spawn<Call<Item, Item>>);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-struct Rig {
-    caller: Caller<Item, Item>,
-    shutdown: ShutdownHandle,
-    starts: Log,
-    gate: Arc<Semaphore>,
-}
-
-/// Items numbered 0 wait for a permit of `gate`; others answer at once.
 fn rig(workers: usize, capacity: usize, per_key: usize) -> Rig {
-    let starts: Log = Arc::default();
-    let gate = Arc::new(Semaphore::new(0));
-    let config = FanOutConfig::new(workers, ShedPolicy::Backpressure)
-        .capacity(capacity)
-        .key_by(|item: &Item| item.0)
-        .per_key_capacity(per_key);
-    let (log, open) = (Arc::clone(&starts), Arc::clone(&gate));
-    let (caller, shutdown) = backpressure_pipeline::caller(config, move |item: Item| {
-        let (log, open) = (Arc::clone(&log), Arc::clone(&open));
-        async move {
-            log.lock().unwrap().push(item);
-            if item.1 == 0 {
-                open.acquire().await.unwrap().forget();
-            }
-            item
-        }
-    });
-    Rig {
-        caller,
-        shutdown,
-        starts,
-        gate,
-    }
+    launch_calls(super::support::config(workers, capacity, per_key))
 }
 
-fn of(log: &[Item], key: char) -> Vec<u32> {
-    log.iter().filter(|i| i.0 == key).map(|i| i.1).collect()
-}
-
-fn call(rig: &Rig, item: Item) -> Spawn<Call<Item, Item>> {
-    task::spawn(rig.caller.call(item))
-}
-
-async fn finish(rig: Rig) -> (Vec<Item>, Report) {
-    let Rig {
-        caller,
-        shutdown,
-        starts,
-        ..
-    } = rig;
-    drop(caller);
-    let report = tokio::time::timeout(Duration::from_secs(30), shutdown.join())
-        .await
-        .expect("join hung");
-    let starts = starts.lock().unwrap().clone();
-    (starts, report)
-}
+type Waiter = (u32, Spawn<Call<Item, Item>>);
 
 /// Polls the calls not yet queued youngest first (the pipeline runs between
 /// rounds, `rounds` times); a call has entered the queue when `produced`

@@ -6,86 +6,18 @@
 //! last three broken.)
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use backpressure_pipeline::{
-    BoundedFanOut, FanOutConfig, Feeder, IntakeEnd, Offer, Report, ShedPolicy, ShutdownHandle,
-};
+use super::support::{Item, Log, Rig, finish, launch, ms, of, send_on};
+use backpressure_pipeline::{FanOutConfig, IntakeEnd, Offer, ShedPolicy};
 use tokio::sync::Semaphore;
 use tokio::time::sleep;
-use tokio_test::task::{self, Spawn};
+use tokio_test::task::Spawn;
 use tokio_test::{assert_pending, assert_ready_eq};
 
-type Item = (char, u32);
-type Log = Arc<Mutex<Vec<Item>>>;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-struct Rig {
-    feeder: Feeder<Item>,
-    results: BoundedFanOut<Item>,
-    shutdown: ShutdownHandle,
-    starts: Log,
-    gate: Arc<Semaphore>,
-}
-
-/// A keyed `Backpressure` push pipeline; items numbered 0 wait for a
-/// permit of `gate` in their handler, every other item returns at once.
 fn rig(workers: usize, capacity: usize, per_key: usize) -> Rig {
-    let starts: Log = Arc::default();
-    let gate = Arc::new(Semaphore::new(0));
-    let config = FanOutConfig::new(workers, ShedPolicy::Backpressure)
-        .capacity(capacity)
-        .key_by(|item: &Item| item.0)
-        .per_key_capacity(per_key);
-    let (log, open) = (Arc::clone(&starts), Arc::clone(&gate));
-    let (feeder, results, shutdown) = backpressure_pipeline::feeder(config, move |item: Item| {
-        let (log, open) = (Arc::clone(&log), Arc::clone(&open));
-        async move {
-            log.lock().unwrap().push(item);
-            if item.1 == 0 {
-                open.acquire().await.unwrap().forget();
-            }
-            item
-        }
-    });
-    Rig {
-        feeder,
-        results,
-        shutdown,
-        starts,
-        gate,
-    }
-}
-
-fn of(log: &[Item], key: char) -> Vec<u32> {
-    log.iter().filter(|i| i.0 == key).map(|i| i.1).collect()
-}
-
-/// A send on its own clone of the feeder (a separate producer).
-fn send_on(feeder: &Feeder<Item>, item: Item) -> Spawn<impl Future<Output = Offer<Item>> + use<>> {
-    let feeder = feeder.clone();
-    task::spawn(async move { feeder.send(item).await })
-}
-
-async fn finish(rig: Rig) -> (Vec<Item>, Vec<Item>, Report) {
-    let Rig {
-        feeder,
-        results,
-        shutdown,
-        starts,
-        ..
-    } = rig;
-    drop(feeder);
-    let (out, report) =
-        tokio::time::timeout(Duration::from_secs(30), shutdown.join_collect(results))
-            .await
-            .expect("join hung");
-    let starts = starts.lock().unwrap().clone();
-    (starts, out, report)
+    launch(super::support::config(workers, capacity, per_key))
 }
 
 /// Polls the pending senders youngest first, letting the pipeline run

@@ -4,73 +4,23 @@
 //! drain deadlines answer each call by where it was. (From a fresh-user
 //! trial.)
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use super::support::{
+    CallRig as Rig, Item, call, config, finish_calls as finish, launch_calls as launch, ms, of,
+};
 use backpressure_pipeline::{
-    Call, Caller, CancellationToken, FanOutConfig, IntakeEnd, Outcome, Rejected, Report,
-    Settlement, Settlements, ShedPolicy, ShutdownHandle, Stage,
+    Call, CancellationToken, FanOutConfig, IntakeEnd, Outcome, Rejected, Settlement, Settlements,
+    ShedPolicy, Stage,
 };
 use futures::{FutureExt, StreamExt};
-use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep};
 use tokio_test::task::{self, Spawn};
 use tokio_test::{assert_pending, assert_ready_eq};
 
-type Item = (char, u32);
-type Log = Arc<Mutex<Vec<Item>>>;
 type Answer = Result<Item, Rejected<Item>>;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-struct Rig {
-    caller: Caller<Item, Item>,
-    shutdown: ShutdownHandle,
-    starts: Log,
-    gate: Arc<Semaphore>,
-}
-
-fn config(workers: usize, capacity: usize, per_key: usize) -> FanOutConfig<Item> {
-    FanOutConfig::new(workers, ShedPolicy::Backpressure)
-        .capacity(capacity)
-        .key_by(|item: &Item| item.0)
-        .per_key_capacity(per_key)
-}
-
-/// Items numbered 0 wait in their handler for a permit of `gate`; every
-/// other item answers at once. Every start is logged.
-fn launch(config: FanOutConfig<Item>) -> Rig {
-    let starts: Log = Arc::default();
-    let gate = Arc::new(Semaphore::new(0));
-    let (log, open) = (Arc::clone(&starts), Arc::clone(&gate));
-    let (caller, shutdown) = backpressure_pipeline::caller(config, move |item: Item| {
-        let (log, open) = (Arc::clone(&log), Arc::clone(&open));
-        async move {
-            log.lock().unwrap().push(item);
-            if item.1 == 0 {
-                open.acquire().await.unwrap().forget();
-            }
-            item
-        }
-    });
-    Rig {
-        caller,
-        shutdown,
-        starts,
-        gate,
-    }
-}
-
-fn of(log: &[Item], key: char) -> Vec<u32> {
-    log.iter().filter(|i| i.0 == key).map(|i| i.1).collect()
-}
-
-fn call(rig: &Rig, item: Item) -> Spawn<Call<Item, Item>> {
-    task::spawn(rig.caller.call(item))
-}
 
 fn produced(rig: &Rig) -> u64 {
     rig.shutdown.stats().produced
@@ -141,21 +91,6 @@ async fn answers(
         calls.iter().map(|c| c.0).collect::<Vec<_>>()
     );
     (out, entered)
-}
-
-async fn finish(rig: Rig) -> (Vec<Item>, Report) {
-    let Rig {
-        caller,
-        shutdown,
-        starts,
-        ..
-    } = rig;
-    drop(caller);
-    let report = tokio::time::timeout(Duration::from_secs(30), shutdown.join())
-        .await
-        .expect("join hung");
-    let starts = starts.lock().unwrap().clone();
-    (starts, report)
 }
 
 // ===== first come, first served =====

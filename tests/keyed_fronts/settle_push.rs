@@ -5,76 +5,20 @@
 //! `join`. (From a fresh-user trial.)
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use super::support::{Item, Rig, config, finish, launch, ms, of, send_on};
 use backpressure_pipeline::{
-    BoundedFanOut, CancellationToken, FanOutConfig, Feeder, IntakeEnd, Offer, Outcome, Report,
-    Settlement, Settlements, ShedPolicy, ShutdownHandle, Stage,
+    CancellationToken, FanOutConfig, IntakeEnd, Offer, Outcome, Settlement, Settlements,
+    ShedPolicy, Stage,
 };
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep};
-use tokio_test::task::{self, Spawn};
+use tokio_test::task::Spawn;
 use tokio_test::{assert_pending, assert_ready_eq};
-
-type Item = (char, u32);
-type Log = Arc<Mutex<Vec<Item>>>;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-struct Rig {
-    feeder: Feeder<Item>,
-    results: BoundedFanOut<Item>,
-    shutdown: ShutdownHandle,
-    starts: Log,
-    gate: Arc<Semaphore>,
-}
-
-fn config(workers: usize, capacity: usize, per_key: usize) -> FanOutConfig<Item> {
-    FanOutConfig::new(workers, ShedPolicy::Backpressure)
-        .capacity(capacity)
-        .key_by(|item: &Item| item.0)
-        .per_key_capacity(per_key)
-}
-
-/// Items numbered 0 wait in their handler for a permit of `gate`; every
-/// other item returns at once. Every start is logged.
-fn launch(config: FanOutConfig<Item>) -> Rig {
-    let starts: Log = Arc::default();
-    let gate = Arc::new(Semaphore::new(0));
-    let (log, open) = (Arc::clone(&starts), Arc::clone(&gate));
-    let (feeder, results, shutdown) = backpressure_pipeline::feeder(config, move |item: Item| {
-        let (log, open) = (Arc::clone(&log), Arc::clone(&open));
-        async move {
-            log.lock().unwrap().push(item);
-            if item.1 == 0 {
-                open.acquire().await.unwrap().forget();
-            }
-            item
-        }
-    });
-    Rig {
-        feeder,
-        results,
-        shutdown,
-        starts,
-        gate,
-    }
-}
-
-fn of(log: &[Item], key: char) -> Vec<u32> {
-    log.iter().filter(|i| i.0 == key).map(|i| i.1).collect()
-}
-
-/// A send on its own clone of the feeder (one producer).
-fn send_on(feeder: &Feeder<Item>, item: Item) -> Spawn<impl Future<Output = Offer<Item>> + use<>> {
-    let feeder = feeder.clone();
-    task::spawn(async move { feeder.send(item).await })
-}
 
 /// Reads every settlement record ready now (each read gives a credit back).
 fn read_ready(settlements: &mut Settlements<Item>, into: &mut Vec<Settlement<Item>>) -> usize {
@@ -84,23 +28,6 @@ fn read_ready(settlements: &mut Settlements<Item>, into: &mut Vec<Settlement<Ite
         n += 1;
     }
     n
-}
-
-async fn finish(rig: Rig) -> (Vec<Item>, Vec<Item>, Report) {
-    let Rig {
-        feeder,
-        results,
-        shutdown,
-        starts,
-        ..
-    } = rig;
-    drop(feeder);
-    let (out, report) =
-        tokio::time::timeout(Duration::from_secs(30), shutdown.join_collect(results))
-            .await
-            .expect("join hung");
-    let starts = starts.lock().unwrap().clone();
-    (starts, out, report)
 }
 
 /// Polls the pending sends youngest first, letting the pipeline run 1 ms
