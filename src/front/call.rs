@@ -676,8 +676,7 @@ where
                 debug_assert!(false, "a call with a kept place found its key full");
                 let producers = shared.producers();
                 producers.unadmit();
-                let (keys, granted) = keyer.leaving();
-                producers.front.queue.leave_key_room(keys, None, granted);
+                keyer.leave(&producers.front.queue, None);
                 Ok(State::KeyRoom {
                     job,
                     keyer: Mutex::new(keyer),
@@ -811,8 +810,7 @@ where
                     };
                     if !room {
                         // Closed: the place in line goes (grants lapsed).
-                        let (keys, granted) = keyer.leaving();
-                        queue.leave_key_room(keys, ticket, granted);
+                        keyer.leave(queue, ticket);
                         return Poll::Ready(Err(job.reject(RejectReason::Closed)));
                     }
                     match producers.try_admit() {
@@ -827,8 +825,7 @@ where
                             this.state = State::KeyAdmit { job, keyer, admit };
                         }
                         Err(NoRoom::Closed) => {
-                            let (keys, granted) = keyer.leaving();
-                            queue.leave_key_room(keys, None, granted);
+                            keyer.leave(queue, None);
                             return Poll::Ready(Err(job.reject(RejectReason::Closed)));
                         }
                     }
@@ -841,12 +838,7 @@ where
                     Poll::Ready(admitted) => {
                         let mut keyer = keyer.into_inner().unwrap_or_else(PoisonError::into_inner);
                         if admitted.is_err() {
-                            let (keys, granted) = keyer.leaving();
-                            shared
-                                .producers()
-                                .front
-                                .queue
-                                .leave_key_room(keys, None, granted);
+                            keyer.leave(&shared.producers().front.queue, None);
                             return Poll::Ready(Err(job.reject(RejectReason::Closed)));
                         }
                         match Self::offer_admitted(shared, job, Some(keyer)) {
@@ -915,8 +907,7 @@ impl<Req, Resp> Drop for Call<Req, Resp> {
             State::KeyRoom { job, keyer, ticket } => {
                 let producers = shared.producers();
                 let mut keyer = keyer.into_inner().unwrap_or_else(PoisonError::into_inner);
-                let (keys, granted) = keyer.leaving();
-                producers.front.queue.leave_key_room(keys, ticket, granted);
+                keyer.leave(&producers.front.queue, ticket);
                 drop_quietly(job);
             }
             // A place kept for it in its key passes on; a credit it took
@@ -925,8 +916,7 @@ impl<Req, Resp> Drop for Call<Req, Resp> {
                 drop(admit);
                 let producers = shared.producers();
                 let mut keyer = keyer.into_inner().unwrap_or_else(PoisonError::into_inner);
-                let (keys, granted) = keyer.leaving();
-                producers.front.queue.leave_key_room(keys, None, granted);
+                keyer.leave(&producers.front.queue, None);
                 drop_quietly(job);
             }
             _ => {}

@@ -8,7 +8,7 @@ use super::FrontParts;
 use crate::config::Keying;
 use crate::control::Hooks;
 use crate::isolate::drop_quietly;
-use crate::queue::Pushed;
+use crate::queue::{HandOff, Pushed};
 use crate::settle::{Outcome, ShedReason};
 
 /// The keys of one push, and the reasons of what it shed.
@@ -37,9 +37,12 @@ impl Keyer {
         (&mut *self.keys, &mut self.granted)
     }
 
-    /// The keys, and whether a grant is held, for leaving a wait.
-    pub(crate) fn leaving(&mut self) -> (&mut (dyn Any + Send), bool) {
-        (&mut *self.keys, std::mem::take(&mut self.granted))
+    /// This producer stops waiting for its front key (dropped, refused, or
+    /// giving up): its place in line, or the place kept for it, passes on
+    /// (invariant 5 of `queue/keyed.rs`).
+    pub(crate) fn leave<Item>(&mut self, queue: &HandOff<Item>, ticket: Option<u64>) {
+        let granted = std::mem::take(&mut self.granted);
+        queue.leave_key_room(&*self.keys, ticket, granted);
     }
 
     /// Takes the key of every item of `batch`, in order; the items whose key

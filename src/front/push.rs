@@ -184,16 +184,13 @@ impl<Item> Producers<Item> {
                 producers: self,
                 keyer: Some(keyer),
             };
-            let admitted = self.admit().await;
+            if self.admit().await.is_err() {
+                return Offer::Closed(item); // `holding` passes the place on
+            }
             let Some(held) = holding.keyer.take() else {
                 unreachable!("the keys went")
             };
             keyer = held;
-            if admitted.is_err() {
-                let (keys, granted) = keyer.leaving();
-                queue.leave_key_room(keys, None, granted);
-                return Offer::Closed(item);
-            }
             match self.push(item, Some(keyer), Disposal::Producer) {
                 Pushing::Done(offer) => return offer,
                 // Unreachable while invariant 5 holds (the place was kept
@@ -202,8 +199,7 @@ impl<Item> Producers<Item> {
                 Pushing::KeyFull(full, mut held) => {
                     debug_assert!(false, "a push with a kept place found its key full");
                     self.unadmit();
-                    let (keys, granted) = held.leaving();
-                    queue.leave_key_room(keys, None, granted);
+                    held.leave(queue, None);
                     (item, keyer) = (full, held);
                 }
             }
@@ -308,11 +304,7 @@ struct HoldingKeyPlace<'a, Item> {
 impl<Item> Drop for HoldingKeyPlace<'_, Item> {
     fn drop(&mut self) {
         if let Some(keyer) = &mut self.keyer {
-            let (keys, granted) = keyer.leaving();
-            self.producers
-                .front
-                .queue
-                .leave_key_room(keys, None, granted);
+            keyer.leave(&self.producers.front.queue, None);
         }
     }
 }

@@ -352,8 +352,7 @@ fn poll_held<Item>(
         };
         if !admitted {
             // Closed: the place (or the place in line) goes.
-            let (keys, granted) = keyer.leaving();
-            queue.leave_key_room(keys, ticket, granted);
+            keyer.leave(queue, ticket);
             return Poll::Ready(Err(refused(Some(item), Refusal::Closed)));
         }
         match producers.push(item, Some(keyer), Disposal::Hook) {
@@ -363,8 +362,7 @@ fn poll_held<Item>(
             Pushing::KeyFull(item, mut keyer) => {
                 debug_assert!(false, "a push with a kept place found its key full");
                 producers.unadmit();
-                let (keys, granted) = keyer.leaving();
-                queue.leave_key_room(keys, None, granted);
+                keyer.leave(queue, None);
                 *held = Some(Held {
                     item,
                     keyer,
@@ -391,8 +389,7 @@ pub(crate) fn drop_held<Item>(producers: &Producers<Item>, held: Option<Held<Ite
         ticket,
     }) = held
     {
-        let (keys, granted) = keyer.leaving();
-        producers.front.queue.leave_key_room(keys, ticket, granted);
+        keyer.leave(&producers.front.queue, ticket);
         crate::isolate::drop_quietly(item);
     }
 }

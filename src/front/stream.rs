@@ -123,7 +123,7 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
             // room (or the stop), then push the rest.
             let room = {
                 let (keys, granted) = keyer.waiting();
-                let mut room = pin!(queue.key_room(keys, granted));
+                let mut room = pin!(queue.key_place(keys, granted));
                 poll_fn(|cx| match room.as_mut().poll(cx) {
                     Poll::Ready(room) => Poll::Ready(room),
                     Poll::Pending if stop.as_mut().poll(cx).is_ready() => Poll::Ready(false),

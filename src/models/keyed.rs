@@ -163,7 +163,7 @@ fn loom_a_take_gives_a_full_keys_place_to_the_producer_waiting_for_it() {
         assert!(push_a(&queue, 1, &mut false), "a is empty");
         let producer = super::spawn(&queue, move |queue| {
             let (mut keys, mut granted) = (key_a(), false);
-            assert!(block_on(queue.key_room(&mut keys, &mut granted)));
+            assert!(block_on(queue.key_place(&mut keys, &mut granted)));
             push_a(&queue, 2, &mut granted)
         });
         assert_eq!(block_on(queue.take()).map(|t| t.item), Some(1));
@@ -194,7 +194,7 @@ fn loom_a_grant_holders_push_passes_the_next_place_on() {
                     // (a place it saw free, not kept for it, went to the
                     // other producer) waits again.
                     let (mut keys, mut granted) = (key_a(), false);
-                    while block_on(queue.key_room(&mut keys, &mut granted)) {
+                    while block_on(queue.key_place(&mut keys, &mut granted)) {
                         if push_a(&queue, item, &mut granted) {
                             return true;
                         }
@@ -227,12 +227,12 @@ fn loom_a_producer_that_gives_up_its_kept_place_passes_it_on() {
         // Gives up as soon as it has room (a kept place, or none).
         let quitter = super::spawn(&queue, move |queue| {
             let (mut keys, mut granted) = (key_a(), false);
-            assert!(block_on(queue.key_room(&mut keys, &mut granted)));
+            assert!(block_on(queue.key_place(&mut keys, &mut granted)));
             queue.leave_key_room(&keys, None, granted);
         });
         let stayer = super::spawn(&queue, move |queue| {
             let (mut keys, mut granted) = (key_a(), false);
-            while block_on(queue.key_room(&mut keys, &mut granted)) {
+            while block_on(queue.key_place(&mut keys, &mut granted)) {
                 if push_a(&queue, 2, &mut granted) {
                     return true;
                 }

@@ -176,44 +176,9 @@ impl<T> Keyed<T> {
         }
     }
 
-    /// Registers a producer waiting for room in the front key of `keys`;
-    /// `false` if it may push: the key has room and nobody in line (an
-    /// untracked key is empty: it has), or the producer was woken with a
-    /// grant (then `granted` is set and its ticket spent; invariant 5).
-    pub(crate) fn wait_room(
-        &mut self,
-        keys: &dyn Any,
-        ticket: &mut Option<u64>,
-        granted: &mut bool,
-        waker: &std::task::Waker,
-    ) -> bool {
-        if *granted {
-            return false;
-        }
-        let Some(id) = self.table.find_front(keys) else {
-            return false;
-        };
-        let per_key = self.per_key_capacity;
-        let slot = &mut self.slots[id];
-        if ticket.is_some() && !slot.room.is_registered(*ticket) {
-            // Woken by `room_freed`: the place is this producer's.
-            *ticket = None;
-            *granted = true;
-            return false;
-        }
-        debug_assert!(
-            slot.room.is_empty() || slot.items.len() >= per_key || slot.granted == 1,
-            "Keyed: waiters in line beside free room, no grant out (invariant 5)"
-        );
-        if slot.items.len() + slot.granted < per_key && slot.room.is_empty() {
-            return false;
-        }
-        slot.room.register(ticket, waker);
-        true
-    }
-
-    /// A producer that will wait for a queue slot (a `send` or a call)
-    /// takes a place in the front key of `keys` first: at once if the key
+    /// A producer that must wait (its key is full, or it will wait for a
+    /// queue slot: a `send` or a call) takes a place in the front key of
+    /// `keys` first: at once if the key
     /// has room, nobody in line and no place kept for anyone (an untracked
     /// key is interned for it, held in `keys`), else in line, registering
     /// under `ticket`. `true` once the place is its own (`granted` set:
@@ -246,6 +211,10 @@ impl<T> Keyed<T> {
             *granted = true;
             return true;
         }
+        debug_assert!(
+            slot.room.is_empty() || slot.items.len() >= per_key || slot.granted == 1,
+            "Keyed: waiters in line beside free room, no grant out (invariant 5)"
+        );
         if ticket.is_none()
             && slot.granted == 0
             && slot.items.len() < per_key
@@ -660,7 +629,7 @@ impl<T> HandOff<T> {
     /// arrival itself (or an item it displaced). Under `Backpressure` the
     /// push stops at the first item whose key is full (`blocked`), leaving
     /// it and the rest in `batch` and `keys`: wait with
-    /// [`poll_key_room`](Self::poll_key_room), then push the rest.
+    /// [`key_place`](Self::key_place), then push the rest (with the place).
     pub(crate) fn push_keyed(
         &self,
         batch: &mut Vec<T>,
@@ -779,12 +748,9 @@ impl<T> HandOff<T> {
         let next = keyed.room_freed(key);
         let forgotten = keyed.take_forgotten();
         state.idle.forget(ticket);
-        let mut woken = None;
-        if state.closed && queued == 0 {
-            // Workers that waited for a key in flight must see the end: in
-            // keyed mode they may wait on a closed queue (above).
-            woken = Some(state.idle.wake_all());
-        }
+        // Workers that waited for a key in flight must see the end: in keyed
+        // mode they may wait on a closed queue (above).
+        let woken = (state.closed && queued == 0).then(|| state.idle.wake_all());
         self.len.store(queued, Relaxed);
         let expired = self.max_age.is_some_and(|max_age| at.elapsed() > max_age);
         let seq = state.next_take;
@@ -820,27 +786,6 @@ impl<T> HandOff<T> {
         };
         wake(woken);
         drop_forgotten(forgotten);
-    }
-
-    /// Ready with `true` once the front key of `keys` has room for this
-    /// producer (`granted` is set if it was kept for it: push with it),
-    /// `false` if the queue closed; registers under `ticket` to wait.
-    pub(crate) fn poll_key_room(
-        &self,
-        keys: &dyn Any,
-        ticket: &mut Option<u64>,
-        granted: &mut bool,
-        cx: &mut Context<'_>,
-    ) -> Poll<bool> {
-        let mut state = self.lock();
-        if state.closed {
-            return Poll::Ready(false);
-        }
-        if Self::keyed(&mut state).wait_room(keys, ticket, granted, cx.waker()) {
-            Poll::Pending
-        } else {
-            Poll::Ready(true)
-        }
     }
 
     /// Takes a place in the front key of `keys`, or a place in its line,
@@ -908,28 +853,6 @@ impl<T> HandOff<T> {
     /// Cancel safe: dropped, it gives up its place in line and passes on a
     /// place given to it.
     pub(crate) async fn key_place(&self, keys: &mut (dyn Any + Send), granted: &mut bool) -> bool {
-        self.wait_for_key(keys, granted, true).await
-    }
-
-    /// Waits until the front key of `keys` has room; `false` if the queue
-    /// closed first.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: dropped, it gives up its place and passes on a wake-up.
-    pub(crate) async fn key_room(&self, keys: &mut (dyn Any + Send), granted: &mut bool) -> bool {
-        self.wait_for_key(keys, granted, false).await
-    }
-
-    /// [`key_place`](Self::key_place) (`place`) or
-    /// [`key_room`](Self::key_room): registered under a ticket while it
-    /// waits, which a drop gives up (passing on a wake-up it held).
-    async fn wait_for_key(
-        &self,
-        keys: &mut (dyn Any + Send),
-        granted: &mut bool,
-        place: bool,
-    ) -> bool {
         // `&mut`, not `&`: a future holding it stays `Send` for any key type.
         struct Wait<'a, T> {
             queue: &'a HandOff<T>,
@@ -954,11 +877,7 @@ impl<T> HandOff<T> {
                 keys,
                 ticket,
             } = &mut wait;
-            if place {
-                queue.poll_key_place(&mut **keys, ticket, granted, cx)
-            } else {
-                queue.poll_key_room(&**keys, ticket, granted, cx)
-            }
+            queue.poll_key_place(&mut **keys, ticket, granted, cx)
         })
         .await
     }

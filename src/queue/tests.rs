@@ -239,9 +239,9 @@ fn wait_for_room(
     granted: &mut bool,
     waker: &std::task::Waker,
 ) -> std::task::Poll<bool> {
-    let keys: Keys<char> = [key].into_iter().collect();
-    queue.poll_key_room(
-        &keys,
+    let mut keys: Keys<char> = [key].into_iter().collect();
+    queue.poll_key_place(
+        &mut keys,
         ticket,
         granted,
         &mut std::task::Context::from_waker(waker),
