@@ -92,8 +92,9 @@ fn ready(sink: &mut Feeder<Item>) -> std::task::Poll<Result<(), String>> {
 
 /// The sink reserves the only slot in `poll_ready`; a `send` of key a then
 /// takes a's place (a fresh key: at once) and waits for a slot; the sink's
-/// item of key a finds a's place kept and is held with the slot. Each waits
-/// for what the other holds.
+/// item of key a finds a's place kept. Had the sink held its slot while it
+/// waited for the key, each would wait for what the other holds; it gives
+/// the slot back, so the send goes first and the sink's item after.
 #[tokio::test(start_paused = true)]
 async fn a_sink_holding_the_slot_and_a_send_holding_the_keys_place_do_not_deadlock() {
     let rig = rig(bp(1, 1, 1));
@@ -131,6 +132,14 @@ async fn a_sink_holding_the_slot_and_a_send_holding_the_keys_place_do_not_deadlo
         stuck.3,
         stats.keys,
     );
+    assert_eq!(sent, std::task::Poll::Ready(Offer::Queued));
+    if let std::task::Poll::Ready(Ok(sink)) = flushed {
+        drop(sink); // the sink's handle: intake ends with it
+    }
+    let (starts, out, report) = finish(rig).await;
+    let a = |log: &[Item]| -> Vec<u32> { log.iter().filter(|i| i.0 == 'a').map(|i| i.1).collect() };
+    assert_eq!((a(&starts), a(&out)), (vec![1, 2], vec![1, 2]));
+    assert_eq!((report.produced, report.processed), (2, 2));
 }
 
 /// The same cycle with a settlement credit instead of a slot: the sink
@@ -159,14 +168,20 @@ async fn a_sink_holding_the_credit_and_a_send_holding_the_keys_place_do_not_dead
     sleep(Duration::from_millis(1)).await; // a1 taken and settled: a has room
     let flushed = flush.poll();
     let ok = sent.is_ready() && flushed.is_ready();
-    rig.shutdown.abort();
-    drop(reader);
+    if let std::task::Poll::Ready(Ok(sink)) = flushed {
+        drop(sink);
+    }
     assert!(
         ok,
-        "deadlock after 10 s: send ready {}, sink flush ready {}",
-        sent.is_ready(),
-        flushed.is_ready()
+        "deadlock after 10 s: send ready {}, send and flush ready {ok}",
+        sent.is_ready()
     );
+    assert_eq!(sent, std::task::Poll::Ready(Offer::Queued));
+    let (starts, _, report) = finish(rig).await;
+    let records = reader.await.expect("the reader");
+    let a: Vec<u32> = starts.iter().filter(|i| i.0 == 'a').map(|i| i.1).collect();
+    assert_eq!(a, [1, 2]);
+    assert_eq!((report.processed, records.len()), (2, 2));
 }
 
 // ===== per_key_capacity == capacity, two keys =====
