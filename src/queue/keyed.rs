@@ -33,7 +33,7 @@
 //!    `granted` place (a waiter woken for room it has not used yet). A
 //!    push takes room only if the key has room left and nobody waits in
 //!    its line, so a waiter woken for room keeps it. **At most one grant is
-//!    outstanding per key** (`granted <= 1`): a freed place wakes the
+//!    outstanding per key** (`granted` is a flag): a freed place wakes the
 //!    oldest waiter only while no grant is outstanding, and the holder,
 //!    once it has pushed, passes the next place on to the next in line, so
 //!    waiters enter in the order they began to wait even when several
@@ -80,9 +80,9 @@ struct Slot<T> {
     room: WaitList,
     /// Its key is interned (invariant 4).
     live: bool,
-    /// Waiters woken for room in this key who have not pushed yet: 0 or 1
-    /// (invariant 5).
-    granted: usize,
+    /// A place is kept for a producer that has not pushed yet (woken for
+    /// it, or taken at once): at most one per key (invariant 5).
+    granted: bool,
 }
 
 impl<T> Slot<T> {
@@ -94,12 +94,12 @@ impl<T> Slot<T> {
             by_len: Links::default(),
             room: WaitList::default(),
             live: false,
-            granted: 0,
+            granted: false,
         }
     }
 
     fn is_idle(&self) -> bool {
-        self.items.is_empty() && !self.in_flight && self.room.is_empty() && self.granted == 0
+        self.items.is_empty() && !self.in_flight && self.room.is_empty() && !self.granted
     }
 }
 
@@ -200,7 +200,7 @@ impl<T> Keyed<T> {
             let Some(id) = self.table.hold_front(keys) else {
                 unreachable!("Keyed: a producer without its key")
             };
-            self.slot(id).granted = 1;
+            self.slot(id).granted = true;
             *granted = true;
             return true;
         };
@@ -212,15 +212,11 @@ impl<T> Keyed<T> {
             return true;
         }
         debug_assert!(
-            slot.room.is_empty() || slot.items.len() >= per_key || slot.granted == 1,
+            slot.room.is_empty() || slot.items.len() >= per_key || slot.granted,
             "Keyed: waiters in line beside free room, no grant out (invariant 5)"
         );
-        if ticket.is_none()
-            && slot.granted == 0
-            && slot.items.len() < per_key
-            && slot.room.is_empty()
-        {
-            slot.granted = 1;
+        if ticket.is_none() && !slot.granted && slot.items.len() < per_key && slot.room.is_empty() {
+            slot.granted = true;
             *granted = true;
             return true;
         }
@@ -251,8 +247,8 @@ impl<T> Keyed<T> {
         // next in line gets it if the place is still free.
         slot.room.forget(&mut ticket);
         let next = if held_grant {
-            debug_assert!(slot.granted == 1, "Keyed: a grant not counted");
-            slot.granted = 0;
+            debug_assert!(slot.granted, "Keyed: a grant not counted");
+            slot.granted = false;
             self.grant_next(id)
         } else {
             None
@@ -393,7 +389,8 @@ impl<T> Keyed<T> {
                     if with_grant {
                         slot.items.len() >= per_key
                     } else {
-                        slot.items.len() + slot.granted >= per_key || !slot.room.is_empty()
+                        slot.items.len() + usize::from(slot.granted) >= per_key
+                            || !slot.room.is_empty()
                     }
                 })
         };
@@ -403,8 +400,8 @@ impl<T> Keyed<T> {
         let used_grant = std::mem::take(granted);
         if used_grant {
             let slot = &mut self.slots[id];
-            debug_assert!(slot.granted == 1, "Keyed: a grant not counted");
-            slot.granted = 0;
+            debug_assert!(slot.granted, "Keyed: a grant not counted");
+            slot.granted = false;
         }
         let own = self.slot(id).items.len();
         let placed = if own >= self.per_key_capacity {
@@ -517,11 +514,11 @@ impl<T> Keyed<T> {
     fn grant_next(&mut self, id: KeyId) -> Option<Waker> {
         let per_key = self.per_key_capacity;
         let slot = self.slots.get_mut(id)?;
-        if slot.granted > 0 || slot.items.len() >= per_key {
+        if slot.granted || slot.items.len() >= per_key {
             return None;
         }
         let next = slot.room.wake_one()?;
-        slot.granted = 1;
+        slot.granted = true;
         Some(next)
     }
 
@@ -556,7 +553,7 @@ impl<T> Keyed<T> {
             let slot = &mut self.slots[id];
             items.extend(slot.items.drain(..).map(|(item, _)| item));
             wakers.extend(slot.room.wake_all());
-            slot.granted = 0;
+            slot.granted = false;
             (slot.ready, slot.by_len) = (Links::default(), Links::default());
         }
         self.ready = List::default();
@@ -587,7 +584,7 @@ impl<T> Keyed<T> {
         for id in 0..self.slots.len() {
             let slot = &mut self.slots[id];
             woken.extend(slot.room.wake_all());
-            slot.granted = 0;
+            slot.granted = false;
             self.forget_if_idle(id);
         }
         woken
