@@ -521,8 +521,9 @@ impl<Item> Feeder<Item> {
     /// queue slot and a credit: sends waiting for a full key hold no slot,
     /// so other keys' items go on.
     ///
-    /// Once a stop (a shutdown, an abort, a cancelled parent token) has
-    /// returned, every `send` answers [`Offer::Closed`], also one that was
+    /// Once a stop (a shutdown, an abort, a cancelled parent token, or
+    /// dropping both the results and the shutdown handle) has returned,
+    /// every `send` answers [`Offer::Closed`], also one that was
     /// waiting for room and was granted it just as the stop came: the push
     /// front closes the queue inside the stop, under the queue's lock.
     ///

@@ -5,49 +5,17 @@
 //! `send` gives everything back. (From a fresh-user trial that found the
 //! last three broken.)
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::support::{Item, Log, Rig, finish, launch, ms, of, send_on};
+use super::support::{Item, Log, Rig, drive_youngest_first, finish, launch, ms, of, send_on};
 use backpressure_pipeline::{FanOutConfig, IntakeEnd, Offer, ShedPolicy};
 use tokio::sync::Semaphore;
 use tokio::time::sleep;
-use tokio_test::task::Spawn;
 use tokio_test::{assert_pending, assert_ready_eq};
 
 fn rig(workers: usize, capacity: usize, per_key: usize) -> Rig {
     launch(super::support::config(workers, capacity, per_key))
-}
-
-/// Polls the pending senders youngest first, letting the pipeline run
-/// between rounds, and returns the ids in the order they were queued.
-async fn drive_youngest_first<F: Future<Output = Offer<Item>>>(
-    mut waiters: Vec<(u32, Spawn<F>)>,
-) -> Vec<u32> {
-    let mut entered = Vec::new();
-    for _ in 0..100 {
-        if waiters.is_empty() {
-            break;
-        }
-        let mut i = waiters.len();
-        while i > 0 {
-            i -= 1;
-            if let std::task::Poll::Ready(offer) = waiters[i].1.poll() {
-                assert_eq!(offer, Offer::Queued, "waiter {}", waiters[i].0);
-                entered.push(waiters.remove(i).0);
-                // Youngest first again: start over from the back.
-                i = waiters.len();
-            }
-        }
-        sleep(ms(1)).await;
-    }
-    assert!(
-        waiters.is_empty(),
-        "waiters left: {:?}",
-        waiters.iter().map(|w| w.0).collect::<Vec<_>>()
-    );
-    entered
 }
 
 // ===== scenario 1: several places free at once =====

@@ -4,12 +4,11 @@
 //! sends waiting for a credit at once; the books and the closures after
 //! `join`. (From a fresh-user trial.)
 
-use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use super::support::{Item, Rig, config, finish, launch, ms, of, send_on};
+use super::support::{Item, Rig, config, drive_youngest_first, finish, launch, ms, of, send_on};
 use backpressure_pipeline::{
     CancellationToken, FanOutConfig, IntakeEnd, Offer, Outcome, Settlement, Settlements,
     ShedPolicy, Stage,
@@ -17,7 +16,6 @@ use backpressure_pipeline::{
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep};
-use tokio_test::task::Spawn;
 use tokio_test::{assert_pending, assert_ready_eq};
 
 /// Reads every settlement record ready now (each read gives a credit back).
@@ -28,33 +26,6 @@ fn read_ready(settlements: &mut Settlements<Item>, into: &mut Vec<Settlement<Ite
         n += 1;
     }
     n
-}
-
-/// Polls the pending sends youngest first, letting the pipeline run 1 ms
-/// between rounds; returns the ids in the order they were queued.
-async fn drive<F: Future<Output = Offer<Item>>>(mut waiters: Vec<(u32, Spawn<F>)>) -> Vec<u32> {
-    let mut entered = Vec::new();
-    for _ in 0..200 {
-        if waiters.is_empty() {
-            break;
-        }
-        let mut i = waiters.len();
-        while i > 0 {
-            i -= 1;
-            if let Poll::Ready(offer) = waiters[i].1.poll() {
-                assert_eq!(offer, Offer::Queued, "waiter {}", waiters[i].0);
-                entered.push(waiters.remove(i).0);
-                i = waiters.len();
-            }
-        }
-        sleep(ms(1)).await;
-    }
-    assert!(
-        waiters.is_empty(),
-        "waiters left: {:?}",
-        waiters.iter().map(|w| w.0).collect::<Vec<_>>()
-    );
-    entered
 }
 
 // ===== first come, first served =====
@@ -143,7 +114,7 @@ async fn waiters_for_one_full_key_never_keep_other_keys_out_per_key_1_2_3() {
         );
         rig.gate.add_permits(1);
         waiters.push((100, d));
-        let entered = drive(waiters).await;
+        let entered = drive_youngest_first(waiters).await;
         let a_entered: Vec<u32> = entered.iter().copied().filter(|i| *i < 100).collect();
         assert_eq!(a_entered, [11, 12, 13, 14, 15], "per_key {per_key}");
         let (starts, out, report) = finish(rig).await;
@@ -954,7 +925,7 @@ async fn a_sender_that_began_waiting_first_enters_its_key_first_even_after_a_slo
     assert_pending!(s2.poll()); // its key is full: it waits
     rig.gate.add_permits(1);
     sleep(ms(1)).await; // c0 ends, a1 taken: a's place frees
-    let entered = drive(vec![(2, s2), (3, s3)]).await;
+    let entered = drive_youngest_first(vec![(2, s2), (3, s3)]).await;
     let (starts, out, report) = finish(rig).await;
     assert!(report.is_conserved(), "{report}");
     assert_eq!((report.produced, report.processed), (6, 6));

@@ -11,6 +11,7 @@ use backpressure_pipeline::{
     BoundedFanOut, Call, Caller, FanOutConfig, Feeder, Offer, Report, ShedPolicy, ShutdownHandle,
 };
 use tokio::sync::Semaphore;
+use tokio::time::sleep;
 use tokio_test::task::{self, Spawn};
 
 pub type Item = (char, u32);
@@ -81,6 +82,37 @@ pub fn send_on(
 ) -> Spawn<impl Future<Output = Offer<Item>> + use<>> {
     let feeder = feeder.clone();
     task::spawn(async move { feeder.send(item).await })
+}
+
+/// Polls the pending sends youngest first, letting the pipeline run 1 ms
+/// between rounds (at most 200), and returns the ids in the order they
+/// were queued; every one must have been.
+pub async fn drive_youngest_first<F: Future<Output = Offer<Item>>>(
+    mut waiters: Vec<(u32, Spawn<F>)>,
+) -> Vec<u32> {
+    let mut entered = Vec::new();
+    for _ in 0..200 {
+        if waiters.is_empty() {
+            break;
+        }
+        let mut i = waiters.len();
+        while i > 0 {
+            i -= 1;
+            if let std::task::Poll::Ready(offer) = waiters[i].1.poll() {
+                assert_eq!(offer, Offer::Queued, "waiter {}", waiters[i].0);
+                entered.push(waiters.remove(i).0);
+                // Youngest first again: start over from the back.
+                i = waiters.len();
+            }
+        }
+        sleep(ms(1)).await;
+    }
+    assert!(
+        waiters.is_empty(),
+        "waiters left: {:?}",
+        waiters.iter().map(|w| w.0).collect::<Vec<_>>()
+    );
+    entered
 }
 
 /// Drops the feeder, joins, and returns the starts, the results and the
