@@ -132,6 +132,18 @@ where
             results.deliver(seq, None).await;
             continue;
         }
+        // Counted in flight before the yield below: should the task be
+        // dropped there, the report still finds the item (cancelled).
+        counters.took();
+        if woke_producer && yielder.has_lifo_slot() {
+            // Let the producer refill before this handler runs (see
+            // `Taken`).
+            yielder.let_woken_run().await;
+        }
+        // Checked after that yield, which lets this thread's other tasks
+        // run: an `abort()` that returned, or the drain deadline passed,
+        // meanwhile is seen here (a new-user trial found the handler called
+        // after both).
         let start = phase.may_start();
         if start != Start::Go {
             // Taken just before an abort emptied the queue, or after the
@@ -139,19 +151,13 @@ where
             // handler has not started, so the item goes back like a queued
             // one. This narrows, but on a multi-thread runtime cannot close,
             // the window in which a handler starts as `abort()` returns.
-            stopper.cancel_unqueued(vec![item]);
+            counters.ended(Fate::Cancelled);
+            stopper.hand_back_taken(item);
             if start == Start::RefusedAbort {
                 stopper.abort();
             }
             results.deliver(seq, None).await;
             return Exit::Joined;
-        }
-        counters.took();
-        if woke_producer && yielder.has_lifo_slot() {
-            // Let the producer refill before this handler runs (see
-            // `Taken`). Counted in flight first: should the task be dropped
-            // here, the report still finds the item (cancelled).
-            yielder.let_woken_run().await;
         }
         // The handler consumes the item: take its key first.
         let recorder = hooks.and_then(|hooks| hooks.recorder.as_deref());

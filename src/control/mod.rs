@@ -252,6 +252,15 @@ impl<Item> Stopper<Item> {
         self.0.cancel_unqueued(items);
     }
 
+    /// Hands back an item a worker took, counted, and then may not start
+    /// (an abort began, or the drain deadline passed): settled
+    /// `Cancelled(Queued)`, as its handler never started, and handed to
+    /// `on_cancel`. The worker counts it `cancelled`.
+    pub(crate) fn hand_back_taken(&self, item: Item) {
+        let hooks = self.0.hooks.lease();
+        hand_back(hooks.as_deref(), vec![item], Stage::Queued);
+    }
+
     /// Takes the queued item `is_it` picks out, if it is still queued: its
     /// producer withdraws it (a caller that went away). Counted `cancelled`
     /// (withdrawn) under the queue's lock, settled `Cancelled(Withdrawn)`,
