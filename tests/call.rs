@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::task::Poll;
 
 use backpressure_pipeline::{
-    Caller, FanOutConfig, Outcome, RejectReason, Rejected, Report, Settlement, ShedPolicy,
-    ShutdownHandle, Stage, caller,
+    Caller, FanOutConfig, IntakeEnd, Outcome, RejectReason, Rejected, Report, Settlement,
+    ShedPolicy, ShutdownHandle, Stage, caller,
 };
 use common::{ms, recorder, snapshot};
 use futures::StreamExt;
@@ -56,6 +56,32 @@ fn by_key(records: &[Settlement<u32>]) -> BTreeMap<u32, Outcome> {
     let map: BTreeMap<_, _> = records.iter().map(|r| (r.key, r.outcome)).collect();
     assert_eq!(map.len(), records.len(), "a request settled twice");
     map
+}
+
+/// Intake ends `Exhausted` when the last caller goes before a stop, even a
+/// stop that comes before the front task has run (a fresh-user trial found
+/// `Stopped`); `Stopped` when the stop comes first.
+#[tokio::test(start_paused = true)]
+async fn the_last_caller_gone_before_a_shutdown_ends_intake_exhausted() {
+    for shutdown_first in [false, true] {
+        let (caller, shutdown) = caller(FanOutConfig::new(1, ShedPolicy::DropNewest), slow);
+        assert_eq!(caller.call(1).await.ok(), Some(1));
+        if shutdown_first {
+            shutdown.shutdown();
+            drop(caller);
+        } else {
+            drop(caller);
+            shutdown.shutdown();
+        }
+        let report = shutdown.join().await;
+        assert_eq!(books(&report), (1, 1, 1, 0, 0, 0, 0, 0));
+        let expected = if shutdown_first {
+            IntakeEnd::Stopped
+        } else {
+            IntakeEnd::Exhausted
+        };
+        assert_eq!(report.intake, expected, "shutdown first: {shutdown_first}");
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -172,6 +172,47 @@ async fn intake_ends_when_the_last_producer_is_dropped() {
     assert_tasks_back_to(baseline, 64).await;
 }
 
+/// Intake ends `Exhausted` when the last producer goes before a stop, even
+/// a stop that comes before the front task has run (a fresh-user trial
+/// found `Stopped`): dropped, or closed as a `Sink`.
+#[tokio::test(start_paused = true)]
+async fn the_last_producer_gone_before_a_shutdown_ends_intake_exhausted() {
+    for close_as_sink in [false, true] {
+        let config = FanOutConfig::new(1, ShedPolicy::DropNewest).capacity(4);
+        let (mut feeder, results, handle) = feeder(config, |x: u32| async move { x });
+        if close_as_sink {
+            futures::SinkExt::feed(&mut feeder, 1).await.unwrap();
+            futures::SinkExt::close(&mut feeder).await.unwrap();
+        } else {
+            assert_eq!(feeder.offer(1), Offer::Queued);
+            drop(feeder);
+        }
+        handle.shutdown();
+        let (out, report) = timeout(GUARD, handle.join_collect(results)).await.unwrap();
+        assert_eq!(out, [1], "as sink: {close_as_sink}");
+        assert_eq!(books(&report), (1, 1, 0, 0, 1), "as sink: {close_as_sink}");
+        assert_eq!(
+            report.intake,
+            IntakeEnd::Exhausted,
+            "as sink: {close_as_sink}"
+        );
+    }
+}
+
+/// And a stop before the last producer goes ends it `Stopped`.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_before_the_last_producer_goes_ends_intake_stopped() {
+    let config = FanOutConfig::new(1, ShedPolicy::DropNewest).capacity(4);
+    let (feeder, results, handle) = feeder(config, |x: u32| async move { x });
+    assert_eq!(feeder.offer(1), Offer::Queued);
+    handle.shutdown();
+    drop(feeder);
+    let (out, report) = timeout(GUARD, handle.join_collect(results)).await.unwrap();
+    assert_eq!(out, [1]);
+    assert_eq!(books(&report), (1, 1, 0, 0, 1));
+    assert_eq!(report.intake, IntakeEnd::Stopped);
+}
+
 #[tokio::test(start_paused = true)]
 async fn items_handed_back_never_reach_on_shed() {
     let hooked = Arc::new(AtomicU64::new(0));

@@ -12,7 +12,9 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::AcqRel};
+use std::sync::atomic::{
+    AtomicBool, AtomicUsize, Ordering::AcqRel, Ordering::Acquire, Ordering::Release,
+};
 use std::task::Poll;
 
 use tokio::time::{Instant, Sleep};
@@ -33,6 +35,9 @@ pub(crate) struct Producers<Item> {
     live: AtomicUsize,
     /// Cancelled when `live` reaches 0: intake is over.
     gone: CancellationToken,
+    /// Set as `live` reaches 0 if no stop had begun by then: intake ended
+    /// `Exhausted`, even if a stop comes before the front task sees it.
+    exhausted: AtomicBool,
 }
 
 impl<Item> Producers<Item> {
@@ -41,6 +46,7 @@ impl<Item> Producers<Item> {
             front,
             live: AtomicUsize::new(0),
             gone: CancellationToken::new(),
+            exhausted: AtomicBool::new(false),
         })
     }
 
@@ -50,6 +56,12 @@ impl<Item> Producers<Item> {
 
     fn leave(&self) {
         if self.live.fetch_sub(1, AcqRel) == 1 {
+            // The stop token is a child of the caller's parent token, so a
+            // cancelled parent shows here too (tokio-util cancels children
+            // inside `cancel()`).
+            if !self.front.phase.stop.is_cancelled() {
+                self.exhausted.store(true, Release);
+            }
             self.gone.cancel();
         }
     }
@@ -342,10 +354,15 @@ pub(crate) async fn run<Item>(producers: Arc<Producers<Item>>) -> IntakeEnd {
         loop {
             front.overload.register_emitter(cx.waker());
             front.overload.emit(on_overload);
+            // Whichever came first: the last producer leaving, or a stop.
+            let ended = gone.as_mut().poll(cx).is_ready();
+            if ended && producers.exhausted.load(Acquire) {
+                return Poll::Ready(IntakeEnd::Exhausted);
+            }
             if stopped.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(IntakeEnd::Stopped);
             }
-            if gone.as_mut().poll(cx).is_ready() {
+            if ended {
                 return Poll::Ready(IntakeEnd::Exhausted);
             }
             // The quiet timer follows the open episode's deadline.
