@@ -67,3 +67,61 @@ async fn overload_alarm_stays_silent_without_shedding() {
     assert_eq!(report.dropped, 0);
     assert!(events.lock().unwrap().is_empty());
 }
+
+/// Intake that waits for settlement credits pulls nothing and so sheds
+/// nothing: an open episode ends a quiet period after its last shed even
+/// while that wait lasts (a fresh-user trial found the episode never ended
+/// while the settlements went unread).
+#[tokio::test(start_paused = true)]
+async fn an_episode_ends_while_intake_waits_for_settlement_credits() {
+    let (events, hook) = recorder::<OverloadEvent>();
+    let stamps = Arc::new(Mutex::new(Vec::new()));
+    let stamp_log = Arc::clone(&stamps);
+    let start = Instant::now();
+    let (config, mut settlements) = FanOutConfig::new(1, ShedPolicy::DropNewest)
+        .capacity(1)
+        .overload_quiet_period(ms(100))
+        .on_overload(move |event| {
+            stamp_log.lock().unwrap().push(Instant::now() - start);
+            hook(event)
+        })
+        .settle_capacity(5)
+        .settle_by(|x: &u32| *x);
+    let (results, shutdown) =
+        futures::stream::iter(0..100u32).bounded_fan_out_with(config, |x| async move {
+            sleep(ms(10)).await;
+            x
+        });
+    // Nobody reads the settlements for 1 s: after five items (five
+    // credits: item 0 taken, item 1 queued, 2 to 4 shed at 0 ms) intake
+    // waits for credits.
+    sleep(ms(1_000)).await;
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            OverloadEvent::Started,
+            OverloadEvent::Ended {
+                shed: 3,
+                duration: ms(0)
+            }
+        ]
+    );
+    assert_eq!(*stamps.lock().unwrap(), [ms(0), ms(100)]);
+    shutdown.abort();
+    let ((_, report), records) = tokio::join!(
+        finish(results, shutdown),
+        futures::StreamExt::collect::<Vec<_>>(&mut settlements)
+    );
+    assert_eq!(
+        (
+            report.produced,
+            report.processed,
+            report.dropped,
+            report.discarded
+        ),
+        (5, 2, 3, 2)
+    );
+    assert_eq!(records.len(), 5);
+    assert!(report.is_conserved(), "{report}");
+    assert_eq!(events.lock().unwrap().len(), 2, "one episode, ended once");
+}

@@ -44,6 +44,7 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
     let _close = CloseOnDrop(queue);
     let hooks = stopper.hooks();
     let hooks = hooks.as_deref();
+    let on_overload = hooks.and_then(|hooks| hooks.on_overload.as_ref());
     // In an `Option` so that it is dropped under `catching` (its `Drop` is
     // user code) before the guard above tells the workers intake is over.
     let mut input = pin!(Some(input));
@@ -80,16 +81,35 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
         // With settlement, one credit per item pulled (see `settle`).
         let limit = match credits {
             None => limit,
-            Some(credits) => match credits.take_batch(limit, stop.as_mut()).await {
-                Some(granted) => {
-                    queue.unreserve(limit - granted);
-                    granted
-                }
-                None => {
+            Some(credits) => {
+                // Nothing is pulled, so nothing is shed, while intake waits
+                // for credits: an open overload episode's quiet period may
+                // pass meanwhile (a new-user trial found the episode never
+                // ended while the settlements went unread).
+                let mut credit = pin!(credits.take_batch(limit, stop.as_mut()));
+                let granted = poll_fn(|cx| {
+                    loop {
+                        if let Poll::Ready(granted) = credit.as_mut().poll(cx) {
+                            return Poll::Ready(granted);
+                        }
+                        match quiet.as_mut().as_pin_mut().map(|timer| timer.poll(cx)) {
+                            Some(Poll::Ready(())) => {
+                                overload.end_if_quiet(Instant::now());
+                                overload.emit(on_overload);
+                                arm(quiet.as_mut(), overload, true, &mut timers);
+                            }
+                            _ => return Poll::Pending,
+                        }
+                    }
+                })
+                .await;
+                let Some(granted) = granted else {
                     queue.unreserve(limit);
                     break IntakeEnd::Stopped;
-                }
-            },
+                };
+                queue.unreserve(limit - granted);
+                granted
+            }
         };
         let Some(mut stream) = input.as_mut().as_pin_mut() else {
             break IntakeEnd::Exhausted; // unreachable: dropped only below
@@ -162,7 +182,7 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
         if let Step::Quiet = step {
             overload.end_if_quiet(Instant::now());
         }
-        overload.emit(hooks.and_then(|hooks| hooks.on_overload.as_ref()));
+        overload.emit(on_overload);
         arm(
             quiet.as_mut(),
             overload,
@@ -201,7 +221,7 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
     // The input goes first, quietly (a `HandBack` sends it back here).
     catching(|| input.set(None));
     overload.finish();
-    overload.emit(hooks.and_then(|hooks| hooks.on_overload.as_ref()));
+    overload.emit(on_overload);
     end
 }
 
