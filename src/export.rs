@@ -366,6 +366,12 @@ mod on {
         /// The handler called at `started` ended as `fate`.
         #[inline]
         pub(crate) fn ran(&self, started: Started, fate: Fate) {
+            // A run its caller walked away from was cut off, as an abort
+            // cuts one off: the report counts both `cancelled`.
+            let fate = match fate {
+                Fate::Withdrawn => Fate::Cancelled,
+                fate => fate,
+            };
             if let Some(i) = OUTCOMES.iter().position(|&(outcome, _)| outcome == fate) {
                 self.run[i].record(started.elapsed().as_secs_f64());
             }

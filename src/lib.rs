@@ -119,8 +119,8 @@
 //! | `backpressure_pipeline_{queue_depth,queue_capacity,in_flight,results_waiting,workers_alive}` | gauge | items (tasks for `workers_alive`) |
 //! | `backpressure_pipeline_keys_tracked` | gauge | keys ([`Stats::keys`]; 0 unless [`FanOutConfig::key_by`] is set) |
 //! | `backpressure_pipeline_oldest_queued_age_seconds` | gauge | seconds (0 when nothing is queued) |
-//! | `backpressure_pipeline_queue_wait_seconds` | histogram | seconds from an item's push to its handler's call |
-//! | `backpressure_pipeline_handler_duration_seconds`, labelled `outcome`: `processed`, `failed`, `timed_out` or `cancelled` | histogram | seconds |
+//! | `backpressure_pipeline_queue_wait_seconds` | histogram | seconds from an item's push to the moment a worker starts it (for a call whose caller had gone by then, the handler is then not called) |
+//! | `backpressure_pipeline_handler_duration_seconds`, labelled `outcome`: `processed`, `failed`, `timed_out` or `cancelled` (cut off by an abort, or by its caller going away; a call whose caller had gone before it started counts a run of about 0 s) | histogram | seconds |
 //!
 //!   The counters are the books' own: the pipeline's supervisor adds what
 //!   they grew to the recorder's counters every second and once more when

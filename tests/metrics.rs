@@ -458,6 +458,47 @@ fn a_call_front_exports_under_its_name() {
     });
 }
 
+/// A call whose caller walks away while its handler runs is counted
+/// `cancelled` (and `withdrawn`): its run goes to the `cancelled` outcome of
+/// the handler histogram (a fresh-user trial found it recorded nowhere).
+#[test]
+fn a_run_its_caller_walked_away_from_is_recorded_as_cancelled() {
+    with_recorder(|snapshotter| async move {
+        let config = FanOutConfig::new(1, ShedPolicy::DropNewest).name("walked");
+        let (caller, shutdown) = backpressure_pipeline::caller(config, |n: u64| async move {
+            sleep(ms(n)).await;
+            n
+        });
+        assert_eq!(caller.call(10).await.ok(), Some(10));
+        let gave_up = tokio::time::timeout(ms(5), caller.call(30)).await;
+        assert!(gave_up.is_err(), "gave up while running");
+        drop(caller);
+        let report = shutdown.join().await;
+        assert_eq!(
+            (
+                report.produced,
+                report.processed,
+                report.cancelled,
+                report.withdrawn
+            ),
+            (2, 1, 1, 1)
+        );
+        let readings = Readings::take(&snapshotter);
+        readings.assert_counters_match("walked", &report, "newest");
+        let run = |outcome| {
+            readings.histogram(
+                "walked",
+                "handler_duration_seconds",
+                &[("outcome", outcome)],
+            )
+        };
+        assert_eq!(
+            (run("processed"), run("cancelled")),
+            (secs(&[10]), secs(&[5]))
+        );
+    });
+}
+
 /// Counters are flushed as deltas: two pipelines under one name add up
 /// instead of overwriting each other.
 #[test]

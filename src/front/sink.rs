@@ -155,9 +155,11 @@ impl<Item> SinkError<Item> {
 
     /// Whether intake is over (a stop, or this handle was closed): every
     /// later push is refused too. Otherwise the item alone was refused:
-    /// `start_send` was called without a successful `poll_ready` and there
-    /// was no room or credit; or, in a keyed pipeline, its key function
-    /// panicked.
+    /// `start_send` was called without a successful `poll_ready` before it
+    /// (against the `Sink` contract) under `Backpressure` or with
+    /// settlement, where `poll_ready` reserves the item's room or credit,
+    /// whether or not the queue had room; or, in a keyed pipeline, its key
+    /// function panicked.
     pub fn is_closed(&self) -> bool {
         self.why == Refusal::Closed
     }
@@ -177,7 +179,7 @@ impl<Item> fmt::Display for SinkError<Item> {
         f.write_str(match self.why {
             Refusal::Closed => "the pipeline no longer accepts items",
             Refusal::NotReady => {
-                "start_send without a successful poll_ready, and no room for the item"
+                "start_send without a successful poll_ready, which reserves the item's room or credit"
             }
             Refusal::Unkeyed => "the key function panicked on the item",
         })
