@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use super::support::{Item, Rig, config, drive_youngest_first, finish, launch, ms, of, send_on};
+use super::support::{
+    Item, Rig, config, drive_youngest_first, finish, finish_beside, launch, ms, of, send_on,
+};
 use backpressure_pipeline::{
-    CancellationToken, FanOutConfig, IntakeEnd, Offer, Outcome, Report, Settlement, Settlements,
+    CancellationToken, FanOutConfig, IntakeEnd, Offer, Outcome, Settlement, Settlements,
     ShedPolicy, Stage,
 };
 use futures::{FutureExt, StreamExt};
@@ -26,32 +28,6 @@ fn read_ready(settlements: &mut Settlements<Item>, into: &mut Vec<Settlement<Ite
         n += 1;
     }
     n
-}
-
-/// Drops the feeder and joins, reading the settlement records to their
-/// end: the starts, the results, the report and the records read here.
-async fn finish_settled(
-    rig: Rig,
-    settlements: Settlements<Item>,
-) -> (Vec<Item>, Vec<Item>, Report, Vec<Settlement<Item>>) {
-    let Rig {
-        feeder,
-        results,
-        shutdown,
-        starts,
-        ..
-    } = rig;
-    drop(feeder);
-    let ((out, report), records) = tokio::time::timeout(Duration::from_secs(30), async {
-        tokio::join!(
-            shutdown.join_collect(results),
-            settlements.collect::<Vec<_>>()
-        )
-    })
-    .await
-    .expect("join hung");
-    let starts = starts.lock().unwrap().clone();
-    (starts, out, report, records)
 }
 
 // ===== first come, first served =====
@@ -344,7 +320,7 @@ async fn sends_dropped_while_waiting_for_a_credit_give_back_place_and_credit() {
         ]
     );
     rig.gate.add_permits(1);
-    let (starts, out, report, rest) = finish_settled(rig, settlements).await;
+    let (starts, out, report, rest) = finish_beside(rig, settlements.collect::<Vec<_>>()).await;
     records.extend(rest);
     let mut keys: Vec<Item> = records.iter().map(|r| r.key).collect();
     keys.sort();
@@ -410,7 +386,7 @@ async fn a_stop_answers_closed_to_sends_waiting_for_a_credit() {
         }
         let offered = f.offer(('d', 1));
         let (p1, p2) = (s1.poll(), s2.poll());
-        let (_, _, report, records) = finish_settled(rig, settlements).await;
+        let (_, _, report, records) = finish_beside(rig, settlements.collect::<Vec<_>>()).await;
         assert_eq!(records.len(), 3, "{stop:?}");
         assert_eq!(
             (report.produced, report.processed, report.cancelled),
@@ -641,7 +617,7 @@ async fn an_abort_with_waiters_on_two_keys_settles_every_item_once() {
     rig.shutdown.abort();
     assert_ready_eq!(s1.poll(), Offer::Closed(('a', 11)));
     assert_ready_eq!(s2.poll(), Offer::Closed(('b', 11)));
-    let (_, out, report, mut records) = finish_settled(rig, settlements).await;
+    let (_, out, report, mut records) = finish_beside(rig, settlements.collect::<Vec<_>>()).await;
     records.sort_by_key(|r| r.key);
     let got: Vec<(Item, Outcome)> = records.iter().map(|r| (r.key, r.outcome)).collect();
     assert_eq!(
@@ -679,7 +655,7 @@ async fn an_unkeyed_send_waiting_for_a_credit_after_a_shutdown() {
     rig.shutdown.shutdown();
     let p1 = s1.poll();
     rig.gate.add_permits(1);
-    let (_, _, report, records) = finish_settled(rig, settlements).await;
+    let (_, _, report, records) = finish_beside(rig, settlements.collect::<Vec<_>>()).await;
     assert_eq!(
         (records.len(), report.produced, report.processed),
         (2, 2, 2)
@@ -751,7 +727,7 @@ async fn refused_offers_and_bounced_sends_for_a_full_key_keep_no_credit_or_slot(
         ]
     );
     rig.gate.add_permits(1);
-    let (_, out, report, rest) = finish_settled(rig, settlements).await;
+    let (_, out, report, rest) = finish_beside(rig, settlements.collect::<Vec<_>>()).await;
     assert_eq!(records.len() + rest.len(), 8);
     assert_eq!(out.len(), 8);
     // Once per offer or send that got past the slot and credit check
@@ -784,7 +760,7 @@ async fn a_producer_awaited_after_shutdown_finishes_before_settlements_are_read(
     rig.shutdown.shutdown();
     rig.gate.add_permits(1);
     let waited = tokio::time::timeout(Duration::from_secs(1), producer).await;
-    let (_, _, report, records) = finish_settled(rig, settlements).await;
+    let (_, _, report, records) = finish_beside(rig, settlements.collect::<Vec<_>>()).await;
     assert_eq!(
         (records.len(), report.produced, report.processed),
         (2, 2, 2)

@@ -118,6 +118,17 @@ pub async fn drive_youngest_first<F: Future<Output = Offer<Item>>>(
 /// Drops the feeder, joins, and returns the starts, the results and the
 /// report.
 pub async fn finish(rig: Rig) -> (Vec<Item>, Vec<Item>, Report) {
+    let (starts, out, report, ()) = finish_beside(rig, async {}).await;
+    (starts, out, report)
+}
+
+/// [`finish`], with `beside` (a reader that must run while the pipeline
+/// drains, such as the settlements') run alongside the join: what it gives
+/// comes last.
+pub async fn finish_beside<X>(
+    rig: Rig,
+    beside: impl Future<Output = X>,
+) -> (Vec<Item>, Vec<Item>, Report, X) {
     let Rig {
         feeder,
         results,
@@ -126,12 +137,13 @@ pub async fn finish(rig: Rig) -> (Vec<Item>, Vec<Item>, Report) {
         ..
     } = rig;
     drop(feeder);
-    let (out, report) =
-        tokio::time::timeout(Duration::from_secs(3600), shutdown.join_collect(results))
-            .await
-            .expect("join hung");
+    let ((out, report), also) = tokio::time::timeout(Duration::from_secs(3600), async {
+        tokio::join!(shutdown.join_collect(results), beside)
+    })
+    .await
+    .expect("join hung");
     let starts = starts.lock().unwrap().clone();
-    (starts, out, report)
+    (starts, out, report, also)
 }
 
 /// A call pipeline with [`gated`] handlers.
