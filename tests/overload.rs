@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use backpressure_pipeline::{FanOutConfig, FanOutExt, OverloadEvent, ShedPolicy};
+use backpressure_pipeline::{FanOutConfig, FanOutExt, Feeder, Offer, OverloadEvent, ShedPolicy};
 use tokio::time::{Instant, sleep};
 
 mod common;
@@ -124,4 +124,79 @@ async fn an_episode_ends_while_intake_waits_for_settlement_credits() {
     assert_eq!(records.len(), 5);
     assert!(report.is_conserved(), "{report}");
     assert_eq!(events.lock().unwrap().len(), 2, "one episode, ended once");
+}
+
+/// The hook runs with no lock held: one that offers into its own pipeline
+/// (an alarm item) neither deadlocks nor blocks other producers (a
+/// fresh-user trial found the episode's lock held through the hook: this
+/// test then hung).
+#[test]
+fn a_hook_that_offers_into_its_own_pipeline_runs_with_no_lock_held() {
+    let (done, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let own = Arc::new(std::sync::OnceLock::<Feeder<u32>>::new());
+            let (answers, hook_answers) = (Arc::new(Mutex::new(Vec::new())), Arc::clone(&own));
+            let log = Arc::clone(&answers);
+            let config = FanOutConfig::new(1, ShedPolicy::DropNewest)
+                .capacity(1)
+                .on_overload(move |event| {
+                    if let Some(feeder) = hook_answers.get() {
+                        log.lock().unwrap().push((event, feeder.offer(1_000)));
+                    }
+                });
+            let (feeder, results, shutdown) =
+                backpressure_pipeline::feeder(config, |x: u32| async move {
+                    sleep(ms(1)).await;
+                    x
+                });
+            own.set(feeder.clone()).map_err(|_| ()).expect("set once");
+            let offers: Vec<Offer<u32>> = (0..5).map(|i| feeder.offer(i)).collect();
+            sleep(ms(10)).await;
+            shutdown.shutdown();
+            drop(feeder);
+            let (out, report) = shutdown.join_collect(results).await;
+            let answers = answers.lock().unwrap().clone();
+            done.send((offers, answers, out, report)).expect("send");
+        });
+    });
+    let (offers, answers, out, report) = ended
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the pipeline deadlocked in its own on_overload hook");
+    assert_eq!(
+        offers,
+        [
+            Offer::Queued,
+            Offer::Shed(1),
+            Offer::Shed(2),
+            Offer::Shed(3),
+            Offer::Shed(4)
+        ]
+    );
+    // The hook's offer at `Started` is queued (item 0 is running); the one
+    // at `Ended` (emitted as intake stops) finds intake over.
+    assert_eq!(
+        answers,
+        [
+            (OverloadEvent::Started, Offer::Queued),
+            (
+                OverloadEvent::Ended {
+                    shed: 4,
+                    duration: ms(0)
+                },
+                Offer::Closed(1_000)
+            )
+        ]
+    );
+    assert_eq!(out, [0, 1_000]);
+    assert_eq!(
+        (report.produced, report.processed, report.dropped),
+        (6, 2, 4)
+    );
+    assert!(report.is_conserved(), "{report}");
 }

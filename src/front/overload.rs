@@ -197,7 +197,16 @@ impl Overload {
         if !self.enabled {
             return;
         }
-        while let Some(event) = lock(&self.state).pending.pop_front() {
+        loop {
+            // Its own statement, so the guard is dropped before the hook
+            // runs (a `while let` scrutinee's guard would live through the
+            // body: a fresh-user trial found producers blocked behind a
+            // slow hook, and a hook offering into its own pipeline
+            // deadlocked).
+            let next = lock(&self.state).pending.pop_front();
+            let Some(event) = next else {
+                break;
+            };
             if event == OverloadEvent::Started {
                 self.episodes.started();
             }
