@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use backpressure_pipeline::{
-    FanOutConfig, IntakeEnd, Outcome, Report, Settlement, ShedPolicy, ShedReason, Stage,
+    FanOutConfig, FanOutExt, IntakeEnd, Outcome, Report, Settlement, ShedPolicy, ShedReason, Stage,
 };
 use common::{GUARD, ms, within};
 use futures::{StreamExt, stream};
@@ -342,6 +342,44 @@ async fn dropping_the_settlement_stream_stops_settlement_not_the_pipeline() {
     .await;
     assert_eq!(out.len(), 50, "credits no longer limit intake");
     assert_eq!(report.produced, 50);
+}
+
+/// A settlement key whose `Drop` panics.
+struct LoudKey(#[allow(dead_code)] u64);
+
+impl Drop for LoudKey {
+    fn drop(&mut self) {
+        panic!("the key's drop panics (on purpose)");
+    }
+}
+
+/// Once `Settlements` is dropped, records are dropped where they are made:
+/// a key whose `Drop` panics is dropped quietly, and the pipeline carries
+/// on (a fresh-user trial found each such drop killing a worker: the
+/// report then showed workers cut off, items cancelled and intake stopped).
+#[tokio::test(start_paused = true)]
+async fn records_dropped_after_the_settlements_go_drop_their_keys_quietly() {
+    let (config, settlements) =
+        FanOutConfig::new(2, ShedPolicy::Backpressure).settle_by(|x: &u64| LoudKey(*x));
+    drop(settlements);
+    let (results, shutdown) = stream::iter(0..6u64).bounded_fan_out_with(config, |x| async move {
+        sleep(ms(1)).await;
+        x
+    });
+    let (mut out, report) = within(GUARD, "join", shutdown.join_collect(results)).await;
+    out.sort_unstable();
+    assert_eq!(out, [0, 1, 2, 3, 4, 5]);
+    assert_eq!(
+        (
+            report.processed,
+            report.cancelled,
+            report.workers_joined,
+            report.aborted
+        ),
+        (6, 0, 2, 0)
+    );
+    assert_eq!(report.intake, IntakeEnd::Exhausted);
+    assert!(report.is_conserved(), "{report}");
 }
 
 // ===== property: settlements and the report agree item for item =====

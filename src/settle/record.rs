@@ -11,7 +11,7 @@ use futures_core::stream::{FusedStream, Stream};
 use tokio::sync::mpsc;
 
 use super::Credits;
-use crate::isolate::{Quiet, catching};
+use crate::isolate::{Quiet, catching, drop_quietly};
 
 /// How one item ended, in a [`Settlement`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -123,11 +123,16 @@ struct Recorder<Item, K> {
 impl<Item, K: Send + 'static> Recorder<Item, K> {
     fn send(&self, key: Option<K>, outcome: Outcome) {
         // An error means the settler dropped `Settlements`, which also
-        // closed the credits: nothing to give back.
-        drop(
-            self.records
-                .send(key.map(|key| Settlement { key, outcome })),
-        );
+        // closed the credits: nothing to give back. The record comes back
+        // in the error, and its key's `Drop` is user code: dropped quietly,
+        // or a panic in it would kill the worker (found by a fresh-user
+        // trial).
+        if let Err(unsent) = self
+            .records
+            .send(key.map(|key| Settlement { key, outcome }))
+        {
+            drop_quietly(unsent);
+        }
     }
 }
 
