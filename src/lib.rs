@@ -101,7 +101,7 @@
 //!
 //! # Optional features
 //!
-//! Both off by default; without them none of their code is compiled.
+//! All three off by default; without them none of their code is compiled.
 //!
 //! * `tracing`: a span per pipeline (`bounded_fan_out`, with the
 //!   [`FanOutConfig::name`] in its `pipeline` field), an event per
@@ -130,6 +130,9 @@
 //!   recorded per item, with two clock reads, only with the feature on.
 //!   The supervisor's flush timer wakes it once a second: on a paused
 //!   clock, tasks woken at that same instant may then run in another order.
+//! * `tower`: [`Caller`] as a `tower_service::Service` and `CallLayer`
+//!   as a `tower_layer::Layer`, which wraps any infallible service (an
+//!   axum route or `Router`) in a pipeline (the two trait crates only).
 //!
 //! # Testing with paused time
 //!

@@ -489,7 +489,10 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// conservation law (`produced == processed + dropped + failed +
     /// timed_out + expired + cancelled`). The worker takes the next item at
     /// once. With settlement, an expired item is settled as
-    /// [`Outcome::Expired`](crate::Outcome::Expired).
+    /// [`Outcome::Expired`](crate::Outcome::Expired). It goes to no hook:
+    /// not [`on_shed`](Self::on_shed), which sees the items the queue's
+    /// policy sheds (`dropped`), nor [`on_cancel`](Self::on_cancel); to see
+    /// each expired item (a dead-letter path), use settlement.
     ///
     /// For a broker consumer, set it below the broker's claim threshold
     /// (Redis `XAUTOCLAIM` min-idle time, JetStream `ack_wait`), minus the
