@@ -21,6 +21,12 @@
 //!    completions. Items are counted produced before they are queued, and
 //!    the queue's lock orders that before any worker takes them: `produced`
 //!    is loaded last.
+//! 4. **Never more shed than produced.** The intake counts an arrival
+//!    produced before (or in the same step as) it counts anything it shed,
+//!    both with `Release`; `dropped` is loaded with `Acquire` before
+//!    `produced`, so every shed item a snapshot sees was counted produced
+//!    too. (Loading `produced` first once showed `dropped` above it: found
+//!    by a fresh-user trial.)
 
 use crate::sync::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -230,6 +236,13 @@ impl Books {
             in_flight += usize::from(taken > ended.iter().sum::<u64>());
         }
         let of = |fate: Fate| fates[fate as usize];
+        // Invariants 3 and 4: what was shed, then what was produced, last.
+        let dropped = self.intake.dropped.load(Acquire);
+        let produced = self.intake.produced.load(Acquire);
+        debug_assert!(
+            dropped <= produced,
+            "Books: more shed than produced (invariant 4)"
+        );
         Counts {
             processed: of(Fate::Processed),
             delivered,
@@ -245,8 +258,8 @@ impl Books {
             withdrawn: of(Fate::Withdrawn) + withdrawn_queued,
             in_flight,
             taken: taken_all,
-            produced: self.intake.produced.load(Acquire),
-            dropped: self.intake.dropped.load(Acquire),
+            produced,
+            dropped,
         }
     }
 }

@@ -45,3 +45,34 @@ fn loom_a_snapshot_never_shows_more_finished_than_taken() {
         assert_eq!((end.processed, end.failed, end.in_flight), (1, 1, 0));
     });
 }
+
+/// `books` invariant 4: a snapshot taken while the intake counts arrivals
+/// and sheds never shows more shed than produced, on either way of
+/// counting (the stream intake's `bump`, the push producers' `fetch_add`).
+///
+/// Guard: `dropped` is loaded before `produced`. Shown to fail by loading
+/// `produced` first: loom lets the snapshot miss an arrival whose shed it
+/// then sees.
+#[test]
+fn loom_a_snapshot_never_shows_more_shed_than_produced() {
+    for shared in [false, true] {
+        loom::model(move || {
+            let books = std::sync::Arc::new(Books::new(1));
+            let intake = super::spawn(&books, move |books| {
+                for _ in 0..2 {
+                    if shared {
+                        books.intake.count_shared(1, 1);
+                    } else {
+                        books.intake.count_alone(1, 1);
+                    }
+                }
+            });
+            loom::thread::yield_now();
+            let counts = books.counts(&NoResults);
+            assert!(counts.dropped <= counts.produced, "more shed than produced");
+            intake.join().unwrap();
+            let end = books.counts(&NoResults);
+            assert_eq!((end.produced, end.dropped), (2, 2));
+        });
+    }
+}
