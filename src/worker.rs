@@ -140,26 +140,9 @@ where
             // `Taken`).
             yielder.let_woken_run().await;
         }
-        // Checked after that yield, which lets this thread's other tasks
-        // run: an `abort()` that returned, or the drain deadline passed,
-        // meanwhile is seen here (a new-user trial found the handler called
-        // after both).
-        let start = phase.may_start();
-        if start != Start::Go {
-            // Taken just before an abort emptied the queue, or after the
-            // drain deadline passed (this worker then begins the abort): the
-            // handler has not started, so the item goes back like a queued
-            // one. This narrows, but on a multi-thread runtime cannot close,
-            // the window in which a handler starts as `abort()` returns.
-            counters.ended(Fate::Cancelled);
-            stopper.hand_back_taken(item);
-            if start == Start::RefusedAbort {
-                stopper.abort();
-            }
-            results.deliver(seq, None).await;
-            return Exit::Joined;
-        }
-        // The handler consumes the item: take its key first.
+        // The handler consumes the item: take its settlement key first (user
+        // code, before the last check below: a key function may stop the
+        // pipeline too).
         let recorder = hooks.and_then(|hooks| hooks.recorder.as_deref());
         let key = recorder.map(|recorder| recorder.key(&item));
         if let Some(None) = key {
@@ -169,6 +152,25 @@ where
             unstarted(counters, hooks, item, Fate::Failed, Some(None));
             results.deliver(seq, None).await;
             continue;
+        }
+        // The last check, after the yield above and the key function, which
+        // both let other code run: an `abort()` that returned, or the drain
+        // deadline passed, meanwhile is seen here (fresh-user trials found
+        // the handler called after both).
+        let start = phase.may_start();
+        if start != Start::Go {
+            // Taken just before an abort emptied the queue, or after the
+            // drain deadline passed (this worker then begins the abort): the
+            // handler has not started, so the item goes back like a queued
+            // one. This narrows, but on a multi-thread runtime cannot close,
+            // the window in which a handler starts as `abort()` returns.
+            counters.ended(Fate::Cancelled);
+            stopper.hand_back_taken(item, key.flatten());
+            if start == Start::RefusedAbort {
+                stopper.abort();
+            }
+            results.deliver(seq, None).await;
+            return Exit::Joined;
         }
         let started = meters.start(queued_at);
         let outcome = run_one(&**handler, item, killed.as_mut(), timeout).await;

@@ -5,10 +5,12 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backpressure_pipeline::{
-    FanOutConfig, FanOutExt, IntakeEnd, Outcome, Report, Settlement, ShedPolicy, ShedReason, Stage,
+    Controller, FanOutConfig, FanOutExt, IntakeEnd, Outcome, Report, Settlement, ShedPolicy,
+    ShedReason, Stage,
 };
 use common::{GUARD, ms, within};
 use futures::{StreamExt, stream};
@@ -379,6 +381,77 @@ async fn records_dropped_after_the_settlements_go_drop_their_keys_quietly() {
         (6, 0, 2, 0)
     );
     assert_eq!(report.intake, IntakeEnd::Exhausted);
+    assert!(report.is_conserved(), "{report}");
+}
+
+/// A settlement key function that calls `abort()`: the worker takes the
+/// key before its last check, so the item whose key function aborted is
+/// not started, and settles `Cancelled(Queued)` under the key already
+/// taken (a fresh-user trial found its handler called after `abort()` had
+/// returned, on a current-thread runtime).
+#[tokio::test(start_paused = true)]
+async fn a_settlement_key_function_that_aborts_stops_its_own_item() {
+    let controller = Arc::new(std::sync::OnceLock::<Controller>::new());
+    let (keys_seen, started) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let (stopper, seen) = (Arc::clone(&controller), Arc::clone(&keys_seen));
+    let (config, settlements) =
+        FanOutConfig::new(1, ShedPolicy::DropNewest).settle_by(move |x: &u32| {
+            seen.lock().unwrap().push(*x);
+            if *x == 2 {
+                stopper.get().expect("controller").abort();
+            }
+            *x
+        });
+    let log = Arc::clone(&started);
+    let (results, shutdown) = stream::iter(0..5u32).bounded_fan_out_with(config, move |x| {
+        log.lock().unwrap().push(x);
+        async move {
+            sleep(ms(1)).await;
+            x
+        }
+    });
+    controller
+        .set(shutdown.controller())
+        .map_err(|_| ())
+        .expect("set once");
+    let (out, records, report) = within(GUARD, "join", async {
+        tokio::join!(
+            results.collect::<Vec<_>>(),
+            settlements.collect::<Vec<_>>(),
+            shutdown.join()
+        )
+    })
+    .await;
+    assert_eq!(*started.lock().unwrap(), [0, 1], "item 2 was not started");
+    assert_eq!(*keys_seen.lock().unwrap(), [0, 1, 2, 3, 4], "one key each");
+    let mut outcomes: Vec<(u32, Outcome)> = records.iter().map(|r| (r.key, r.outcome)).collect();
+    outcomes.sort_by_key(|(key, _)| *key);
+    let cancelled = Outcome::Cancelled(Stage::Queued);
+    assert_eq!(
+        outcomes,
+        [
+            (0, Outcome::Processed),
+            (1, Outcome::Processed),
+            (2, cancelled),
+            (3, cancelled),
+            (4, cancelled)
+        ]
+    );
+    // Item 1's result was still in hand at the abort: discarded.
+    assert_eq!(out, [0]);
+    assert_eq!(
+        (
+            report.produced,
+            report.processed,
+            report.delivered,
+            report.discarded,
+            report.cancelled
+        ),
+        (5, 2, 1, 1, 3)
+    );
     assert!(report.is_conserved(), "{report}");
 }
 

@@ -46,7 +46,7 @@ use crate::isolate::{catching, drop_quietly};
 use crate::queue::HandOff;
 use crate::report::{IntakeEnd, Report, Stats};
 use crate::results::ResultBooks;
-use crate::settle::{Outcome, Record, Stage};
+use crate::settle::{Outcome, PendingKey, Record, Stage};
 use crate::sync::AtomicUsize;
 use std::sync::Arc;
 
@@ -254,11 +254,24 @@ impl<Item> Stopper<Item> {
 
     /// Hands back an item a worker took, counted, and then may not start
     /// (an abort began, or the drain deadline passed): settled
-    /// `Cancelled(Queued)`, as its handler never started, and handed to
+    /// `Cancelled(Queued)` under `key` (its settlement key, which the worker
+    /// took already), as its handler never started, and handed to
     /// `on_cancel`. The worker counts it `cancelled`.
-    pub(crate) fn hand_back_taken(&self, item: Item) {
+    pub(crate) fn hand_back_taken(&self, item: Item, key: Option<PendingKey>) {
         let hooks = self.0.hooks.lease();
-        hand_back(hooks.as_deref(), vec![item], Stage::Queued);
+        let Some(hooks) = hooks.as_deref() else {
+            drop_quietly(item);
+            return;
+        };
+        if let Some(recorder) = &hooks.recorder {
+            recorder.record_key(key, Outcome::Cancelled(Stage::Queued));
+        }
+        match &hooks.on_cancel {
+            Some(hook) => {
+                catching(|| hook(item));
+            }
+            None => drop_quietly(item),
+        }
     }
 
     /// Takes the queued item `is_it` picks out, if it is still queued: its
