@@ -273,3 +273,36 @@ async fn latest_only_with_64_workers_delivers_or_discards_each_result_once() {
     unique.dedup();
     assert_eq!(unique.len(), out.len(), "a result delivered twice");
 }
+
+/// In input order, items without a result give their places in the
+/// reorder window back as their turn comes, without the reader: `join`
+/// waits only for results that exist, so a held but unread `results` with
+/// nothing in it does not stop the workers (a fresh-user trial found `join`
+/// hanging once `workers + output_capacity` timed-out items filled the
+/// window).
+#[tokio::test(start_paused = true)]
+async fn items_without_results_never_fill_the_input_order_window() {
+    let start = Instant::now();
+    let config = FanOutConfig::new(1, ShedPolicy::Backpressure)
+        .output_capacity(1)
+        .result_order(ResultOrder::Input)
+        .handler_timeout(ms(5));
+    let (results, shutdown) = stream::iter(0..10u32).bounded_fan_out_with(config, |x| async move {
+        sleep(ms(1_000)).await;
+        x
+    });
+    // `results` is held, never polled.
+    let report = within(GUARD, "join", shutdown.join()).await;
+    assert_eq!(
+        start.elapsed(),
+        ms(50),
+        "ten 5 ms timeouts, one after another"
+    );
+    assert_eq!(
+        (report.produced, report.timed_out, report.processed),
+        (10, 10, 0)
+    );
+    assert_eq!(report.intake, IntakeEnd::Exhausted);
+    assert!(report.is_conserved(), "{report}");
+    drop(results);
+}

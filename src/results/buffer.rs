@@ -7,8 +7,9 @@
 //! `workers + capacity` permits bounds how far taking may run ahead of
 //! delivery, so the reorder map holds at most that many entries: a worker
 //! takes a permit before taking an item, and the consumer returns it when
-//! that item's turn is delivered or skipped. A hand-over never waits for
-//! room. The window is a tokio [`Semaphore`] (its waiting is tokio's, and
+//! that item's turn is delivered; an item without a result returns it as
+//! soon as its turn comes, without the consumer. A hand-over never waits
+//! for room. The window is a tokio [`Semaphore`] (its waiting is tokio's, and
 //! is left out of this crate's loom models).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -111,9 +112,24 @@ impl<T> Buf<T> {
     /// consumer can now progress.
     pub(super) fn place(&mut self, seq: u64, result: Option<T>) -> (Option<T>, bool) {
         match self {
-            Buf::Ordered { next, early, .. } => {
+            Buf::Ordered {
+                window,
+                next,
+                early,
+            } => {
                 early.insert(seq, result);
-                (None, seq == *next)
+                // Items without a result at the head of the line are skipped
+                // now, not at the reader's next poll: their places in the
+                // window come back at once, so workers never wait for a
+                // reader to skip what nobody will read (`join` waits only for
+                // results that exist; a fresh-user trial found it hanging on
+                // a window full of timed-out items).
+                while early.get(next).is_some_and(Option::is_none) {
+                    early.remove(next);
+                    *next += 1;
+                    window.add_permits(1);
+                }
+                (None, early.contains_key(next))
             }
             Buf::Latest(slot) => match result {
                 Some(result) => (slot.replace(result), true),
