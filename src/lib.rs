@@ -51,8 +51,10 @@
 //!   read from them.
 //! * `launch`: the one place that builds and wires them.
 //!
-//! Every setting of [`FanOutConfig`] works on both fronts (its docs have
-//! the table).
+//! Every setting of [`FanOutConfig`] works on every front: the stream, the
+//! push front ([`feeder`]) and the call front ([`caller`]), except the
+//! results settings on the call front, which answers each caller directly
+//! (its docs have the table).
 //!
 //! # The conservation law
 //!

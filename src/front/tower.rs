@@ -22,11 +22,12 @@ use crate::{Controller, FanOutConfig, ShutdownHandle};
 /// middleware does).
 ///
 /// Readiness follows the policy: under the shedding policies `poll_ready`
-/// is always ready (a call that finds the queue full is answered
+/// is ready as soon as it has a settlement credit, at once without
+/// settlement (a call that finds the queue full is answered
 /// [`Rejected::Shed`] at once, so a `load_shed` in front is not needed);
-/// under [`ShedPolicy::Backpressure`](crate::ShedPolicy::Backpressure)
-/// (and, with settlement, for a credit) it waits for a free slot and holds
-/// it for the next `call`, as tower's `Buffer` holds a channel slot (in a
+/// under [`ShedPolicy::Backpressure`](crate::ShedPolicy::Backpressure) it
+/// also waits for a free slot. It holds what it waited for for the next
+/// `call`, as tower's `Buffer` holds a channel slot (in a
 /// keyed pipeline the call gives that slot back, takes its key's place and
 /// then waits for room again, as every keyed producer takes them in that
 /// order; see [`FanOutConfig::key_by`]). Once
