@@ -605,19 +605,17 @@ enum State<Req, Resp> {
         admit: Pin<Box<dyn Future<Output = Result<(), NoRoom>> + Send + Sync>>,
     },
     /// Keyed, under `Backpressure`: keyed, waiting for room in its key
-    /// first (holding no slot or credit). The keys sit behind a lock never
-    /// taken (`get_mut`) only so that a `Call` stays `Sync` whatever the
-    /// key type.
+    /// first (holding no slot or credit).
     KeyRoom {
         job: Job<Req, Resp>,
-        keyer: Mutex<Keyer>,
+        keyer: SyncKeyer,
         ticket: Option<u64>,
     },
     /// Keyed, under `Backpressure`: its key has room (a place kept for it,
     /// if it waited in line); waiting for a queue slot and a credit.
     KeyAdmit {
         job: Job<Req, Resp>,
-        keyer: Mutex<Keyer>,
+        keyer: SyncKeyer,
         admit: Pin<Box<dyn Future<Output = Result<(), NoRoom>> + Send + Sync>>,
     },
     /// Queued or running: waiting for the answer.
@@ -679,13 +677,27 @@ where
                 keyer.leave(&producers.front.queue, None);
                 Ok(State::KeyRoom {
                     job,
-                    keyer: Mutex::new(keyer),
+                    keyer: SyncKeyer::new(keyer),
                     ticket: None,
                 })
             }
             Offered::Waiting(slot) => Ok(State::Waiting(slot)),
             Offered::Rejected(answer) => Err(answer),
         }
+    }
+}
+
+/// A call's keys behind a lock that is never taken (only `into_inner`),
+/// so that a `Call` stays `Sync` whatever the key type.
+struct SyncKeyer(Mutex<Keyer>);
+
+impl SyncKeyer {
+    fn new(keyer: Keyer) -> Self {
+        SyncKeyer(Mutex::new(keyer))
+    }
+
+    fn into_inner(self) -> Keyer {
+        self.0.into_inner().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -755,7 +767,7 @@ where
                             };
                             match producers.key(job) {
                                 Ok((job, keyer)) => {
-                                    let keyer = Mutex::new(keyer);
+                                    let keyer = SyncKeyer::new(keyer);
                                     this.state = State::KeyRoom {
                                         job,
                                         keyer,
@@ -799,12 +811,12 @@ where
                     mut ticket,
                 } => {
                     let producers = shared.producers();
-                    let mut keyer = keyer.into_inner().unwrap_or_else(PoisonError::into_inner);
+                    let mut keyer = keyer.into_inner();
                     let queue = &producers.front.queue;
                     let (keys, granted) = keyer.waiting();
                     let room = queue.poll_key_place(keys, &mut ticket, granted, cx);
                     let Poll::Ready(room) = room else {
-                        let keyer = Mutex::new(keyer);
+                        let keyer = SyncKeyer::new(keyer);
                         this.state = State::KeyRoom { job, keyer, ticket };
                         return Poll::Pending;
                     };
@@ -821,7 +833,7 @@ where
                         Err(NoRoom::Full) => {
                             let producers = Arc::clone(producers);
                             let admit = Box::pin(async move { producers.admit().await });
-                            let keyer = Mutex::new(keyer);
+                            let keyer = SyncKeyer::new(keyer);
                             this.state = State::KeyAdmit { job, keyer, admit };
                         }
                         Err(NoRoom::Closed) => {
@@ -836,7 +848,7 @@ where
                     mut admit,
                 } => match admit.as_mut().poll(cx) {
                     Poll::Ready(admitted) => {
-                        let mut keyer = keyer.into_inner().unwrap_or_else(PoisonError::into_inner);
+                        let mut keyer = keyer.into_inner();
                         if admitted.is_err() {
                             keyer.leave(&shared.producers().front.queue, None);
                             return Poll::Ready(Err(job.reject(RejectReason::Closed)));
@@ -906,7 +918,7 @@ impl<Req, Resp> Drop for Call<Req, Resp> {
             // place kept for it passes on); it held no slot or credit yet.
             State::KeyRoom { job, keyer, ticket } => {
                 let producers = shared.producers();
-                let mut keyer = keyer.into_inner().unwrap_or_else(PoisonError::into_inner);
+                let mut keyer = keyer.into_inner();
                 keyer.leave(&producers.front.queue, ticket);
                 drop_quietly(job);
             }
@@ -915,7 +927,7 @@ impl<Req, Resp> Drop for Call<Req, Resp> {
             State::KeyAdmit { job, keyer, admit } => {
                 drop(admit);
                 let producers = shared.producers();
-                let mut keyer = keyer.into_inner().unwrap_or_else(PoisonError::into_inner);
+                let mut keyer = keyer.into_inner();
                 keyer.leave(&producers.front.queue, None);
                 drop_quietly(job);
             }

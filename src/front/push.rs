@@ -83,7 +83,7 @@ impl<Item> Producers<Item> {
         let front = &self.front;
         // Leased only when needed: keyed, or something shed.
         let mut hooks = None;
-        let mut batch = vec![item];
+        let mut item = item;
         if front.queue.is_keyed() && keyer.is_none() {
             hooks = front.stopper.hooks();
             let Some(keying) = hooks.as_deref().and_then(|hooks| hooks.keying.as_deref()) else {
@@ -91,20 +91,17 @@ impl<Item> Producers<Item> {
                 // queue closed): a push that comes later is refused, as the
                 // closed queue would refuse it.
                 self.unadmit();
-                return Pushing::Done(Offer::Closed(
-                    batch
-                        .pop()
-                        .unwrap_or_else(|| unreachable!("a push of one item")),
-                ));
+                return Pushing::Done(Offer::Closed(item));
             };
-            match key_one(keying, batch.pop()) {
-                Ok((item, fresh)) => (batch, keyer) = (vec![item], Some(fresh)),
+            match key_one(keying, item) {
+                Ok((keyed, fresh)) => (item, keyer) = (keyed, Some(fresh)),
                 Err(item) => {
                     self.unadmit();
                     return Pushing::Done(Offer::Unkeyed(item));
                 }
             }
         }
+        let mut batch = vec![item];
         let mut shed = Vec::new();
         let count = |offered, shed| front.books.intake.count_shared(offered, shed);
         let pushed = match keyer.as_mut() {
@@ -163,7 +160,7 @@ impl<Item> Producers<Item> {
     pub(crate) fn key(&self, item: Item) -> Result<(Item, Keyer), Item> {
         let hooks = self.front.stopper.hooks();
         match hooks.as_deref().and_then(|hooks| hooks.keying.as_deref()) {
-            Some(keying) => key_one(keying, Some(item)),
+            Some(keying) => key_one(keying, item),
             None => Err(item),
         }
     }
@@ -285,16 +282,12 @@ impl<Item> Producers<Item> {
     }
 }
 
-/// Keys `item` (always `Some`: an `Option` only so that callers can pass
-/// a batch's `pop`) with `keying`; `Err` with the item if the key function
+/// Keys `item` with `keying`; `Err` with the item if the key function
 /// panicked.
 fn key_one<Item>(
     keying: &dyn crate::config::Keying<Item>,
-    item: Option<Item>,
+    item: Item,
 ) -> Result<(Item, Keyer), Item> {
-    let Some(item) = item else {
-        unreachable!("a push of one item")
-    };
     let mut keyer = Keyer::new(keying);
     let (mut batch, mut unkeyed) = (vec![item], Vec::new());
     keyer.key(keying, &mut batch, &mut unkeyed);

@@ -94,9 +94,7 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
                         }
                         match quiet.as_mut().as_pin_mut().map(|timer| timer.poll(cx)) {
                             Some(Poll::Ready(())) => {
-                                overload.end_if_quiet(Instant::now());
-                                overload.emit(on_overload);
-                                arm(quiet.as_mut(), overload, true, &mut timers);
+                                tend(quiet.as_mut(), overload, on_overload, true, &mut timers);
                             }
                             _ => return Poll::Pending,
                         }
@@ -179,16 +177,8 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
             None => Why::All(reason),
         };
         after_shed(hooks, overload, &mut shed, shed_now, why, Disposal::Hook);
-        if let Step::Quiet = step {
-            overload.end_if_quiet(Instant::now());
-        }
-        overload.emit(on_overload);
-        arm(
-            quiet.as_mut(),
-            overload,
-            matches!(step, Step::Quiet),
-            &mut timers,
-        );
+        let fired = matches!(step, Step::Quiet);
+        tend(quiet.as_mut(), overload, on_overload, fired, &mut timers);
         if let Step::End(end) = step {
             break end;
         }
@@ -225,15 +215,22 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
     end
 }
 
-/// Keeps the quiet timer armed exactly while an overload episode is open.
-/// Without a time driver (`timers` turns false) an episode ends only at a
-/// batch that sheds nothing, or when intake stops.
-fn arm(
+/// Tends the overload episode: ends it if its quiet period `fired` with
+/// nothing shed, emits what it decided, and keeps the quiet timer armed
+/// exactly while an episode is open. Without a time driver (`timers` turns
+/// false) an episode ends only at a batch that sheds nothing, or when
+/// intake stops.
+fn tend(
     mut quiet: Pin<&mut Option<Sleep>>,
     overload: &super::Overload,
+    on_overload: Option<&super::OverloadHook>,
     fired: bool,
     timers: &mut bool,
 ) {
+    if fired {
+        overload.end_if_quiet(Instant::now());
+    }
+    overload.emit(on_overload);
     match (overload.quiet_deadline(), quiet.as_mut().as_pin_mut()) {
         (None, Some(_)) => quiet.set(None),
         (Some(deadline), None) if *timers => match timer_at(deadline) {
