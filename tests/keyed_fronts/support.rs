@@ -146,6 +146,25 @@ pub async fn finish_beside<X>(
     (starts, out, report, also)
 }
 
+/// A push pipeline's books, `(produced, processed, dropped)`, once both
+/// laws are checked.
+pub fn push_books(report: &Report) -> (u64, u64, u64) {
+    assert!(report.is_conserved(), "{report}");
+    (report.produced, report.processed, report.dropped)
+}
+
+/// A call pipeline's books, `(produced, processed, cancelled, withdrawn)`,
+/// once both laws are checked.
+pub fn call_books(report: &Report) -> (u64, u64, u64, u64) {
+    assert!(report.is_conserved(), "{report}");
+    (
+        report.produced,
+        report.processed,
+        report.cancelled,
+        report.withdrawn,
+    )
+}
+
 /// A call pipeline with [`gated`] handlers.
 pub struct CallRig {
     pub caller: Caller<Item, Item>,
