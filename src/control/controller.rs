@@ -81,6 +81,12 @@ impl Controller {
     /// Waits until the pipeline has finished and returns a copy of its
     /// final [`Report`] (the one [`ShutdownHandle::join`] returns).
     ///
+    /// As with `join`, by then every worker and intake task has ended and
+    /// every closure the caller gave (the handler, the hooks, the input) has
+    /// been dropped, so `Arc::strong_count` of what they captured is back;
+    /// this is how to wait for that after dropping both the results and the
+    /// [`ShutdownHandle`](crate::ShutdownHandle).
+    ///
     /// Waiting does not stop the pipeline, and any number of controllers
     /// may wait at once. If the runtime running the pipeline shuts down
     /// before the pipeline finished, this never resolves; use
