@@ -489,6 +489,63 @@ async fn keys_are_tracked_only_while_they_have_work() {
 
 // ===== a panicking key function =====
 
+/// The slot a stream's intake reserved for an item whose key function
+/// panicked goes back to the queue: before, each such panic kept one slot
+/// reserved for good, and once the queue could no longer drain to its
+/// low-water mark the intake stopped pulling and `join` never returned.
+#[tokio::test(start_paused = true)]
+async fn a_key_function_panic_gives_its_reserved_room_back() {
+    common::quiet_planned_panics();
+    let key = |item: &Item| {
+        if item.1 >= 100 {
+            common::planned_panic();
+        }
+        item.0
+    };
+    // (capacity, items): one panic in a queue of one; three in a queue of
+    // four, more than half of it.
+    let runs = [
+        (1, vec![('a', 0), ('b', 100), ('c', 2)]),
+        (
+            4,
+            vec![
+                ('a', 0),
+                ('a', 101),
+                ('b', 102),
+                ('c', 103),
+                ('a', 4),
+                ('b', 5),
+                ('c', 6),
+                ('d', 7),
+            ],
+        ),
+    ];
+    for (capacity, input) in runs {
+        let config = FanOutConfig::new(1, ShedPolicy::Backpressure)
+            .capacity(capacity)
+            .key_by(key);
+        let (results, shutdown) =
+            stream::iter(items(&input)).bounded_fan_out_with(config, |item: Item| async move {
+                sleep(ms(1)).await;
+                item
+            });
+        let (mut out, report) = within(GUARD, "join", shutdown.join_collect(results)).await;
+        // Round robin across keys, not input order: compared as sets.
+        out.sort();
+        let kept: Vec<Item> = input.iter().copied().filter(|item| item.1 < 100).collect();
+        let mut expected = kept.clone();
+        expected.sort();
+        assert_eq!(out, expected, "capacity {capacity}");
+        let failed = (input.len() - kept.len()) as u64;
+        assert_eq!(
+            (report.produced, report.processed, report.failed),
+            (input.len() as u64, kept.len() as u64, failed),
+            "capacity {capacity}"
+        );
+        assert!(report.is_conserved(), "{report}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_item_whose_key_function_panics_fails_or_comes_back() {
     common::quiet_planned_panics();

@@ -124,6 +124,11 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
         }
         if let (Some(keying), Some(keyer)) = (keying, keyer.as_mut()) {
             keyer.key(keying, &mut batch, &mut unkeyed);
+            // Their room was reserved with the batch's and is never filled
+            // (`Backpressure`): kept, it would leak a slot per panic until
+            // the intake waited forever for a low-water mark the workers
+            // cannot reach (a new-user trial found the stall).
+            queue.unreserve(unkeyed.len());
             fail_unkeyed(&front, hooks, &mut unkeyed);
         }
         // Shed items come back in `shed` only if a hook, settlement or their
