@@ -2,7 +2,9 @@
 //! (property-based, paused time), and on a 2-thread runtime at speed: both
 //! laws hold, every item ends once, at most one item of a key is in a
 //! handler at a time, and a key's items start (and their results come out)
-//! in arrival order.
+//! in arrival order. In some cases the key function panics for one key:
+//! those items fail (taken from a stream) or come back (offered), and the
+//! rest runs to its end.
 
 mod common;
 
@@ -14,7 +16,10 @@ use futures::{StreamExt, stream};
 use proptest::prelude::*;
 use tokio::time::sleep;
 
-use common::{ms, paused_runtime};
+use common::{GUARD, ms, paused_runtime, within};
+
+/// The key whose key function panics, in the cases that ask for it.
+const PANICKING_KEY: u8 = 5;
 
 /// An item: its sequence number and its key.
 type Item = (u32, u8);
@@ -77,9 +82,15 @@ async fn run(case: Case) -> (Report, Watch) {
             item
         }
     };
+    let panics = case.panics;
     let mut config = FanOutConfig::new(case.workers, case.policy)
         .capacity(case.capacity)
-        .key_by(|item: &Item| item.1);
+        .key_by(move |item: &Item| {
+            if panics && item.1 == PANICKING_KEY {
+                common::planned_panic();
+            }
+            item.1
+        });
     if let Some(per_key) = case.per_key {
         config = config.per_key_capacity(per_key);
     }
@@ -112,7 +123,8 @@ async fn run(case: Case) -> (Report, Watch) {
         (results, shutdown, None)
     };
     let stopper = common::stop_later(shutdown.controller(), stop);
-    let ((out, report), ()) = tokio::join!(shutdown.join_collect(results), stopper);
+    let joined = within(GUARD, "join", shutdown.join_collect(results));
+    let ((out, report), ()) = tokio::join!(joined, stopper);
     if let Some(producer) = producer {
         producer.await.expect("producer");
     }
@@ -142,6 +154,8 @@ struct Case {
     work_ms: Vec<u64>,
     push: bool,
     stop: Option<(bool, u64)>,
+    /// The key function panics for `PANICKING_KEY`.
+    panics: bool,
 }
 
 fn cases() -> impl Strategy<Value = Case> {
@@ -154,9 +168,10 @@ fn cases() -> impl Strategy<Value = Case> {
         proptest::collection::vec(0..4u64, 1..5),
         any::<bool>(),
         proptest::option::of((any::<bool>(), 0..30u64)),
+        any::<bool>(),
     )
         .prop_map(
-            |(workers, capacity, per_key, policy, keys, work_ms, push, stop)| Case {
+            |(workers, capacity, per_key, policy, keys, work_ms, push, stop, panics)| Case {
                 workers,
                 capacity,
                 per_key,
@@ -165,6 +180,7 @@ fn cases() -> impl Strategy<Value = Case> {
                 work_ms,
                 push,
                 stop,
+                panics,
             },
         )
 }
@@ -174,6 +190,7 @@ proptest! {
     #[test]
     fn keyed_pipelines_keep_the_laws_per_key_order_and_one_in_flight_per_key(case in cases()) {
         // (`run` also checks each key's results against its arrival order.)
+        common::quiet_planned_panics();
         let runtime = paused_runtime();
         let (report, watch) = runtime.block_on(run(case.clone()));
         prop_assert!(report.is_conserved(), "{}", report);
@@ -182,6 +199,19 @@ proptest! {
         prop_assert!(watch.seen.len() as u64 <= report.produced);
         if case.stop.is_none() {
             prop_assert_eq!(report.processed, watch.seen.len() as u64);
+            // Every item of the panicking key fails (stream) or comes back
+            // uncounted (offered); none starts.
+            let unkeyed = if case.panics {
+                case.keys.iter().filter(|k| **k == PANICKING_KEY).count() as u64
+            } else {
+                0
+            };
+            let (produced, failed) = if case.push {
+                (case.keys.len() as u64 - unkeyed, 0)
+            } else {
+                (case.keys.len() as u64, unkeyed)
+            };
+            prop_assert_eq!((report.produced, report.failed), (produced, failed));
         }
         if case.policy == ShedPolicy::Backpressure {
             prop_assert_eq!(report.dropped, 0);
