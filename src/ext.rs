@@ -181,6 +181,7 @@ pub trait FanOutExt: Stream {
         Kind: HandlerKind<Fut::Output>,
     {
         launch(
+            "bounded_fan_out",
             config.settings,
             Outputs::of::<Kind>(),
             handler,
@@ -206,8 +207,10 @@ impl<S: Stream + ?Sized> FanOutExt for S {}
 ///
 /// # Panics
 ///
-/// As [`bounded_fan_out`](crate::FanOutExt::bounded_fan_out): outside a
-/// Tokio runtime, or on one without a time driver.
+/// As [`bounded_fan_out`](crate::FanOutExt::bounded_fan_out), with
+/// messages that name `feeder`: outside a Tokio runtime
+/// (`"feeder: must be called from the context of a Tokio runtime"`), or on
+/// one without a time driver.
 ///
 /// # Examples
 ///
@@ -243,6 +246,7 @@ where
 {
     let mut feeder = None;
     let (results, shutdown) = launch(
+        "feeder",
         config.settings,
         Outputs::of::<Kind>(),
         handler,
@@ -310,8 +314,10 @@ where
 ///
 /// # Panics
 ///
-/// As [`bounded_fan_out`](crate::FanOutExt::bounded_fan_out): outside a
-/// Tokio runtime, or on one without a time driver.
+/// As [`bounded_fan_out`](crate::FanOutExt::bounded_fan_out), with
+/// messages that name `caller`: outside a Tokio runtime
+/// (`"caller: must be called from the context of a Tokio runtime"`), or on
+/// one without a time driver.
 ///
 /// # Examples
 ///
@@ -356,6 +362,7 @@ where
 {
     let mut feeder = None;
     let (results, shutdown) = launch(
+        "caller",
         settings_for_calls(config.settings),
         call_outputs::<Req, Resp, Kind>(),
         call_handler(handler),

@@ -77,6 +77,7 @@ impl<O> Outputs<O> {
 /// [`FanOutExt::bounded_fan_out`](crate::FanOutExt::bounded_fan_out)).
 #[track_caller]
 pub(crate) fn launch<S, F, Fut>(
+    entry: &'static str,
     settings: Settings<S::Item>,
     outputs: Outputs<Fut::Output>,
     handler: F,
@@ -88,13 +89,13 @@ where
     Fut: Future<Output: Send + 'static> + Send + 'static,
 {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        panic!("bounded_fan_out: must be called from the context of a Tokio runtime");
+        panic!("{entry}: must be called from the context of a Tokio runtime");
     };
     // Drain deadlines and handler timeouts need a clock: refuse a runtime
     // without one here, not with a silent immediate abort later.
     assert!(
         has_time_driver(),
-        "bounded_fan_out: the Tokio runtime has no time driver; \
+        "{entry}: the Tokio runtime has no time driver; \
          build it with `enable_time()` or `enable_all()`"
     );
     let Settings {

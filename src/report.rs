@@ -237,7 +237,9 @@ with_counters! {
         /// that buffer (at most
         /// [`output_capacity`](crate::FanOutConfig::output_capacity) plus
         /// the worker count). A pipeline that stops moving with this at its
-        /// maximum has a consumer that does not read.
+        /// maximum has a consumer that does not read. Read while results
+        /// move, it may lag by the results finished during the snapshot
+        /// (showing fewer, never more).
         pub results_waiting: u64,
         /// Items queued now, waiting for a worker (at most the capacity).
         pub queue_depth: usize,

@@ -184,6 +184,48 @@ fn the_missing_runtime_panic_points_at_the_callers_line() {
     let line = line!() + 1;
     let got = caught(move || drop(input.bounded_fan_out_with(config, echo)));
     assert_at(got, RUNTIME_MSG, line);
+
+    // The push and call fronts name themselves (a new-user trial was told
+    // `bounded_fan_out`, which it had not called).
+    let config = FanOutConfig::new(1, DropNewest);
+    let line = line!() + 1;
+    let got = caught(move || drop(backpressure_pipeline::feeder(config, echo)));
+    let message = "feeder: must be called from the context of a Tokio runtime";
+    assert_at(got, message, line);
+
+    let config = FanOutConfig::new(1, DropNewest);
+    let line = line!() + 1;
+    let got = caught(move || drop(backpressure_pipeline::caller(config, echo)));
+    let message = "caller: must be called from the context of a Tokio runtime";
+    assert_at(got, message, line);
+}
+
+#[test]
+fn without_a_time_driver_the_push_and_call_fronts_name_themselves() {
+    let fix =
+        "the Tokio runtime has no time driver; build it with `enable_time()` or `enable_all()`";
+    // Built without `enable_time`.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let got = caught(|| {
+        runtime.block_on(async {
+            drop(backpressure_pipeline::feeder(
+                FanOutConfig::new(1, DropNewest),
+                echo,
+            ));
+        })
+    });
+    assert_eq!(got.0, format!("feeder: {fix}"));
+    let got = caught(|| {
+        runtime.block_on(async {
+            drop(backpressure_pipeline::caller(
+                FanOutConfig::new(1, DropNewest),
+                echo,
+            ));
+        })
+    });
+    assert_eq!(got.0, format!("caller: {fix}"));
 }
 
 // ===== panicking user code =====

@@ -182,9 +182,14 @@ impl<Item> Core<Item> {
     fn snapshot(&self) -> Stats {
         let counts = self.books.counts(&*self.results);
         let (queue_depth, high_water_mark) = self.queue.depth();
-        let results_waiting = counts
-            .processed
-            .saturating_sub(counts.delivered + counts.discarded);
+        // `counts` read `delivered` before `processed` (so a snapshot never
+        // shows more delivered than processed); a result that finished
+        // between the two reads would count as waiting, beyond the
+        // documented bound (a new-user trial saw 548 of 3). Read again
+        // after `processed`, they give at most what waited when
+        // `processed` was read: a moment's understatement, never more.
+        let taken = self.results.delivered() + self.results.discarded();
+        let results_waiting = counts.processed.saturating_sub(taken);
         let oldest_queued_age = self.queue.oldest_stamp().map(|at| at.elapsed());
         Stats::from_counts(
             counts,
