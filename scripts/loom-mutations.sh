@@ -42,6 +42,7 @@ keyed-room-grants ~ src/queue/keyed.rs ~         slot.granted = true;\n        S
 keyed-grant-passes-on ~ src/queue/keyed.rs ~             self.passed = self.grant_next(id); ~             self.passed = None; ~ loom_a_grant_holders_push_passes_the_next_place_on
 keyed-grant-lapse-passes-on ~ src/queue/keyed.rs ~             slot.granted = false;\n            self.grant_next(id) ~             slot.granted = false;\n            None ~ loom_a_producer_that_gives_up_its_kept_place_passes_it_on
 keyed-place-one-at-a-time ~ src/queue/keyed.rs ~ if ticket.is_none() && !slot.granted && ~ if ticket.is_none() && ~ loom_places_taken_before_a_slot_go_one_at_a_time_in_line
+books-waiting-after-processed ~ src/books.rs ~     let taken = results.delivered() + results.discarded(); ~     let taken = counts.delivered + counts.discarded; ~ loom_a_snapshot_never_shows_more_results_waiting_than_wait
 books-shed-before-produced ~ src/books.rs ~         let dropped = self.intake.dropped.load(Acquire);\n        let produced = self.intake.produced.load(Acquire); ~         let produced = self.intake.produced.load(Acquire);\n        let dropped = self.intake.dropped.load(Acquire); ~ loom_a_snapshot_never_shows_more_shed_than_produced
 keyed-withdraw-ends-waiters ~ src/queue/mod.rs ~                         woken.extend(state.idle.wake_all());\n                    } ~                     } ~ loom_a_withdrawal_that_empties_a_closed_keyed_queue_ends_the_waiting_worker
 '
@@ -71,7 +72,7 @@ PY
     # process before the test harness prints its line.)
     echo "$name: the model did not run (build failed?); fix this script"; status=1
   else
-    why=$(grep -m1 -iE "deadlock|assertion|outlived|stop without|more finished|more shed|hooks released|exited before|exactly one|saw it|not counted|got in" "$work/out" | cut -c1-110)
+    why=$(grep -m1 -iE "deadlock|assertion|outlived|stop without|more finished|more shed|hooks released|exited before|exactly one|saw it|not counted|got in|results waiting" "$work/out" | cut -c1-110)
     echo "$name: caught by $model: ${why:-failed}"
   fi
 done <<<"$mutations"

@@ -39,7 +39,7 @@ use std::sync::atomic::Ordering::AcqRel;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::books::Books;
+use crate::books::{Books, results_waiting};
 use crate::config::{ItemHook, Keying};
 use crate::front::OverloadHook;
 use crate::isolate::{catching, drop_quietly};
@@ -182,14 +182,7 @@ impl<Item> Core<Item> {
     fn snapshot(&self) -> Stats {
         let counts = self.books.counts(&*self.results);
         let (queue_depth, high_water_mark) = self.queue.depth();
-        // `counts` read `delivered` before `processed` (so a snapshot never
-        // shows more delivered than processed); a result that finished
-        // between the two reads would count as waiting, beyond the
-        // documented bound (a new-user trial saw 548 of 3). Read again
-        // after `processed`, they give at most what waited when
-        // `processed` was read: a moment's understatement, never more.
-        let taken = self.results.delivered() + self.results.discarded();
-        let results_waiting = counts.processed.saturating_sub(taken);
+        let results_waiting = results_waiting(&counts, &*self.results);
         let oldest_queued_age = self.queue.oldest_stamp().map(|at| at.elapsed());
         Stats::from_counts(
             counts,

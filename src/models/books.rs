@@ -1,6 +1,9 @@
 //! Model of the books: a live snapshot read while a worker counts.
 
-use crate::books::{Books, Fate, ResultCounts};
+use std::sync::atomic::Ordering::{Acquire, Release};
+
+use crate::books::{Books, Fate, ResultCounts, results_waiting};
+use crate::sync::AtomicU64;
 
 /// No results in this model.
 struct NoResults;
@@ -75,4 +78,73 @@ fn loom_a_snapshot_never_shows_more_shed_than_produced() {
             assert_eq!((end.produced, end.dropped), (2, 2));
         });
     }
+}
+
+/// A worker and a consumer handing results over one at a time (a buffer of
+/// none: the worker holds each result until it is delivered), and the
+/// results side's count of them.
+#[derive(Default)]
+struct HandOver {
+    /// Results the worker has offered so far.
+    offered: AtomicU64,
+    /// Results the consumer has taken so far.
+    delivered: AtomicU64,
+}
+
+impl ResultCounts for HandOver {
+    fn delivered(&self) -> u64 {
+        self.delivered.load(Acquire)
+    }
+
+    fn discarded(&self) -> u64 {
+        0
+    }
+}
+
+/// Spins, yielding to loom, until `counter` reaches `n`.
+fn wait_for(counter: &AtomicU64, n: u64) {
+    while counter.load(Acquire) < n {
+        loom::thread::yield_now();
+    }
+}
+
+/// `books` invariant 5: a snapshot taken while a worker finishes items and
+/// a consumer takes their results never shows more results waiting than
+/// could wait (here one: the worker holds each result until it is taken).
+///
+/// Guard: `results_waiting` loads `delivered` again after `counts` loaded
+/// `processed`. Shown to fail by taking it against the counts' own
+/// `delivered` (loaded before `processed`): loom finds the snapshot that
+/// loads `delivered` 0, then `processed` 2.
+#[test]
+fn loom_a_snapshot_never_shows_more_results_waiting_than_wait() {
+    loom::model(|| {
+        let books = std::sync::Arc::new((Books::new(1), HandOver::default()));
+        let worker = super::spawn(&books, |books| {
+            let (books, results) = &*books;
+            for n in 1..=2 {
+                books.worker(0).took();
+                books.worker(0).ended(Fate::Processed);
+                results.offered.store(n, Release);
+                wait_for(&results.delivered, n);
+            }
+        });
+        let consumer = super::spawn(&books, |books| {
+            let results = &books.1;
+            for n in 1..=2 {
+                wait_for(&results.offered, n);
+                results.delivered.store(n, Release);
+            }
+        });
+        let (books, results) = &*books;
+        let counts = books.counts(results);
+        assert!(counts.delivered <= counts.processed, "invariant 3");
+        let waiting = results_waiting(&counts, results);
+        assert!(waiting <= 1, "{waiting} results waiting, at most 1 can");
+        worker.join().unwrap();
+        consumer.join().unwrap();
+        let end = books.counts(results);
+        assert_eq!((end.processed, end.delivered), (2, 2));
+        assert_eq!(results_waiting(&end, results), 0);
+    });
 }

@@ -1,7 +1,7 @@
 //! Loom models of every wait and wake-up path the crate writes itself.
 //!
 //! Built only with `RUSTFLAGS="--cfg loom"` (`cargo test --release --lib
-//! loom`; `.ci/run` runs them with `LOOM_MAX_PREEMPTIONS=2`). Each model is a
+//! loom`; `.ci/run` runs them with `LOOM_MAX_PREEMPTIONS=3`). Each model is a
 //! small scenario of two or three threads over one concurrent module, with
 //! exact assertions; loom runs it under every interleaving of the module's
 //! locks and atomics (see `crate::sync`) and fails on a violated assertion
