@@ -19,13 +19,15 @@ pub(crate) use std::sync::{Mutex, MutexGuard};
 
 // # Lock order
 //
-// Every lock of the crate is taken alone, with one exception: the results
+// Every lock of the crate is taken alone, with two exceptions: the results
 // buffer's lock (`results::Outlet`) is held while the input-order window's
 // tokio `Semaphore` is closed or given permits (its internal lock is taken
-// under ours; it never calls back into the crate). The queue's lock, the
-// hook shelf's, the overload episodes' and the stop mirror's are never held
-// while another is taken, and no user code or waker runs under any of them
-// (each module's invariants say how).
+// under ours; it never calls back into the crate); and a push front's
+// producer takes the overload episodes' lock under the queue's, to record
+// its shed in the step that counts it (`front::overload`, invariant 1; the
+// episodes' lock takes no other). The queue's lock, the hook shelf's and
+// the stop mirror's are never held while another is taken, and no user
+// code or waker runs under any of them (each module's invariants say how).
 
 /// Locks `mutex`, recovering from poison. No user code runs under any lock
 /// of this crate (each module says how), so a poisoned lock can only come

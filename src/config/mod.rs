@@ -55,14 +55,16 @@ pub(crate) type ItemHook<Item> = Arc<dyn Fn(Item) + Send + Sync>;
 /// | [`on_cancel`](Self::on_cancel) | none: abandoned items are dropped | yes | yes | requests never started whose caller is gone (withdrawn, or abandoned after it left) |
 /// | [`on_overload`](Self::on_overload) | none | yes | yes | yes |
 /// | [`overload_quiet_period`](Self::overload_quiet_period) | [`DEFAULT_OVERLOAD_QUIET_PERIOD`](Self::DEFAULT_OVERLOAD_QUIET_PERIOD) = 1 s | yes | yes | yes |
-/// | [`settle_by`](Self::settle_by) | none: no settlement records | yes (intake waits for credits) | yes (an offer answers `Full` without a credit; `send` waits) | yes (a call waits for a credit) |
+/// | [`settle_by`](Self::settle_by) | none: no settlement records | yes (intake waits for credits) | yes (an offer answers `Full` without a credit; `send` and the `Sink`'s `poll_ready` wait) | yes (a call waits for a credit) |
 /// | [`settle_capacity`](Self::settle_capacity) | [`DEFAULT_SETTLE_CAPACITY`](Self::DEFAULT_SETTLE_CAPACITY) = 1024 unsettled items | yes | yes | yes |
 /// | [`key_by`](Self::key_by) | none: one FIFO for every item | yes | yes | yes (a withdrawn call leaves its key's queue) |
 /// | [`per_key_capacity`](Self::per_key_capacity) | no limit beyond `capacity` (keyed only) | yes | yes | yes |
 /// | [`name`](Self::name) | [`DEFAULT_NAME`](Self::DEFAULT_NAME) = `"default"` | yes | yes | yes |
 /// | input hand-back | none | wrap the input with [`hand_back`](crate::hand_back) | not needed: producers keep what they did not push | not needed: rejections hand the request back |
 ///
-/// Every cell marked "yes" has an exact-value test on that front.
+/// The push front is [`feeder`](crate::feeder)'s: `offer`, `send` and the
+/// [`Feeder`](crate::Feeder) as a `futures::Sink`. Every cell marked "yes"
+/// has an exact-value test on that front.
 ///
 /// # Examples
 ///
@@ -447,7 +449,8 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// the call to the handler) and counts its item
     /// [`timed_out`](crate::Report::timed_out); the worker goes on with the
     /// next item. The law becomes
-    /// `produced == processed + dropped + failed + timed_out + cancelled`.
+    /// `produced == processed + dropped + failed + timed_out + cancelled`
+    /// (`+ expired` with a [`max_queue_age`](Self::max_queue_age)).
     /// As with tower's `Timeout`, the handler is cancelled at its next
     /// suspension point; a handler that never yields cannot be cut off, and
     /// one that is ready when polled completes even at its deadline.

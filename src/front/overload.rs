@@ -4,6 +4,27 @@
 //! shared under a lock; the events it decides are queued there and emitted
 //! by the front's own task (the stream intake, or the push front's task),
 //! one at a time and in order, with no lock held: the hook is user code.
+//!
+//! # Invariants
+//!
+//! 1. **Every shed the books count is in an episode.** A push front's
+//!    producer records its push here in the same step, under the queue's
+//!    lock, as the books count what it shed. A stop closes the queue under
+//!    that lock before the front's task ends the open episode ([`finish`]),
+//!    so the last `Ended` has every shed counted `dropped`. (Recorded after
+//!    unlocking, a shed racing a stop was counted `dropped` but joined an
+//!    episode already emitted, or opened one never emitted: a new-user
+//!    trial found `Ended` counts one short of `dropped`.) The stream front
+//!    records and finishes on its own task, in order.
+//! 2. **An episode ends once its quiet period has passed**, whoever
+//!    notices first: the front's quiet timer, or the next push, which ends
+//!    it before recording its own shed.
+//! 3. The episode lock is taken alone or under the queue's lock, never the
+//!    other way round; no waker or user code runs under it (the front's
+//!    task is woken after unlocking, by the caller of [`record_quietly`]).
+//!
+//! [`finish`]: Overload::finish
+//! [`record_quietly`]: Overload::record_quietly
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -103,39 +124,53 @@ impl Overload {
         }
     }
 
-    /// Records a push that shed `shed` items (0: a push that shed nothing).
+    /// Records a push that shed `shed` items (0: a push that shed nothing),
+    /// and wakes the front's task if that decided an event.
     pub(crate) fn record(&self, shed: usize) {
-        if !self.enabled {
-            return;
-        }
-        let woken = {
-            let mut state = lock(&self.state);
-            if shed == 0 && state.current.is_none() {
-                return;
-            }
-            let now = Instant::now();
-            let before = state.pending.len();
-            if shed == 0 {
-                self.end_if_quiet_locked(&mut state, now);
-            } else if let Some(episode) = state.current.as_mut() {
-                episode.last = now;
-                episode.shed += shed as u64;
-            } else {
-                state.current = Some(Episode {
-                    first: now,
-                    last: now,
-                    shed: shed as u64,
-                });
-                state.pending.push_back(OverloadEvent::Started);
-            }
-            if state.pending.len() > before {
-                state.emitter.take()
-            } else {
-                None
-            }
-        };
-        if let Some(emitter) = woken {
+        if let Some(emitter) = self.record_quietly(shed) {
             emitter.wake();
+        }
+    }
+
+    /// [`record`](Self::record), returning the front's task to wake
+    /// instead of waking it: for a producer that records under the queue's
+    /// lock (invariant 1 of the module).
+    #[must_use]
+    pub(crate) fn record_quietly(&self, shed: usize) -> Option<Waker> {
+        if !self.enabled {
+            return None;
+        }
+        let mut state = lock(&self.state);
+        if shed == 0 && state.current.is_none() {
+            return None;
+        }
+        let now = Instant::now();
+        let before = state.pending.len();
+        // A shed after the open episode's quiet period has passed begins a
+        // new episode, even if the front's task has not yet ended the old
+        // one (it may not have run: a busy or starved runtime). A new-user
+        // trial saw two episodes reported as one.
+        self.end_if_quiet_locked(&mut state, now);
+        if shed > 0 {
+            match state.current.as_mut() {
+                Some(episode) => {
+                    episode.last = now;
+                    episode.shed += shed as u64;
+                }
+                None => {
+                    state.current = Some(Episode {
+                        first: now,
+                        last: now,
+                        shed: shed as u64,
+                    });
+                    state.pending.push_back(OverloadEvent::Started);
+                }
+            }
+        }
+        if state.pending.len() > before {
+            state.emitter.take()
+        } else {
+            None
         }
     }
 

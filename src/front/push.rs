@@ -103,11 +103,22 @@ impl<Item> Producers<Item> {
         }
         let mut batch = vec![item];
         let mut shed = Vec::new();
-        let count = |offered, shed| front.books.intake.count_shared(offered, shed);
+        // Under the queue's lock: the books count the push, and its episode
+        // records it in the same step, so a stop (which closes the queue
+        // under that lock) finds the episode holding every shed counted
+        // (invariant 1 of `overload`).
+        let mut emitter = None;
+        let count = |offered, shed| {
+            front.books.intake.count_shared(offered, shed);
+            emitter = front.overload.record_quietly(shed);
+        };
         let pushed = match keyer.as_mut() {
             Some(keyer) => keyer.push(front, &mut batch, &mut shed, count),
             None => front.queue.push(&mut batch, &mut shed, count),
         };
+        if let Some(emitter) = emitter {
+            emitter.wake();
+        }
         let count = match pushed {
             Pushed::Refused => {
                 // Untouched: the item is there. Its credit goes back; its
@@ -119,10 +130,7 @@ impl<Item> Producers<Item> {
                 (Some(item), Some(keyer)) => return Pushing::KeyFull(item, keyer),
                 _ => unreachable!("a blocked push leaves its item and key"),
             },
-            Pushed::Accepted { shed: 0, .. } => {
-                front.overload.record(0);
-                return Pushing::Done(Offer::Queued);
-            }
+            Pushed::Accepted { shed: 0, .. } => return Pushing::Done(Offer::Queued),
             Pushed::Accepted { shed, .. } => shed,
         };
         if hooks.is_none() {
@@ -139,14 +147,7 @@ impl<Item> Producers<Item> {
             // this one.
             Why::All(_) => front.queue.policy() != ShedPolicy::DropOldest,
         };
-        after_shed(
-            hooks.as_deref(),
-            &front.overload,
-            &mut shed,
-            count,
-            why,
-            disposal,
-        );
+        after_shed(hooks.as_deref(), &mut shed, count, why, disposal);
         Pushing::Done(match shed.pop() {
             None => Offer::Queued, // given to `on_shed`
             Some(item) if arrival => Offer::Shed(item),

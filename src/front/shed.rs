@@ -4,14 +4,12 @@
 //! The counts are taken by the push itself, under the queue's lock; here,
 //! after unlocking: every shed item is settled (`Outcome::Shed`), then
 //! handed to `on_shed` or dropped, unless the front hands it back to its
-//! producer; and the push goes into the overload episode.
+//! producer.
 
 use crate::ShedPolicy;
 use crate::control::Hooks;
 use crate::isolate::{catching, drop_quietly};
 use crate::settle::{Outcome, ShedReason};
-
-use super::Overload;
 
 /// Who gets the items a push shed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,17 +38,15 @@ pub(crate) fn reason(policy: ShedPolicy) -> ShedReason {
 }
 
 /// After a push that shed `count` items (kept in `shed` if anything needs
-/// them): settles them, disposes of them and records the episode. No lock
-/// is held; every hook call is isolated.
+/// them): settles them and disposes of them. No lock is held; every hook
+/// call is isolated. (The push recorded the overload episode itself.)
 pub(crate) fn after_shed<Item>(
     hooks: Option<&Hooks<Item>>,
-    overload: &Overload,
     shed: &mut Vec<Item>,
     count: usize,
     why: Why<'_>,
     disposal: Disposal,
 ) {
-    overload.record(count);
     if count == 0 {
         return;
     }

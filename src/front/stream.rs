@@ -181,7 +181,10 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
             Some(keyer) => Why::Each(&keyer.reasons),
             None => Why::All(reason),
         };
-        after_shed(hooks, overload, &mut shed, shed_now, why, Disposal::Hook);
+        // This task also ends the episode at the end of intake: recorded
+        // here, in order, no shed is missed (invariant 1 of `overload`).
+        overload.record(shed_now);
+        after_shed(hooks, &mut shed, shed_now, why, Disposal::Hook);
         let fired = matches!(step, Step::Quiet);
         tend(quiet.as_mut(), overload, on_overload, fired, &mut timers);
         if let Step::End(end) = step {
