@@ -43,6 +43,7 @@ keyed-grant-passes-on ~ src/queue/keyed.rs ~             self.passed = self.gran
 keyed-grant-lapse-passes-on ~ src/queue/keyed.rs ~             slot.granted = false;\n            self.grant_next(id) ~             slot.granted = false;\n            None ~ loom_a_producer_that_gives_up_its_kept_place_passes_it_on
 keyed-place-one-at-a-time ~ src/queue/keyed.rs ~ if ticket.is_none() && !slot.granted && ~ if ticket.is_none() && ~ loom_places_taken_before_a_slot_go_one_at_a_time_in_line
 books-waiting-after-processed ~ src/books.rs ~     let taken = results.delivered() + results.discarded(); ~     let taken = counts.delivered + counts.discarded; ~ loom_a_snapshot_never_shows_more_results_waiting_than_wait
+overload-shed-wakes-emitter ~ src/front/overload.rs ~         if state.pending.len() > before {\n            state.emitter.take()\n ~         if state.pending.len() > before {\n            None\n ~ loom_a_shed_wakes_the_front_task_registering_to_emit
 books-shed-before-produced ~ src/books.rs ~         let dropped = self.intake.dropped.load(Acquire);\n        let produced = self.intake.produced.load(Acquire); ~         let produced = self.intake.produced.load(Acquire);\n        let dropped = self.intake.dropped.load(Acquire); ~ loom_a_snapshot_never_shows_more_shed_than_produced
 keyed-withdraw-ends-waiters ~ src/queue/mod.rs ~                         woken.extend(state.idle.wake_all());\n                    } ~                     } ~ loom_a_withdrawal_that_empties_a_closed_keyed_queue_ends_the_waiting_worker
 '

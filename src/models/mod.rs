@@ -21,6 +21,7 @@ mod books;
 mod call;
 mod keyed;
 mod lease;
+mod overload;
 mod phase;
 mod queue;
 mod results;
