@@ -432,8 +432,7 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// # Examples
     ///
     /// ```
-    /// use backpressure_pipeline::{FanOutConfig, ShedPolicy};
-    /// use tokio_util::sync::CancellationToken;
+    /// use backpressure_pipeline::{CancellationToken, FanOutConfig, ShedPolicy};
     ///
     /// let service = CancellationToken::new();
     /// let config = FanOutConfig::<u64>::new(1, ShedPolicy::DropNewest)

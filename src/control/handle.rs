@@ -207,8 +207,18 @@ impl ShutdownHandle {
     /// deadline has passed, even while handlers block every runtime thread:
     /// a blocking handler delays the stop by at most its own run (see
     /// [`drain_timeout`](crate::FanOutConfig::drain_timeout) for
-    /// `spawn_blocking`). No input item is pulled after this returns, and
-    /// on the push front no offer or send is accepted after it returns.
+    /// `spawn_blocking`). Items a keyed `Backpressure` stream front has
+    /// pulled and holds for a full key's room (at most
+    /// [`MAX_INTAKE_BATCH`](crate::FanOutConfig::MAX_INTAKE_BATCH)) are not
+    /// queued any more: they count `cancelled` and go to
+    /// [`on_cancel`](crate::FanOutConfig::on_cancel).
+    /// No pull of the input begins after this returns
+    /// on a current-thread runtime; on a multi-thread runtime one pull may,
+    /// if the intake on another thread checked for a stop just before this
+    /// call (that item is counted and handled like any other; the check
+    /// comes right before each pull, and closing the window would mean the
+    /// stop waiting for the input's `poll_next`). On the push front no
+    /// offer or send is accepted after it returns.
     ///
     /// Idempotent; a no-op after the pipeline has finished or been aborted.
     /// A cancelled parent [`cancel_token`](crate::FanOutConfig::cancel_token)
@@ -252,9 +262,11 @@ impl ShutdownHandle {
     /// ends, and [`join`](Self::join) resolves promptly even while nobody
     /// reads `results`.
     ///
-    /// No item is pulled from the input or taken from the queue after this
-    /// returns, and a worker that took an item in the same instant hands it
-    /// back without calling the handler. On a multi-thread runtime a worker
+    /// No item is taken from the queue after this returns, and a worker
+    /// that took an item in the same instant hands it back without calling
+    /// the handler; the input is pulled no more, but for the one pull a
+    /// multi-thread runtime may still begin, as after
+    /// [`shutdown`](Self::shutdown) (that item is then counted `cancelled`). On a multi-thread runtime a worker
     /// on another thread may already be past that last check, a window of a
     /// few instructions: at most one handler per worker can then still be
     /// called, and it is cancelled at its first suspension point. (Closing
