@@ -208,24 +208,24 @@ fn without_a_time_driver_the_push_and_call_fronts_name_themselves() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let got = caught(|| {
-        runtime.block_on(async {
+    let starts: [(&str, fn()); 2] = [
+        ("feeder", || {
             drop(backpressure_pipeline::feeder(
                 FanOutConfig::new(1, DropNewest),
                 echo,
             ));
-        })
-    });
-    assert_eq!(got.0, format!("feeder: {fix}"));
-    let got = caught(|| {
-        runtime.block_on(async {
+        }),
+        ("caller", || {
             drop(backpressure_pipeline::caller(
                 FanOutConfig::new(1, DropNewest),
                 echo,
             ));
-        })
-    });
-    assert_eq!(got.0, format!("caller: {fix}"));
+        }),
+    ];
+    for (name, start) in starts {
+        let got = caught(|| runtime.block_on(async { start() }));
+        assert_eq!(got.0, format!("{name}: {fix}"));
+    }
 }
 
 // ===== panicking user code =====
