@@ -44,6 +44,7 @@ keyed-grant-lapse-passes-on ~ src/queue/keyed.rs ~             slot.granted = fa
 keyed-place-one-at-a-time ~ src/queue/keyed.rs ~ if ticket.is_none() && !slot.granted && ~ if ticket.is_none() && ~ loom_places_taken_before_a_slot_go_one_at_a_time_in_line
 books-waiting-after-processed ~ src/books.rs ~     let taken = results.delivered() + results.discarded(); ~     let taken = counts.delivered + counts.discarded; ~ loom_a_snapshot_never_shows_more_results_waiting_than_wait
 overload-shed-wakes-emitter ~ src/front/overload.rs ~         if state.pending.len() > before {\n            state.emitter.take()\n ~         if state.pending.len() > before {\n            None\n ~ loom_a_shed_wakes_the_front_task_registering_to_emit
+push-leases-under-lock ~ src/front/push.rs ~             if shed > 0 && hooks.is_none() {\n                hooks = front.stopper.hooks();\n                debug_assert!(hooks.is_some(), "Producers: hooks released, queue open");\n            }\n        };\n        let pushed = match keyer.as_mut() {\n            Some(keyer) => keyer.push(front, &mut batch, &mut shed, count),\n            None => front.queue.push(&mut batch, &mut shed, count),\n        }; ~         };\n        let pushed = match keyer.as_mut() {\n            Some(keyer) => keyer.push(front, &mut batch, &mut shed, count),\n            None => front.queue.push(&mut batch, &mut shed, count),\n        };\n        if hooks.is_none() {\n            hooks = front.stopper.hooks();\n        } ~ loom_a_shed_racing_an_abort_reaches_on_shed
 books-shed-before-produced ~ src/books.rs ~         let dropped = self.intake.dropped.load(Acquire);\n        let produced = self.intake.produced.load(Acquire); ~         let produced = self.intake.produced.load(Acquire);\n        let dropped = self.intake.dropped.load(Acquire); ~ loom_a_snapshot_never_shows_more_shed_than_produced
 keyed-withdraw-ends-waiters ~ src/queue/mod.rs ~                         woken.extend(state.idle.wake_all());\n                    } ~                     } ~ loom_a_withdrawal_that_empties_a_closed_keyed_queue_ends_the_waiting_worker
 '
@@ -73,7 +74,7 @@ PY
     # process before the test harness prints its line.)
     echo "$name: the model did not run (build failed?); fix this script"; status=1
   else
-    why=$(grep -m1 -iE "deadlock|assertion|outlived|stop without|more finished|more shed|hooks released|exited before|exactly one|saw it|not counted|got in|results waiting" "$work/out" | cut -c1-110)
+    why=$(grep -m1 -iE "deadlock|assertion|outlived|stop without|more finished|more shed|hooks released|exited before|exactly one|saw it|not counted|got in|results waiting|never reached" "$work/out" | cut -c1-110)
     echo "$name: caught by $model: ${why:-failed}"
   fi
 done <<<"$mutations"

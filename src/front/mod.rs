@@ -43,6 +43,8 @@ pub(crate) use overload::{Overload, OverloadHook};
 pub use push::{Feeder, Offer};
 pub(crate) use push::{Producers, run as run_push};
 pub use rejected::{RejectReason, Rejected};
+#[cfg(all(test, loom))]
+pub(crate) use shed::Disposal;
 pub(crate) use shed::reason as shed_reason;
 pub use sink::SinkError;
 #[cfg(all(test, loom))]

@@ -9,9 +9,12 @@
 //!
 //! 1. **Every shed the books count is in an episode.** A push front's
 //!    producer records its push here in the same step, under the queue's
-//!    lock, as the books count what it shed. A stop closes the queue under
-//!    that lock before the front's task ends the open episode ([`finish`]),
-//!    so the last `Ended` has every shed counted `dropped`. (Recorded after
+//!    lock, as the books count what it shed. The queue is closed under
+//!    that lock before the front's task ends the open episode ([`finish`]):
+//!    by the stop, and by the front's task itself before it finishes (a
+//!    parent token's `cancel()` lets the task see the stop before the stop
+//!    has closed the queue), so the last `Ended` has every shed counted
+//!    `dropped`. (Recorded after
 //!    unlocking, a shed racing a stop was counted `dropped` but joined an
 //!    episode already emitted, or opened one never emitted: a new-user
 //!    trial found `Ended` counts one short of `dropped`.) The stream front

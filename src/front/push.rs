@@ -81,7 +81,8 @@ impl<Item> Producers<Item> {
         disposal: Disposal,
     ) -> Pushing<Item> {
         let front = &self.front;
-        // Leased only when needed: keyed, or something shed.
+        // Leased only when needed: keyed, or something shed (then under
+        // the queue's lock, below).
         let mut hooks = None;
         let mut item = item;
         if front.queue.is_keyed() && keyer.is_none() {
@@ -106,11 +107,20 @@ impl<Item> Producers<Item> {
         // Under the queue's lock: the books count the push, and its episode
         // records it in the same step, so a stop (which closes the queue
         // under that lock) finds the episode holding every shed counted
-        // (invariant 1 of `overload`).
+        // (invariant 1 of `overload`). A push that shed leases the hooks in
+        // that step too: the queue is open, so the pipeline has not ended
+        // and released them, and its release waits for the lease. (Leased
+        // after unlocking, a shed counted `dropped` could find the hooks
+        // released by an abort in between: no `on_shed`, no settlement, a
+        // credit lost; found by a review.)
         let mut emitter = None;
         let count = |offered, shed| {
             front.books.intake.count_shared(offered, shed);
             emitter = front.overload.record_quietly(shed);
+            if shed > 0 && hooks.is_none() {
+                hooks = front.stopper.hooks();
+                debug_assert!(hooks.is_some(), "Producers: hooks released, queue open");
+            }
         };
         let pushed = match keyer.as_mut() {
             Some(keyer) => keyer.push(front, &mut batch, &mut shed, count),
@@ -133,9 +143,6 @@ impl<Item> Producers<Item> {
             Pushed::Accepted { shed: 0, .. } => return Pushing::Done(Offer::Queued),
             Pushed::Accepted { shed, .. } => shed,
         };
-        if hooks.is_none() {
-            hooks = front.stopper.hooks();
-        }
         let why = match &keyer {
             Some(keyer) => Why::Each(&keyer.reasons),
             None => Why::All(reason(front.queue.policy())),
@@ -380,6 +387,12 @@ pub(crate) async fn run<Item>(producers: Arc<Producers<Item>>) -> IntakeEnd {
         }
     })
     .await;
+    // Closed before the episode ends, not only as this task returns: a
+    // parent token's `cancel()` marks the stop cancelled (which this task
+    // may see first) before it runs the stop that closes the queue, and a
+    // push in between would shed into an episode already ended (invariant
+    // 1 of `overload`; found by a review).
+    front.queue.close();
     front.overload.finish();
     front.overload.emit(on_overload);
     end

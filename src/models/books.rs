@@ -6,7 +6,7 @@ use crate::books::{Books, Fate, ResultCounts, results_waiting};
 use crate::sync::AtomicU64;
 
 /// No results in this model.
-struct NoResults;
+pub(super) struct NoResults;
 
 impl ResultCounts for NoResults {
     fn delivered(&self) -> u64 {
