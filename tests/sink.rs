@@ -304,3 +304,65 @@ async fn producers_waiting_for_a_keys_room_get_in_in_the_order_they_began_to_wai
     assert_eq!(out, [('a', 1), ('a', 2), ('a', 3), ('a', 4), ('a', 5)]);
     assert_eq!((report.produced, report.processed), (5, 5));
 }
+
+// ===== a wait given up, and a wait for settlement credits =====
+
+/// A `Sink` send given up while it waits (here by a timeout) keeps this
+/// handle's place in line: the next slot freed is kept for it, as the
+/// `Sink` docs say, until `abort_send` gives it to anyone (a new-user trial
+/// found producers starved by such a handle).
+#[tokio::test(start_paused = true)]
+async fn a_given_up_sink_send_keeps_the_next_slot_until_abort_send() {
+    let config = FanOutConfig::new(1, ShedPolicy::Backpressure).capacity(1);
+    let (mut feeder, results, shutdown) = feeder(config, |x: u32| async move {
+        sleep(ms(10)).await;
+        x
+    });
+    let other = feeder.clone();
+    assert_eq!(other.offer(0), Offer::Queued);
+    tokio::task::yield_now().await; // the worker takes 0, busy until 10 ms
+    assert_eq!(other.offer(1), Offer::Queued);
+    let send = SinkExt::send(&mut feeder, 2);
+    assert!(tokio::time::timeout(ms(5), send).await.is_err());
+    sleep(ms(6)).await; // at 10 ms the worker took 1: its slot went to the wait
+    assert_eq!(shutdown.stats().queue_depth, 0);
+    assert_eq!(other.offer(3), Offer::Full(3));
+    assert!(feeder.abort_send());
+    assert!(!feeder.abort_send(), "nothing left to abort");
+    assert_eq!(other.offer(3), Offer::Queued);
+    drop((feeder, other));
+    let (out, report) = within(GUARD, "join", shutdown.join_collect(results)).await;
+    assert_eq!(out, [0, 1, 3]);
+    assert_eq!((report.produced, report.processed), (3, 3));
+}
+
+/// A stop refuses a sink waiting for a settlement credit (credits come
+/// back only as records are read, maybe never): `forward` ends with a
+/// closed error instead of waiting past the pipeline's end (found by a
+/// new-user trial), and a by-hand `poll_ready` is woken by the stop.
+#[tokio::test(start_paused = true)]
+async fn a_stop_refuses_a_sink_waiting_for_a_settlement_credit() {
+    let (config, settlements) = FanOutConfig::new(1, ShedPolicy::DropNewest)
+        .capacity(4)
+        .settle_capacity(2)
+        .settle_by(|x: &u32| *x);
+    let (feeder, results, shutdown) = feeder(config, |x: u32| async move { x });
+    let mut waiting = feeder.clone();
+    let forward = tokio::spawn(stream::iter(0..10u32).map(Ok).forward(feeder));
+    common::settle().await; // 0 and 1 pushed; the third waits for a credit
+    let mut ready = task::spawn(poll_fn(|cx| Pin::new(&mut waiting).poll_ready(cx)));
+    assert_pending!(ready.poll());
+    shutdown.shutdown();
+    assert!(ready.is_woken(), "the stop wakes the waiting poll_ready");
+    assert!(assert_ready!(ready.poll()).is_err_and(|e| e.is_closed()));
+    drop(ready);
+    drop(waiting);
+    let forwarded = within(GUARD, "forward", forward)
+        .await
+        .expect("forward task");
+    assert!(forwarded.is_err_and(|e| e.is_closed() && e.into_item().is_none()));
+    let (out, report) = within(GUARD, "join", shutdown.join_collect(results)).await;
+    assert_eq!(sorted(&out), [0, 1]);
+    assert_eq!((report.produced, report.processed), (2, 2));
+    drop(settlements);
+}

@@ -417,7 +417,9 @@ pub(crate) async fn run<Item>(producers: Arc<Producers<Item>>) -> IntakeEnd {
 ///   offers.
 /// * The [`Sink`](futures_sink::Sink) implementation, for `stream.forward(feeder)`
 ///   and `SinkExt::send_all`: `poll_ready` waits for room under
-///   `Backpressure` and is always ready under the shedding policies; what a
+///   `Backpressure` (and for a settlement credit), else it is ready at
+///   once; a send given up half way should be followed by
+///   [`abort_send`](Self::abort_send) on a handle that lives on; what a
 ///   push through the sink sheds (the item itself under `DropNewest`, the
 ///   evicted oldest under `DropOldest`) goes to `on_shed`, counted
 ///   `dropped`, since a sink has no way to hand it back.

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_sink::Sink;
-use tokio_util::sync::PollSemaphore;
+use tokio_util::sync::{CancellationToken, PollSemaphore, WaitForCancellationFutureOwned};
 
 use super::FrontParts;
 use super::keys::Keyer;
@@ -49,7 +49,11 @@ impl<Item> HeldSlot<Item> {
     }
 }
 
-/// What one handle has reserved for its next `start_send`.
+/// What one handle has reserved for its next `start_send`, or waits for.
+///
+/// A wait keeps its place in line across polls (the semaphores are FIFO),
+/// so the next slot or credit freed is handed to it even if its caller has
+/// given up; [`abort`](Self::abort) leaves the line.
 pub(crate) struct SinkState {
     /// Free slots (`Backpressure` only).
     room: Option<PollSemaphore>,
@@ -57,20 +61,41 @@ pub(crate) struct SinkState {
     credits: Option<PollSemaphore>,
     has_room: bool,
     has_credit: bool,
+    /// A poll is waiting in a semaphore's line.
+    waiting: bool,
+    /// The stop, for a wait for credits: a stop closes the queue (and so
+    /// the room's semaphore) but not the credits', which come back only as
+    /// the records are read, maybe never. Made at the first such wait.
+    stop: CancellationToken,
+    stopped: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl SinkState {
     pub(crate) fn new<Item>(front: &FrontParts<Item>) -> Self {
         SinkState {
-            room: front
-                .queue
-                .room()
-                .semaphore()
-                .map(|slots| PollSemaphore::new(std::sync::Arc::clone(slots))),
+            room: room_poller(front),
             credits: front.credits.as_ref().map(|credits| credits.poller()),
             has_room: false,
             has_credit: false,
+            waiting: false,
+            stop: front.phase.stop.clone(),
+            stopped: None,
         }
+    }
+
+    /// Gives back what was reserved, and leaves the line if a poll was
+    /// waiting in it (a slot or credit already handed to the wait goes
+    /// back with it). Whether anything was held or waited for.
+    pub(crate) fn abort<Item>(&mut self, front: &FrontParts<Item>) -> bool {
+        let aborted = self.has_room || self.has_credit || self.waiting;
+        self.release(front);
+        if std::mem::take(&mut self.waiting) {
+            // Dropping a poller drops its pending acquire: tokio returns
+            // what it was assigned and wakes the next in line.
+            self.room = room_poller(front);
+            self.credits = front.credits.as_ref().map(|credits| credits.poller());
+        }
+        aborted
     }
 
     /// Gives back what was reserved and not used.
@@ -101,19 +126,40 @@ impl SinkState {
     /// closed.
     pub(crate) fn poll_admit(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), NoRoom>> {
         if let (Some(credits), false) = (&mut self.credits, self.has_credit) {
-            // A closed semaphore: nobody reads the records; no limit.
-            if let Some(permit) = std::task::ready!(credits.poll_acquire(cx)) {
-                permit.forget();
+            match credits.poll_acquire(cx) {
+                // A closed semaphore: nobody reads the records; no limit.
+                Poll::Ready(permit) => permit.into_iter().for_each(|permit| permit.forget()),
+                Poll::Pending => {
+                    self.waiting = true;
+                    // A stop ends the wait (a new-user trial found a
+                    // `forward` waiting for credits past the pipeline's end).
+                    let stop = &self.stop;
+                    let stopped = self
+                        .stopped
+                        .get_or_insert_with(|| Box::pin(stop.clone().cancelled_owned()));
+                    if stopped.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // Out of the line: no credit is kept for a refused wait.
+                    *credits = PollSemaphore::new(credits.clone_inner());
+                    self.waiting = false;
+                    return Poll::Ready(Err(NoRoom::Closed));
+                }
             }
             self.has_credit = true;
         }
         if let (Some(room), false) = (&mut self.room, self.has_room) {
-            match std::task::ready!(room.poll_acquire(cx)) {
+            let Poll::Ready(permit) = room.poll_acquire(cx) else {
+                self.waiting = true;
+                return Poll::Pending;
+            };
+            match permit {
                 Some(permit) => permit.forget(),
                 None => return Poll::Ready(Err(NoRoom::Closed)), // the queue closed
             }
             self.has_room = true;
         }
+        self.waiting = false;
         Poll::Ready(Ok(()))
     }
 
@@ -195,9 +241,9 @@ fn refused<Item>(item: Option<Item>, why: Refusal) -> SinkError<Item> {
 /// A sink of items for the pipeline.
 ///
 /// * `poll_ready` waits for a free slot under
-///   [`ShedPolicy::Backpressure`](crate::ShedPolicy::Backpressure) (and,
-///   with settlement, for a credit); under the shedding policies it is
-///   always ready. It fails once intake is over.
+///   [`ShedPolicy::Backpressure`](crate::ShedPolicy::Backpressure), and
+///   with settlement for a credit under every policy; otherwise it is
+///   always ready. It fails once intake is over, a wait included.
 /// * `start_send` pushes the item. What that push sheds goes to
 ///   [`on_shed`](crate::FanOutConfig::on_shed) (or is dropped): the item
 ///   itself under `DropNewest`, the evicted oldest under `DropOldest`; it
@@ -222,6 +268,18 @@ fn refused<Item>(item: Option<Item>, why: Refusal) -> SinkError<Item> {
 /// given, so `SinkExt::send` drops the item inside its future (uncounted);
 /// to get refused items back, call `start_send` yourself, or use
 /// [`Feeder::offer`].
+///
+/// # Cancel safety
+///
+/// A `poll_ready` that returned `Pending` keeps this handle's place in
+/// line (the slots and credits are handed out first come, first served),
+/// and a successful one holds its slot and credit for the next
+/// `start_send`. So a send given up half way (a `SinkExt::send` future
+/// dropped by `timeout` or `select!`) keeps the next slot or credit freed
+/// for this handle until it is polled again, calls
+/// [`abort_send`](Feeder::abort_send), or is dropped, as tokio-util's
+/// `PollSender` does; no item is lost. A handle that gives up a send and
+/// lives on should call `abort_send`.
 ///
 /// # Examples
 ///
@@ -322,6 +380,62 @@ impl<Item> Sink<Item> for Feeder<Item> {
         this.retire();
         Poll::Ready(flushed)
     }
+}
+
+impl<Item> Feeder<Item> {
+    /// Aborts this handle's `Sink` send in progress, as tokio-util's
+    /// `PollSender::abort_send` does: gives back the slot and credit a
+    /// successful `poll_ready` reserved for the next `start_send`, and
+    /// leaves the line a pending `poll_ready` waits in (a slot or credit
+    /// already handed to that wait goes to the next in line). Returns
+    /// whether anything was reserved or waited for. An item the sink holds
+    /// for its key's room stays held (see the `Sink` impl).
+    ///
+    /// Call it when giving up a send through the `Sink` on a handle that
+    /// lives on, e.g. after `timeout(d, SinkExt::send(&mut feeder, item))`
+    /// elapsed: otherwise the next slot freed is kept for this handle until
+    /// it is polled again or dropped. A [`Feeder::send`] future needs no
+    /// such call: dropping it leaves its line.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backpressure_pipeline::{FanOutConfig, Offer, ShedPolicy};
+    /// use futures::SinkExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let config = FanOutConfig::new(1, ShedPolicy::Backpressure).capacity(1);
+    /// let (mut feeder, results, shutdown) =
+    ///     backpressure_pipeline::feeder(config, |x: u32| async move {
+    ///         tokio::time::sleep(Duration::from_millis(10)).await;
+    ///         x
+    ///     });
+    /// assert_eq!(feeder.offer(0), Offer::Queued);
+    /// tokio::task::yield_now().await; // the worker takes 0, busy until 10 ms
+    /// assert_eq!(feeder.offer(1), Offer::Queued); // the queue is full
+    /// // A send through the sink gives up at 5 ms, waiting for room...
+    /// let send = SinkExt::send(&mut feeder, 2);
+    /// assert!(tokio::time::timeout(Duration::from_millis(5), send).await.is_err());
+    /// // ...and leaves the line, so the slot freed at 10 ms is anyone's.
+    /// assert!(feeder.abort_send());
+    /// tokio::time::sleep(Duration::from_millis(6)).await; // the worker took 1
+    /// assert_eq!(feeder.offer(3), Offer::Queued); // `Full` without the abort
+    /// drop(feeder);
+    /// let (out, _) = shutdown.join_collect(results).await;
+    /// assert_eq!(out, [0, 1, 3]);
+    /// # }
+    /// ```
+    pub fn abort_send(&mut self) -> bool {
+        self.sink.abort(&self.producers.front)
+    }
+}
+
+/// A poller of `front`'s free slots, where producers wait for them.
+fn room_poller<Item>(front: &FrontParts<Item>) -> Option<PollSemaphore> {
+    let slots = front.queue.room().semaphore()?;
+    Some(PollSemaphore::new(std::sync::Arc::clone(slots)))
 }
 
 /// Pushes the item `held` for its key once it has its key's place (see
