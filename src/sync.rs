@@ -19,20 +19,25 @@ pub(crate) use std::sync::{Mutex, MutexGuard};
 
 // # Lock order
 //
-// Every lock of the crate is taken alone, with two exceptions: the results
-// buffer's lock (`results::Outlet`) is held while the input-order window's
-// tokio `Semaphore` is closed or given permits (its internal lock is taken
-// under ours; it never calls back into the crate); and a push front's
-// producer takes the overload episodes' lock under the queue's, to record
-// its shed in the step that counts it (`front::overload`, invariant 1; the
-// episodes' lock takes no other). The queue's lock, the hook shelf's and
-// the stop mirror's are never held while another is taken, and no user
-// code or waker runs under any of them (each module's invariants say how).
+// Every lock of the crate is taken alone, with three exceptions, none of
+// which takes a lock of ours in turn: the results buffer's lock
+// (`results::Outlet`) is held while the input-order window's tokio
+// `Semaphore` is closed or given permits (its internal lock is taken under
+// ours, and it may wake the tasks waiting for a turn: tokio wakers, which
+// only schedule); a push front's producer takes the overload episodes'
+// lock under the queue's, to record its shed in the step that counts it
+// (`front::overload`, invariant 1); and a push that sheds leases the hook
+// shelf under the queue's lock (`front::push`). No user code or waker of
+// ours runs under any lock, with one documented exception: a keyed queue
+// hashes and compares the caller's keys under the queue's lock, by their
+// own `Hash` and `Eq`, which `FanOutConfig::key_by` requires not to panic
+// or lock (invariant 6 of `queue::keyed`).
 
 /// Locks `mutex`, recovering from poison. No user code runs under any lock
-/// of this crate (each module says how), so a poisoned lock can only come
-/// from a bug in the crate itself; the state is still consistent at every
-/// point where a panic could unwind, so going on is safe.
+/// of this crate (each module says how) but a key's `Hash` and `Eq`, which
+/// must not panic, so a poisoned lock can only come from a bug in the crate
+/// itself or a broken key type; the state is still consistent at every
+/// point where the crate's own code could panic, so going on is safe.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
