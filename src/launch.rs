@@ -23,7 +23,9 @@ use crate::books::Books;
 use crate::config::{HandlerKind, Settings};
 use crate::control::{Core, End, Hooks, Phase, ShutdownHandle, StopMirror, Stopper, supervise};
 use crate::export::Meters;
-use crate::front::{Feeder, FrontParts, Overload, Producers, run_push, run_stream, shed_reason};
+use crate::front::{
+    Feeder, FrontParts, Overload, Producers, ShedNeeds, run_push, run_stream, shed_reason,
+};
 use crate::isolate::{Quiet, has_time_driver};
 use crate::queue::{HandOff, QueueSettings};
 use crate::results::{self, BoundedFanOut, Direct};
@@ -141,6 +143,10 @@ where
         timing.overload_quiet_period,
         meters.episodes(),
     );
+    let shed_needs = ShedNeeds {
+        on_shed: hooks.on_shed.is_some(),
+        settle: recorder.is_some(),
+    };
     let core = Arc::new(Core::new(
         Arc::clone(&queue),
         Arc::clone(&phase),
@@ -190,6 +196,7 @@ where
         credits,
         overload,
         yielder,
+        shed_needs,
     };
     let front = match front {
         Front::Stream(input) => runtime.spawn(trace::in_span(&span, run_stream(input, parts))),

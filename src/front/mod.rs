@@ -43,7 +43,6 @@ pub(crate) use overload::{Overload, OverloadHook};
 pub use push::{Feeder, Offer};
 pub(crate) use push::{Producers, run as run_push};
 pub use rejected::{RejectReason, Rejected};
-#[cfg(all(test, loom))]
 pub(crate) use shed::Disposal;
 pub(crate) use shed::reason as shed_reason;
 pub use sink::SinkError;
@@ -64,6 +63,26 @@ pub(crate) struct FrontParts<Item> {
     pub(crate) credits: Option<Credits>,
     pub(crate) overload: Overload,
     pub(crate) yielder: Yielder,
+    /// Which hooks a shed item needs, fixed at launch.
+    pub(crate) shed_needs: ShedNeeds,
+}
+
+/// Which hooks a shed item needs: a push leases the hooks for what it shed
+/// only if one of them is set (a lease is a lock and a count, taken under
+/// the queue's lock).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ShedNeeds {
+    /// `on_shed` is set.
+    pub(crate) on_shed: bool,
+    /// Shed items are settled.
+    pub(crate) settle: bool,
+}
+
+impl ShedNeeds {
+    /// Whether what a push sheds for `disposal` needs the hooks.
+    pub(crate) fn hooks(self, disposal: Disposal) -> bool {
+        self.settle || (self.on_shed && disposal == Disposal::Hook)
+    }
 }
 
 /// Closes the queue when a front ends in any way, including a panic or an

@@ -117,7 +117,7 @@ impl<Item> Producers<Item> {
         let count = |offered, shed| {
             front.books.intake.count_shared(offered, shed);
             emitter = front.overload.record_quietly(shed);
-            if shed > 0 && hooks.is_none() {
+            if shed > 0 && hooks.is_none() && front.shed_needs.hooks(disposal) {
                 hooks = front.stopper.hooks();
                 debug_assert!(hooks.is_some(), "Producers: hooks released, queue open");
             }

@@ -40,6 +40,7 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
         credits,
         overload,
         yielder,
+        ..
     } = &front;
     let _close = CloseOnDrop(queue);
     let hooks = stopper.hooks();

@@ -141,6 +141,10 @@ fn loom_a_shed_racing_an_abort_reaches_on_shed() {
             credits: None,
             overload: Overload::new(false, std::time::Duration::MAX, episodes),
             yielder: crate::sched::Yielder::InTurn,
+            shed_needs: crate::front::ShedNeeds {
+                on_shed: true,
+                settle: false,
+            },
         });
         let producer = super::spawn(&producers, |producers| {
             drop(producers.push(2, None, Disposal::Hook));
