@@ -356,6 +356,8 @@ async fn a_stop_refuses_a_sink_waiting_for_a_settlement_credit() {
     assert!(ready.is_woken(), "the stop wakes the waiting poll_ready");
     assert!(assert_ready!(ready.poll()).is_err_and(|e| e.is_closed()));
     drop(ready);
+    // The refused wait left the credits' line (a review found it kept).
+    assert!(!waiting.abort_send(), "nothing reserved or waited for");
     drop(waiting);
     let forwarded = within(GUARD, "forward", forward)
         .await

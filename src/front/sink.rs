@@ -89,13 +89,19 @@ impl SinkState {
     pub(crate) fn abort<Item>(&mut self, front: &FrontParts<Item>) -> bool {
         let aborted = self.has_room || self.has_credit || self.waiting;
         self.release(front);
+        self.leave_line(front);
+        aborted
+    }
+
+    /// Leaves the line a poll waits in, if it does: for a wait given up,
+    /// or refused by a stop.
+    pub(crate) fn leave_line<Item>(&mut self, front: &FrontParts<Item>) {
         if std::mem::take(&mut self.waiting) {
             // Dropping a poller drops its pending acquire: tokio returns
             // what it was assigned and wakes the next in line.
             self.room = room_poller(front);
             self.credits = front.credits.as_ref().map(|credits| credits.poller());
         }
-        aborted
     }
 
     /// Gives back what was reserved and not used.
@@ -315,6 +321,9 @@ impl<Item> Sink<Item> for Feeder<Item> {
         ))?;
         // One atomic load: a live handle's queue closes only at a stop.
         if !this.live || this.producers.front.phase.is_stopping() {
+            // A wait refused keeps no place in line (a review found the
+            // credit line kept after a stop).
+            this.sink.leave_line(&this.producers.front);
             return Poll::Ready(Err(refused(None, Refusal::Closed)));
         }
         this.sink
@@ -389,7 +398,9 @@ impl<Item> Feeder<Item> {
     /// leaves the line a pending `poll_ready` waits in (a slot or credit
     /// already handed to that wait goes to the next in line). Returns
     /// whether anything was reserved or waited for. An item the sink holds
-    /// for its key's room stays held (see the `Sink` impl).
+    /// for its key's room stays held, in its key's line (not counted in the
+    /// return value): the next poll pushes it, or a stop hands it back (see
+    /// the `Sink` impl).
     ///
     /// Call it when giving up a send through the `Sink` on a handle that
     /// lives on, e.g. after `timeout(d, SinkExt::send(&mut feeder, item))`
