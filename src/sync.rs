@@ -29,13 +29,13 @@ pub(crate) use std::sync::{Mutex, MutexGuard};
 // (`front::overload`, invariant 1); and a push that sheds leases the hook
 // shelf under the queue's lock (`front::push`). No user code or waker of
 // ours runs under any lock, with one documented exception: a keyed queue
-// hashes and compares the caller's keys under the queue's lock, by their
-// own `Hash` and `Eq`, which `FanOutConfig::key_by` requires not to panic
-// or lock (invariant 6 of `queue::keyed`).
+// compares the caller's keys under the queue's lock, by their own `Eq`,
+// which `FanOutConfig::key_by` requires not to panic or lock (invariant 6
+// of `queue::keyed`; their `Hash` runs in the front, outside every lock).
 
 /// Locks `mutex`, recovering from poison. No user code runs under any lock
-/// of this crate (each module says how) but a key's `Hash` and `Eq`, which
-/// must not panic, so a poisoned lock can only come from a bug in the crate
+/// of this crate (each module says how) but a key's `Eq`, which must not
+/// panic, so a poisoned lock can only come from a bug in the crate
 /// itself or a broken key type; the state is still consistent at every
 /// point where the crate's own code could panic, so going on is safe.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -489,6 +489,47 @@ async fn keys_are_tracked_only_while_they_have_work() {
 
 // ===== a panicking key function =====
 
+/// A key whose `Hash` panics: the item fails (taken from a stream) or comes
+/// back (offered), as when the key function panics; the hash is taken by
+/// the front outside every lock (a review found the key's `Hash` run under
+/// the queue's lock, where a panic unwound through the queue).
+#[tokio::test(start_paused = true)]
+async fn an_item_whose_keys_hash_panics_fails_or_comes_back() {
+    #[derive(PartialEq, Eq)]
+    struct Touchy(u32);
+    impl std::hash::Hash for Touchy {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            if self.0 == 13 {
+                common::planned_panic();
+            }
+            self.0.hash(state);
+        }
+    }
+    common::quiet_planned_panics();
+    let config = FanOutConfig::new(1, ShedPolicy::Backpressure)
+        .capacity(2)
+        .key_by(|item: &Item| Touchy(item.1));
+    let input = items(&[('a', 1), ('b', 13), ('c', 2), ('d', 13), ('e', 3)]);
+    let (results, shutdown) =
+        stream::iter(input).bounded_fan_out_with(config.clone(), |item: Item| async move { item });
+    let (mut out, report) = within(GUARD, "join", shutdown.join_collect(results)).await;
+    out.sort();
+    assert_eq!(out, [('a', 1), ('c', 2), ('e', 3)]);
+    assert_eq!(
+        (report.produced, report.processed, report.failed),
+        (5, 3, 2)
+    );
+    assert!(report.is_conserved(), "{report}");
+
+    let (feeder, results, shutdown) = feeder(config, |item: Item| async move { item });
+    assert_eq!(feeder.offer(('b', 13)), Offer::Unkeyed(('b', 13)));
+    assert_eq!(feeder.offer(('a', 1)), Offer::Queued);
+    drop(feeder);
+    let (out, report) = within(GUARD, "join", shutdown.join_collect(results)).await;
+    assert_eq!(out, [('a', 1)]);
+    assert_eq!((report.produced, report.failed), (1, 0));
+}
+
 /// The slot a stream's intake reserved for an item whose key function
 /// panicked goes back to the queue: before, each such panic kept one slot
 /// reserved for good, and once the queue could no longer drain to its

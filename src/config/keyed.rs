@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::FanOutConfig;
 use crate::isolate::catching;
-use crate::queue::{KeyTable, Keys, table};
+use crate::queue::{KeyTable, Keys, hash_key, table};
 
 /// The caller's key function, erased: the queue sees keys only as ids.
 pub(crate) trait Keying<Item>: Send + Sync {
@@ -32,6 +32,22 @@ struct KeyBy<F, K> {
     of: PhantomData<fn() -> K>,
 }
 
+impl<F, K: Hash> KeyBy<F, K> {
+    /// The key of `item` and its hash: both user code (the key function,
+    /// the key's `Hash`), run here, outside every lock, under the caller's
+    /// panic guard, so a panic in either fails the item (or hands it back)
+    /// instead of unwinding through the queue (a review found the key's
+    /// `Hash` run under the queue's lock).
+    fn key_and_hash<Item>(&self, item: &Item) -> (K, u64)
+    where
+        F: Fn(&Item) -> K,
+    {
+        let key = (self.key)(item);
+        let hash = hash_key(&key);
+        (key, hash)
+    }
+}
+
 impl<Item, F, K> Keying<Item> for KeyBy<F, K>
 where
     F: Fn(&Item) -> K + Send + Sync,
@@ -51,7 +67,7 @@ where
         };
         let mut at = 0;
         while let Some(item) = batch.get(at) {
-            match catching(|| (self.key)(item)) {
+            match catching(|| self.key_and_hash(item)) {
                 Some(key) => {
                     keys.push_back(key);
                     at += 1;
@@ -66,7 +82,7 @@ where
         let Some(Keys { queue: keys, .. }) = keys.downcast_mut::<Keys<K>>() else {
             unreachable!("Keying: keys of another type")
         };
-        catching(|| (self.key)(item))
+        catching(|| self.key_and_hash(item))
             .map(|key| keys.push_back(key))
             .is_some()
     }
@@ -134,10 +150,12 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// from a stream it counts [`failed`](crate::Report::failed); offered,
     /// sent through the `Sink` or called, it comes back uncounted
     /// ([`Offer::Unkeyed`](crate::Offer::Unkeyed), a [`SinkError`](crate::SinkError)
-    /// holding it, [`Rejected::Unkeyed`](crate::Rejected::Unkeyed)). The key
-    /// type's `Hash` and `Eq` run under the queue's lock: they must not
-    /// panic or block (derived impls do neither). Its `Drop` never does: a
-    /// key is dropped after unlocking, and a panic in it is caught.
+    /// holding it, [`Rejected::Unkeyed`](crate::Rejected::Unkeyed)). So
+    /// does a panic in the key type's `Hash`, which runs with the key
+    /// function, outside every lock. Its `Eq` runs under the queue's lock:
+    /// it must not panic or block (a derived one does neither). Its `Drop`
+    /// never does: a key is dropped after unlocking, and a panic in it is
+    /// caught.
     ///
     /// A key's item stays in flight until its result is handed over to the
     /// results buffer, so a key's results come out in its order whatever

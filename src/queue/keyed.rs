@@ -44,10 +44,10 @@
 //!    the key has room, nobody in line and no grant out; else in line), so
 //!    a key's producers enter in the order they began to wait whatever the
 //!    queue's room (`take_place`).
-//! 6. No user code runs here: the caller's key type is only hashed and
-//!    compared (by its own `Hash` and `Eq`, which must not panic or lock),
-//!    and a forgotten key whose `Drop` could be user code is handed back to
-//!    be dropped after unlocking.
+//! 6. No user code runs here but the key type's `Eq` (which must not panic
+//!    or lock): keys come hashed by their front, outside the lock, and the
+//!    table grows by the stored hashes; a forgotten key whose `Drop` could
+//!    be user code is handed back to be dropped after unlocking.
 
 use std::any::Any;
 use std::collections::VecDeque;

@@ -7,6 +7,7 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash};
+use std::sync::OnceLock;
 
 use hashbrown::hash_table::Entry;
 use hashbrown::{DefaultHashBuilder, HashTable};
@@ -14,13 +15,35 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 /// A key's dense id, its slot's index.
 pub(crate) type KeyId = usize;
 
-/// A front's keys: one per item it pushes, in order, and the id of the
-/// front key if this producer holds a place in it (`held`): then that key
-/// is interned (moved into the table, even with nothing queued: the place
-/// keeps it tracked), and the push uses the id.
+/// A front's keys: one per item it pushes, in order, each with its hash,
+/// and the id of the front key if this producer holds a place in it
+/// (`held`): then that key is interned (moved into the table, even with
+/// nothing queued: the place keeps it tracked), and the push uses the id.
 pub(crate) struct Keys<K> {
-    pub(crate) queue: VecDeque<K>,
+    /// Keys with their hashes, taken by the front outside every lock
+    /// ([`hash_key`]).
+    pub(crate) queue: VecDeque<(K, u64)>,
     held: Option<KeyId>,
+}
+
+/// The hasher of every key table and every front's keys: foldhash
+/// (hashbrown's default hasher), seeded once per process, not std's
+/// SipHash, which cost the table most of its time. Keys may come from the
+/// network: foldhash is only "minimally DoS-resistant" (no set of keys
+/// collides under every seed; an attacker who learns the seed can still
+/// collide, <https://github.com/orlp/foldhash#hashdos-resistance>), but a
+/// table never holds more than capacity + workers + waiting producers keys
+/// (invariant 4 of `keyed`), so even total collision makes a lookup scan
+/// that many, never a number that grows.
+fn hasher() -> &'static DefaultHashBuilder {
+    static HASHER: OnceLock<DefaultHashBuilder> = OnceLock::new();
+    HASHER.get_or_init(DefaultHashBuilder::default)
+}
+
+/// The hash of `key`, which a front takes outside every lock, under its
+/// guard for user code: a key's `Hash` is the caller's, and may panic.
+pub(crate) fn hash_key<K: Hash>(key: &K) -> u64 {
+    hasher().hash_one(key)
 }
 
 impl<K> Default for Keys<K> {
@@ -32,10 +55,16 @@ impl<K> Default for Keys<K> {
     }
 }
 
-impl<K> FromIterator<K> for Keys<K> {
+impl<K: Hash> FromIterator<K> for Keys<K> {
     fn from_iter<I: IntoIterator<Item = K>>(keys: I) -> Self {
         Keys {
-            queue: keys.into_iter().collect(),
+            queue: keys
+                .into_iter()
+                .map(|key| {
+                    let hash = hash_key(&key);
+                    (key, hash)
+                })
+                .collect(),
             held: None,
         }
     }
@@ -67,23 +96,16 @@ pub(crate) trait KeyTable: Send {
 }
 
 /// A [`KeyTable`] for keys of type `K`: a raw hash table of keys with
-/// their ids, and each id's hash, so each key is hashed once, when it is
-/// interned, needs no `Clone`, and is compared in place.
+/// their ids, and each id's hash, so each key is hashed once, by its front
+/// outside the lock, needs no `Clone`, and is compared in place; the table
+/// grows by the stored hashes, so no `Hash` of the caller's runs under the
+/// queue's lock.
 struct Table<K> {
     /// The interned keys, with their ids.
     ids: HashTable<(K, KeyId)>,
     /// The hash of each id's key (stale for a free id).
     hashes: Vec<u64>,
     free: Vec<KeyId>,
-    /// foldhash, seeded per table (hashbrown's default hasher), not std's
-    /// SipHash, which cost this table most of its time. Keys may come from
-    /// the network: foldhash is only "minimally DoS-resistant" (no set of
-    /// keys collides under every seed; an attacker who learns the seed can
-    /// still collide, <https://github.com/orlp/foldhash#hashdos-resistance>),
-    /// but the table never holds more than capacity + workers + waiting
-    /// producers keys (invariant 4 of `keyed`), so even total collision
-    /// makes a lookup scan that many, never a number that grows.
-    hasher: DefaultHashBuilder,
 }
 
 /// A key table for `K`.
@@ -92,7 +114,6 @@ pub(crate) fn table<K: Hash + Eq + Send + 'static>() -> Box<dyn KeyTable> {
         ids: HashTable::new(),
         hashes: Vec::new(),
         free: Vec::new(),
-        hasher: DefaultHashBuilder::default(),
     })
 }
 
@@ -126,15 +147,15 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
             return Some(id);
         }
         let keys = &mut keys.queue;
-        let Some(front) = keys.front() else {
+        let Some((front, hash)) = keys.front() else {
             unreachable!("KeyTable: one key per item")
         };
-        let hash = self.hasher.hash_one(front);
+        let hash = *hash;
         // One probe sequence: finds the key, or the place to insert it.
-        let hasher = &self.hasher;
+        let hashes = &self.hashes;
         let entry = self
             .ids
-            .entry(hash, |(k, _)| k == front, |(k, _)| hasher.hash_one(k));
+            .entry(hash, |(k, _)| k == front, |(_, id)| hashes[*id]);
         let vacant = match entry {
             Entry::Occupied(entry) => {
                 let id = entry.get().1;
@@ -143,14 +164,14 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
                 }
                 // The caller's copy of a key already interned: its `Drop`
                 // may be user code, so not under the lock.
-                if let Some(key) = keys.pop_front().filter(|_| std::mem::needs_drop::<K>()) {
+                if let Some((key, _)) = keys.pop_front().filter(|_| std::mem::needs_drop::<K>()) {
                     spare.push(Box::new(key));
                 }
                 return Some(id);
             }
             Entry::Vacant(vacant) => vacant,
         };
-        let key = keys.pop_front()?;
+        let (key, _) = keys.pop_front()?;
         let id = match self.free.pop() {
             Some(id) => {
                 self.hashes[id] = hash;
@@ -170,9 +191,8 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
         if keys.held.is_some() {
             return keys.held;
         }
-        let key = keys.queue.front()?;
-        let hash = self.hasher.hash_one(key);
-        self.ids.find(hash, |(k, _)| k == key).map(|(_, id)| *id)
+        let (key, hash) = keys.queue.front()?;
+        self.ids.find(*hash, |(k, _)| k == key).map(|(_, id)| *id)
     }
 
     fn hold_front(&mut self, keys: &mut dyn Any) -> Option<KeyId> {
