@@ -111,13 +111,17 @@ where
         keying,
     } = settings;
     let push = matches!(front, Front::Push(_));
+    let shed_needs = ShedNeeds {
+        on_shed: hooks.on_shed.is_some(),
+        settle: settle.is_some(),
+    };
     let queue = Arc::new(HandOff::new(QueueSettings {
         capacity: sizes.capacity,
         policy: sizes.policy,
         max_age: timing.max_queue_age,
         many_producers: push,
         // Shed items are needed by a hook, settlement, or an offer's answer.
-        keep_shed: push || hooks.on_shed.is_some() || settle.is_some(),
+        keep_shed: push || shed_needs.on_shed || shed_needs.settle,
         keyed: keying.as_ref().map(|keying| {
             let per_key = sizes.per_key_capacity.min(sizes.capacity);
             (keying.table(), per_key)
@@ -143,10 +147,6 @@ where
         timing.overload_quiet_period,
         meters.episodes(),
     );
-    let shed_needs = ShedNeeds {
-        on_shed: hooks.on_shed.is_some(),
-        settle: recorder.is_some(),
-    };
     let core = Arc::new(Core::new(
         Arc::clone(&queue),
         Arc::clone(&phase),

@@ -212,13 +212,14 @@ impl ShutdownHandle {
     /// [`MAX_INTAKE_BATCH`](crate::FanOutConfig::MAX_INTAKE_BATCH)) are not
     /// queued any more: they count `cancelled` and go to
     /// [`on_cancel`](crate::FanOutConfig::on_cancel).
-    /// No pull of the input begins after this returns
-    /// on a current-thread runtime; on a multi-thread runtime one pull may,
-    /// if the intake on another thread checked for a stop just before this
-    /// call (that item is counted and handled like any other; the check
-    /// comes right before each pull, and closing the window would mean the
-    /// stop waiting for the input's `poll_next`). On the push front no
-    /// offer or send is accepted after it returns.
+    ///
+    /// On a current-thread runtime no pull of the input begins after this
+    /// returns; on a multi-thread runtime one may, if the intake on another
+    /// thread checked for a stop just before this call (that item is
+    /// counted and handled like any other; the check comes right before
+    /// each pull, and closing the window would mean the stop waiting for
+    /// the input's `poll_next`). On the push front no offer or send is
+    /// accepted after it returns.
     ///
     /// Idempotent; a no-op after the pipeline has finished or been aborted.
     /// A cancelled parent [`cancel_token`](crate::FanOutConfig::cancel_token)
@@ -266,9 +267,9 @@ impl ShutdownHandle {
     /// that took an item in the same instant hands it back without calling
     /// the handler; the input is pulled no more, but for the one pull a
     /// multi-thread runtime may still begin, as after
-    /// [`shutdown`](Self::shutdown) (that item is then counted `cancelled`). On a multi-thread runtime a worker
-    /// on another thread may already be past that last check, a window of a
-    /// few instructions: at most one handler per worker can then still be
+    /// [`shutdown`](Self::shutdown) (that item is then counted
+    /// `cancelled`). On a multi-thread runtime a worker on another thread
+    /// may already be past that last check, a window of a few instructions: at most one handler per worker can then still be
     /// called, and it is cancelled at its first suspension point. (Closing
     /// that window would mean `abort` waiting for user code on other
     /// threads.)

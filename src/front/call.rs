@@ -495,7 +495,8 @@ impl<Req, Resp> Caller<Req, Resp> {
         if self.shared.producers().front.phase.is_stopping() {
             return Poll::Ready(());
         }
-        self.ready.poll_admit(cx).map(drop)
+        let front = &self.shared.producers().front;
+        self.ready.poll_admit(front, cx).map(drop)
     }
 }
 

@@ -14,11 +14,11 @@
 //!    by the stop, and by the front's task itself before it finishes (a
 //!    parent token's `cancel()` lets the task see the stop before the stop
 //!    has closed the queue), so the last `Ended` has every shed counted
-//!    `dropped`. (Recorded after
-//!    unlocking, a shed racing a stop was counted `dropped` but joined an
-//!    episode already emitted, or opened one never emitted: a new-user
-//!    trial found `Ended` counts one short of `dropped`.) The stream front
-//!    records and finishes on its own task, in order.
+//!    `dropped`. (Recorded after unlocking, a shed racing a stop was
+//!    counted `dropped` but joined an episode already emitted, or opened
+//!    one never emitted: a new-user trial found `Ended` counts one short of
+//!    `dropped`.) The stream front records and finishes on its own task,
+//!    in order.
 //! 2. **An episode ends once its quiet period has passed**, whoever
 //!    notices first: the front's quiet timer, or the next push, which ends
 //!    it before recording its own shed.

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_sink::Sink;
-use tokio_util::sync::{CancellationToken, PollSemaphore, WaitForCancellationFutureOwned};
+use tokio_util::sync::{PollSemaphore, WaitForCancellationFutureOwned};
 
 use super::FrontParts;
 use super::keys::Keyer;
@@ -66,7 +66,6 @@ pub(crate) struct SinkState {
     /// The stop, for a wait for credits: a stop closes the queue (and so
     /// the room's semaphore) but not the credits', which come back only as
     /// the records are read, maybe never. Made at the first such wait.
-    stop: CancellationToken,
     stopped: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
@@ -78,7 +77,6 @@ impl SinkState {
             has_room: false,
             has_credit: false,
             waiting: false,
-            stop: front.phase.stop.clone(),
             stopped: None,
         }
     }
@@ -129,8 +127,12 @@ impl SinkState {
 
     /// Waits for a settlement credit and a free slot, where the pipeline
     /// has them, and holds them for the next push. `Err` once the queue has
-    /// closed.
-    pub(crate) fn poll_admit(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), NoRoom>> {
+    /// closed, or at a stop while waiting for a credit.
+    pub(crate) fn poll_admit<Item>(
+        &mut self,
+        front: &FrontParts<Item>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), NoRoom>> {
         if let (Some(credits), false) = (&mut self.credits, self.has_credit) {
             match credits.poll_acquire(cx) {
                 // A closed semaphore: nobody reads the records; no limit.
@@ -139,16 +141,14 @@ impl SinkState {
                     self.waiting = true;
                     // A stop ends the wait (a new-user trial found a
                     // `forward` waiting for credits past the pipeline's end).
-                    let stop = &self.stop;
-                    let stopped = self
-                        .stopped
-                        .get_or_insert_with(|| Box::pin(stop.clone().cancelled_owned()));
+                    let stopped = self.stopped.get_or_insert_with(|| {
+                        Box::pin(front.phase.stop.clone().cancelled_owned())
+                    });
                     if stopped.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
-                    // Out of the line: no credit is kept for a refused wait.
-                    *credits = PollSemaphore::new(credits.clone_inner());
-                    self.waiting = false;
+                    // No credit is kept for a refused wait.
+                    self.leave_line(front);
                     return Poll::Ready(Err(NoRoom::Closed));
                 }
             }
@@ -159,6 +159,7 @@ impl SinkState {
                 self.waiting = true;
                 return Poll::Pending;
             };
+            self.waiting = false;
             match permit {
                 Some(permit) => permit.forget(),
                 None => return Poll::Ready(Err(NoRoom::Closed)), // the queue closed
@@ -327,7 +328,7 @@ impl<Item> Sink<Item> for Feeder<Item> {
             return Poll::Ready(Err(refused(None, Refusal::Closed)));
         }
         this.sink
-            .poll_admit(cx)
+            .poll_admit(&this.producers.front, cx)
             .map(|admitted| admitted.map_err(|_| refused(None, Refusal::Closed)))
     }
 
@@ -465,7 +466,7 @@ fn poll_held<Item>(
             std::task::ready!(queue.poll_key_place(keys, &mut waiting.ticket, granted, cx));
         // Holding the key's place: room and a credit.
         let admitted = if placed {
-            std::task::ready!(sink.poll_admit(cx)).is_ok() && sink.take()
+            std::task::ready!(sink.poll_admit(&producers.front, cx)).is_ok() && sink.take()
         } else {
             false
         };
