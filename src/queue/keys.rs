@@ -9,8 +9,7 @@ use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash};
 use std::sync::OnceLock;
 
-use hashbrown::hash_table::Entry;
-use hashbrown::{DefaultHashBuilder, HashTable};
+use foldhash::fast::RandomState;
 
 /// A key's dense id, its slot's index.
 pub(crate) type KeyId = usize;
@@ -35,9 +34,9 @@ pub(crate) struct Keys<K> {
 /// table never holds more than capacity + workers + waiting producers keys
 /// (invariant 4 of `keyed`), so even total collision makes a lookup scan
 /// that many, never a number that grows.
-fn hasher() -> &'static DefaultHashBuilder {
-    static HASHER: OnceLock<DefaultHashBuilder> = OnceLock::new();
-    HASHER.get_or_init(DefaultHashBuilder::default)
+fn hasher() -> &'static RandomState {
+    static HASHER: OnceLock<RandomState> = OnceLock::new();
+    HASHER.get_or_init(RandomState::default)
 }
 
 /// The hash of `key`, which a front takes outside every lock, under its
@@ -95,25 +94,51 @@ pub(crate) trait KeyTable: Send {
     fn forget(&mut self, id: KeyId) -> Option<Box<dyn Any + Send>>;
 }
 
-/// A [`KeyTable`] for keys of type `K`: a raw hash table of keys with
-/// their ids, and each id's hash, so each key is hashed once, by its front
-/// outside the lock, needs no `Clone`, and is compared in place; the table
-/// grows by the stored hashes, so no `Hash` of the caller's runs under the
-/// queue's lock.
+/// A [`KeyTable`] for keys of type `K`: an open-addressing index of ids
+/// with linear probing (Knuth, TAOCP vol. 3, §6.4, algorithm L), over each
+/// id's key and hash. Each key is hashed once, by its front outside the
+/// lock; the table compares stored hashes first and keys in place, needs
+/// no `Clone`, and grows by the stored hashes, so no `Hash` of the
+/// caller's runs under the queue's lock. A removal shifts the probe run
+/// back (algorithm R), leaving no tombstones: keys churn (inserted when a
+/// key gets its first item, removed when it goes idle), and a table that
+/// keeps tombstones must rehash every so often under that churn. (Measured
+/// against hashbrown's `HashTable` in BENCHMARKS.md.)
+///
+/// # Invariants
+///
+/// 1. `cells.len()` is a power of two, at least twice `live`, so a probe
+///    always meets an empty cell.
+/// 2. Each live id is in exactly one cell, reachable from its home cell
+///    (`hash & mask`) through occupied cells; a free id is in none.
+/// 3. `entries[id].key` is `Some` exactly for a live id.
 struct Table<K> {
-    /// The interned keys, with their ids.
-    ids: HashTable<(K, KeyId)>,
-    /// The hash of each id's key (stale for a free id).
-    hashes: Vec<u64>,
+    /// Ids, or `EMPTY` (invariants 1, 2).
+    cells: Vec<KeyId>,
+    /// Each id's key (`None` for a free id) and its hash.
+    entries: Vec<Entry<K>>,
     free: Vec<KeyId>,
+    live: usize,
 }
+
+struct Entry<K> {
+    hash: u64,
+    key: Option<K>,
+}
+
+/// A cell with no id.
+const EMPTY: KeyId = KeyId::MAX;
+
+/// Cells of a new table: room for 8 keys before it grows.
+const FIRST_CELLS: usize = 16;
 
 /// A key table for `K`.
 pub(crate) fn table<K: Hash + Eq + Send + 'static>() -> Box<dyn KeyTable> {
     Box::new(Table::<K> {
-        ids: HashTable::new(),
-        hashes: Vec::new(),
+        cells: vec![EMPTY; FIRST_CELLS],
+        entries: Vec::new(),
         free: Vec::new(),
+        live: 0,
     })
 }
 
@@ -128,6 +153,103 @@ fn downcast_mut<K: 'static>(keys: &mut dyn Any) -> &mut Keys<K> {
     match keys.downcast_mut::<Keys<K>>() {
         Some(keys) => keys,
         None => unreachable!("KeyTable: keys of another type"),
+    }
+}
+
+impl<K: Eq> Table<K> {
+    fn mask(&self) -> usize {
+        self.cells.len() - 1
+    }
+
+    /// The id of `key`, or the empty cell where it would go.
+    #[inline]
+    fn find(&self, key: &K, hash: u64) -> Result<KeyId, usize> {
+        let mask = self.mask();
+        // Truncation intended: the low bits pick the home cell.
+        let mut at = hash as usize & mask;
+        loop {
+            let id = self.cells[at];
+            if id == EMPTY {
+                return Err(at);
+            }
+            let entry = &self.entries[id];
+            if entry.hash == hash && entry.key.as_ref() == Some(key) {
+                return Ok(id);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Takes `key` (absent, `vacant` its empty cell) in under a new id.
+    fn insert(&mut self, key: K, hash: u64, mut vacant: usize) -> KeyId {
+        if (self.live + 1) * 2 > self.cells.len() {
+            self.grow();
+            vacant = match self.find(&key, hash) {
+                Err(at) => at,
+                Ok(_) => unreachable!("KeyTable: inserting a key interned"),
+            };
+        }
+        let entry = Entry {
+            hash,
+            key: Some(key),
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.entries[id] = entry;
+                id
+            }
+            None => {
+                self.entries.push(entry);
+                self.entries.len() - 1
+            }
+        };
+        self.cells[vacant] = id;
+        self.live += 1;
+        id
+    }
+
+    /// Doubles the cells and places every live id again, by its stored
+    /// hash (invariant 1).
+    fn grow(&mut self) {
+        let cells = self.cells.len() * 2;
+        self.cells = vec![EMPTY; cells];
+        let mask = cells - 1;
+        for (id, entry) in self.entries.iter().enumerate() {
+            if entry.key.is_some() {
+                let mut at = entry.hash as usize & mask;
+                while self.cells[at] != EMPTY {
+                    at = (at + 1) & mask;
+                }
+                self.cells[at] = id;
+            }
+        }
+    }
+
+    /// Takes `id` out of its cell and shifts the rest of its probe run
+    /// back into the hole (invariant 2 without tombstones).
+    fn unlink(&mut self, id: KeyId, hash: u64) {
+        let mask = self.mask();
+        let mut hole = hash as usize & mask;
+        while self.cells[hole] != id {
+            debug_assert!(self.cells[hole] != EMPTY, "KeyTable: a live id unreachable");
+            hole = (hole + 1) & mask;
+        }
+        let mut next = (hole + 1) & mask;
+        loop {
+            let moved = self.cells[next];
+            if moved == EMPTY {
+                break;
+            }
+            let home = self.entries[moved].hash as usize & mask;
+            // `moved` may fill the hole if the hole lies on its probe path:
+            // cyclically within [home, next).
+            if next.wrapping_sub(home) & mask >= next.wrapping_sub(hole) & mask {
+                self.cells[hole] = moved;
+                hole = next;
+            }
+            next = (next + 1) & mask;
+        }
+        self.cells[hole] = EMPTY;
     }
 }
 
@@ -151,14 +273,8 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
             unreachable!("KeyTable: one key per item")
         };
         let hash = *hash;
-        // One probe sequence: finds the key, or the place to insert it.
-        let hashes = &self.hashes;
-        let entry = self
-            .ids
-            .entry(hash, |(k, _)| k == front, |(_, id)| hashes[*id]);
-        let vacant = match entry {
-            Entry::Occupied(entry) => {
-                let id = entry.get().1;
+        match self.find(front, hash) {
+            Ok(id) => {
                 if refuse(id) {
                     return None;
                 }
@@ -167,23 +283,13 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
                 if let Some((key, _)) = keys.pop_front().filter(|_| std::mem::needs_drop::<K>()) {
                     spare.push(Box::new(key));
                 }
-                return Some(id);
+                Some(id)
             }
-            Entry::Vacant(vacant) => vacant,
-        };
-        let (key, _) = keys.pop_front()?;
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.hashes[id] = hash;
-                id
+            Err(vacant) => {
+                let (key, _) = keys.pop_front()?;
+                Some(self.insert(key, hash, vacant))
             }
-            None => {
-                self.hashes.push(hash);
-                self.hashes.len() - 1
-            }
-        };
-        vacant.insert((key, id));
-        Some(id)
+        }
     }
 
     fn find_front(&self, keys: &dyn Any) -> Option<KeyId> {
@@ -192,7 +298,7 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
             return keys.held;
         }
         let (key, hash) = keys.queue.front()?;
-        self.ids.find(*hash, |(k, _)| k == key).map(|(_, id)| *id)
+        self.find(key, *hash).ok()
     }
 
     fn hold_front(&mut self, keys: &mut dyn Any) -> Option<KeyId> {
@@ -204,10 +310,125 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
     }
 
     fn forget(&mut self, id: KeyId) -> Option<Box<dyn Any + Send>> {
-        let hash = *self.hashes.get(id)?;
-        let entry = self.ids.find_entry(hash, |(_, other)| *other == id).ok()?;
-        let ((key, _), _) = entry.remove();
+        let entry = self.entries.get_mut(id)?;
+        let key = entry.key.take()?;
+        let hash = entry.hash;
+        self.unlink(id, hash);
         self.free.push(id);
+        self.live -= 1;
         std::mem::needs_drop::<K>().then(|| Box::new(key) as Box<dyn Any + Send>)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    /// Keys with chosen hashes: few distinct hashes make long probe runs
+    /// that wrap around the cells.
+    fn keys_of(key: u32, hash: u64) -> Keys<u32> {
+        Keys {
+            queue: VecDeque::from([(key, hash)]),
+            held: None,
+        }
+    }
+
+    fn intern(table: &mut Table<u32>, key: u32, hash: u64) -> KeyId {
+        let mut spare = Vec::new();
+        match table.intern_front(&mut keys_of(key, hash), &|_| false, &mut spare) {
+            Some(id) => id,
+            None => unreachable!("nothing refused"),
+        }
+    }
+
+    fn new_table() -> Table<u32> {
+        Table {
+            cells: vec![EMPTY; FIRST_CELLS],
+            entries: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+        }
+    }
+
+    /// Invariants 1 to 3, and every live key found at its id.
+    fn check(table: &Table<u32>, model: &HashMap<u32, KeyId>) {
+        assert!(table.cells.len().is_power_of_two());
+        assert!(table.cells.len() >= 2 * table.live);
+        assert_eq!(table.live, model.len());
+        let placed: Vec<KeyId> = table
+            .cells
+            .iter()
+            .copied()
+            .filter(|&id| id != EMPTY)
+            .collect();
+        assert_eq!(placed.len(), model.len(), "each live id in one cell");
+        for (&key, &id) in model {
+            let hash = table.entries[id].hash;
+            assert_eq!(table.find(&key, hash), Ok(id));
+            assert_eq!(table.entries[id].key, Some(key));
+        }
+    }
+
+    proptest! {
+        /// Interning and forgetting in any order keep ids exact: a key
+        /// interned twice gets its id back, a forgotten key is found no
+        /// more, and ids are reused.
+        #[test]
+        fn the_table_agrees_with_a_map(
+            ops in prop::collection::vec((any::<bool>(), 0u32..40), 1..400),
+            hash_bits in 0u32..6,
+        ) {
+            let mut table = new_table();
+            let mut model: HashMap<u32, KeyId> = HashMap::new();
+            // Hashes from 2^hash_bits values: 1 makes every key collide.
+            let hash_of = |key: u32| u64::from(key.wrapping_mul(2_654_435_761)) % (1 << hash_bits);
+            for (insert, key) in ops {
+                if insert {
+                    let id = intern(&mut table, key, hash_of(key));
+                    if let Some(&known) = model.get(&key) {
+                        prop_assert_eq!(id, known);
+                    } else {
+                        prop_assert!(model.values().all(|&other| other != id), "a live id reused");
+                        model.insert(key, id);
+                    }
+                } else if let Some(id) = model.remove(&key) {
+                    // `u32` has no drop glue: nothing handed back.
+                    prop_assert!(table.forget(id).is_none());
+                    prop_assert_eq!(table.find(&key, hash_of(key)).ok(), None);
+                }
+                check(&table, &model);
+            }
+            // Ids are dense: never more than the most keys live at once.
+            prop_assert!(table.entries.len() <= 40);
+        }
+    }
+
+    #[test]
+    fn a_removal_shifts_a_wrapped_run_back() {
+        let mut table = new_table();
+        let last = (FIRST_CELLS - 1) as u64;
+        // Three keys homed at the last cell: the run wraps to cells 0, 1.
+        let ids: Vec<KeyId> = (0..3).map(|key| intern(&mut table, key, last)).collect();
+        assert_eq!(table.cells[FIRST_CELLS - 1], ids[0]);
+        assert_eq!(&table.cells[..2], &ids[1..]);
+        table.forget(ids[0]);
+        assert_eq!(table.cells[FIRST_CELLS - 1], ids[1]);
+        assert_eq!(table.cells[0], ids[2]);
+        assert_eq!(table.cells[1], EMPTY);
+        assert_eq!(table.find(&2, last), Ok(ids[2]));
+    }
+
+    #[test]
+    fn the_table_doubles_before_half_full_and_keeps_every_id() {
+        let mut table = new_table();
+        let ids: Vec<KeyId> = (0..9)
+            .map(|key| intern(&mut table, key, u64::from(key) * 16))
+            .collect();
+        assert_eq!(table.cells.len(), 2 * FIRST_CELLS, "9 keys need 32 cells");
+        for (key, id) in (0..9).zip(ids) {
+            assert_eq!(table.find(&key, u64::from(key) * 16), Ok(id));
+        }
     }
 }
