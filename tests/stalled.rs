@@ -269,8 +269,10 @@ async fn join_waits_for_unread_results_and_an_abort_releases_it() {
 
 /// Waits (bounded) until the pipeline is stalled with `read` results read,
 /// and returns the number of queued items then. Under `Backpressure` the
-/// stall is exact on any runtime: intake waits for room, workers and the
-/// buffer are full, and the queue holds what was pulled and not taken.
+/// workers and the buffer are then full and the queue holds what was pulled
+/// and not taken; the intake may still be filling slots it reserved (Stats
+/// does not show a reservation), so the queue may grow by those, never
+/// past the capacity.
 async fn stalled_on_multi_thread(stats: impl Fn() -> Stats, read: u64, run: usize) -> u64 {
     let expected = (read + HELD, read, HELD, 0);
     for _ in 0..2_000_000u32 {
@@ -318,7 +320,21 @@ fn every_way_an_abort_begins_ends_a_stalled_pipeline_on_multi_thread() {
                 (read + HELD, read, HELD),
                 "run {run}: {report}"
             );
-            assert_eq!(report.cancelled, queued, "run {run}");
+            // Every item queued at the stop is cancelled, none processed.
+            // Stats cannot tell an intake parked for room (queue above its
+            // low-water mark) from one still filling the last free slots it
+            // reserved (a failure seen under load: 62 queued at the check,
+            // 64 cancelled); what it pushes after the check is queued, so
+            // cancelled too, up to the capacity, and nothing is dropped.
+            assert!(
+                (queued..=CAPACITY as u64).contains(&report.cancelled),
+                "run {run}: {queued} queued at the check: {report}"
+            );
+            assert_eq!(
+                (report.produced, report.dropped),
+                (report.processed + report.cancelled, 0),
+                "run {run}"
+            );
             assert_eq!((report.workers_joined, report.aborted), (WORKERS, 0));
             assert!(report.is_conserved(), "run {run}: {report}");
             assert_eq!(results.next().await, None, "run {run}");
