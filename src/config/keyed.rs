@@ -2,13 +2,13 @@
 //! keys.
 
 use std::any::Any;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::FanOutConfig;
 use crate::isolate::catching;
-use crate::queue::{KeyTable, Keys, hash_key, table};
+use crate::queue::{KeyHasher, KeyTable, Keys, table};
 
 /// The caller's key function, erased: the queue sees keys only as ids.
 pub(crate) trait Keying<Item>: Send + Sync {
@@ -29,6 +29,9 @@ pub(crate) trait Keying<Item>: Send + Sync {
 
 struct KeyBy<F, K> {
     key: F,
+    /// One pipeline's hasher, seeded when it is configured: every front
+    /// of the pipeline hashes with it, and its queue compares the hashes.
+    hasher: KeyHasher,
     of: PhantomData<fn() -> K>,
 }
 
@@ -43,7 +46,7 @@ impl<F, K: Hash> KeyBy<F, K> {
         F: Fn(&Item) -> K,
     {
         let key = (self.key)(item);
-        let hash = hash_key(&key);
+        let hash = self.hasher.hash_one(&key);
         (key, hash)
     }
 }
@@ -196,6 +199,7 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     {
         self.settings.keying = Some(Arc::new(KeyBy {
             key,
+            hasher: KeyHasher::default(),
             of: PhantomData,
         }));
         self

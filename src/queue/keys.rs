@@ -9,8 +9,6 @@ use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash};
 use std::sync::OnceLock;
 
-use foldhash::fast::RandomState;
-
 /// A key's dense id, its slot's index.
 pub(crate) type KeyId = usize;
 
@@ -20,29 +18,28 @@ pub(crate) type KeyId = usize;
 /// nothing queued: the place keeps it tracked), and the push uses the id.
 pub(crate) struct Keys<K> {
     /// Keys with their hashes, taken by the front outside every lock
-    /// ([`hash_key`]).
+    /// ([`KeyHasher`]).
     pub(crate) queue: VecDeque<(K, u64)>,
     held: Option<KeyId>,
 }
 
-/// The hasher of every key table and every front's keys: foldhash
-/// (hashbrown's default hasher), seeded once per process, not std's
-/// SipHash, which cost the table most of its time. Keys may come from the
-/// network: foldhash is only "minimally DoS-resistant" (no set of keys
-/// collides under every seed; an attacker who learns the seed can still
-/// collide, <https://github.com/orlp/foldhash#hashdos-resistance>), but a
-/// table never holds more than capacity + workers + waiting producers keys
+/// The hasher of keys: foldhash (hashbrown's default hasher), not std's
+/// SipHash, which cost the key table most of its time. A keyed pipeline
+/// seeds one when it is configured, and its fronts hash every key with it.
+/// Keys may come from the network: foldhash is only "minimally
+/// DoS-resistant" (no set of keys collides under every seed; an attacker
+/// who learns the seed can still collide,
+/// <https://github.com/orlp/foldhash#hashdos-resistance>), but a table
+/// never holds more than capacity + workers + waiting producers keys
 /// (invariant 4 of `keyed`), so even total collision makes a lookup scan
 /// that many, never a number that grows.
-fn hasher() -> &'static RandomState {
-    static HASHER: OnceLock<RandomState> = OnceLock::new();
-    HASHER.get_or_init(RandomState::default)
-}
+pub(crate) type KeyHasher = foldhash::fast::RandomState;
 
-/// The hash of `key`, which a front takes outside every lock, under its
-/// guard for user code: a key's `Hash` is the caller's, and may panic.
-pub(crate) fn hash_key<K: Hash>(key: &K) -> u64 {
-    hasher().hash_one(key)
+/// The hash of `key` with a process-wide [`KeyHasher`]: for keys a test or
+/// a model builds (`Keys::from_iter`); a pipeline's fronts use its own.
+fn hash_key<K: Hash>(key: &K) -> u64 {
+    static HASHER: OnceLock<KeyHasher> = OnceLock::new();
+    HASHER.get_or_init(KeyHasher::default).hash_one(key)
 }
 
 impl<K> Default for Keys<K> {

@@ -73,7 +73,7 @@ use crate::sync::{AtomicUsize, Mutex, MutexGuard, lock};
 use std::sync::atomic::Ordering::Relaxed;
 
 pub(crate) use keyed::Keyed;
-pub(crate) use keys::{KeyId, KeyTable, Keys, hash_key, table};
+pub(crate) use keys::{KeyHasher, KeyId, KeyTable, Keys, table};
 pub(crate) use room::{NoRoom, Room};
 pub(crate) use waitlist::{WaitList, wake};
 
