@@ -671,16 +671,21 @@ where
             // Unreachable while invariant 5 of `queue/keyed.rs` holds (a
             // keyed call pushes with the place kept for it); should it
             // break, the place goes back and the call takes one afresh.
-            Offered::KeyFull(job, mut keyer) => {
+            Offered::KeyFull(job, keyer) => {
                 debug_assert!(false, "a call with a kept place found its key full");
                 let producers = shared.producers();
                 producers.unadmit();
                 keyer.leave(&producers.front.queue, None);
-                Ok(State::KeyRoom {
-                    job,
-                    keyer: SyncKeyer::new(keyer),
-                    ticket: None,
-                })
+                // The keys are spent with the place: keyed afresh.
+                match producers.key(job) {
+                    Ok((job, keyer)) => Ok(State::KeyRoom {
+                        job,
+                        keyer: SyncKeyer::new(keyer),
+                        ticket: None,
+                    }),
+                    Err(job) if producers.is_closed() => Err(Err(job.reject(RejectReason::Closed))),
+                    Err(job) => Err(Err(job.reject(RejectReason::Unkeyed))),
+                }
             }
             Offered::Waiting(slot) => Ok(State::Waiting(slot)),
             Offered::Rejected(answer) => Err(answer),
@@ -849,7 +854,7 @@ where
                     mut admit,
                 } => match admit.as_mut().poll(cx) {
                     Poll::Ready(admitted) => {
-                        let mut keyer = keyer.into_inner();
+                        let keyer = keyer.into_inner();
                         if admitted.is_err() {
                             keyer.leave(&shared.producers().front.queue, None);
                             return Poll::Ready(Err(job.reject(RejectReason::Closed)));
@@ -919,7 +924,7 @@ impl<Req, Resp> Drop for Call<Req, Resp> {
             // place kept for it passes on); it held no slot or credit yet.
             State::KeyRoom { job, keyer, ticket } => {
                 let producers = shared.producers();
-                let mut keyer = keyer.into_inner();
+                let keyer = keyer.into_inner();
                 keyer.leave(&producers.front.queue, ticket);
                 drop_quietly(job);
             }
@@ -928,7 +933,7 @@ impl<Req, Resp> Drop for Call<Req, Resp> {
             State::KeyAdmit { job, keyer, admit } => {
                 drop(admit);
                 let producers = shared.producers();
-                let mut keyer = keyer.into_inner();
+                let keyer = keyer.into_inner();
                 keyer.leave(&producers.front.queue, None);
                 drop_quietly(job);
             }

@@ -39,10 +39,13 @@ impl Keyer {
 
     /// This producer stops waiting for its front key (dropped, refused, or
     /// giving up): its place in line, or the place kept for it, passes on
-    /// (invariant 5 of `queue/keyed.rs`).
-    pub(crate) fn leave<Item>(&mut self, queue: &HandOff<Item>, ticket: Option<u64>) {
-        let granted = std::mem::take(&mut self.granted);
-        queue.leave_key_room(&*self.keys, ticket, granted);
+    /// (invariant 5 of `queue/keyed.rs`). Spends the keys: a key this
+    /// producer interned for its place (held by id, see `queue::Keys`) may
+    /// be forgotten now and its id reused for another key, so an item that
+    /// is to be pushed after all is keyed afresh (a review found the id
+    /// reused by a retry).
+    pub(crate) fn leave<Item>(self, queue: &HandOff<Item>, ticket: Option<u64>) {
+        queue.leave_key_room(&*self.keys, ticket, self.granted);
     }
 
     /// Takes the key of every item of `batch`, in order; the items whose key

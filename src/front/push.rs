@@ -213,11 +213,15 @@ impl<Item> Producers<Item> {
                 // Unreachable while invariant 5 holds (the place was kept
                 // for it); should it break, the place goes back and the
                 // producer takes one afresh rather than spin.
-                Pushing::KeyFull(full, mut held) => {
+                Pushing::KeyFull(full, held) => {
                     debug_assert!(false, "a push with a kept place found its key full");
                     self.unadmit();
                     held.leave(queue, None);
-                    (item, keyer) = (full, held);
+                    (item, keyer) = match self.key(full) {
+                        Ok(keyed) => keyed,
+                        Err(full) if self.is_closed() => return Offer::Closed(full),
+                        Err(full) => return Offer::Unkeyed(full),
+                    };
                 }
             }
         }
@@ -316,7 +320,7 @@ struct HoldingKeyPlace<'a, Item> {
 
 impl<Item> Drop for HoldingKeyPlace<'_, Item> {
     fn drop(&mut self) {
-        if let Some(keyer) = &mut self.keyer {
+        if let Some(keyer) = self.keyer.take() {
             keyer.leave(&self.producers.front.queue, None);
         }
     }

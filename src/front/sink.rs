@@ -472,7 +472,7 @@ fn poll_held<Item>(
         };
         let Some(Held {
             item,
-            mut keyer,
+            keyer,
             ticket,
         }) = held.take()
         else {
@@ -487,10 +487,18 @@ fn poll_held<Item>(
             // Unreachable while invariant 5 of `queue/keyed.rs` holds (the
             // place was kept for it); should it break, the room goes back
             // and the item takes a place afresh.
-            Pushing::KeyFull(item, mut keyer) => {
+            Pushing::KeyFull(item, keyer) => {
                 debug_assert!(false, "a push with a kept place found its key full");
                 producers.unadmit();
                 keyer.leave(queue, None);
+                // The keys are spent with the place: keyed afresh.
+                let (item, keyer) = match producers.key(item) {
+                    Ok(keyed) => keyed,
+                    Err(item) if producers.is_closed() => {
+                        return Poll::Ready(Err(refused(Some(item), Refusal::Closed)));
+                    }
+                    Err(item) => return Poll::Ready(Err(refused(Some(item), Refusal::Unkeyed))),
+                };
                 *held = Some(Held {
                     item,
                     keyer,
@@ -513,7 +521,7 @@ fn poll_held<Item>(
 pub(crate) fn drop_held<Item>(producers: &Producers<Item>, held: Option<Held<Item>>) {
     if let Some(Held {
         item,
-        mut keyer,
+        keyer,
         ticket,
     }) = held
     {
