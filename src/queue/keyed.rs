@@ -167,6 +167,11 @@ impl<T> Keyed<T> {
         self.live
     }
 
+    /// After a push: lets go of the keys it used (`KeyTable::settle`).
+    pub(crate) fn settle(&mut self, keys: &mut dyn Any) {
+        self.table.settle(keys, &mut self.forgotten);
+    }
+
     /// Forgotten keys to drop after unlocking.
     pub(crate) fn take_forgotten(&mut self) -> Forgotten {
         if self.forgotten.is_empty() {
@@ -380,23 +385,23 @@ impl<T> Keyed<T> {
         capacity: usize,
         at: Instant,
     ) -> Result<(Placed<T>, bool), T> {
-        let (slots, per_key, with_grant) = (&self.slots, self.per_key_capacity, *granted);
+        let id = self.table.intern_front(keys, &mut self.forgotten);
         // Invariant 5: a grant is room kept for its holder; anyone else
-        // finds the key full while its room is granted or others wait.
-        let full = |id: KeyId| {
-            policy == ShedPolicy::Backpressure
-                && slots.get(id).is_some_and(|slot| {
-                    if with_grant {
-                        slot.items.len() >= per_key
-                    } else {
-                        slot.items.len() + usize::from(slot.granted) >= per_key
-                            || !slot.room.is_empty()
-                    }
-                })
-        };
-        let Some(id) = self.table.intern_front(keys, &full, &mut self.forgotten) else {
+        // finds the key full while its room is granted or others wait. (A
+        // key interned just now has no slot state: never full.)
+        let full = policy == ShedPolicy::Backpressure
+            && self.slots.get(id).is_some_and(|slot| {
+                if *granted {
+                    slot.items.len() >= self.per_key_capacity
+                } else {
+                    slot.items.len() + usize::from(slot.granted) >= self.per_key_capacity
+                        || !slot.room.is_empty()
+                }
+            });
+        if full {
+            self.table.unuse(keys);
             return Err(item);
-        };
+        }
         let used_grant = std::mem::take(granted);
         if used_grant {
             let slot = &mut self.slots[id];
@@ -678,6 +683,7 @@ impl<T> HandOff<T> {
             drop(drain);
             *batch = arrivals;
             batch.append(&mut left);
+            keyed.settle(keys);
             let len = keyed.total();
             let forgotten = keyed.take_forgotten();
             let passed = keyed.passed.take();

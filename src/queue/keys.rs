@@ -21,6 +21,12 @@ pub(crate) struct Keys<K> {
     /// ([`KeyHasher`]).
     pub(crate) queue: VecDeque<(K, u64)>,
     held: Option<KeyId>,
+    /// The front key (or the held id) went to an item the queue placed:
+    /// it is let go at the next look at these keys, or by
+    /// [`KeyTable::settle`] (so a refusal, which is decided after the
+    /// lookup, costs no closure on every lookup: [`KeyTable::unuse`]).
+    /// False between pushes.
+    used: bool,
 }
 
 /// The hasher of keys: foldhash (hashbrown's default hasher), not std's
@@ -47,6 +53,7 @@ impl<K> Default for Keys<K> {
         Keys {
             queue: VecDeque::new(),
             held: None,
+            used: false,
         }
     }
 }
@@ -62,6 +69,7 @@ impl<K: Hash> FromIterator<K> for Keys<K> {
                 })
                 .collect(),
             held: None,
+            used: false,
         }
     }
 }
@@ -69,18 +77,21 @@ impl<K: Hash> FromIterator<K> for Keys<K> {
 /// The caller's key type, erased: interns keys to dense ids, exactly (by
 /// `Eq`, not by hash alone), and forgets them.
 pub(crate) trait KeyTable: Send {
-    /// Interns the front key of `keys` (a [`Keys<K>`]), popping it;
-    /// unless it is already interned and `refuse` says no to its id, which
-    /// leaves it in place (one lookup either way). A held key's id is used
-    /// (and given up) without a lookup. A popped key equal to one already
-    /// interned goes to `spare` if its `Drop` may be user code, to be
-    /// dropped after unlocking (invariant 6 of `keyed`).
-    fn intern_front(
-        &mut self,
-        keys: &mut dyn Any,
-        refuse: &dyn Fn(KeyId) -> bool,
-        spare: &mut Vec<Box<dyn Any + Send>>,
-    ) -> Option<KeyId>;
+    /// Interns the front key of `keys` (a [`Keys<K>`]) for an item being
+    /// placed, and marks it used: let go by the next call on these keys,
+    /// or by [`settle`](Self::settle), unless [`unuse`](Self::unuse)
+    /// keeps it (the item was refused). A held key's id is used without a
+    /// lookup. A key let go that equals one interned goes to `spare` if its
+    /// `Drop` may be user code, to be dropped after unlocking (invariant 6
+    /// of `keyed`). A new key is interned at once (moved into the table):
+    /// it has nothing queued, so it is never refused.
+    fn intern_front(&mut self, keys: &mut dyn Any, spare: &mut Vec<Box<dyn Any + Send>>) -> KeyId;
+    /// The item the last [`intern_front`](Self::intern_front) was for was
+    /// refused: its key stays the front one (and a held id stays held).
+    fn unuse(&self, keys: &mut dyn Any);
+    /// Lets go of a key used by the last push, so `keys` hold only the
+    /// keys of items not placed (called once per push, under the lock).
+    fn settle(&self, keys: &mut dyn Any, spare: &mut Vec<Box<dyn Any + Send>>);
     /// The id of the front key of `keys` (a [`Keys<K>`]), if tracked.
     fn find_front(&self, keys: &dyn Any) -> Option<KeyId>;
     /// Interns the front key of `keys` for a place this producer takes in
@@ -264,47 +275,63 @@ impl<K: Eq> Table<K> {
     }
 }
 
-impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
-    fn intern_front(
-        &mut self,
-        keys: &mut dyn Any,
-        refuse: &dyn Fn(KeyId) -> bool,
-        spare: &mut Vec<Box<dyn Any + Send>>,
-    ) -> Option<KeyId> {
-        let keys = downcast_mut::<K>(keys);
-        if let Some(id) = keys.held {
-            if refuse(id) {
-                return None;
-            }
-            keys.held = None;
-            return Some(id);
+impl<K: Send + 'static> Keys<K> {
+    /// Lets go of the used front key or held id (see `used`).
+    #[inline]
+    fn let_go(&mut self, spare: &mut Vec<Box<dyn Any + Send>>) {
+        if !std::mem::take(&mut self.used) {
+            return;
         }
-        let keys = &mut keys.queue;
-        let Some((front, hash)) = keys.front() else {
+        if self.held.take().is_some() {
+            return;
+        }
+        // The caller's copy of a key already interned: its `Drop` may be
+        // user code, so not under the lock.
+        if let Some((key, _)) = self
+            .queue
+            .pop_front()
+            .filter(|_| std::mem::needs_drop::<K>())
+        {
+            spare.push(Box::new(key) as Box<dyn Any + Send>);
+        }
+    }
+}
+
+impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
+    fn intern_front(&mut self, keys: &mut dyn Any, spare: &mut Vec<Box<dyn Any + Send>>) -> KeyId {
+        let keys = downcast_mut::<K>(keys);
+        keys.let_go(spare);
+        if let Some(id) = keys.held {
+            keys.used = true;
+            return id;
+        }
+        let Some((front, hash)) = keys.queue.front() else {
             unreachable!("KeyTable: one key per item")
         };
         let hash = *hash;
         match self.find(front, hash) {
             Ok(id) => {
-                if refuse(id) {
-                    return None;
-                }
-                // The caller's copy of a key already interned: its `Drop`
-                // may be user code, so not under the lock.
-                if let Some((key, _)) = keys.pop_front().filter(|_| std::mem::needs_drop::<K>()) {
-                    spare.push(Box::new(key));
-                }
-                Some(id)
+                keys.used = true;
+                id
             }
-            Err(vacant) => {
-                let (key, _) = keys.pop_front()?;
-                Some(self.insert(key, hash, vacant))
-            }
+            Err(vacant) => match keys.queue.pop_front() {
+                Some((key, _)) => self.insert(key, hash, vacant),
+                None => unreachable!("KeyTable: the front key went"),
+            },
         }
+    }
+
+    fn unuse(&self, keys: &mut dyn Any) {
+        downcast_mut::<K>(keys).used = false;
+    }
+
+    fn settle(&self, keys: &mut dyn Any, spare: &mut Vec<Box<dyn Any + Send>>) {
+        downcast_mut::<K>(keys).let_go(spare);
     }
 
     fn find_front(&self, keys: &dyn Any) -> Option<KeyId> {
         let keys = downcast::<K>(keys);
+        debug_assert!(!keys.used, "KeyTable: keys used outside a push");
         if keys.held.is_some() {
             return keys.held;
         }
@@ -313,10 +340,20 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
     }
 
     fn hold_front(&mut self, keys: &mut dyn Any) -> Option<KeyId> {
-        let mut spare = Vec::new();
-        let id = self.intern_front(keys, &|_| false, &mut spare)?;
-        debug_assert!(spare.is_empty(), "KeyTable: held a key already interned");
-        downcast_mut::<K>(keys).held = Some(id);
+        let keys = downcast_mut::<K>(keys);
+        debug_assert!(!keys.used, "KeyTable: keys used outside a push");
+        let (key, hash) = keys.queue.pop_front()?;
+        let id = match self.find(&key, hash) {
+            Err(vacant) => self.insert(key, hash, vacant),
+            // Unreachable: its caller found the key untracked. Its copy
+            // goes back in front: nothing of the caller's dropped here.
+            Ok(id) => {
+                debug_assert!(false, "KeyTable: held a key already interned");
+                keys.queue.push_front((key, hash));
+                return Some(id);
+            }
+        };
+        keys.held = Some(id);
         Some(id)
     }
 
@@ -343,15 +380,20 @@ mod tests {
         Keys {
             queue: VecDeque::from([(key, hash)]),
             held: None,
+            used: false,
         }
     }
 
     fn intern(table: &mut Table<u32>, key: u32, hash: u64) -> KeyId {
         let mut spare = Vec::new();
-        match table.intern_front(&mut keys_of(key, hash), &|_| false, &mut spare) {
-            Some(id) => id,
-            None => unreachable!("nothing refused"),
-        }
+        let mut keys = keys_of(key, hash);
+        let id = table.intern_front(&mut keys, &mut spare);
+        table.settle(&mut keys, &mut spare);
+        assert!(
+            keys.queue.is_empty(),
+            "the key went to the table or was let go"
+        );
+        id
     }
 
     fn new_table() -> Table<u32> {
@@ -446,13 +488,23 @@ mod tests {
         let mut table = new_table();
         let id = intern(&mut table, 7, 3);
         let mut keys = keys_of(7, 3);
+        keys.queue.push_back((8, 4));
         let mut spare = Vec::new();
-        assert_eq!(table.intern_front(&mut keys, &|_| true, &mut spare), None);
-        assert_eq!(keys.queue.len(), 1, "a refused key stays");
+        assert_eq!(table.intern_front(&mut keys, &mut spare), id);
+        table.unuse(&mut keys); // refused
+        table.settle(&mut keys, &mut spare);
+        assert_eq!(keys.queue.len(), 2, "a refused key stays");
+        // Used twice: let go by the next look, the last one by `settle`.
+        assert_eq!(table.intern_front(&mut keys, &mut spare), id);
+        assert_eq!(keys.queue.len(), 2, "let go lazily");
+        let eight = table.intern_front(&mut keys, &mut spare);
+        assert_eq!(keys.queue.len(), 0, "7 let go, 8 moved into the table");
+        table.settle(&mut keys, &mut spare);
+        assert!(table.forget(eight).is_none());
         assert!(table.forget(id).is_none());
         assert!(table.forget(id).is_none(), "forgotten twice");
         assert!(table.forget(EMPTY).is_none());
-        assert_eq!((table.live, table.free.len()), (0, 1));
+        assert_eq!((table.live, table.free.len()), (0, 2));
     }
 
     /// An insert that grows the table runs the key's `Eq` once per key on
@@ -488,14 +540,17 @@ mod tests {
             let mut keys = Keys {
                 queue: VecDeque::from([(Counted(key), 5)]),
                 held: None,
+                used: false,
             };
-            table.intern_front(&mut keys, &|_| false, &mut spare)
+            let id = table.intern_front(&mut keys, &mut spare);
+            table.settle(&mut keys, &mut spare);
+            id
         };
         for key in 0..8 {
             intern(key);
         }
         EQ_CALLS.store(0, Relaxed);
-        assert_eq!(intern(8), Some(8), "the 9th key doubles the cells");
+        assert_eq!(intern(8), 8, "the 9th key doubles the cells");
         assert_eq!(EQ_CALLS.load(Relaxed), 8, "one comparison per key interned");
     }
 
