@@ -16,7 +16,8 @@
 //! ```
 //!
 //! Targets: floor, goodput, goodput-bare, goodput-backpressure, goodput-ct,
-//! fairness-ct, keyed-cost, keyed-cost-ct, keyed-cost-skewed, keyed-cost-skewed-ct, speedup, speedup-cap16, intake-mt, intake-ct,
+//! push, push-ct, fairness-ct, keyed-cost, keyed-cost-ct, keyed-cost-skewed,
+//! keyed-cost-skewed-ct, speedup, speedup-cap16, intake-mt, intake-ct,
 //! crossover, freshness.
 //!
 //! The `-ct` targets run on a current-thread runtime, which is what
@@ -53,10 +54,10 @@ use backpressure_pipeline::ShedPolicy;
 use tokio::runtime::Runtime;
 
 use common::{
-    CAPACITY, Fairness, Run, WORKERS, bare_run, buffer_unordered_run, busy, calibrate, channel_run,
-    crate_keyed_run, crate_run, crate_skewed_run, crossover_items, current_thread, double,
-    fairness_channel, fairness_crate, freshness_channel, freshness_crate, iterations_for,
-    multi_thread, quantile, run_on, sleepy,
+    CAPACITY, Fairness, Run, WORKERS, bare_run, buffer_unordered_run, busy, calibrate,
+    channel_offer_run, channel_run, crate_keyed_run, crate_run, crate_skewed_run, crossover_items,
+    current_thread, double, fairness_channel, fairness_crate, feeder_run, freshness_channel,
+    freshness_crate, iterations_for, multi_thread, quantile, run_on, sleepy,
 };
 
 const GOODPUT_ITEMS: u64 = 1_000_000;
@@ -78,12 +79,14 @@ const FLOOR_CAPACITY: usize = 16;
 /// Items per fairness round (the scenario of the fairness issue).
 const FAIRNESS_ITEMS: u64 = 100_000;
 
-const ALL: [&str; 16] = [
+const ALL: [&str; 18] = [
     "floor",
     "goodput",
     "goodput-bare",
     "goodput-backpressure",
     "goodput-ct",
+    "push",
+    "push-ct",
     "fairness-ct",
     "keyed-cost",
     "keyed-cost-ct",
@@ -152,6 +155,8 @@ fn main() {
             "goodput-bare" => goodput(&env, "bare"),
             "goodput-backpressure" => goodput(&env, "backpressure"),
             "goodput-ct" => goodput_ct(&env),
+            "push" => push(&env, &env.mt, "multi-thread"),
+            "push-ct" => push(&env, &env.ct, "current-thread"),
             "fairness-ct" => fairness_ct(&env),
             "keyed-cost" => keyed_cost(&env, false, false),
             "keyed-cost-ct" => keyed_cost(&env, true, false),
@@ -403,6 +408,49 @@ fn goodput(env: &Env, anchor: &str) {
     };
     row(target, goal, "items/s", &runs_a, &runs_b, Run::goodput);
     switches_row(&runs_a, &runs_b, processed);
+    println!(
+        "|  ↳ processed per run (median) | {:.0} of {n} | {:.0} of {n} | | | | | | | |",
+        median_of(&runs_a, |r| r.processed as f64),
+        median_of(&runs_b, |r| r.processed as f64)
+    );
+}
+
+/// The push front: `Feeder::offer` under `DropNewest` against the
+/// hand-rolled `try_send` into async-channel, both offering as fast as they
+/// can (yielding every `OFFERS_PER_YIELD`) to 4 workers with a trivial
+/// handler: what each processes per second, and how fast each offers (most
+/// offers shed: the shedding path, measured before only by a throwaway A/B).
+fn push(env: &Env, runtime: &Runtime, name: &str) {
+    let n = GOODPUT_ITEMS;
+    let (runs_a, runs_b) = interleave(
+        env.rounds,
+        || {
+            run_on(
+                runtime,
+                feeder_run(n, CAPACITY, ShedPolicy::DropNewest, double),
+            )
+        },
+        || run_on(runtime, channel_offer_run(n, CAPACITY, double)),
+    );
+    row(
+        &format!(
+            "1e. push front, {name}: `Feeder::offer` vs async-channel(16) `try_send`, DropNewest, trivial handler: goodput"
+        ),
+        "info",
+        "items/s",
+        &runs_a,
+        &runs_b,
+        Run::goodput,
+    );
+    row(
+        "  ↳ offers per second",
+        "info",
+        "offers/s",
+        &runs_a,
+        &runs_b,
+        Run::intake_rate,
+    );
+    switches_row(&runs_a, &runs_b, taken);
     println!(
         "|  ↳ processed per run (median) | {:.0} of {n} | {:.0} of {n} | | | | | | | |",
         median_of(&runs_a, |r| r.processed as f64),
@@ -903,6 +951,10 @@ fn profile(args: &[String]) {
         "crate-backpressure-ct" => run_on(
             &current_thread(),
             crate_run(n, CAPACITY, ShedPolicy::Backpressure, double),
+        ),
+        "crate-push-ct" => run_on(
+            &current_thread(),
+            feeder_run(n, CAPACITY, ShedPolicy::DropNewest, double),
         ),
         "crate-keyed-ct" => run_on(
             &current_thread(),

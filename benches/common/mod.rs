@@ -359,6 +359,113 @@ where
     }
 }
 
+// ===== the push front, and its anchor =====
+
+/// Offers a pushing task makes between yields, in both push contenders: a
+/// producer that never yields would starve a current-thread runtime's
+/// workers.
+pub const OFFERS_PER_YIELD: u64 = 32;
+
+/// This crate's push front: a task offers `0..n` through
+/// `Feeder::offer` (shedding by `policy` when the queue of `capacity` is
+/// full) to [`WORKERS`] workers, and drops the feeder, which ends intake.
+pub async fn feeder_run<F, Fut>(n: u64, capacity: usize, policy: ShedPolicy, handler: F) -> Run
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = u64> + Send + 'static,
+{
+    let start = Instant::now();
+    let config = FanOutConfig::new(WORKERS, policy).capacity(capacity);
+    let (feeder, results, shutdown) = backpressure_pipeline::feeder(config, handler);
+    let producer = tokio::spawn(async move {
+        for item in 0..n {
+            let _ = black_box(feeder.offer(item));
+            if item % OFFERS_PER_YIELD == OFFERS_PER_YIELD - 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        Instant::now()
+    });
+    let consume = results.fold(0u64, |count, output| {
+        black_box(output);
+        async move { count + 1 }
+    });
+    let (received, report) = tokio::join!(consume, shutdown.join());
+    let wall = start.elapsed();
+    let intake_done = producer.await.expect("producer");
+    assert!(report.is_conserved(), "{report}");
+    assert_eq!(received, report.processed, "results received vs processed");
+    assert_eq!(report.produced, n, "every offer counted");
+    Run {
+        wall,
+        intake: intake_done - start,
+        taken: report.produced,
+        processed: report.processed,
+        dropped: report.dropped,
+        ..Run::default()
+    }
+}
+
+/// The hand-rolled push equivalent of [`feeder_run`] under `DropNewest`: a
+/// task `try_send`s `0..n` into `async_channel::bounded(capacity)`, dropping
+/// what finds it full, and [`WORKERS`] worker tasks receive, run the handler
+/// and send results through a bounded tokio mpsc to the consumer.
+pub async fn channel_offer_run<F, Fut>(n: u64, capacity: usize, handler: F) -> Run
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = u64> + Send + 'static,
+{
+    let start = Instant::now();
+    let (to_workers, from_producer) = async_channel::bounded::<u64>(capacity);
+    let (to_consumer, mut results) = mpsc::channel::<u64>(OUTPUT_CAPACITY);
+    let handler = Arc::new(handler);
+    let tasks: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let input = from_producer.clone();
+            let output = to_consumer.clone();
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                while let Ok(item) = input.recv().await {
+                    let _ = output.send(handler(item).await).await;
+                }
+            })
+        })
+        .collect();
+    drop((from_producer, to_consumer));
+    let producer = tokio::spawn(async move {
+        let mut dropped = 0u64;
+        for item in 0..n {
+            if let Err(full) = to_workers.try_send(item) {
+                black_box(full);
+                dropped += 1;
+            }
+            if item % OFFERS_PER_YIELD == OFFERS_PER_YIELD - 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        (Instant::now(), dropped)
+    });
+    let mut processed = 0u64;
+    while let Some(output) = results.recv().await {
+        black_box(output);
+        processed += 1;
+    }
+    let (intake_done, dropped) = producer.await.expect("producer");
+    for worker in tasks {
+        worker.await.expect("worker");
+    }
+    let wall = start.elapsed();
+    assert_eq!(processed + dropped, n, "every offer processed or dropped");
+    Run {
+        wall,
+        intake: intake_done - start,
+        taken: n,
+        processed,
+        dropped,
+        ..Run::default()
+    }
+}
+
 // ===== anchor: futures' buffer_unordered (one task) =====
 
 pub async fn buffer_unordered_run<F, Fut>(n: u64, handler: F) -> Run
