@@ -29,8 +29,10 @@ pub(crate) trait Keying<Item>: Send + Sync {
 
 struct KeyBy<F, K> {
     key: F,
-    /// One pipeline's hasher, seeded when it is configured: every front
-    /// of the pipeline hashes with it, and its queue compares the hashes.
+    /// The hasher of the keys, seeded when `key_by` is called: every
+    /// front of a pipeline hashes with it, and its queue compares the
+    /// hashes. (Pipelines built from clones of one config share it, seed
+    /// and all: harmless, each has its own table.)
     hasher: KeyHasher,
     of: PhantomData<fn() -> K>,
 }

@@ -676,7 +676,8 @@ where
                 let producers = shared.producers();
                 producers.unadmit();
                 keyer.leave(&producers.front.queue, None);
-                // The keys are spent with the place: keyed afresh.
+                // The keys are spent with the place: keyed afresh (the key
+                // function's second run for this request, on this path only).
                 match producers.key(job) {
                     Ok((job, keyer)) => Ok(State::KeyRoom {
                         job,

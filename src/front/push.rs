@@ -212,7 +212,9 @@ impl<Item> Producers<Item> {
                 Pushing::Done(offer) => return offer,
                 // Unreachable while invariant 5 holds (the place was kept
                 // for it); should it break, the place goes back and the
-                // producer takes one afresh rather than spin.
+                // producer takes one afresh rather than spin, keying the
+                // item again (its key function's second run, on this path
+                // only: the keys are spent with the place).
                 Pushing::KeyFull(full, held) => {
                     debug_assert!(false, "a push with a kept place found its key full");
                     self.unadmit();

@@ -491,7 +491,8 @@ fn poll_held<Item>(
                 debug_assert!(false, "a push with a kept place found its key full");
                 producers.unadmit();
                 keyer.leave(queue, None);
-                // The keys are spent with the place: keyed afresh.
+                // The keys are spent with the place: keyed afresh (the key
+                // function's second run for this item, on this path only).
                 let (item, keyer) = match producers.key(item) {
                     Ok(keyed) => keyed,
                     Err(item) if producers.is_closed() => {

@@ -199,15 +199,15 @@ impl<T> Keyed<T> {
             return true;
         }
         let per_key = self.per_key_capacity;
-        let Some(id) = self.table.find_front(keys) else {
-            // Nothing of this key queued, in flight or waited for: the
-            // place is free; the key is tracked from now on (invariant 4).
-            let Some(id) = self.table.hold_front(keys) else {
-                unreachable!("Keyed: a producer without its key")
-            };
-            self.slot(id).granted = true;
-            *granted = true;
-            return true;
+        let id = match self.table.find_or_hold(keys) {
+            Ok(id) => id,
+            Err(id) => {
+                // Nothing of this key queued, in flight or waited for: the
+                // place is free; the key is tracked from now on (invariant 4).
+                self.slot(id).granted = true;
+                *granted = true;
+                return true;
+            }
         };
         let slot = &mut self.slots[id];
         if ticket.is_some() && !slot.room.is_registered(*ticket) {
@@ -388,7 +388,8 @@ impl<T> Keyed<T> {
         let id = self.table.intern_front(keys, &mut self.forgotten);
         // Invariant 5: a grant is room kept for its holder; anyone else
         // finds the key full while its room is granted or others wait. (A
-        // key interned just now has no slot state: never full.)
+        // key interned just now has an idle slot, invariant 4, and a
+        // `per_key_capacity` of at least 1: never full.)
         let full = policy == ShedPolicy::Backpressure
             && self.slots.get(id).is_some_and(|slot| {
                 if *granted {

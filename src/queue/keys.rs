@@ -6,8 +6,7 @@
 
 use std::any::Any;
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hash};
-use std::sync::OnceLock;
+use std::hash::Hash;
 
 /// A key's dense id, its slot's index.
 pub(crate) type KeyId = usize;
@@ -43,7 +42,10 @@ pub(crate) type KeyHasher = foldhash::fast::RandomState;
 
 /// The hash of `key` with a process-wide [`KeyHasher`]: for keys a test or
 /// a model builds (`Keys::from_iter`); a pipeline's fronts use its own.
+#[cfg(any(test, loom))]
 fn hash_key<K: Hash>(key: &K) -> u64 {
+    use std::hash::BuildHasher;
+    use std::sync::OnceLock;
     static HASHER: OnceLock<KeyHasher> = OnceLock::new();
     HASHER.get_or_init(KeyHasher::default).hash_one(key)
 }
@@ -58,6 +60,9 @@ impl<K> Default for Keys<K> {
     }
 }
 
+/// Keys a test or a model builds, hashed with a process-wide hasher (a
+/// pipeline's fronts use its own: the two never meet in one queue).
+#[cfg(any(test, loom))]
 impl<K: Hash> FromIterator<K> for Keys<K> {
     fn from_iter<I: IntoIterator<Item = K>>(keys: I) -> Self {
         Keys {
@@ -94,10 +99,13 @@ pub(crate) trait KeyTable: Send {
     fn settle(&self, keys: &mut dyn Any, spare: &mut Vec<Box<dyn Any + Send>>);
     /// The id of the front key of `keys` (a [`Keys<K>`]), if tracked.
     fn find_front(&self, keys: &dyn Any) -> Option<KeyId>;
-    /// Interns the front key of `keys` for a place this producer takes in
-    /// it, marking it held (see [`Keys`]); its id. (Only for a key not
-    /// interned yet: nothing goes spare.)
-    fn hold_front(&mut self, keys: &mut dyn Any) -> Option<KeyId>;
+    /// The id of the front key of `keys` (`Ok`) if tracked; else interns
+    /// it for a place this producer takes in it, marking it held (see
+    /// [`Keys`]), and returns its id as `Err`. One lookup: the key is
+    /// popped only once it is known to be new, so a panicking `Eq` leaves
+    /// it with the producer (a review found it popped first, and dropped
+    /// under the lock by the unwinding).
+    fn find_or_hold(&mut self, keys: &mut dyn Any) -> Result<KeyId, KeyId>;
     /// Forgets `id`; returns the key if its `Drop` may run user code.
     fn forget(&mut self, id: KeyId) -> Option<Box<dyn Any + Send>>;
 }
@@ -322,7 +330,11 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
     }
 
     fn unuse(&self, keys: &mut dyn Any) {
-        downcast_mut::<K>(keys).used = false;
+        let keys = downcast_mut::<K>(keys);
+        // Only a key that was already tracked can be refused: one interned
+        // by this lookup was moved out of `keys` and has nothing queued.
+        debug_assert!(keys.used, "KeyTable: a new key refused");
+        keys.used = false;
     }
 
     fn settle(&self, keys: &mut dyn Any, spare: &mut Vec<Box<dyn Any + Send>>) {
@@ -339,22 +351,26 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
         self.find(key, *hash).ok()
     }
 
-    fn hold_front(&mut self, keys: &mut dyn Any) -> Option<KeyId> {
+    fn find_or_hold(&mut self, keys: &mut dyn Any) -> Result<KeyId, KeyId> {
         let keys = downcast_mut::<K>(keys);
         debug_assert!(!keys.used, "KeyTable: keys used outside a push");
-        let (key, hash) = keys.queue.pop_front()?;
-        let id = match self.find(&key, hash) {
-            Err(vacant) => self.insert(key, hash, vacant),
-            // Unreachable: its caller found the key untracked. Its copy
-            // goes back in front: nothing of the caller's dropped here.
-            Ok(id) => {
-                debug_assert!(false, "KeyTable: held a key already interned");
-                keys.queue.push_front((key, hash));
-                return Some(id);
-            }
+        if let Some(id) = keys.held {
+            return Ok(id);
+        }
+        let Some((front, hash)) = keys.queue.front() else {
+            unreachable!("KeyTable: a producer without its key")
         };
+        let hash = *hash;
+        let vacant = match self.find(front, hash) {
+            Ok(id) => return Ok(id),
+            Err(vacant) => vacant,
+        };
+        let Some((key, _)) = keys.queue.pop_front() else {
+            unreachable!("KeyTable: the front key went")
+        };
+        let id = self.insert(key, hash, vacant);
         keys.held = Some(id);
-        Some(id)
+        Err(id)
     }
 
     fn forget(&mut self, id: KeyId) -> Option<Box<dyn Any + Send>> {

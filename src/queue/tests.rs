@@ -435,3 +435,62 @@ async fn an_item_withdrawn_from_the_middle_keeps_the_others_stamps() {
     // 16 ms: 3 is 6 ms old (had it taken 2's stamp, 11 ms).
     assert_eq!(take(&q), Some((3, false)));
 }
+
+/// A key's `Eq` that panics while a producer takes a place in it: the key
+/// stays with the producer, not dropped by the unwinding under the lock
+/// (found by a review: the table popped it before comparing).
+#[test]
+fn a_panicking_eq_while_taking_a_place_leaves_the_key_with_its_producer() {
+    use std::hash::Hasher;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    static PANIC: AtomicBool = AtomicBool::new(false);
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    /// Every key hashes alike, so each lookup compares.
+    struct Touchy(u32);
+    impl std::hash::Hash for Touchy {
+        fn hash<H: Hasher>(&self, _: &mut H) {}
+    }
+    impl PartialEq for Touchy {
+        fn eq(&self, other: &Self) -> bool {
+            assert!(!PANIC.load(Relaxed), "Eq panics");
+            self.0 == other.0
+        }
+    }
+    impl Eq for Touchy {}
+    impl Drop for Touchy {
+        fn drop(&mut self) {
+            DROPPED.fetch_add(1, Relaxed);
+        }
+    }
+    let q: HandOff<u32> = HandOff::new(QueueSettings {
+        keyed: Some((table::<Touchy>(), 2)),
+        many_producers: true,
+        ..QueueSettings::plain(8, ShedPolicy::Backpressure)
+    });
+    let mut keys: Keys<Touchy> = [Touchy(1)].into_iter().collect();
+    q.push_keyed(
+        &mut vec![10],
+        &mut keys,
+        &mut false,
+        &mut Vec::new(),
+        &mut Vec::new(),
+        |_, _| {},
+    );
+    let mut other: Keys<Touchy> = [Touchy(2)].into_iter().collect();
+    PANIC.store(true, Relaxed);
+    let (mut ticket, mut granted) = (None, false);
+    let waker = std::task::Waker::noop();
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        q.poll_key_place(
+            &mut other,
+            &mut ticket,
+            &mut granted,
+            &mut std::task::Context::from_waker(waker),
+        )
+    }));
+    PANIC.store(false, Relaxed);
+    assert!(polled.is_err(), "the Eq panicked");
+    assert_eq!(DROPPED.load(Relaxed), 0, "no key dropped");
+    assert_eq!(other.queue.len(), 1, "the key stays with its producer");
+    assert!(!granted);
+}
