@@ -30,14 +30,15 @@ pub(crate) use std::sync::{Mutex, MutexGuard};
 // shelf under the queue's lock (`front::push`). No user code or waker of
 // ours runs under any lock, with one documented exception: a keyed queue
 // compares the caller's keys under the queue's lock, by their own `Eq`,
-// which `FanOutConfig::key_by` requires not to panic or lock (invariant 6
-// of `queue::keyed`; their `Hash` runs in the front, outside every lock).
+// which `FanOutConfig::key_by` requires not to block, and whose panic is
+// caught there, the table untouched (invariant 6 of `queue::keyed`; their
+// `Hash` runs in the front, outside every lock).
 
 /// Locks `mutex`, recovering from poison. No user code runs under any lock
-/// of this crate (each module says how) but a key's `Eq`, which must not
-/// panic, so a poisoned lock can only come from a bug in the crate
-/// itself or a broken key type; the state is still consistent at every
-/// point where the crate's own code could panic, so going on is safe.
+/// of this crate (each module says how) but a key's `Eq`, whose panic is
+/// caught under the lock, so a poisoned lock can only come from a bug in
+/// the crate itself; the state is still consistent at every point where
+/// the crate's own code could panic, so going on is safe.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()

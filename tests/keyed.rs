@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backpressure_pipeline::{
-    FanOutConfig, FanOutExt, Offer, Outcome, Report, ShedPolicy, ShedReason, feeder,
+    FanOutConfig, FanOutExt, Offer, Outcome, Rejected, Report, ShedPolicy, ShedReason, feeder,
 };
 use futures::{StreamExt, stream};
 use tokio::sync::Semaphore;
@@ -522,6 +522,90 @@ async fn an_item_whose_keys_hash_panics_fails_or_comes_back() {
     assert!(report.is_conserved(), "{report}");
 
     an_unkeyed_offer_comes_back(config, ('b', 13)).await;
+}
+
+/// A key whose `Eq` panics (here: comparing two keys of 13; every key
+/// hashes alike, so each lookup compares): caught under the queue's lock,
+/// the item fails (taken from a stream) or comes back (offered, sent,
+/// called), as when the key function panics, and the rest goes on. Before,
+/// the panic unwound through the queue and the stream's intake task: a
+/// report with nothing produced and the laws broken.
+#[tokio::test(start_paused = true)]
+async fn an_item_whose_keys_eq_panics_fails_or_comes_back() {
+    struct Touchy(u32);
+    impl std::hash::Hash for Touchy {
+        fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+    }
+    impl PartialEq for Touchy {
+        fn eq(&self, other: &Self) -> bool {
+            if (self.0, other.0) == (13, 13) {
+                common::planned_panic();
+            }
+            self.0 == other.0
+        }
+    }
+    impl Eq for Touchy {}
+    common::quiet_planned_panics();
+    let config = |policy| {
+        FanOutConfig::new(1, policy)
+            .capacity(4)
+            .key_by(|item: &Item| Touchy(item.1))
+    };
+    // One batch: a's 13 is interned (nothing to compare), b's and d's
+    // lookups compare 13 with 13 and panic; c's and e's do not.
+    let input = items(&[('a', 13), ('b', 13), ('c', 2), ('d', 13), ('e', 3)]);
+    let (results, shutdown) = stream::iter(input)
+        .bounded_fan_out_with(config(ShedPolicy::Backpressure), |item: Item| async move {
+            item
+        });
+    let (mut out, report) = within(GUARD, "join", shutdown.join_collect(results)).await;
+    out.sort();
+    assert_eq!(out, [('a', 13), ('c', 2), ('e', 3)]);
+    assert_eq!(
+        (report.produced, report.processed, report.failed),
+        (5, 3, 2)
+    );
+    assert!(report.is_conserved(), "{report}");
+
+    // Offered, and sent under `Backpressure` (where the lookup is the
+    // one that takes a place in the key): handed back, uncounted.
+    for policy in [ShedPolicy::DropNewest, ShedPolicy::Backpressure] {
+        let (feeder, results, shutdown) = feeder(config(policy), |item: Item| async move {
+            sleep(ms(10)).await;
+            item
+        });
+        assert_eq!(feeder.offer(('a', 13)), Offer::Queued);
+        assert_eq!(feeder.offer(('b', 13)), Offer::Unkeyed(('b', 13)));
+        assert_eq!(feeder.send(('c', 13)).await, Offer::Unkeyed(('c', 13)));
+        assert_eq!(feeder.send(('d', 2)).await, Offer::Queued);
+        drop(feeder);
+        let (out, report) = within(GUARD, "join", shutdown.join_collect(results)).await;
+        assert_eq!(out, [('a', 13), ('d', 2)], "{policy:?}");
+        assert_eq!((report.produced, report.failed), (2, 0), "{policy:?}");
+        assert!(report.is_conserved(), "{report}");
+    }
+
+    // Called: the request comes back.
+    let (caller, shutdown) =
+        backpressure_pipeline::caller(config(ShedPolicy::Backpressure), |item: Item| async move {
+            sleep(ms(10)).await;
+            item
+        });
+    let first = tokio::spawn({
+        let caller = caller.clone();
+        async move { caller.call(('a', 13)).await }
+    });
+    tokio::task::yield_now().await; // a is queued
+    let rejected = caller.call(('b', 13)).await.unwrap_err();
+    assert!(
+        matches!(rejected, Rejected::Unkeyed(('b', 13))),
+        "{rejected:?}"
+    );
+    assert_eq!(first.await.unwrap().ok(), Some(('a', 13)));
+    drop(caller);
+    let report = within(GUARD, "join", shutdown.join()).await;
+    assert_eq!((report.produced, report.delivered), (1, 1));
+    assert!(report.is_conserved(), "{report}");
 }
 
 /// Offered, an item whose key cannot be taken comes back, not accepted and

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::FanOutConfig;
-use crate::isolate::catching;
+use crate::isolate::{catching, drop_quietly};
 use crate::queue::{KeyHasher, KeyTable, Keys, table};
 
 /// The caller's key function, erased: the queue sees keys only as ids.
@@ -25,6 +25,9 @@ pub(crate) trait Keying<Item>: Send + Sync {
     /// the key function panicked (nothing appended). For a front whose
     /// items wrap the caller's (the call front's jobs).
     fn key_one(&self, item: &Item, keys: &mut dyn Any) -> bool;
+    /// Drops the front key of `keys` (a `Keys<K>`), quietly: its item went
+    /// back unkeyed (the key's `Eq` panicked while it took a place).
+    fn pop_key(&self, keys: &mut dyn Any);
 }
 
 struct KeyBy<F, K> {
@@ -90,6 +93,15 @@ where
         catching(|| self.key_and_hash(item))
             .map(|key| keys.push_back(key))
             .is_some()
+    }
+
+    fn pop_key(&self, keys: &mut dyn Any) {
+        let Some(Keys { queue: keys, .. }) = keys.downcast_mut::<Keys<K>>() else {
+            unreachable!("Keying: keys of another type")
+        };
+        if let Some(key) = keys.pop_front() {
+            drop_quietly(key);
+        }
     }
 }
 
@@ -157,10 +169,12 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// ([`Offer::Unkeyed`](crate::Offer::Unkeyed), a [`SinkError`](crate::SinkError)
     /// holding it, [`Rejected::Unkeyed`](crate::Rejected::Unkeyed)). So
     /// does a panic in the key type's `Hash`, which runs with the key
-    /// function, outside every lock. Its `Eq` runs under the queue's lock:
-    /// it must not panic or block (a derived one does neither). Its `Drop`
-    /// never does: a key is dropped after unlocking, and a panic in it is
-    /// caught.
+    /// function, outside every lock, and in its `Eq`, which runs under the
+    /// queue's lock (the table compares keys there): that panic is caught
+    /// under the lock, the item fails or comes back as above, its key is
+    /// dropped, and the rest goes on. `Eq` must not block (a derived one
+    /// does not). Its `Drop` never runs under a lock: a key is dropped
+    /// after unlocking, and a panic in it is caught.
     ///
     /// A key's item stays in flight until its result is handed over to the
     /// results buffer, so a key's results come out in its order whatever

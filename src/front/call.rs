@@ -38,7 +38,7 @@ use super::sink::SinkState;
 use super::slot::{Answer, Slot};
 use crate::config::{ConfigHooks, HandlerKind, Keying, Settings};
 use crate::isolate::drop_quietly;
-use crate::queue::{KeyTable, NoRoom};
+use crate::queue::{KeyPlace, KeyTable, NoRoom};
 use crate::results::BoundedFanOut;
 use crate::settle::{Outcome, PendingKey, Record, Settle, Stage};
 use crate::worker::Verdict;
@@ -343,6 +343,10 @@ impl<Req, Resp> Keying<Job<Req, Resp>> for KeyJobs<Req> {
     fn key_one(&self, job: &Job<Req, Resp>, keys: &mut dyn std::any::Any) -> bool {
         let request = job.request.as_ref();
         request.is_some_and(|request| self.0.key_one(request, keys))
+    }
+
+    fn pop_key(&self, keys: &mut dyn std::any::Any) {
+        self.0.pop_key(keys);
     }
 }
 
@@ -827,10 +831,19 @@ where
                         this.state = State::KeyRoom { job, keyer, ticket };
                         return Poll::Pending;
                     };
-                    if !room {
-                        // Closed: the place in line goes (grants lapsed).
-                        keyer.leave(queue, ticket);
-                        return Poll::Ready(Err(job.reject(RejectReason::Closed)));
+                    match room {
+                        KeyPlace::Mine => {}
+                        KeyPlace::Closed => {
+                            // Closed: the place in line goes (grants lapsed).
+                            keyer.leave(queue, ticket);
+                            return Poll::Ready(Err(job.reject(RejectReason::Closed)));
+                        }
+                        // Its key's `Eq` panicked: nothing taken (the leave is
+                        // a no-op, kept should a place ever be).
+                        KeyPlace::Unkeyed => {
+                            keyer.leave(queue, ticket);
+                            return Poll::Ready(Err(job.reject(RejectReason::Unkeyed)));
+                        }
                     }
                     match producers.try_admit() {
                         Ok(()) => match Self::offer_admitted(shared, job, Some(keyer)) {

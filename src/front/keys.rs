@@ -59,12 +59,15 @@ impl Keyer {
         keying.key_batch(batch, &mut *self.keys, unkeyed);
     }
 
-    /// Pushes `batch` (keyed by [`key`](Self::key)) into the queue.
+    /// Pushes `batch` (keyed by [`key`](Self::key)) into the queue; items
+    /// whose key's `Eq` panicked come back in `unkeyed`, their keys
+    /// dropped.
     pub(crate) fn push<Item>(
         &mut self,
         front: &FrontParts<Item>,
         batch: &mut Vec<Item>,
         shed: &mut Vec<Item>,
+        unkeyed: &mut Vec<Item>,
         count: impl FnOnce(usize, usize),
     ) -> Pushed {
         self.reasons.clear();
@@ -74,8 +77,15 @@ impl Keyer {
             &mut self.granted,
             shed,
             &mut self.reasons,
+            unkeyed,
             count,
         )
+    }
+
+    /// Drops the front key: its item goes back unkeyed (its `Eq` panicked
+    /// while it took a place, [`KeyPlace::Unkeyed`](crate::queue::KeyPlace)).
+    pub(crate) fn drop_front<Item>(&mut self, keying: &dyn Keying<Item>) {
+        keying.pop_key(&mut *self.keys);
     }
 
     /// Forgets the keys of items that will not be pushed after all.

@@ -25,7 +25,7 @@ use super::shed::{Disposal, Why, after_shed, reason};
 use super::{CloseOnDrop, FrontParts};
 use crate::ShedPolicy;
 use crate::isolate::timer_at;
-use crate::queue::{NoRoom, Pushed};
+use crate::queue::{KeyPlace, NoRoom, Pushed};
 use crate::report::IntakeEnd;
 
 /// What every producer handle of one pipeline shares.
@@ -122,12 +122,19 @@ impl<Item> Producers<Item> {
                 debug_assert!(hooks.is_some(), "Producers: hooks released, queue open");
             }
         };
+        let mut unkeyed = Vec::new();
         let pushed = match keyer.as_mut() {
-            Some(keyer) => keyer.push(front, &mut batch, &mut shed, count),
+            Some(keyer) => keyer.push(front, &mut batch, &mut shed, &mut unkeyed, count),
             None => front.queue.push(&mut batch, &mut shed, count),
         };
         if let Some(emitter) = emitter {
             emitter.wake();
+        }
+        if let Some(item) = unkeyed.pop() {
+            // Its key's `Eq` panicked: handed back, as when its key
+            // function panics; nothing counted.
+            self.unadmit();
+            return Pushing::Done(Offer::Unkeyed(item));
         }
         let count = match pushed {
             Pushed::Refused => {
@@ -192,8 +199,12 @@ impl<Item> Producers<Item> {
         let mut item = item;
         loop {
             let (keys, granted) = keyer.waiting();
-            if !queue.key_place(keys, granted).await {
-                return Offer::Closed(item);
+            match queue.key_place(keys, granted).await {
+                KeyPlace::Mine => {}
+                KeyPlace::Closed => return Offer::Closed(item),
+                // Its key's `Eq` panicked: nothing taken; the keys go with
+                // the keyer, dropped here, outside the lock.
+                KeyPlace::Unkeyed => return Offer::Unkeyed(item),
             }
             // Holding the key's place, wait for a queue slot and a credit;
             // dropped meanwhile, the place passes on.

@@ -12,7 +12,7 @@ use super::FrontParts;
 use super::keys::Keyer;
 use super::push::{Feeder, Offer, Producers, Pushing};
 use super::shed::Disposal;
-use crate::queue::NoRoom;
+use crate::queue::{KeyPlace, NoRoom};
 
 /// An item `start_send` accepted whose key was full (keyed, under
 /// `Backpressure`: `poll_ready` cannot know the next item's key). The room
@@ -465,7 +465,7 @@ fn poll_held<Item>(
         let placed =
             std::task::ready!(queue.poll_key_place(keys, &mut waiting.ticket, granted, cx));
         // Holding the key's place: room and a credit.
-        let admitted = if placed {
+        let admitted = if placed == KeyPlace::Mine {
             std::task::ready!(sink.poll_admit(&producers.front, cx)).is_ok() && sink.take()
         } else {
             false
@@ -478,6 +478,13 @@ fn poll_held<Item>(
         else {
             unreachable!("Feeder: the held item went")
         };
+        if placed == KeyPlace::Unkeyed {
+            // Its key's `Eq` panicked: nothing taken; handed back, as when
+            // its key function panics (the leave is a no-op, kept should a
+            // place ever be).
+            keyer.leave(queue, ticket);
+            return Poll::Ready(Err(refused(Some(item), Refusal::Unkeyed)));
+        }
         if !admitted {
             // Closed: the place (or the place in line) goes.
             keyer.leave(queue, ticket);

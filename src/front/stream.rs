@@ -13,7 +13,7 @@ use super::shed::{Disposal, Why, after_shed, reason};
 use super::{CloseOnDrop, FrontParts};
 use crate::ShedPolicy;
 use crate::isolate::{catching, timer_at};
-use crate::queue::Pushed;
+use crate::queue::{KeyPlace, Pushed};
 use crate::report::IntakeEnd;
 
 /// Most items pulled before they are queued under one lock (documented on
@@ -139,7 +139,10 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
             let Some(keyer) = keyer.as_mut() else {
                 break queue.push(&mut batch, &mut shed, count);
             };
-            let pushed = keyer.push(&front, &mut batch, &mut shed, count);
+            let pushed = keyer.push(&front, &mut batch, &mut shed, &mut unkeyed, count);
+            // Items whose key's `Eq` panicked: their reserved slots went
+            // back with the push; failed as when the key function panics.
+            fail_unkeyed(&front, hooks, &mut unkeyed);
             let Pushed::Accepted { blocked: true, .. } = pushed else {
                 break pushed;
             };
@@ -150,12 +153,25 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
                 let mut room = pin!(queue.key_place(keys, granted));
                 poll_fn(|cx| match room.as_mut().poll(cx) {
                     Poll::Ready(room) => Poll::Ready(room),
-                    Poll::Pending if stop.as_mut().poll(cx).is_ready() => Poll::Ready(false),
+                    Poll::Pending if stop.as_mut().poll(cx).is_ready() => {
+                        Poll::Ready(KeyPlace::Closed)
+                    }
                     Poll::Pending => Poll::Pending,
                 })
                 .await
             };
-            if !room {
+            if room == KeyPlace::Unkeyed {
+                // The blocked item's key's `Eq` panicked: it fails, its slot
+                // goes back, and the rest is pushed.
+                if let (Some(keying), false) = (keying, batch.is_empty()) {
+                    keyer.drop_front(keying);
+                    unkeyed.push(batch.remove(0));
+                    queue.unreserve(1);
+                    fail_unkeyed(&front, hooks, &mut unkeyed);
+                }
+                continue;
+            }
+            if room == KeyPlace::Closed {
                 queue.unreserve(batch.len());
                 if let Some(keying) = keying {
                     keyer.clear(keying);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use loom::future::block_on;
 
 use crate::ShedPolicy;
-use crate::queue::{HandOff, Keys, QueueSettings, table};
+use crate::queue::{HandOff, KeyPlace, Keys, QueueSettings, table};
 
 /// One key, `a`, as a front hands keys over.
 fn key_a() -> Keys<char> {
@@ -34,6 +34,7 @@ fn push_a(queue: &HandOff<u32>, item: u32, granted: &mut bool) -> bool {
         granted,
         &mut shed,
         &mut reasons,
+        &mut Vec::new(),
         |_, _| {},
     );
     batch.is_empty()
@@ -50,6 +51,7 @@ fn closed_queue(items: &[u32]) -> Arc<HandOff<u32>> {
         &mut items.to_vec(),
         &mut keys,
         &mut false,
+        &mut Vec::new(),
         &mut Vec::new(),
         &mut Vec::new(),
         |_, _| {},
@@ -163,7 +165,7 @@ fn loom_a_take_gives_a_full_keys_place_to_the_producer_waiting_for_it() {
         assert!(push_a(&queue, 1, &mut false), "a is empty");
         let producer = super::spawn(&queue, move |queue| {
             let (mut keys, mut granted) = (key_a(), false);
-            assert!(block_on(queue.key_place(&mut keys, &mut granted)));
+            assert!(block_on(queue.key_place(&mut keys, &mut granted)) == KeyPlace::Mine);
             push_a(&queue, 2, &mut granted)
         });
         assert_eq!(block_on(queue.take()).map(|t| t.item), Some(1));
@@ -194,7 +196,7 @@ fn loom_a_grant_holders_push_passes_the_next_place_on() {
                     // (a place it saw free, not kept for it, went to the
                     // other producer) waits again.
                     let (mut keys, mut granted) = (key_a(), false);
-                    while block_on(queue.key_place(&mut keys, &mut granted)) {
+                    while block_on(queue.key_place(&mut keys, &mut granted)) == KeyPlace::Mine {
                         if push_a(&queue, item, &mut granted) {
                             return true;
                         }
@@ -227,12 +229,12 @@ fn loom_a_producer_that_gives_up_its_kept_place_passes_it_on() {
         // Gives up as soon as it has room (a kept place, or none).
         let quitter = super::spawn(&queue, move |queue| {
             let (mut keys, mut granted) = (key_a(), false);
-            assert!(block_on(queue.key_place(&mut keys, &mut granted)));
+            assert!(block_on(queue.key_place(&mut keys, &mut granted)) == KeyPlace::Mine);
             queue.leave_key_room(&keys, None, granted);
         });
         let stayer = super::spawn(&queue, move |queue| {
             let (mut keys, mut granted) = (key_a(), false);
-            while block_on(queue.key_place(&mut keys, &mut granted)) {
+            while block_on(queue.key_place(&mut keys, &mut granted)) == KeyPlace::Mine {
                 if push_a(&queue, 2, &mut granted) {
                     return true;
                 }
@@ -268,7 +270,7 @@ fn loom_places_taken_before_a_slot_go_one_at_a_time_in_line() {
             .map(|item| {
                 super::spawn(&queue, move |queue| {
                     let (mut keys, mut granted) = (key_a(), false);
-                    assert!(block_on(queue.key_place(&mut keys, &mut granted)));
+                    assert!(block_on(queue.key_place(&mut keys, &mut granted)) == KeyPlace::Mine);
                     assert!(granted, "a place of its own");
                     let mut batch = vec![item];
                     let (mut shed, mut reasons) = (Vec::new(), Vec::new());
@@ -278,6 +280,7 @@ fn loom_places_taken_before_a_slot_go_one_at_a_time_in_line() {
                         &mut granted,
                         &mut shed,
                         &mut reasons,
+                        &mut Vec::new(),
                         |_, _| {},
                     );
                     batch.is_empty()

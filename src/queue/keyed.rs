@@ -44,10 +44,13 @@
 //!    the key has room, nobody in line and no grant out; else in line), so
 //!    a key's producers enter in the order they began to wait whatever the
 //!    queue's room (`take_place`).
-//! 6. No user code runs here but the key type's `Eq` (which must not panic
-//!    or lock): keys come hashed by their front, outside the lock, and the
-//!    table grows by the stored hashes; a forgotten key whose `Drop` could
-//!    be user code is handed back to be dropped after unlocking.
+//! 6. No user code runs here but the key type's `Eq` (which must not
+//!    block), under a panic guard: a lookup only reads the table, and an
+//!    arrival leaves its batch only once its key is found, so a panic
+//!    loses nothing (the arrival goes back unkeyed, its key dropped after
+//!    unlocking). Keys come hashed by their front, outside the lock, and
+//!    the table grows by the stored hashes; a forgotten key whose `Drop`
+//!    could be user code is handed back to be dropped after unlocking.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -61,7 +64,7 @@ use super::list::{Links, List};
 use super::{HandOff, Pushed, Room, State, Taken, WaitList, wake};
 use crate::ShedPolicy;
 use crate::export::stamp;
-use crate::isolate::drop_quietly;
+use crate::isolate::{catching, drop_quietly};
 use crate::settle::ShedReason;
 use crate::sync::MutexGuard;
 use std::sync::atomic::Ordering::Relaxed;
@@ -101,6 +104,18 @@ impl<T> Slot<T> {
     fn is_idle(&self) -> bool {
         self.items.is_empty() && !self.in_flight && self.room.is_empty() && !self.granted
     }
+}
+
+/// How a producer's wait for a place in its key ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyPlace {
+    /// The place is its own (`granted` set): push with it.
+    Mine,
+    /// The queue closed first.
+    Closed,
+    /// Its key's `Eq` panicked: nothing taken or registered; the item goes
+    /// back as one whose key function panicked.
+    Unkeyed,
 }
 
 /// Where an arrival went, and what it displaced.
@@ -167,6 +182,13 @@ impl<T> Keyed<T> {
         self.live
     }
 
+    /// The front key of `keys` panicked in its `Eq` while its arrival was
+    /// placed: the key goes (dropped after unlocking), and the arrival
+    /// back to its front, unkeyed.
+    pub(crate) fn unkeyed(&mut self, keys: &mut dyn Any) {
+        self.table.drop_front(keys, &mut self.forgotten);
+    }
+
     /// After a push: lets go of the keys it used (`KeyTable::settle`).
     pub(crate) fn settle(&mut self, keys: &mut dyn Any) {
         self.table.settle(keys, &mut self.forgotten);
@@ -187,26 +209,27 @@ impl<T> Keyed<T> {
     /// has room, nobody in line and no place kept for anyone (an untracked
     /// key is interned for it, held in `keys`), else in line, registering
     /// under `ticket`. `true` once the place is its own (`granted` set:
-    /// push with it); `false` while it waits (invariant 5).
+    /// push with it); `false` while it waits (invariant 5); `None` if the
+    /// key's `Eq` panicked (nothing taken or registered).
     pub(crate) fn take_place(
         &mut self,
         keys: &mut dyn Any,
         ticket: &mut Option<u64>,
         granted: &mut bool,
         waker: &Waker,
-    ) -> bool {
+    ) -> Option<bool> {
         if *granted {
-            return true;
+            return Some(true);
         }
         let per_key = self.per_key_capacity;
-        let id = match self.table.find_or_hold(keys) {
+        let id = match self.table.find_or_hold(keys)? {
             Ok(id) => id,
             Err(id) => {
                 // Nothing of this key queued, in flight or waited for: the
                 // place is free; the key is tracked from now on (invariant 4).
                 self.slot(id).granted = true;
                 *granted = true;
-                return true;
+                return Some(true);
             }
         };
         let slot = &mut self.slots[id];
@@ -214,7 +237,7 @@ impl<T> Keyed<T> {
             // Woken by `grant_next`: the place is this producer's.
             *ticket = None;
             *granted = true;
-            return true;
+            return Some(true);
         }
         debug_assert!(
             slot.room.is_empty() || slot.items.len() >= per_key || slot.granted,
@@ -223,10 +246,10 @@ impl<T> Keyed<T> {
         if ticket.is_none() && !slot.granted && slot.items.len() < per_key && slot.room.is_empty() {
             slot.granted = true;
             *granted = true;
-            return true;
+            return Some(true);
         }
         slot.room.register(ticket, waker);
-        false
+        Some(false)
     }
 
     /// A producer stops waiting for room in the front key of `keys`
@@ -368,23 +391,26 @@ impl<T> Keyed<T> {
         }
     }
 
-    /// Places one arrival, whose key is the front of `keys`, by `policy`
-    /// within `capacity`. Returns where it went, and whether its key became
-    /// ready (a worker should be woken). Under `Backpressure` an arrival
-    /// whose key is full is refused and comes back (`Err`), its key left
-    /// in `keys`.
+    /// Places the next arrival (the last of `arrivals`, which are in
+    /// reverse order), whose key is the front of `keys`, by `policy` within
+    /// `capacity`. Returns where it went, and whether its key became ready
+    /// (a worker should be woken). Under `Backpressure` an arrival whose
+    /// key is full is refused (`None`): it stays in `arrivals`, its key in
+    /// `keys`. The arrival leaves `arrivals` only once its key is found: a
+    /// key's `Eq` that panics (invariant 6) unwinds with it still there,
+    /// and the table untouched.
     // Always: its one caller is the keyed push loop, and its result (a
     // large enum) is then matched in registers, not through memory.
     #[inline(always)]
     pub(crate) fn place(
         &mut self,
-        item: T,
+        arrivals: &mut Vec<T>,
         keys: &mut dyn Any,
         granted: &mut bool,
         policy: ShedPolicy,
         capacity: usize,
         at: Instant,
-    ) -> Result<(Placed<T>, bool), T> {
+    ) -> Option<(Placed<T>, bool)> {
         let id = self.table.intern_front(keys, &mut self.forgotten);
         // Invariant 5: a grant is room kept for its holder; anyone else
         // finds the key full while its room is granted or others wait. (A
@@ -401,8 +427,11 @@ impl<T> Keyed<T> {
             });
         if full {
             self.table.unuse(keys);
-            return Err(item);
+            return None;
         }
+        let Some(item) = arrivals.pop() else {
+            unreachable!("Keyed: placing with no arrival")
+        };
         let used_grant = std::mem::take(granted);
         if used_grant {
             let slot = &mut self.slots[id];
@@ -450,7 +479,7 @@ impl<T> Keyed<T> {
             // key that got nothing queued).
             self.forget_if_idle(id);
         }
-        Ok((placed, woke))
+        Some((placed, woke))
     }
 
     /// Sheds an item of key `from` for `reason` (its newest for `Newest`,
@@ -633,6 +662,7 @@ impl<T> HandOff<T> {
     /// push stops at the first item whose key is full (`blocked`), leaving
     /// it and the rest in `batch` and `keys`: wait with
     /// [`key_place`](Self::key_place), then push the rest (with the place).
+    #[allow(clippy::too_many_arguments)] // the unkeyed push's, plus the keys'
     pub(crate) fn push_keyed(
         &self,
         batch: &mut Vec<T>,
@@ -640,6 +670,7 @@ impl<T> HandOff<T> {
         granted: &mut bool,
         shed: &mut Vec<T>,
         reasons: &mut Vec<(ShedReason, bool)>,
+        unkeyed: &mut Vec<T>,
         count: impl FnOnce(usize, usize),
     ) -> Pushed {
         // Read outside the lock (as the unkeyed queue's stamps are): the
@@ -653,44 +684,56 @@ impl<T> HandOff<T> {
             let (mut offered, mut overflow, mut ready) = (0, 0, 0);
             let mut blocked = false;
             let keyed = Self::keyed(&mut state);
-            // Drained in place, so the caller's batch keeps its capacity for
-            // the next pull (taking the `Vec` cost a regrowth per batch).
-            // What a block leaves goes back after the drain.
-            let mut arrivals = std::mem::take(batch);
-            let mut left = Vec::new();
-            let mut drain = arrivals.drain(..);
-            while let Some(item) = drain.next() {
-                let placed = keyed.place(item, keys, granted, self.policy, self.capacity, at);
-                let Ok((placed, woke)) = placed.map_err(|item| left.push(item)) else {
-                    left.extend(drain.by_ref());
-                    blocked = true;
-                    break;
-                };
-                offered += 1;
-                ready += usize::from(woke);
-                let (item, reason, arrival) = match placed {
-                    Placed::Queued => continue,
-                    Placed::Displaced(item, reason) => (item, reason, false),
-                    Placed::Shed(item, reason) => (item, reason, true),
-                };
-                debug_assert!(self.policy != ShedPolicy::Backpressure);
-                overflow += 1;
-                if self.keep_shed {
-                    shed.push(item);
-                    reasons.push((reason, arrival));
+            // Popped from the back, in order, so the caller's batch keeps
+            // its capacity for the next pull (taking the `Vec` cost a
+            // regrowth per batch); what a block leaves goes back.
+            let arrivals = batch;
+            arrivals.reverse();
+            let unkeyed_before = unkeyed.len();
+            // One guard for the whole batch around the keys' `Eq`, the
+            // caller's code (invariant 6; a guard per item cost 30
+            // instructions an item): a panic leaves the arrival whose key
+            // it was in `arrivals`, which goes back unkeyed, and the rest
+            // goes on.
+            while catching(|| {
+                while !arrivals.is_empty() {
+                    let Some((placed, woke)) =
+                        keyed.place(arrivals, keys, granted, self.policy, self.capacity, at)
+                    else {
+                        blocked = true;
+                        return;
+                    };
+                    offered += 1;
+                    ready += usize::from(woke);
+                    let (item, reason, arrival) = match placed {
+                        Placed::Queued => continue,
+                        Placed::Displaced(item, reason) => (item, reason, false),
+                        Placed::Shed(item, reason) => (item, reason, true),
+                    };
+                    debug_assert!(self.policy != ShedPolicy::Backpressure);
+                    overflow += 1;
+                    if self.keep_shed {
+                        shed.push(item);
+                        reasons.push((reason, arrival));
+                    }
+                    // Otherwise it has no drop glue: nothing runs.
                 }
-                // Otherwise it has no drop glue: nothing runs.
+            })
+            .is_none()
+            {
+                keyed.unkeyed(keys);
+                unkeyed.extend(arrivals.pop());
             }
-            drop(drain);
-            *batch = arrivals;
-            batch.append(&mut left);
+            arrivals.reverse();
             keyed.settle(keys);
             let len = keyed.total();
             let forgotten = keyed.take_forgotten();
             let passed = keyed.passed.take();
             if let Room::Batch = self.room {
-                // The reservation becomes items (invariant 4).
-                state.batch.reserved -= offered.min(state.batch.reserved);
+                // The reservation becomes items (invariant 4); an item that
+                // went back unkeyed gives its reserved slot back.
+                let used = offered + (unkeyed.len() - unkeyed_before);
+                state.batch.reserved -= used.min(state.batch.reserved);
             }
             debug_assert!(
                 len + state.batch.reserved <= self.capacity,
@@ -805,7 +848,8 @@ impl<T> HandOff<T> {
     ) {
         let mut state = self.lock();
         if !state.closed {
-            Self::keyed(&mut state).take_place(keys, ticket, granted, Waker::noop());
+            // A panicking `Eq` registers nothing: the first poll finds it.
+            let _ = Self::keyed(&mut state).take_place(keys, ticket, granted, Waker::noop());
         }
     }
 
@@ -827,36 +871,40 @@ impl<T> HandOff<T> {
         drop_forgotten(forgotten);
     }
 
-    /// Ready with `true` once this producer has a place in the front key of
-    /// `keys` (`granted` set: push with it), `false` if the queue closed;
-    /// registers under `ticket` to wait. See `Keyed::take_place`.
+    /// Ready once this producer has a place in the front key of `keys`
+    /// (`granted` set: push with it), or the queue closed, or the key's
+    /// `Eq` panicked; registers under `ticket` to wait. See
+    /// `Keyed::take_place`.
     pub(crate) fn poll_key_place(
         &self,
         keys: &mut dyn Any,
         ticket: &mut Option<u64>,
         granted: &mut bool,
         cx: &mut Context<'_>,
-    ) -> Poll<bool> {
+    ) -> Poll<KeyPlace> {
         let mut state = self.lock();
         if state.closed {
-            return Poll::Ready(false);
+            return Poll::Ready(KeyPlace::Closed);
         }
-        if Self::keyed(&mut state).take_place(keys, ticket, granted, cx.waker()) {
-            Poll::Ready(true)
-        } else {
-            Poll::Pending
+        match Self::keyed(&mut state).take_place(keys, ticket, granted, cx.waker()) {
+            Some(true) => Poll::Ready(KeyPlace::Mine),
+            Some(false) => Poll::Pending,
+            None => Poll::Ready(KeyPlace::Unkeyed),
         }
     }
 
     /// Waits for a place in the front key of `keys` (see
-    /// [`poll_key_place`](Self::poll_key_place)); `false` if the queue
-    /// closed first.
+    /// [`poll_key_place`](Self::poll_key_place)).
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: dropped, it gives up its place in line and passes on a
     /// place given to it.
-    pub(crate) async fn key_place(&self, keys: &mut (dyn Any + Send), granted: &mut bool) -> bool {
+    pub(crate) async fn key_place(
+        &self,
+        keys: &mut (dyn Any + Send),
+        granted: &mut bool,
+    ) -> KeyPlace {
         // `&mut`, not `&`: a future holding it stays `Send` for any key type.
         struct Wait<'a, T> {
             queue: &'a HandOff<T>,

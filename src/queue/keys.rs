@@ -8,6 +8,8 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::hash::Hash;
 
+use crate::isolate::catching;
+
 /// A key's dense id, its slot's index.
 pub(crate) type KeyId = usize;
 
@@ -20,6 +22,12 @@ pub(crate) struct Keys<K> {
     /// ([`KeyHasher`]).
     pub(crate) queue: VecDeque<(K, u64)>,
     held: Option<KeyId>,
+    /// The id of the front key, found by the producer taking a place in
+    /// it, while it waits in its line or holds the place (the key stays
+    /// tracked meanwhile, invariant 4 of `keyed`): its copy is still the
+    /// front, and later looks use the id, so the key's `Eq` runs once per
+    /// wait, at its start, where a panic loses nothing.
+    at: Option<KeyId>,
     /// The front key (or the held id) went to an item the queue placed:
     /// it is let go at the next look at these keys, or by
     /// [`KeyTable::settle`] (so a refusal, which is decided after the
@@ -55,6 +63,7 @@ impl<K> Default for Keys<K> {
         Keys {
             queue: VecDeque::new(),
             held: None,
+            at: None,
             used: false,
         }
     }
@@ -74,6 +83,7 @@ impl<K: Hash> FromIterator<K> for Keys<K> {
                 })
                 .collect(),
             held: None,
+            at: None,
             used: false,
         }
     }
@@ -89,23 +99,34 @@ pub(crate) trait KeyTable: Send {
     /// lookup. A key let go that equals one interned goes to `spare` if its
     /// `Drop` may be user code, to be dropped after unlocking (invariant 6
     /// of `keyed`). A new key is interned at once (moved into the table):
-    /// it has nothing queued, so it is never refused.
+    /// it has nothing queued, so it is never refused. Unwinds if the key's
+    /// `Eq` panics, with the table untouched and the key still the front
+    /// (the caller catches it, once per item around this call, cheaper
+    /// than a guard per comparison, and calls
+    /// [`drop_front`](Self::drop_front)).
     fn intern_front(&mut self, keys: &mut dyn Any, spare: &mut Vec<Box<dyn Any + Send>>) -> KeyId;
+    /// Pops the front key of `keys` to `spare` (to be dropped after
+    /// unlocking): its item goes back to its front, unkeyed, its key's
+    /// `Eq` having panicked.
+    fn drop_front(&self, keys: &mut dyn Any, spare: &mut Vec<Box<dyn Any + Send>>);
     /// The item the last [`intern_front`](Self::intern_front) was for was
     /// refused: its key stays the front one (and a held id stays held).
     fn unuse(&self, keys: &mut dyn Any);
     /// Lets go of a key used by the last push, so `keys` hold only the
     /// keys of items not placed (called once per push, under the lock).
     fn settle(&self, keys: &mut dyn Any, spare: &mut Vec<Box<dyn Any + Send>>);
-    /// The id of the front key of `keys` (a [`Keys<K>`]), if tracked.
+    /// The id of the front key of `keys` (a [`Keys<K>`]), if tracked
+    /// (`None` too if its `Eq` panicked).
     fn find_front(&self, keys: &dyn Any) -> Option<KeyId>;
     /// The id of the front key of `keys` (`Ok`) if tracked; else interns
     /// it for a place this producer takes in it, marking it held (see
     /// [`Keys`]), and returns its id as `Err`. One lookup: the key is
     /// popped only once it is known to be new, so a panicking `Eq` leaves
     /// it with the producer (a review found it popped first, and dropped
-    /// under the lock by the unwinding).
-    fn find_or_hold(&mut self, keys: &mut dyn Any) -> Result<KeyId, KeyId>;
+    /// under the lock by the unwinding). A key found is remembered (`at`):
+    /// the wait's later looks and its push use the id. `None` if the key's
+    /// `Eq` panicked.
+    fn find_or_hold(&mut self, keys: &mut dyn Any) -> Option<Result<KeyId, KeyId>>;
     /// Forgets `id`; returns the key if its `Drop` may run user code.
     fn forget(&mut self, id: KeyId) -> Option<Box<dyn Any + Send>>;
 }
@@ -123,8 +144,11 @@ pub(crate) trait KeyTable: Send {
 ///
 /// # Invariants
 ///
-/// 1. `cells.len()` is a power of two, at least twice `live`, so a probe
-///    always meets an empty cell.
+/// 1. `cells.len()` is a power of two, at least four times `live`, so a
+///    probe always meets an empty cell. (At a load of a half, the runs of
+///    linear probing made the cost of a key churning table swing by ±3 %
+///    from one hash seed to the next; at a quarter it is steady and lower,
+///    `BENCHMARKS.md`. The table holds a few dozen ids: 8 bytes a cell.)
 /// 2. Each live id is in exactly one cell, reachable from its home cell
 ///    (`hash & mask`) through occupied cells; a free id is in none.
 /// 3. `entries[id].key` is `Some` exactly for a live id.
@@ -149,7 +173,7 @@ struct Entry<K> {
 const EMPTY: KeyId = KeyId::MAX;
 
 /// Cells of a new table: room for 8 keys before it grows.
-const FIRST_CELLS: usize = 16;
+const FIRST_CELLS: usize = 32;
 
 /// A key table for `K`.
 pub(crate) fn table<K: Hash + Eq + Send + 'static>() -> Box<dyn KeyTable> {
@@ -199,9 +223,16 @@ impl<K: Eq> Table<K> {
         }
     }
 
+    /// [`find`](Self::find) with the caller's `Eq` under a panic guard:
+    /// `None` if it panicked (the table is untouched: a lookup only reads).
+    #[inline]
+    fn find_caught(&self, key: &K, hash: u64) -> Option<Result<KeyId, usize>> {
+        catching(|| self.find(key, hash))
+    }
+
     /// Takes `key` (absent, `vacant` its empty cell) in under a new id.
     fn insert(&mut self, key: K, hash: u64, mut vacant: usize) -> KeyId {
-        if (self.live + 1) * 2 > self.cells.len() {
+        if (self.live + 1) * 4 > self.cells.len() {
             self.grow();
             // The key is absent: its cell is the first empty one on its
             // probe path, found without running its `Eq` again (an `Eq`
@@ -293,6 +324,7 @@ impl<K: Send + 'static> Keys<K> {
         if self.held.take().is_some() {
             return;
         }
+        self.at = None;
         // The caller's copy of a key already interned: its `Drop` may be
         // user code, so not under the lock.
         if let Some((key, _)) = self
@@ -309,7 +341,7 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
     fn intern_front(&mut self, keys: &mut dyn Any, spare: &mut Vec<Box<dyn Any + Send>>) -> KeyId {
         let keys = downcast_mut::<K>(keys);
         keys.let_go(spare);
-        if let Some(id) = keys.held {
+        if let Some(id) = keys.held.or(keys.at) {
             keys.used = true;
             return id;
         }
@@ -329,6 +361,14 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
         }
     }
 
+    fn drop_front(&self, keys: &mut dyn Any, spare: &mut Vec<Box<dyn Any + Send>>) {
+        let keys = downcast_mut::<K>(keys);
+        debug_assert!(!keys.used && keys.held.is_none() && keys.at.is_none());
+        if let Some((key, _)) = keys.queue.pop_front() {
+            spare.push(Box::new(key));
+        }
+    }
+
     fn unuse(&self, keys: &mut dyn Any) {
         let keys = downcast_mut::<K>(keys);
         // Only a key that was already tracked can be refused: one interned
@@ -344,25 +384,28 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
     fn find_front(&self, keys: &dyn Any) -> Option<KeyId> {
         let keys = downcast::<K>(keys);
         debug_assert!(!keys.used, "KeyTable: keys used outside a push");
-        if keys.held.is_some() {
-            return keys.held;
+        if let Some(id) = keys.held.or(keys.at) {
+            return Some(id);
         }
         let (key, hash) = keys.queue.front()?;
-        self.find(key, *hash).ok()
+        self.find_caught(key, *hash)?.ok()
     }
 
-    fn find_or_hold(&mut self, keys: &mut dyn Any) -> Result<KeyId, KeyId> {
+    fn find_or_hold(&mut self, keys: &mut dyn Any) -> Option<Result<KeyId, KeyId>> {
         let keys = downcast_mut::<K>(keys);
         debug_assert!(!keys.used, "KeyTable: keys used outside a push");
-        if let Some(id) = keys.held {
-            return Ok(id);
+        if let Some(id) = keys.held.or(keys.at) {
+            return Some(Ok(id));
         }
         let Some((front, hash)) = keys.queue.front() else {
             unreachable!("KeyTable: a producer without its key")
         };
         let hash = *hash;
-        let vacant = match self.find(front, hash) {
-            Ok(id) => return Ok(id),
+        let vacant = match self.find_caught(front, hash)? {
+            Ok(id) => {
+                keys.at = Some(id);
+                return Some(Ok(id));
+            }
             Err(vacant) => vacant,
         };
         let Some((key, _)) = keys.queue.pop_front() else {
@@ -370,7 +413,7 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
         };
         let id = self.insert(key, hash, vacant);
         keys.held = Some(id);
-        Err(id)
+        Some(Err(id))
     }
 
     fn forget(&mut self, id: KeyId) -> Option<Box<dyn Any + Send>> {
@@ -396,6 +439,7 @@ mod tests {
         Keys {
             queue: VecDeque::from([(key, hash)]),
             held: None,
+            at: None,
             used: false,
         }
     }
@@ -424,7 +468,7 @@ mod tests {
     /// Invariants 1 to 3, and every live key found at its id.
     fn check(table: &Table<u32>, model: &HashMap<u32, KeyId>) {
         assert!(table.cells.len().is_power_of_two());
-        assert!(table.cells.len() >= 2 * table.live);
+        assert!(table.cells.len() >= 4 * table.live);
         assert_eq!(table.live, model.len());
         let placed: Vec<KeyId> = table
             .cells
@@ -486,8 +530,8 @@ mod tests {
     fn growth_places_again_a_run_that_wraps() {
         let mut table = new_table();
         // Every key homed at the last cell whatever the size: 8 fill cells
-        // 15 and 0 to 6; the 9th doubles the cells, and the run wraps
-        // from 31 to 0.
+        // 31 and 0 to 6; the 9th doubles the cells, and the run wraps
+        // from 63 to 0.
         let ids: Vec<KeyId> = (0..9)
             .map(|key| intern(&mut table, key, u64::MAX))
             .collect();
@@ -556,6 +600,7 @@ mod tests {
             let mut keys = Keys {
                 queue: VecDeque::from([(Counted(key), 5)]),
                 held: None,
+                at: None,
                 used: false,
             };
             let id = table.intern_front(&mut keys, &mut spare);
@@ -586,12 +631,12 @@ mod tests {
     }
 
     #[test]
-    fn the_table_doubles_before_half_full_and_keeps_every_id() {
+    fn the_table_doubles_before_a_quarter_full_and_keeps_every_id() {
         let mut table = new_table();
         let ids: Vec<KeyId> = (0..9)
             .map(|key| intern(&mut table, key, u64::from(key) * 16))
             .collect();
-        assert_eq!(table.cells.len(), 2 * FIRST_CELLS, "9 keys need 32 cells");
+        assert_eq!(table.cells.len(), 2 * FIRST_CELLS, "9 keys need 64 cells");
         for (key, id) in (0..9).zip(ids) {
             assert_eq!(table.find(&key, u64::from(key) * 16), Ok(id));
         }

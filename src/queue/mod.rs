@@ -72,7 +72,7 @@ use crate::export::{Stamp, stamp};
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, lock};
 use std::sync::atomic::Ordering::Relaxed;
 
-pub(crate) use keyed::Keyed;
+pub(crate) use keyed::{KeyPlace, Keyed};
 pub(crate) use keys::{KeyHasher, KeyId, KeyTable, Keys, table};
 pub(crate) use room::{NoRoom, Room};
 pub(crate) use waitlist::{WaitList, wake};
