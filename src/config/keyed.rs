@@ -173,7 +173,8 @@ impl<Item, Kind> FanOutConfig<Item, Kind> {
     /// queue's lock (the table compares keys there): that panic is caught
     /// under the lock, the item fails or comes back as above, its key is
     /// dropped, and the rest goes on. `Eq` must not block (a derived one
-    /// does not). Its `Drop` never runs under a lock: a key is dropped
+    /// does not); when it panics, the panic hook runs under that lock too,
+    /// so a hook must not call into the pipeline (`stats()`, say). Its `Drop` never runs under a lock: a key is dropped
     /// after unlocking, and a panic in it is caught.
     ///
     /// A key's item stays in flight until its result is handed over to the

@@ -674,7 +674,8 @@ pub enum Offer<Item> {
     /// item comes back, not counted.
     Closed(Item),
     /// Keyed pipelines ([`FanOutConfig::key_by`](crate::FanOutConfig::key_by)):
-    /// the key function panicked on the item, which comes back, not counted.
+    /// the key function panicked on the item, or its key's `Hash` or `Eq`
+    /// did; the item comes back, not counted.
     Unkeyed(Item),
 }
 

@@ -58,8 +58,9 @@ pub enum Rejected<Req> {
     /// queue by an abort, it counts `cancelled`.
     Closed(Req),
     /// Keyed pipelines ([`key_by`](crate::FanOutConfig::key_by)): the key
-    /// function panicked on this request, which was never queued. Not
-    /// counted, as [`Offer::Unkeyed`](crate::Offer::Unkeyed).
+    /// function panicked on this request, or its key's `Hash` or `Eq` did;
+    /// it was never queued. Not counted, as
+    /// [`Offer::Unkeyed`](crate::Offer::Unkeyed).
     Unkeyed(Req),
     /// Its handler ran longer than
     /// [`handler_timeout`](crate::FanOutConfig::handler_timeout). Counted
@@ -145,7 +146,7 @@ impl fmt::Display for RejectReason {
             RejectReason::Evicted => "evicted from the queue by a newer request",
             RejectReason::Expired => "expired: waited in the queue past its maximum age",
             RejectReason::Closed => "the pipeline no longer accepts requests",
-            RejectReason::Unkeyed => "the key function panicked on the request",
+            RejectReason::Unkeyed => "the request's key could not be taken (a panic in the key function, or in its key's Hash or Eq)",
             RejectReason::TimedOut => "the handler timed out",
             RejectReason::Failed => "the handler failed",
             RejectReason::Aborted => "the handler was cut off by an abort",

@@ -234,7 +234,7 @@ impl<Item> fmt::Display for SinkError<Item> {
             Refusal::NotReady => {
                 "start_send without a successful poll_ready, which reserves the item's room or credit"
             }
-            Refusal::Unkeyed => "the key function panicked on the item",
+            Refusal::Unkeyed => "the item's key could not be taken (a panic in the key function, or in its key's Hash or Eq)",
         })
     }
 }
@@ -362,7 +362,9 @@ impl<Item> Sink<Item> for Feeder<Item> {
                 let mut ticket = None;
                 let (keys, granted) = keyer.waiting();
                 let queue = &this.producers.front.queue;
-                queue.line_up_for_key_place(keys, &mut ticket, granted);
+                if !queue.line_up_for_key_place(keys, &mut ticket, granted) {
+                    return Err(refused(Some(item), Refusal::Unkeyed));
+                }
                 *held = Some(Held {
                     item,
                     keyer,
@@ -515,6 +517,10 @@ fn poll_held<Item>(
             }
             Pushing::Done(Offer::Closed(item)) => {
                 return Poll::Ready(Err(refused(Some(item), Refusal::Closed)));
+            }
+            // Unreachable: a held item's key id is known (no lookup).
+            Pushing::Done(Offer::Unkeyed(item)) => {
+                return Poll::Ready(Err(refused(Some(item), Refusal::Unkeyed)));
             }
             Pushing::Done(_) => {}
         }

@@ -64,7 +64,7 @@ use super::list::{Links, List};
 use super::{HandOff, Pushed, Room, State, Taken, WaitList, wake};
 use crate::ShedPolicy;
 use crate::export::stamp;
-use crate::isolate::{catching, drop_quietly};
+use crate::isolate::drop_quietly;
 use crate::settle::ShedReason;
 use crate::sync::MutexGuard;
 use std::sync::atomic::Ordering::Relaxed;
@@ -182,10 +182,15 @@ impl<T> Keyed<T> {
         self.live
     }
 
-    /// The front key of `keys` panicked in its `Eq` while its arrival was
-    /// placed: the key goes (dropped after unlocking), and the arrival
-    /// back to its front, unkeyed.
-    pub(crate) fn unkeyed(&mut self, keys: &mut dyn Any) {
+    /// A panic while arrivals were placed: if the front key's `Eq` raised
+    /// it, the key goes (dropped after unlocking), and the arrival back to
+    /// its front, unkeyed; any other panic is the crate's own bug, and goes
+    /// on unwinding.
+    pub(crate) fn unkeyed(&mut self, keys: &mut dyn Any, panic: Box<dyn Any + Send>) {
+        if !self.table.was_comparing() {
+            std::panic::resume_unwind(panic);
+        }
+        drop_quietly(panic);
         self.table.drop_front(keys, &mut self.forgotten);
     }
 
@@ -695,7 +700,7 @@ impl<T> HandOff<T> {
             // instructions an item): a panic leaves the arrival whose key
             // it was in `arrivals`, which goes back unkeyed, and the rest
             // goes on.
-            while catching(|| {
+            while std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 while !arrivals.is_empty() {
                     let Some((placed, woke)) =
                         keyed.place(arrivals, keys, granted, self.policy, self.capacity, at)
@@ -718,10 +723,10 @@ impl<T> HandOff<T> {
                     }
                     // Otherwise it has no drop glue: nothing runs.
                 }
-            })
-            .is_none()
+            }))
+            .map_err(|panic| keyed.unkeyed(keys, panic))
+            .is_err()
             {
-                keyed.unkeyed(keys);
                 unkeyed.extend(arrivals.pop());
             }
             arrivals.reverse();
@@ -845,12 +850,14 @@ impl<T> HandOff<T> {
         keys: &mut dyn Any,
         ticket: &mut Option<u64>,
         granted: &mut bool,
-    ) {
+    ) -> bool {
         let mut state = self.lock();
-        if !state.closed {
-            // A panicking `Eq` registers nothing: the first poll finds it.
-            let _ = Self::keyed(&mut state).take_place(keys, ticket, granted, Waker::noop());
+        if state.closed {
+            return true;
         }
+        Self::keyed(&mut state)
+            .take_place(keys, ticket, granted, Waker::noop())
+            .is_some()
     }
 
     /// A wait for a key's room ends without a push (dropped, or the

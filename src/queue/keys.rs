@@ -115,9 +115,16 @@ pub(crate) trait KeyTable: Send {
     /// Lets go of a key used by the last push, so `keys` hold only the
     /// keys of items not placed (called once per push, under the lock).
     fn settle(&self, keys: &mut dyn Any, spare: &mut Vec<Box<dyn Any + Send>>);
-    /// The id of the front key of `keys` (a [`Keys<K>`]), if tracked
-    /// (`None` too if its `Eq` panicked).
+    /// The id of the front key of `keys` (a [`Keys<K>`]), if tracked: as
+    /// this producer knows it (held, or found when it took its place,
+    /// `at`: every producer of a front in a key's line or holding a place
+    /// in it does, so leaving runs no `Eq`), else by a lookup (`None` too
+    /// if its `Eq` panicked).
     fn find_front(&self, keys: &dyn Any) -> Option<KeyId>;
+    /// Whether the last panic under this table came from a key's `Eq` (a
+    /// lookup was under way); clears it. A panic from anywhere else is the
+    /// crate's own bug, not a key to fail.
+    fn was_comparing(&mut self) -> bool;
     /// The id of the front key of `keys` (`Ok`) if tracked; else interns
     /// it for a place this producer takes in it, marking it held (see
     /// [`Keys`]), and returns its id as `Err`. One lookup: the key is
@@ -162,6 +169,8 @@ struct Table<K> {
     entries: Vec<Entry<K>>,
     free: Vec<KeyId>,
     live: usize,
+    /// A lookup of `intern_front` is under way (see `was_comparing`).
+    comparing: bool,
 }
 
 struct Entry<K> {
@@ -182,6 +191,7 @@ pub(crate) fn table<K: Hash + Eq + Send + 'static>() -> Box<dyn KeyTable> {
         entries: Vec::new(),
         free: Vec::new(),
         live: 0,
+        comparing: false,
     })
 }
 
@@ -349,7 +359,12 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
             unreachable!("KeyTable: one key per item")
         };
         let hash = *hash;
-        match self.find(front, hash) {
+        // The caller's `Eq` runs here: a panic leaves the flag set for the
+        // caller's guard (`was_comparing`).
+        self.comparing = true;
+        let found = self.find(front, hash);
+        self.comparing = false;
+        match found {
             Ok(id) => {
                 keys.used = true;
                 id
@@ -389,6 +404,10 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
         }
         let (key, hash) = keys.queue.front()?;
         self.find_caught(key, *hash)?.ok()
+    }
+
+    fn was_comparing(&mut self) -> bool {
+        std::mem::take(&mut self.comparing)
     }
 
     fn find_or_hold(&mut self, keys: &mut dyn Any) -> Option<Result<KeyId, KeyId>> {
@@ -462,6 +481,7 @@ mod tests {
             entries: Vec::new(),
             free: Vec::new(),
             live: 0,
+            comparing: false,
         }
     }
 
@@ -593,6 +613,7 @@ mod tests {
             entries: Vec::new(),
             free: Vec::new(),
             live: 0,
+            comparing: false,
         };
         let mut spare = Vec::new();
         let mut intern = |key: u32| {
