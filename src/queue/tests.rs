@@ -498,3 +498,76 @@ fn a_panicking_eq_while_taking_a_place_leaves_the_key_with_its_producer() {
     assert_eq!(other.queue.len(), 1, "the key stays with its producer");
     assert!(!granted);
 }
+
+/// A producer that waited in a key's line keeps the id it found there
+/// (`Keys::at`): its re-polls, and the push it makes with its place, run
+/// the key's `Eq` no more, and the push lets the key go.
+#[test]
+fn a_producer_that_waited_pushes_by_the_id_it_found_comparing_no_more() {
+    use std::hash::Hasher;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    static COMPARED: AtomicUsize = AtomicUsize::new(0);
+    struct Counted(char);
+    impl std::hash::Hash for Counted {
+        fn hash<H: Hasher>(&self, state: &mut H) {
+            self.0.hash(state);
+        }
+    }
+    impl PartialEq for Counted {
+        fn eq(&self, other: &Self) -> bool {
+            COMPARED.fetch_add(1, Relaxed);
+            self.0 == other.0
+        }
+    }
+    impl Eq for Counted {}
+    let q: HandOff<u32> = HandOff::new(QueueSettings {
+        keyed: Some((table::<Counted>(), 1)),
+        many_producers: true,
+        ..QueueSettings::plain(8, ShedPolicy::Backpressure)
+    });
+    let push = |keys: &mut Keys<Counted>, item: u32, granted: &mut bool| {
+        let mut batch = vec![item];
+        q.push_keyed(
+            &mut batch,
+            keys,
+            granted,
+            &mut Vec::new(),
+            &mut Vec::new(),
+            &mut Vec::new(),
+            |_, _| {},
+        );
+        batch
+    };
+    let mut first: Keys<Counted> = [Counted('a')].into_iter().collect();
+    assert_eq!(push(&mut first, 1, &mut false), Vec::<u32>::new());
+    // A second producer of a: the key is full, it waits in line.
+    let mut keys: Keys<Counted> = [Counted('a')].into_iter().collect();
+    let (mut ticket, mut granted) = (None, false);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let poll = |keys: &mut Keys<Counted>, ticket: &mut _, granted: &mut _, cx: &mut _| {
+        q.poll_key_place(keys, ticket, granted, cx)
+    };
+    COMPARED.store(0, Relaxed);
+    assert!(poll(&mut keys, &mut ticket, &mut granted, &mut cx).is_pending());
+    assert_eq!(
+        COMPARED.load(Relaxed),
+        1,
+        "one lookup, at the start of the wait"
+    );
+    assert!(poll(&mut keys, &mut ticket, &mut granted, &mut cx).is_pending());
+    // The worker takes 1 and finishes it: the place goes to the waiter.
+    let taken = q.take_now().expect("1 is queued");
+    q.finished(taken.key.expect("keyed"));
+    assert_eq!(
+        poll(&mut keys, &mut ticket, &mut granted, &mut cx),
+        std::task::Poll::Ready(KeyPlace::Mine)
+    );
+    assert_eq!(push(&mut keys, 2, &mut granted), Vec::<u32>::new());
+    assert_eq!(
+        COMPARED.load(Relaxed),
+        1,
+        "the re-polls and the push compared nothing"
+    );
+    assert!(keys.queue.is_empty(), "the push let the key go");
+    assert_eq!(q.take_now().map(|t| t.item), Some(2));
+}
