@@ -48,6 +48,26 @@ impl Keyer {
         queue.leave_key_room(&*self.keys, ticket, self.granted);
     }
 
+    /// Whether this producer holds a place kept for it in its front key
+    /// (its next push uses it).
+    pub(crate) fn holds_place(&self) -> bool {
+        self.granted
+    }
+
+    /// Gives the place it holds back ([`leave`](Self::leave): the keys are
+    /// spent) and keys `batch` afresh, for a fallback that should never
+    /// run (a push with a kept place finding its key full).
+    pub(crate) fn release_and_rekey<Item>(
+        &mut self,
+        queue: &HandOff<Item>,
+        keying: &dyn Keying<Item>,
+        batch: &mut Vec<Item>,
+        unkeyed: &mut Vec<Item>,
+    ) {
+        std::mem::replace(self, Keyer::new(keying)).leave(queue, None);
+        self.key(keying, batch, unkeyed);
+    }
+
     /// Takes the key of every item of `batch`, in order; the items whose key
     /// function panicked are moved to `unkeyed`.
     pub(crate) fn key<Item>(

@@ -139,6 +139,7 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
             let Some(keyer) = keyer.as_mut() else {
                 break queue.push(&mut batch, &mut shed, count);
             };
+            let had_place = keyer.holds_place();
             let pushed = keyer.push(&front, &mut batch, &mut shed, &mut unkeyed, count);
             // Items whose key's `Eq` panicked: their reserved slots went
             // back with the push; failed as when the key function panics.
@@ -146,6 +147,18 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
             let Pushed::Accepted { blocked: true, .. } = pushed else {
                 break pushed;
             };
+            if let (true, Some(keying)) = (had_place, keying) {
+                // Unreachable while invariant 5 of `queue/keyed.rs` holds
+                // (the place was kept for it); should it break, the place
+                // goes back and the batch is keyed afresh (its key
+                // function's second run, on this path only), rather than
+                // spin on a place that never lets it in.
+                debug_assert!(false, "a push with a kept place found its key full");
+                keyer.release_and_rekey(queue, keying, &mut batch, &mut unkeyed);
+                queue.unreserve(unkeyed.len());
+                fail_unkeyed(&front, hooks, &mut unkeyed);
+                continue;
+            }
             // Keyed, under `Backpressure`: a key is full; wait for its
             // room (or the stop), then push the rest.
             let room = {
