@@ -139,7 +139,6 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
             let Some(keyer) = keyer.as_mut() else {
                 break queue.push(&mut batch, &mut shed, count);
             };
-            let had_place = keyer.holds_place();
             let pushed = keyer.push(&front, &mut batch, &mut shed, &mut unkeyed, count);
             // Items whose key's `Eq` panicked: their reserved slots went
             // back with the push; failed as when the key function panics.
@@ -147,7 +146,10 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
             let Pushed::Accepted { blocked: true, .. } = pushed else {
                 break pushed;
             };
-            if let (true, Some(keying)) = (had_place, keying) {
+            // Still holding a place: the push stopped at the very item it
+            // was kept for (a later item's key may well be full: that one
+            // waits below).
+            if let (true, Some(keying)) = (keyer.holds_place(), keying) {
                 // Unreachable while invariant 5 of `queue/keyed.rs` holds
                 // (the place was kept for it); should it break, the place
                 // goes back and the batch is keyed afresh (its key
