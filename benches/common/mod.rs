@@ -294,6 +294,41 @@ where
     }
 }
 
+/// The hand-rolled fan-out's back half: `async_channel::bounded(capacity)`
+/// into `workers` tasks that run the handler and send each result through a
+/// bounded tokio mpsc of [`OUTPUT_CAPACITY`]. Returns the input's sender,
+/// the results' receiver and the worker tasks.
+fn channel_workers<F, Fut>(
+    workers: usize,
+    capacity: usize,
+    handler: F,
+) -> (
+    async_channel::Sender<u64>,
+    mpsc::Receiver<u64>,
+    Vec<tokio::task::JoinHandle<()>>,
+)
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = u64> + Send + 'static,
+{
+    let (to_workers, from_producer) = async_channel::bounded::<u64>(capacity);
+    let (to_consumer, results) = mpsc::channel::<u64>(OUTPUT_CAPACITY);
+    let handler = Arc::new(handler);
+    let tasks = (0..workers)
+        .map(|_| {
+            let input = from_producer.clone();
+            let output = to_consumer.clone();
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                while let Ok(item) = input.recv().await {
+                    let _ = output.send(handler(item).await).await;
+                }
+            })
+        })
+        .collect();
+    (to_workers, results, tasks)
+}
+
 // ===== anchor: async-channel fan-out (lossless, backpressured) =====
 
 /// A hand-rolled fan-out: a producer task sends `0..n` into
@@ -315,22 +350,7 @@ where
 {
     let done = Arc::new(OnceLock::new());
     let start = Instant::now();
-    let (to_workers, from_producer) = async_channel::bounded::<u64>(capacity);
-    let (to_consumer, mut results) = mpsc::channel::<u64>(OUTPUT_CAPACITY);
-    let handler = Arc::new(handler);
-    let tasks: Vec<_> = (0..workers)
-        .map(|_| {
-            let input = from_producer.clone();
-            let output = to_consumer.clone();
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                while let Ok(item) = input.recv().await {
-                    let _ = output.send(handler(item).await).await;
-                }
-            })
-        })
-        .collect();
-    drop((from_producer, to_consumer));
+    let (to_workers, mut results, tasks) = channel_workers(workers, capacity, handler);
     let source = timed_source(n, done.clone());
     let producer = tokio::spawn(async move {
         let mut source = pin!(source);
@@ -416,22 +436,7 @@ where
     Fut: Future<Output = u64> + Send + 'static,
 {
     let start = Instant::now();
-    let (to_workers, from_producer) = async_channel::bounded::<u64>(capacity);
-    let (to_consumer, mut results) = mpsc::channel::<u64>(OUTPUT_CAPACITY);
-    let handler = Arc::new(handler);
-    let tasks: Vec<_> = (0..WORKERS)
-        .map(|_| {
-            let input = from_producer.clone();
-            let output = to_consumer.clone();
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                while let Ok(item) = input.recv().await {
-                    let _ = output.send(handler(item).await).await;
-                }
-            })
-        })
-        .collect();
-    drop((from_producer, to_consumer));
+    let (to_workers, mut results, tasks) = channel_workers(WORKERS, capacity, handler);
     let producer = tokio::spawn(async move {
         let mut dropped = 0u64;
         for item in 0..n {
