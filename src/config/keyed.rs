@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::FanOutConfig;
-use crate::isolate::{catching, drop_quietly};
+use crate::isolate::catching;
 use crate::queue::{KeyHasher, KeyTable, Keys, table};
 
 /// The caller's key function, erased: the queue sees keys only as ids.
@@ -25,9 +25,6 @@ pub(crate) trait Keying<Item>: Send + Sync {
     /// the key function panicked (nothing appended). For a front whose
     /// items wrap the caller's (the call front's jobs).
     fn key_one(&self, item: &Item, keys: &mut dyn Any) -> bool;
-    /// Drops the front key of `keys` (a `Keys<K>`), quietly: its item went
-    /// back unkeyed (the key's `Eq` panicked while it took a place).
-    fn pop_key(&self, keys: &mut dyn Any);
 }
 
 struct KeyBy<F, K> {
@@ -93,15 +90,6 @@ where
         catching(|| self.key_and_hash(item))
             .map(|key| keys.push_back(key))
             .is_some()
-    }
-
-    fn pop_key(&self, keys: &mut dyn Any) {
-        let Some(Keys { queue: keys, .. }) = keys.downcast_mut::<Keys<K>>() else {
-            unreachable!("Keying: keys of another type")
-        };
-        if let Some(key) = keys.pop_front() {
-            drop_quietly(key);
-        }
     }
 }
 

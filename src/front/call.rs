@@ -344,10 +344,6 @@ impl<Req, Resp> Keying<Job<Req, Resp>> for KeyJobs<Req> {
         let request = job.request.as_ref();
         request.is_some_and(|request| self.0.key_one(request, keys))
     }
-
-    fn pop_key(&self, keys: &mut dyn std::any::Any) {
-        self.0.pop_key(keys);
-    }
 }
 
 /// How the pipeline reads and hands over the call front's outputs.

@@ -102,12 +102,6 @@ impl Keyer {
         )
     }
 
-    /// Drops the front key: its item goes back unkeyed (its `Eq` panicked
-    /// while it took a place, [`KeyPlace::Unkeyed`](crate::queue::KeyPlace)).
-    pub(crate) fn drop_front<Item>(&mut self, keying: &dyn Keying<Item>) {
-        keying.pop_key(&mut *self.keys);
-    }
-
     /// Forgets the keys of items that will not be pushed after all.
     pub(crate) fn clear<Item>(&mut self, keying: &dyn Keying<Item>) {
         self.keys = keying.new_keys();

@@ -176,10 +176,9 @@ pub(crate) async fn run<S: Stream>(input: S, front: FrontParts<S::Item>) -> Inta
                 .await
             };
             if room == KeyPlace::Unkeyed {
-                // The blocked item's key's `Eq` panicked: it fails, its slot
-                // goes back, and the rest is pushed.
-                if let (Some(keying), false) = (keying, batch.is_empty()) {
-                    keyer.drop_front(keying);
+                // The blocked item's key's `Eq` panicked (the key is gone):
+                // it fails, its slot goes back, and the rest is pushed.
+                if !batch.is_empty() {
                     unkeyed.push(batch.remove(0));
                     queue.unreserve(1);
                     fail_unkeyed(&front, hooks, &mut unkeyed);

@@ -186,7 +186,7 @@ impl<T> Keyed<T> {
     /// it, the key goes (dropped after unlocking), and the arrival back to
     /// its front, unkeyed; any other panic is the crate's own bug, and goes
     /// on unwinding.
-    pub(crate) fn unkeyed(&mut self, keys: &mut dyn Any, panic: Box<dyn Any + Send>) {
+    pub(crate) fn drop_panicked_key(&mut self, keys: &mut dyn Any, panic: Box<dyn Any + Send>) {
         if !self.table.was_comparing() {
             std::panic::resume_unwind(panic);
         }
@@ -215,7 +215,8 @@ impl<T> Keyed<T> {
     /// key is interned for it, held in `keys`), else in line, registering
     /// under `ticket`. `true` once the place is its own (`granted` set:
     /// push with it); `false` while it waits (invariant 5); `None` if the
-    /// key's `Eq` panicked (nothing taken or registered).
+    /// key's `Eq` panicked (nothing taken or registered; the key popped, to
+    /// drop after unlocking).
     pub(crate) fn take_place(
         &mut self,
         keys: &mut dyn Any,
@@ -227,7 +228,7 @@ impl<T> Keyed<T> {
             return Some(true);
         }
         let per_key = self.per_key_capacity;
-        let id = match self.table.find_or_hold(keys)? {
+        let id = match self.table.find_or_hold(keys, &mut self.forgotten)? {
             Ok(id) => id,
             Err(id) => {
                 // Nothing of this key queued, in flight or waited for: the
@@ -724,7 +725,7 @@ impl<T> HandOff<T> {
                     // Otherwise it has no drop glue: nothing runs.
                 }
             }))
-            .map_err(|panic| keyed.unkeyed(keys, panic))
+            .map_err(|panic| keyed.drop_panicked_key(keys, panic))
             .is_err()
             {
                 unkeyed.extend(arrivals.pop());
@@ -844,20 +845,21 @@ impl<T> HandOff<T> {
     /// before the producer can wait for it (a `Sink` that accepted an item
     /// outside a poll): its first poll refreshes the waker in that place,
     /// so a key's producers get in in the order they began to wait
-    /// (invariant 5 of `keyed`; see `Keyed::take_place`).
+    /// (invariant 5 of `keyed`; see `Keyed::take_place`). `false` if the
+    /// key's `Eq` panicked: nothing taken, the key dropped; the item goes
+    /// back unkeyed.
     pub(crate) fn line_up_for_key_place(
         &self,
         keys: &mut dyn Any,
         ticket: &mut Option<u64>,
         granted: &mut bool,
     ) -> bool {
-        let mut state = self.lock();
-        if state.closed {
-            return true;
-        }
-        Self::keyed(&mut state)
-            .take_place(keys, ticket, granted, Waker::noop())
-            .is_some()
+        self.poll_key_place(
+            keys,
+            ticket,
+            granted,
+            &mut Context::from_waker(Waker::noop()),
+        ) != Poll::Ready(KeyPlace::Unkeyed)
     }
 
     /// A wait for a key's room ends without a push (dropped, or the
@@ -880,8 +882,8 @@ impl<T> HandOff<T> {
 
     /// Ready once this producer has a place in the front key of `keys`
     /// (`granted` set: push with it), or the queue closed, or the key's
-    /// `Eq` panicked; registers under `ticket` to wait. See
-    /// `Keyed::take_place`.
+    /// `Eq` panicked (the key dropped: the item goes back unkeyed);
+    /// registers under `ticket` to wait. See `Keyed::take_place`.
     pub(crate) fn poll_key_place(
         &self,
         keys: &mut dyn Any,
@@ -889,11 +891,17 @@ impl<T> HandOff<T> {
         granted: &mut bool,
         cx: &mut Context<'_>,
     ) -> Poll<KeyPlace> {
-        let mut state = self.lock();
-        if state.closed {
-            return Poll::Ready(KeyPlace::Closed);
-        }
-        match Self::keyed(&mut state).take_place(keys, ticket, granted, cx.waker()) {
+        let (place, forgotten) = {
+            let mut state = self.lock();
+            if state.closed {
+                return Poll::Ready(KeyPlace::Closed);
+            }
+            let keyed = Self::keyed(&mut state);
+            let place = keyed.take_place(keys, ticket, granted, cx.waker());
+            (place, keyed.take_forgotten())
+        };
+        drop_forgotten(forgotten);
+        match place {
             Some(true) => Poll::Ready(KeyPlace::Mine),
             Some(false) => Poll::Pending,
             None => Poll::Ready(KeyPlace::Unkeyed),

@@ -101,8 +101,8 @@ pub(crate) trait KeyTable: Send {
     /// of `keyed`). A new key is interned at once (moved into the table):
     /// it has nothing queued, so it is never refused. Unwinds if the key's
     /// `Eq` panics, with the table untouched and the key still the front
-    /// (the caller catches it, once per item around this call, cheaper
-    /// than a guard per comparison, and calls
+    /// (the caller catches it, once per batch, asks
+    /// [`was_comparing`](Self::was_comparing), and calls
     /// [`drop_front`](Self::drop_front)).
     fn intern_front(&mut self, keys: &mut dyn Any, spare: &mut Vec<Box<dyn Any + Send>>) -> KeyId;
     /// Pops the front key of `keys` to `spare` (to be dropped after
@@ -132,8 +132,13 @@ pub(crate) trait KeyTable: Send {
     /// it with the producer (a review found it popped first, and dropped
     /// under the lock by the unwinding). A key found is remembered (`at`):
     /// the wait's later looks and its push use the id. `None` if the key's
-    /// `Eq` panicked.
-    fn find_or_hold(&mut self, keys: &mut dyn Any) -> Option<Result<KeyId, KeyId>>;
+    /// `Eq` panicked: the key goes to `spare` (dropped after unlocking), and
+    /// its item back to its producer, unkeyed.
+    fn find_or_hold(
+        &mut self,
+        keys: &mut dyn Any,
+        spare: &mut Vec<Box<dyn Any + Send>>,
+    ) -> Option<Result<KeyId, KeyId>>;
     /// Forgets `id`; returns the key if its `Drop` may run user code.
     fn forget(&mut self, id: KeyId) -> Option<Box<dyn Any + Send>>;
 }
@@ -233,13 +238,6 @@ impl<K: Eq> Table<K> {
         }
     }
 
-    /// [`find`](Self::find) with the caller's `Eq` under a panic guard:
-    /// `None` if it panicked (the table is untouched: a lookup only reads).
-    #[inline]
-    fn find_caught(&self, key: &K, hash: u64) -> Option<Result<KeyId, usize>> {
-        catching(|| self.find(key, hash))
-    }
-
     /// Takes `key` (absent, `vacant` its empty cell) in under a new id.
     fn insert(&mut self, key: K, hash: u64, mut vacant: usize) -> KeyId {
         if (self.live + 1) * 4 > self.cells.len() {
@@ -325,6 +323,15 @@ impl<K: Eq> Table<K> {
 }
 
 impl<K: Send + 'static> Keys<K> {
+    /// Pops the front key to `spare` (dropped after unlocking): its `Eq`
+    /// panicked in a lookup, and its item goes back unkeyed.
+    fn drop_front(&mut self, spare: &mut Vec<Box<dyn Any + Send>>) {
+        debug_assert!(!self.used && self.held.is_none() && self.at.is_none());
+        if let Some((key, _)) = self.queue.pop_front() {
+            spare.push(Box::new(key));
+        }
+    }
+
     /// Lets go of the used front key or held id (see `used`).
     #[inline]
     fn let_go(&mut self, spare: &mut Vec<Box<dyn Any + Send>>) {
@@ -347,41 +354,57 @@ impl<K: Send + 'static> Keys<K> {
     }
 }
 
-impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
-    fn intern_front(&mut self, keys: &mut dyn Any, spare: &mut Vec<Box<dyn Any + Send>>) -> KeyId {
-        let keys = downcast_mut::<K>(keys);
-        keys.let_go(spare);
+/// How [`Table::resolve`] found the front key's id.
+enum Resolved {
+    /// The producer knew it (held, or found when it took its place).
+    Known(KeyId),
+    /// Found by a lookup: the caller's copy is still the front.
+    Found(KeyId),
+    /// New: the key was moved into the table.
+    Interned(KeyId),
+}
+
+impl<K: Eq> Table<K> {
+    /// The id of the front key of `keys`: known, found, or interned (the
+    /// key moved in). The caller's `Eq` runs in the lookup, flagged
+    /// (`comparing`): a panic there unwinds with the table untouched, the
+    /// key still the front, and the flag set.
+    fn resolve(&mut self, keys: &mut Keys<K>) -> Resolved {
         if let Some(id) = keys.held.or(keys.at) {
-            keys.used = true;
-            return id;
+            return Resolved::Known(id);
         }
         let Some((front, hash)) = keys.queue.front() else {
             unreachable!("KeyTable: one key per item")
         };
         let hash = *hash;
-        // The caller's `Eq` runs here: a panic leaves the flag set for the
-        // caller's guard (`was_comparing`).
         self.comparing = true;
         let found = self.find(front, hash);
         self.comparing = false;
         match found {
-            Ok(id) => {
-                keys.used = true;
-                id
-            }
+            Ok(id) => Resolved::Found(id),
             Err(vacant) => match keys.queue.pop_front() {
-                Some((key, _)) => self.insert(key, hash, vacant),
+                Some((key, _)) => Resolved::Interned(self.insert(key, hash, vacant)),
                 None => unreachable!("KeyTable: the front key went"),
             },
         }
     }
+}
+
+impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
+    fn intern_front(&mut self, keys: &mut dyn Any, spare: &mut Vec<Box<dyn Any + Send>>) -> KeyId {
+        let keys = downcast_mut::<K>(keys);
+        keys.let_go(spare);
+        match self.resolve(keys) {
+            Resolved::Known(id) | Resolved::Found(id) => {
+                keys.used = true;
+                id
+            }
+            Resolved::Interned(id) => id,
+        }
+    }
 
     fn drop_front(&self, keys: &mut dyn Any, spare: &mut Vec<Box<dyn Any + Send>>) {
-        let keys = downcast_mut::<K>(keys);
-        debug_assert!(!keys.used && keys.held.is_none() && keys.at.is_none());
-        if let Some((key, _)) = keys.queue.pop_front() {
-            spare.push(Box::new(key));
-        }
+        downcast_mut::<K>(keys).drop_front(spare);
     }
 
     fn unuse(&self, keys: &mut dyn Any) {
@@ -403,36 +426,38 @@ impl<K: Hash + Eq + Send + 'static> KeyTable for Table<K> {
             return Some(id);
         }
         let (key, hash) = keys.queue.front()?;
-        self.find_caught(key, *hash)?.ok()
+        // The caller's `Eq`, guarded: a lookup only reads the table.
+        catching(|| self.find(key, *hash))?.ok()
     }
 
     fn was_comparing(&mut self) -> bool {
         std::mem::take(&mut self.comparing)
     }
 
-    fn find_or_hold(&mut self, keys: &mut dyn Any) -> Option<Result<KeyId, KeyId>> {
+    fn find_or_hold(
+        &mut self,
+        keys: &mut dyn Any,
+        spare: &mut Vec<Box<dyn Any + Send>>,
+    ) -> Option<Result<KeyId, KeyId>> {
         let keys = downcast_mut::<K>(keys);
         debug_assert!(!keys.used, "KeyTable: keys used outside a push");
-        if let Some(id) = keys.held.or(keys.at) {
-            return Some(Ok(id));
-        }
-        let Some((front, hash)) = keys.queue.front() else {
-            unreachable!("KeyTable: a producer without its key")
+        let Some(resolved) = catching(|| self.resolve(keys)) else {
+            // The key's `Eq` panicked: the key goes with its item.
+            self.comparing = false;
+            keys.drop_front(spare);
+            return None;
         };
-        let hash = *hash;
-        let vacant = match self.find_caught(front, hash)? {
-            Ok(id) => {
+        Some(match resolved {
+            Resolved::Known(id) => Ok(id),
+            Resolved::Found(id) => {
                 keys.at = Some(id);
-                return Some(Ok(id));
+                Ok(id)
             }
-            Err(vacant) => vacant,
-        };
-        let Some((key, _)) = keys.queue.pop_front() else {
-            unreachable!("KeyTable: the front key went")
-        };
-        let id = self.insert(key, hash, vacant);
-        keys.held = Some(id);
-        Some(Err(id))
+            Resolved::Interned(id) => {
+                keys.held = Some(id);
+                Err(id)
+            }
+        })
     }
 
     fn forget(&mut self, id: KeyId) -> Option<Box<dyn Any + Send>> {

@@ -441,14 +441,17 @@ async fn an_item_withdrawn_from_the_middle_keeps_the_others_stamps() {
 
 /// A key's `Eq` that panics while a producer takes a place in it: caught
 /// under the lock, the wait ends `Unkeyed` with nothing taken, and the key
-/// stays with the producer (a review found it popped before comparing, and
+/// goes with its item, dropped once, after unlocking (a review found it
 /// dropped by the unwinding under the lock).
 #[test]
-fn a_panicking_eq_while_taking_a_place_leaves_the_key_with_its_producer() {
+fn a_panicking_eq_while_taking_a_place_drops_the_key_after_unlocking() {
     use std::hash::Hasher;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    use std::sync::{Arc, OnceLock};
     static PANIC: AtomicBool = AtomicBool::new(false);
     static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    static UNDER_LOCK: AtomicUsize = AtomicUsize::new(0);
+    static QUEUE: OnceLock<Arc<HandOff<u32>>> = OnceLock::new();
     /// Every key hashes alike, so each lookup compares.
     struct Touchy(u32);
     impl std::hash::Hash for Touchy {
@@ -464,12 +467,17 @@ fn a_panicking_eq_while_taking_a_place_leaves_the_key_with_its_producer() {
     impl Drop for Touchy {
         fn drop(&mut self) {
             DROPPED.fetch_add(1, Relaxed);
+            if QUEUE.get().is_some_and(|q| q.state.try_lock().is_err()) {
+                UNDER_LOCK.fetch_add(1, Relaxed);
+            }
         }
     }
-    let q: HandOff<u32> = HandOff::new(QueueSettings {
-        keyed: Some((table::<Touchy>(), 2)),
-        many_producers: true,
-        ..QueueSettings::plain(8, ShedPolicy::Backpressure)
+    let q = QUEUE.get_or_init(|| {
+        Arc::new(HandOff::new(QueueSettings {
+            keyed: Some((table::<Touchy>(), 2)),
+            many_producers: true,
+            ..QueueSettings::plain(8, ShedPolicy::Backpressure)
+        }))
     });
     let mut keys: Keys<Touchy> = [Touchy(1)].into_iter().collect();
     q.push_keyed(
@@ -494,9 +502,13 @@ fn a_panicking_eq_while_taking_a_place_leaves_the_key_with_its_producer() {
     PANIC.store(false, Relaxed);
     assert_eq!(polled, std::task::Poll::Ready(KeyPlace::Unkeyed));
     assert_eq!(ticket, None, "nothing registered");
-    assert_eq!(DROPPED.load(Relaxed), 0, "no key dropped");
-    assert_eq!(other.queue.len(), 1, "the key stays with its producer");
     assert!(!granted);
+    assert_eq!(other.queue.len(), 0, "the key went with its item");
+    assert_eq!(
+        (DROPPED.load(Relaxed), UNDER_LOCK.load(Relaxed)),
+        (1, 0),
+        "dropped once, after unlocking"
+    );
 }
 
 /// A producer that waited in a key's line keeps the id it found there
