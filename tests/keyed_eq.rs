@@ -130,6 +130,25 @@ async fn stream_shedding_with_panics_keeps_the_books() {
     }
 }
 
+/// A feeder of 10 ms handlers whose worker runs a (key 5) and whose queue
+/// holds b (key 5), both fed through the `Sink`: the key is full.
+async fn a_running_b_queued(
+    config: FanOutConfig<Item>,
+) -> (
+    backpressure_pipeline::Feeder<Item>,
+    backpressure_pipeline::BoundedFanOut<Item>,
+    backpressure_pipeline::ShutdownHandle,
+) {
+    let (mut feeder, results, shutdown) = feeder(config, |item: Item| async move {
+        sleep(ms(10)).await;
+        item
+    });
+    SinkExt::feed(&mut feeder, ('a', 5)).await.unwrap();
+    tokio::task::yield_now().await; // the worker takes a
+    SinkExt::feed(&mut feeder, ('b', 5)).await.unwrap(); // queued
+    (feeder, results, shutdown)
+}
+
 /// Sink: an item held for its full key whose `Eq` panics when it lines up
 /// and/or when it is polled: handed back Unkeyed (by `start_send` or by
 /// flush, or the next push's lookup panics instead), and every item is
@@ -141,13 +160,7 @@ async fn sink_a_held_item_whose_eq_panics_comes_back() {
     common::quiet_planned_panics();
     for (lo, hi) in [(3usize, 3usize), (3, 4), (4, 4)] {
         let (config, calls) = flaky_range(ShedPolicy::Backpressure, 5, lo, hi);
-        let (mut feeder, results, shutdown) = feeder(config, |item: Item| async move {
-            sleep(ms(10)).await;
-            item
-        });
-        SinkExt::feed(&mut feeder, ('a', 5)).await.unwrap();
-        tokio::task::yield_now().await; // the worker takes a
-        SinkExt::feed(&mut feeder, ('b', 5)).await.unwrap(); // queued
+        let (mut feeder, results, shutdown) = a_running_b_queued(config).await;
         let fed = SinkExt::feed(&mut feeder, ('c', 5)).await; // held, or back
         let flushed = SinkExt::flush(&mut feeder).await;
         let d = SinkExt::send(&mut feeder, ('d', 6)).await;
@@ -264,13 +277,7 @@ async fn sink_a_held_items_eq_panic_does_not_lose_the_next_item() {
     // Comparisons of 5 with 5: b's push (1), c's push (2, full), c's
     // line-up (3, panics), the next lookup of c (4, panics).
     let (config, _) = flaky_range(ShedPolicy::Backpressure, 5, 3, 4);
-    let (mut feeder, results, shutdown) = feeder(config, |item: Item| async move {
-        sleep(ms(10)).await;
-        item
-    });
-    SinkExt::feed(&mut feeder, ('a', 5)).await.unwrap();
-    tokio::task::yield_now().await; // the worker takes a
-    SinkExt::feed(&mut feeder, ('b', 5)).await.unwrap(); // queued
+    let (mut feeder, results, shutdown) = a_running_b_queued(config).await;
     let c = SinkExt::feed(&mut feeder, ('c', 5)).await; // line-up panics
     let d = SinkExt::send(&mut feeder, ('d', 6)).await;
     let mut handed_back: Vec<Item> = [c.err(), d.err()]

@@ -210,22 +210,34 @@ fn keyed_queue(capacity: usize, policy: ShedPolicy, max_age: Option<Duration>) -
     })
 }
 
-/// Pushes `items`, with or without a grant; what was not pushed (a full
-/// key under `Backpressure`), and whether the grant is still held.
-fn push_keyed_with(queue: &HandOff<u32>, items: &[(char, u32)], granted: bool) -> (Vec<u32>, bool) {
-    let mut keys: Keys<char> = items.iter().map(|(key, _)| *key).collect();
-    let mut batch: Vec<u32> = items.iter().map(|(_, item)| *item).collect();
-    let mut granted = granted;
+/// Pushes `batch` keyed by `keys` (any key type), with or without a grant;
+/// what was not pushed (a full key under `Backpressure`).
+fn push_keys<K: 'static>(
+    queue: &HandOff<u32>,
+    keys: &mut Keys<K>,
+    mut batch: Vec<u32>,
+    granted: &mut bool,
+) -> Vec<u32> {
     queue.push_keyed(
         &mut batch,
-        &mut keys,
-        &mut granted,
+        keys,
+        granted,
         &mut Vec::new(),
         &mut Vec::new(),
         &mut Vec::new(),
         |_, _| {},
     );
-    (batch, granted)
+    batch
+}
+
+/// Pushes `items`, with or without a grant; what was not pushed (a full
+/// key under `Backpressure`), and whether the grant is still held.
+fn push_keyed_with(queue: &HandOff<u32>, items: &[(char, u32)], granted: bool) -> (Vec<u32>, bool) {
+    let mut keys: Keys<char> = items.iter().map(|(key, _)| *key).collect();
+    let batch: Vec<u32> = items.iter().map(|(_, item)| *item).collect();
+    let mut granted = granted;
+    let left = push_keys(queue, &mut keys, batch, &mut granted);
+    (left, granted)
 }
 
 fn push_keyed(queue: &HandOff<u32>, items: &[(char, u32)]) {
@@ -480,14 +492,9 @@ fn a_panicking_eq_while_taking_a_place_drops_the_key_after_unlocking() {
         }))
     });
     let mut keys: Keys<Touchy> = [Touchy(1)].into_iter().collect();
-    q.push_keyed(
-        &mut vec![10],
-        &mut keys,
-        &mut false,
-        &mut Vec::new(),
-        &mut Vec::new(),
-        &mut Vec::new(),
-        |_, _| {},
+    assert_eq!(
+        push_keys(q, &mut keys, vec![10], &mut false),
+        Vec::<u32>::new()
     );
     let mut other: Keys<Touchy> = [Touchy(2)].into_iter().collect();
     PANIC.store(true, Relaxed);
@@ -538,17 +545,7 @@ fn a_producer_that_waited_pushes_by_the_id_it_found_comparing_no_more() {
         ..QueueSettings::plain(8, ShedPolicy::Backpressure)
     });
     let push = |keys: &mut Keys<Counted>, item: u32, granted: &mut bool| {
-        let mut batch = vec![item];
-        q.push_keyed(
-            &mut batch,
-            keys,
-            granted,
-            &mut Vec::new(),
-            &mut Vec::new(),
-            &mut Vec::new(),
-            |_, _| {},
-        );
-        batch
+        push_keys(&q, keys, vec![item], granted)
     };
     let mut first: Keys<Counted> = [Counted('a')].into_iter().collect();
     assert_eq!(push(&mut first, 1, &mut false), Vec::<u32>::new());
